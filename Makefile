@@ -1,0 +1,45 @@
+# The two commands a newcomer needs: `make run` and `make test`.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+CONFIG ?= config/stemd.yaml
+STAMP  := $(VENV)/.installed
+
+.PHONY: run test lint typecheck unit check-config bench clean system-deps
+
+system-deps:
+	@bash scripts/install-system-deps.sh
+
+# One install for run and test: the package (editable) with its dev tools, torch
+# pinned by constraints/ci.txt so CI never pulls the CUDA build.
+$(STAMP): pyproject.toml constraints/ci.txt scripts/install-system-deps.sh
+	@bash scripts/install-system-deps.sh
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -c constraints/ci.txt -e '.[dev]'
+	touch $(STAMP)
+
+run: $(STAMP)
+	mkdir -p inbox outbox state
+	$(BIN)/stemd -c $(CONFIG) run
+
+check-config: $(STAMP)
+	$(BIN)/stemd -c $(CONFIG) check
+
+lint: $(STAMP)
+	$(BIN)/ruff check daemon tests
+	$(BIN)/ruff format --check daemon tests
+	$(BIN)/mypy
+
+test: $(STAMP)
+	$(BIN)/python -m pytest
+	$(MAKE) --no-print-directory lint
+
+unit: $(STAMP)
+	$(BIN)/python -m pytest tests/unit
+
+bench: $(STAMP)
+	$(BIN)/python -m tests.bench $(BENCH_ARGS)
+
+clean:
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

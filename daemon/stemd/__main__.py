@@ -1,0 +1,5 @@
+from __future__ import annotations
+
+from stemd.cli import main
+
+main()

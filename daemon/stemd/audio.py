@@ -1,0 +1,202 @@
+"""Decode any input to the model's rate and channels; encode stems.
+
+The only module that touches codecs. Decoding follows demucs' own loader (sphn
+first, then ffmpeg) so stems match `python -m demucs.separate`; ffmpeg runs with
+no stdin, a file-only protocol whitelist and the input passed as `file:PATH`, so a
+name can never be read as an option or a URL. Encoding reuses
+`demucs.audio.save_audio`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import sphn
+import torch
+from demucs.audio import convert_audio, convert_audio_channels, save_audio
+
+from stemd.errors import InputError, StemdError
+
+FFMPEG_TIMEOUT_S = 900.0
+PROBE_TIMEOUT_S = 60.0
+
+
+@dataclass(frozen=True)
+class Probe:
+    duration: float | None  # seconds; None if the container does not say
+    channels: int
+    samplerate: int
+
+
+@dataclass(frozen=True)
+class StemFormat:
+    format: str  # wav | flac | mp3
+    sample_format: str  # s16 | s24 | f32
+    mp3_bitrate: int
+    clip: str  # rescale | clamp | none
+
+    @property
+    def ext(self) -> str:
+        return self.format
+
+
+def _ffmpeg_input(path: Path) -> str:
+    # "file:" makes ffmpeg take the rest literally: no protocol, no option parsing.
+    return "file:" + os.path.abspath(path)
+
+
+def _run(command: list[str], timeout: float) -> subprocess.CompletedProcess[bytes]:
+    try:
+        return subprocess.run(
+            command, stdin=subprocess.DEVNULL, capture_output=True, timeout=timeout, check=False
+        )
+    except FileNotFoundError:
+        raise StemdError(
+            f"{command[0]} is not installed; install ffmpeg (e.g. apt-get install ffmpeg)"
+        ) from None
+
+
+def _last_line(data: bytes, path: Path) -> str:
+    """ffmpeg's last error line, without the `file:PATH: ` prefix it repeats."""
+    lines = [line for line in data.decode(errors="replace").splitlines() if line.strip()]
+    line = lines[-1].strip() if lines else "no message"
+    return line.replace(_ffmpeg_input(path) + ": ", "")
+
+
+def probe(path: Path) -> Probe:
+    """Duration, channels and rate of the first audio stream (ffprobe)."""
+    command = [
+        "ffprobe",  # has no -nostdin; _run gives it /dev/null as stdin
+        "-v",
+        "error",
+        "-protocol_whitelist",
+        "file",
+        "-select_streams",
+        "a:0",
+        "-show_entries",
+        "stream=channels,sample_rate,duration:format=duration",
+        "-of",
+        "json",
+        _ffmpeg_input(path),
+    ]
+    try:
+        result = _run(command, PROBE_TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        raise InputError(path, f"ffprobe took over {PROBE_TIMEOUT_S:.0f}s; not audio?") from None
+    if result.returncode != 0:
+        raise InputError(path, f"not a readable audio file ({_last_line(result.stderr, path)})")
+    info = json.loads(result.stdout or b"{}")
+    streams = info.get("streams") or []
+    if not streams:
+        raise InputError(path, "no audio stream in this file")
+    stream = streams[0]
+    duration_text = stream.get("duration") or info.get("format", {}).get("duration")
+    try:
+        duration = float(duration_text) if duration_text not in (None, "N/A") else None
+    except ValueError:
+        duration = None
+    return Probe(
+        duration=duration,
+        channels=int(stream.get("channels") or 0),
+        samplerate=int(stream.get("sample_rate") or 0),
+    )
+
+
+def _decode_ffmpeg(
+    path: Path, samplerate: int, channels: int, source_channels: int
+) -> torch.Tensor:
+    command = [
+        "ffmpeg",
+        "-nostdin",
+        "-hide_banner",
+        "-loglevel",
+        "error",
+        "-protocol_whitelist",
+        "file,pipe",
+        "-i",
+        _ffmpeg_input(path),
+        "-map",
+        "0:a:0",
+        "-threads",
+        "1",
+        "-f",
+        "f32le",
+        "-ar",
+        str(samplerate),
+        "pipe:1",
+    ]
+    try:
+        result = _run(command, FFMPEG_TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        raise InputError(path, f"ffmpeg took over {FFMPEG_TIMEOUT_S:.0f}s to decode it") from None
+    if result.returncode != 0:
+        raise InputError(path, f"ffmpeg cannot decode it ({_last_line(result.stderr, path)})")
+    data = np.frombuffer(result.stdout, dtype=np.float32).copy()
+    wav = torch.from_numpy(data).view(-1, source_channels).t()
+    converted: torch.Tensor = convert_audio_channels(wav, channels)  # type: ignore[no-untyped-call]
+    return converted
+
+
+def decode(path: Path, samplerate: int, channels: int) -> torch.Tensor:
+    """The file as a float32 [channels, samples] tensor at `samplerate`.
+
+    sphn first (what demucs does), then ffmpeg for what sphn cannot read.
+    """
+    errors: list[str] = []
+    wav: torch.Tensor | None = None
+    try:
+        data, rate = sphn.read(str(path))
+    except Exception as err:
+        errors.append(f"sphn: {err}")
+    else:
+        if data.size:
+            wav = convert_audio(torch.from_numpy(data), int(rate), samplerate, channels)
+    if wav is None:
+        info = probe(path)
+        if info.channels < 1:
+            raise InputError(path, "the audio stream has no channels")
+        try:
+            wav = _decode_ffmpeg(path, samplerate, channels, info.channels)
+        except InputError as err:
+            errors.append(f"ffmpeg: {err.reason}")
+            raise InputError(path, "cannot decode audio: " + "; ".join(errors)) from None
+    if wav.shape[-1] == 0:
+        raise InputError(path, "the file holds no audio samples")
+    if not torch.isfinite(wav).all():
+        raise InputError(path, "the decoded audio holds NaN or infinite samples")
+    return wav.contiguous()
+
+
+def stems_to_write(
+    stems: dict[str, torch.Tensor], two_stems: str | None
+) -> dict[str, torch.Tensor]:
+    """All stems, or STEM and no_STEM (the sum of the others), as the demucs CLI does."""
+    if two_stems is None:
+        return stems
+    rest = torch.zeros_like(stems[two_stems])
+    for name, wav in stems.items():
+        if name != two_stems:
+            rest += wav
+    return {two_stems: stems[two_stems], f"no_{two_stems}": rest}
+
+
+def encode(wav: torch.Tensor, path: Path, samplerate: int, fmt: StemFormat) -> None:
+    """Write one stem with demucs' encoders (wav, flac via ffmpeg, mp3 via lame)."""
+    bits = 24 if fmt.sample_format == "s24" else 16
+    try:
+        save_audio(
+            wav.cpu(),
+            str(path),
+            samplerate=samplerate,
+            bitrate=fmt.mp3_bitrate,
+            clip=fmt.clip,  # type: ignore[arg-type]
+            bits_per_sample=bits,  # type: ignore[arg-type]
+            as_float=fmt.sample_format == "f32",
+        )
+    except (subprocess.CalledProcessError, RuntimeError) as err:
+        raise StemdError(f"{path}: cannot encode the stem: {err}") from None

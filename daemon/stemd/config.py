@@ -1,0 +1,412 @@
+"""Typed, frozen configuration loaded from YAML.
+
+The schema is declared once with pydantic; loading collects every problem and
+reports them together, each with the file and dotted key (`stemd.yaml: watch.settle:
+...`), so a user fixes a file in one pass.
+
+Relative paths are resolved against the working directory of the process that
+loads the file (`make run` runs from the repository root, so `./inbox` is the
+repository's inbox); `stemd check` prints them resolved.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import string
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    PlainSerializer,
+    ValidationError,
+    field_validator,
+)
+
+from stemd.errors import ConfigError, ConfigIssue
+from stemd.units import format_duration, format_size, parse_duration, parse_size
+
+DEFAULT_CONFIG_PATH = Path("/etc/stemd/stemd.yaml")
+CONFIG_ENV = "STEMD_CONFIG"
+
+Duration = Annotated[
+    float,
+    BeforeValidator(parse_duration),
+    PlainSerializer(format_duration, when_used="json"),
+]
+Size = Annotated[int, BeforeValidator(parse_size), PlainSerializer(format_size, when_used="json")]
+
+DEFAULT_EXTENSIONS: tuple[str, ...] = (
+    *("mp3", "wav", "flac", "ogg", "oga", "opus", "m4a", "aac", "aif", "aiff"),
+    *("wma", "webm", "mp4", "mka"),
+)
+LAYOUT_PLACEHOLDERS = frozenset(
+    {"model", "relative_dir", "track", "trackext", "stem", "ext", "hash"}
+)
+# lame's valid MPEG-1 layer III bitrates
+MP3_BITRATES = (32, 40, 48, 56, 64, 80, 96, 112, 128, 160, 192, 224, 256, 320)
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class WatchConfig(_Section):
+    mode: Literal["auto", "inotify", "poll"] = "auto"
+    poll_interval: Duration = Field(default=5.0, gt=0)
+    settle: Duration = Field(default=2.0, ge=0)
+    rescan_interval: Duration = Field(default=600.0, gt=0)
+    recursive: bool = True
+    extensions: tuple[str, ...] = DEFAULT_EXTENSIONS
+    ignore: tuple[str, ...] = ()
+    max_file_size: Size = Field(default=2 * 1024**3, gt=0)
+    max_duration: Duration = Field(default=7200.0, gt=0)
+
+    @field_validator("extensions", mode="after")
+    @classmethod
+    def _normalise_extensions(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        cleaned = tuple(ext.strip().lower().lstrip(".") for ext in value)
+        if not cleaned or any(not ext or "/" in ext for ext in cleaned):
+            raise ValueError("list file extensions without dots, e.g. [mp3, flac, wav]")
+        return cleaned
+
+
+class ModelConfig(_Section):
+    name: str = Field(default="htdemucs", min_length=1)
+    repo: Path | None = None
+    device: str = "auto"
+    shifts: int = Field(default=1, ge=0, le=20)
+    overlap: float = Field(default=0.25, ge=0, lt=1)
+    segment: float | None = Field(default=None, gt=0)
+    batch_size: Literal["auto"] | Annotated[int, Field(ge=1)] = "auto"
+    precision: Literal["fp32", "tf32", "bf16", "fp16"] = "fp32"
+
+    @field_validator("device")
+    @classmethod
+    def _check_device(cls, value: str) -> str:
+        if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", value):
+            raise ValueError(f"{value!r} is not a device; use auto, cpu, cuda or cuda:N")
+        return value
+
+
+class OutputConfig(_Section):
+    layout: str = "{model}/{relative_dir}/{track}/{stem}.{ext}"
+    format: Literal["wav", "flac", "mp3"] = "wav"
+    sample_format: Literal["s16", "s24", "f32"] = "s16"
+    mp3_bitrate: int = 320
+    clip: Literal["rescale", "clamp", "none"] = "rescale"
+    two_stems: str | None = None
+    on_conflict: Literal["rename", "overwrite", "skip"] = "rename"
+    duplicates: Literal["link", "copy", "skip"] = "link"
+    file_mode: int = 0o664
+    dir_mode: int = 0o775
+    group: str | None = None
+
+    @field_validator("layout")
+    @classmethod
+    def _check_layout(cls, value: str) -> str:
+        check_layout(value)
+        return value
+
+    @field_validator("mp3_bitrate")
+    @classmethod
+    def _check_bitrate(cls, value: int) -> int:
+        if value not in MP3_BITRATES:
+            raise ValueError(f"{value} is not an mp3 bitrate; use one of {list(MP3_BITRATES)}")
+        return value
+
+    @field_validator("file_mode", "dir_mode", mode="before")
+    @classmethod
+    def _parse_mode(cls, value: object) -> int:
+        # YAML reads 0664 as the decimal 664 and "0664" as a string; accept the
+        # octal digits people write either way.
+        text = str(value).strip()
+        if not re.fullmatch(r"0?o?[0-7]{3,4}", text):
+            raise ValueError(f'{value!r} is not a file mode; write it in octal, e.g. "0664"')
+        return int(text.replace("o", ""), 8)
+
+
+class SourceConfig(_Section):
+    after_success: Literal["keep", "move", "delete"] = "keep"
+    archive_dir: Path | None = None
+    after_failure: Literal["keep", "move"] = "keep"
+    failed_dir: Path | None = None
+    max_attempts: int = Field(default=3, ge=1, le=100)
+
+
+class LoggingConfig(_Section):
+    target: Literal["auto", "journal", "stderr"] = "auto"
+    level: Literal["debug", "info", "warning", "error"] = "info"
+
+
+class ServiceConfig(_Section):
+    shutdown_grace: Duration = Field(default=60.0, ge=0)
+
+
+class Config(_Section):
+    inbox: Path = Path("./inbox")
+    outbox: Path = Path("./outbox")
+    state_dir: Path = Path("./state")
+    watch: WatchConfig = WatchConfig()
+    model: ModelConfig = ModelConfig()
+    output: OutputConfig = OutputConfig()
+    source: SourceConfig = SourceConfig()
+    logging: LoggingConfig = LoggingConfig()
+    service: ServiceConfig = ServiceConfig()
+
+    def to_display(self) -> dict[str, Any]:
+        """The resolved config as plain YAML-friendly data, units written back."""
+        data = self.model_dump(mode="json")
+        for key in ("file_mode", "dir_mode"):
+            data["output"][key] = f"{getattr(self.output, key):04o}"
+        return data
+
+
+def check_layout(layout: str) -> None:
+    """Raise ValueError unless the layout gives each track a folder of its own.
+
+    Stems are published by renaming one finished folder into place, so every
+    stem of a track must share a folder that no other track shares.
+    """
+    if layout.startswith("/") or "\\" in layout:
+        raise ValueError("the layout is relative to the outbox; remove the leading '/'")
+    names: set[str] = set()
+    try:
+        for _literal, field, spec, conversion in string.Formatter().parse(layout):
+            if field is None:
+                continue
+            if field not in LAYOUT_PLACEHOLDERS:
+                known = ", ".join("{" + p + "}" for p in sorted(LAYOUT_PLACEHOLDERS))
+                raise ValueError(f"unknown placeholder {{{field}}}; known: {known}")
+            if spec or conversion:
+                raise ValueError(f"placeholder {{{field}}} takes no format spec or conversion")
+            names.add(field)
+    except ValueError as err:
+        if "placeholder" in str(err):
+            raise
+        raise ValueError(f"cannot parse the layout: {err}") from None
+    parts = layout.split("/")
+    if any(part in ("", ".", "..") for part in parts if "{" not in part) or ".." in parts:
+        raise ValueError("the layout cannot contain empty, '.' or '..' folders")
+    if "stem" not in names:
+        raise ValueError("the layout must contain {stem}")
+    if "{stem}" not in parts[-1]:
+        raise ValueError("{stem} must be in the file name (the last part of the layout)")
+    folder = "/".join(parts[:-1])
+    if "{stem}" in folder or "{ext}" in folder:
+        raise ValueError("{stem} and {ext} belong in the file name, not in a folder")
+    if "{track}" not in folder and "{hash}" not in folder:
+        raise ValueError(
+            "each track needs a folder of its own: put {track} or {hash} in a folder, "
+            'e.g. "{model}/{relative_dir}/{track}/{stem}.{ext}"'
+        )
+
+
+def default_config_path(explicit: Path | None) -> Path:
+    """`-c PATH`, else `$STEMD_CONFIG`, else /etc/stemd/stemd.yaml."""
+    if explicit is not None:
+        return explicit
+    env = os.environ.get(CONFIG_ENV)
+    if env:
+        return Path(env)
+    return DEFAULT_CONFIG_PATH
+
+
+def load_config(
+    path: Path | None,
+    overrides: Mapping[str, Any] | None = None,
+    base_dir: Path | None = None,
+) -> Config:
+    """Read, validate and resolve a config file. `path=None` means all defaults.
+
+    `overrides` (command-line flags) replace top-level keys or merge into sections.
+
+    Raises ConfigError with every issue found.
+    """
+    source = path.name if path is not None else "<defaults>"
+    raw: dict[str, Any] = {}
+    if path is not None:
+        raw = _read_yaml(path)
+    for key, value in (overrides or {}).items():
+        if isinstance(value, Mapping):  # a section: merge key by key
+            merged = dict(raw[key]) if isinstance(raw.get(key), dict) else {}
+            merged.update(value)
+            raw[key] = merged
+        else:
+            raw[key] = value
+    base = base_dir or Path.cwd()
+    try:
+        config = Config.model_validate(raw)
+    except ValidationError as err:
+        errors = err.errors()
+        issues = [_issue_from(source, e) for e in errors]
+        issues += _cross_check_partial(raw, errors, source, base)
+        raise ConfigError(issues) from None
+    config = _resolve_paths(config, base)
+    issues = _cross_check(config, source)
+    if issues:
+        raise ConfigError(issues)
+    return config
+
+
+def _cross_check_partial(
+    raw: dict[str, Any], errors: list[Any], source: str, base: Path
+) -> list[ConfigIssue]:
+    """Cross-key rules on what did validate, so one run reports every problem.
+
+    Invalid keys are dropped (their defaults stand in), and rules touching a
+    section that had an error are left out to avoid reporting a default's fault.
+    """
+    pruned: dict[str, Any] = {k: (dict(v) if isinstance(v, dict) else v) for k, v in raw.items()}
+    broken_sections: set[str] = set()
+    for error in errors:
+        loc = [part for part in error["loc"] if isinstance(part, str)]
+        if not loc:
+            continue
+        broken_sections.add(loc[0])
+        if len(loc) == 1 or not isinstance(pruned.get(loc[0]), dict):
+            pruned.pop(loc[0], None)
+        else:
+            pruned[loc[0]].pop(loc[1], None)
+    try:
+        config = _resolve_paths(Config.model_validate(pruned), base)
+    except ValidationError:
+        return []
+    folders = {"inbox", "outbox", "state_dir"}
+    return [
+        issue
+        for issue in _cross_check(config, source)
+        if issue.key.split(".")[0] not in broken_sections
+        and not (issue.key in folders and broken_sections & folders)
+    ]
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    name = path.name
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError.single(
+            str(path), "", f"no such file; pass -c PATH or set ${CONFIG_ENV}"
+        ) from None
+    except OSError as err:
+        raise ConfigError.single(str(path), "", f"cannot read: {err.strerror}") from None
+    except UnicodeDecodeError:
+        raise ConfigError.single(str(path), "", "not UTF-8 text") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
+        problem = getattr(err, "problem", None) or str(err)
+        raise ConfigError.single(name, "", f"{where}invalid YAML: {problem}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError.single(name, "", "the file must be a mapping of keys (inbox: ...)")
+    return data
+
+
+def _issue_from(source: str, error: Mapping[str, Any]) -> ConfigIssue:
+    # Union members add their type names to the location; drop those so the key
+    # reads as the user wrote it.
+    loc = [
+        str(part)
+        for part in error["loc"]
+        if not (isinstance(part, str) and ("[" in part or part in ("int", "str", "float")))
+    ]
+    # Tuple items show up as trailing integers: report them as key[i].
+    key_parts: list[str] = []
+    for part in loc:
+        if part.isdigit() and key_parts:
+            key_parts[-1] += f"[{part}]"
+        else:
+            key_parts.append(part)
+    key = ".".join(key_parts)
+    kind = error["type"]
+    if kind == "extra_forbidden":
+        message = "unknown key; check its spelling against the documented config"
+    elif kind == "literal_error":
+        expected = error.get("ctx", {}).get("expected", "")
+        message = f"{error.get('input')!r} is not allowed; use one of {expected}"
+    elif kind == "value_error":
+        message = str(error.get("ctx", {}).get("error", error["msg"]))
+    else:
+        message = f"{error['msg']} (got {error.get('input')!r})"
+    return ConfigIssue(source, key, message)
+
+
+def _resolve_paths(config: Config, base: Path) -> Config:
+    def resolve(path: Path) -> Path:
+        path = path.expanduser()
+        return Path(os.path.normpath(path if path.is_absolute() else base / path))
+
+    source = config.source
+    return config.model_copy(
+        update={
+            "inbox": resolve(config.inbox),
+            "outbox": resolve(config.outbox),
+            "state_dir": resolve(config.state_dir),
+            "model": config.model.model_copy(
+                update={"repo": resolve(config.model.repo) if config.model.repo else None}
+            ),
+            "source": source.model_copy(
+                update={
+                    "archive_dir": resolve(source.archive_dir) if source.archive_dir else None,
+                    "failed_dir": resolve(source.failed_dir) if source.failed_dir else None,
+                }
+            ),
+        }
+    )
+
+
+def _inside(child: Path, parent: Path) -> bool:
+    return child == parent or parent in child.parents
+
+
+def _cross_check(config: Config, source: str) -> list[ConfigIssue]:
+    """Rules that span keys: folders that must not overlap, keys that need others."""
+    issues: list[ConfigIssue] = []
+    folders = {"inbox": config.inbox, "outbox": config.outbox, "state_dir": config.state_dir}
+    names = list(folders)
+    for i, first in enumerate(names):
+        for second in names[i + 1 :]:
+            a, b = folders[first], folders[second]
+            if _inside(a, b) or _inside(b, a):
+                issues.append(
+                    ConfigIssue(
+                        source,
+                        second,
+                        f"{b} overlaps {first} ({a}); give each its own folder",
+                    )
+                )
+    for key, action, folder in (
+        ("archive_dir", config.source.after_success, config.source.archive_dir),
+        ("failed_dir", config.source.after_failure, config.source.failed_dir),
+    ):
+        if action == "move" and folder is None:
+            trigger = "after_success" if key == "archive_dir" else "after_failure"
+            issues.append(
+                ConfigIssue(source, f"source.{key}", f"required when source.{trigger} is move")
+            )
+        if folder is not None and (_inside(folder, config.inbox) or _inside(folder, config.outbox)):
+            issues.append(
+                ConfigIssue(
+                    source,
+                    f"source.{key}",
+                    f"{folder} must be outside the inbox and the outbox, "
+                    "or moved files would be picked up again",
+                )
+            )
+    fmt, sample = config.output.format, config.output.sample_format
+    if sample == "f32" and fmt != "wav":
+        issues.append(
+            ConfigIssue(source, "output.sample_format", f"f32 is for wav only, not {fmt}")
+        )
+    return issues

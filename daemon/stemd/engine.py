@@ -1,0 +1,226 @@
+"""The Demucs model: loaded once, then used for every separation.
+
+This is the only module that imports torch model code. Separation computes what
+`python -m demucs.separate` computes (demucs.api.Separator.separate_tensor): the
+mix is normalised by the mean and std of its mono reference, run through
+`demucs.apply.apply_model` with the same shifts/overlap/segment, and scaled back.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import logging
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from demucs.apply import BagOfModels, apply_model
+from demucs.htdemucs import HTDemucs
+from demucs.pretrained import get_model
+
+from stemd.config import ModelConfig
+from stemd.errors import ConfigError, JobCancelled, ModelError
+
+log = logging.getLogger("stemd")
+
+ProgressHook = Callable[[float], None]
+CancelCheck = Callable[[], bool]
+
+
+def resolve_device(requested: str) -> torch.device:
+    """auto = the first CUDA device when there is one, else the CPU."""
+    if requested == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(requested)
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ModelError(
+                f"model.device is {requested} but no CUDA device is usable here "
+                f"(torch {torch.__version__}, cuda build: {torch.version.cuda or 'no'}). "
+                "Set model.device: auto or cpu, or install the CUDA build of torch and the "
+                "NVIDIA driver."
+            )
+        index = device.index or 0
+        if index >= torch.cuda.device_count():
+            raise ModelError(
+                f"model.device is {requested} but only {torch.cuda.device_count()} CUDA "
+                "device(s) exist; use cuda:0 ... or auto."
+            )
+    return device
+
+
+def model_folder_name(name: str) -> str:
+    """The `{model}` placeholder, as the demucs CLI names its output folder."""
+    return name.replace("hf://", "").replace("/", "_")
+
+
+def missing_weights_help(name: str, repo: Path | None) -> str:
+    where = f"the model repo {repo}" if repo else "the Hugging Face cache or demucs' model repo"
+    return (
+        f"cannot load model {name!r} from {where}. stemd needs the weights on disk when "
+        "this machine cannot download them. Either: (1) on a connected machine run "
+        f"`stemd models fetch {name}`, then copy its Hugging Face cache "
+        "(~/.cache/huggingface, or $HF_HOME) to this machine; or (2) put the model's .th "
+        "files and its .yaml bag file in a folder and set model.repo to it; or (3) let this "
+        "machine reach huggingface.co once."
+    )
+
+
+def load_model(name: str, repo: Path | None) -> Any:
+    """demucs' own get_model, with its failures turned into a ModelError."""
+    if repo is not None and not repo.is_dir():
+        raise ModelError(f"model.repo {repo} is not a folder; create it or fix the path")
+    try:
+        model = get_model(name=name, repo=repo)
+    except SystemExit as exc:  # demucs calls sys.exit through `fatal` on some failures
+        raise ModelError(f"{missing_weights_help(name, repo)} (demucs exited: {exc})") from None
+    except Exception as exc:
+        raise ModelError(f"{missing_weights_help(name, repo)} Cause: {exc}") from None
+    if model is None:
+        raise ModelError(missing_weights_help(name, repo))
+    return model
+
+
+def weights_fingerprint(model: torch.nn.Module) -> str:
+    """A short hash of every parameter and buffer: the weights' identity."""
+    digest = hashlib.sha256()
+    for key, tensor in sorted(model.state_dict().items()):
+        digest.update(key.encode())
+        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    if isinstance(model, BagOfModels):
+        digest.update(repr(model.weights).encode())
+    return digest.hexdigest()[:16]
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    name: str
+    folder: str  # the {model} placeholder
+    samplerate: int
+    audio_channels: int
+    sources: tuple[str, ...]
+    weights: str  # fingerprint
+    device: str
+    models_in_bag: int
+
+
+class Engine:
+    """One preloaded model on one device."""
+
+    def __init__(self, config: ModelConfig) -> None:
+        self.config = config
+        self.device = resolve_device(config.device)
+        started = time.monotonic()
+        model = load_model(config.name, config.repo)
+        model.eval()
+        try:
+            model.to(self.device)
+        except (RuntimeError, torch.cuda.OutOfMemoryError) as exc:
+            raise ModelError(f"cannot move model {config.name!r} to {self.device}: {exc}") from None
+        self.model = model
+        self._check_segment()
+        if config.precision == "tf32" and self.device.type == "cuda":
+            torch.backends.cuda.matmul.allow_tf32 = True
+            torch.backends.cudnn.allow_tf32 = True
+        bag = len(model.models) if isinstance(model, BagOfModels) else 1
+        self.info = ModelInfo(
+            name=config.name,
+            folder=model_folder_name(config.name),
+            samplerate=int(model.samplerate),
+            audio_channels=int(model.audio_channels),
+            sources=tuple(model.sources),
+            weights=weights_fingerprint(model),
+            device=str(self.device),
+            models_in_bag=bag,
+        )
+        log.info(
+            "model %s loaded on %s in %.1fs (%d Hz, %d channels, stems: %s)",
+            config.name,
+            self.device,
+            time.monotonic() - started,
+            self.info.samplerate,
+            self.info.audio_channels,
+            ", ".join(self.info.sources),
+        )
+
+    def _check_segment(self) -> None:
+        segment = self.config.segment
+        if segment is None:
+            return
+        limit = float("inf")
+        if isinstance(self.model, HTDemucs):
+            limit = float(self.model.segment)
+        elif isinstance(self.model, BagOfModels):
+            limit = self.model.max_allowed_segment
+        if segment > limit:
+            raise ConfigError.single(
+                "model",
+                "model.segment",
+                f"{segment}s is longer than {self.config.name} was trained for; at most {limit:g}s",
+            )
+
+    def _segment_samples(self) -> int:
+        """Chunk length in samples, as apply_model computes it (for progress)."""
+        if self.config.segment is not None:
+            return int(self.config.segment * self.info.samplerate)
+        first: Any = self.model.models[0] if isinstance(self.model, BagOfModels) else self.model
+        return int(float(first.segment) * self.info.samplerate)
+
+    @contextlib.contextmanager
+    def _precision(self) -> Iterator[None]:
+        dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(self.config.precision)
+        if dtype is None:
+            yield
+            return
+        with torch.autocast(device_type=self.device.type, dtype=dtype):
+            yield
+
+    def separate(
+        self,
+        wav: torch.Tensor,
+        progress: ProgressHook | None = None,
+        cancelled: CancelCheck | None = None,
+    ) -> dict[str, torch.Tensor]:
+        """Separate a [channels, samples] mix at the model's rate into {stem: [C, T]}.
+
+        `progress` gets the fraction done after each chunk; `cancelled` is asked
+        before each chunk and, when true, stops the separation with JobCancelled.
+        """
+        length = wav.shape[-1]
+        passes = self.info.models_in_bag * max(1, self.config.shifts)
+        chunk = self._segment_samples()
+
+        def on_chunk(state: dict[str, Any]) -> None:
+            if state["state"] == "start":
+                if cancelled is not None and cancelled():
+                    raise JobCancelled("cancelled at a chunk boundary")
+                return
+            if progress is None:
+                return
+            done_pass = state["model_idx_in_bag"] * max(1, self.config.shifts) + state["shift_idx"]
+            within = min(1.0, (state["segment_offset"] + chunk) / max(1, state["audio_length"]))
+            progress(min(1.0, (done_pass + within) / passes))
+
+        ref = wav.mean(0)
+        mean = ref.mean()
+        std = ref.std() + 1e-8
+        with torch.no_grad(), self._precision():
+            out = apply_model(
+                self.model,
+                ((wav - mean) / std)[None],
+                segment=self.config.segment,
+                shifts=self.config.shifts,
+                split=True,
+                overlap=self.config.overlap,
+                device=self.device,
+                num_workers=0,
+                callback=on_chunk,
+                callback_arg={"audio_length": length},
+                progress=False,
+            )
+        out = out.float() * std + mean
+        return dict(zip(self.info.sources, out[0], strict=True))

@@ -1,0 +1,533 @@
+"""The SQLite ledger: seen files, jobs and their states, the dedup index.
+
+Two tables. `inputs` holds one row per file occurrence seen in the inbox, keyed by
+(path, device, inode, size, mtime_ns): it is the stat cache that lets rescans skip
+unchanged files without rehashing. `jobs` holds one row per (content sha256,
+output profile): the unit of separation. Several inputs can point at one job
+(copies of the same track); the first is the job's owner, whose name the stems
+are published under; the others get the stems reused.
+
+WAL mode lets `stemd status` read while the daemon writes; synchronous=FULL makes
+each state change durable before we act on it.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from enum import StrEnum
+from pathlib import Path
+
+from stemd.errors import StateError
+
+SCHEMA_VERSION = 1
+
+
+class JobState(StrEnum):
+    QUEUED = "queued"
+    RUNNING = "running"
+    DONE = "done"
+    FAILED = "failed"
+
+
+# running -> queued is an interruption (shutdown, crash recovery);
+# failed -> queued is `stemd retry`.
+ALLOWED_TRANSITIONS: dict[JobState, frozenset[JobState]] = {
+    JobState.QUEUED: frozenset({JobState.RUNNING, JobState.FAILED}),
+    JobState.RUNNING: frozenset({JobState.DONE, JobState.FAILED, JobState.QUEUED}),
+    JobState.FAILED: frozenset({JobState.QUEUED}),
+    JobState.DONE: frozenset(),
+}
+
+
+class InputState(StrEnum):
+    PENDING = "pending"  # seen and settled, not yet hashed
+    ATTACHED = "attached"  # hashed; waits for its job
+    PUBLISHED = "published"  # the job's stems were published under this name
+    DUPLICATE = "duplicate"  # stems reused from an identical earlier track
+    SKIPPED = "skipped"  # nothing written, by configuration (on_conflict/duplicates: skip)
+    FAILED = "failed"
+
+
+class TransitionError(StateError):
+    def __init__(self, job_id: int, current: JobState, wanted: JobState) -> None:
+        super().__init__(f"job {job_id}: cannot go from {current.value} to {wanted.value}")
+        self.current = current
+        self.wanted = wanted
+
+
+@dataclass(frozen=True)
+class FileStat:
+    dev: int
+    ino: int
+    size: int
+    mtime_ns: int
+
+
+@dataclass(frozen=True)
+class InputRecord:
+    id: int
+    path: Path
+    relative: str
+    stat: FileStat
+    sha256: str | None
+    state: InputState
+    job_id: int | None
+    output_dir: str | None
+    error: str | None
+    disposed: bool
+
+
+@dataclass(frozen=True)
+class JobRecord:
+    id: int
+    sha256: str
+    profile: str
+    state: JobState
+    attempts: int
+    error: str | None
+    source: str
+    owner_input: int | None
+    output_dir: str | None
+    progress: float
+    not_before: float
+
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS jobs (
+    id INTEGER PRIMARY KEY,
+    sha256 TEXT NOT NULL,
+    profile TEXT NOT NULL,
+    state TEXT NOT NULL,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    error TEXT,
+    source TEXT NOT NULL,
+    owner_input INTEGER,
+    output_dir TEXT,
+    progress REAL NOT NULL DEFAULT 0,
+    not_before REAL NOT NULL DEFAULT 0,
+    created_at REAL NOT NULL,
+    started_at REAL,
+    finished_at REAL,
+    UNIQUE (sha256, profile)
+);
+CREATE INDEX IF NOT EXISTS jobs_by_state ON jobs (state, not_before);
+CREATE TABLE IF NOT EXISTS inputs (
+    id INTEGER PRIMARY KEY,
+    path TEXT NOT NULL,
+    relative TEXT NOT NULL,
+    dev INTEGER NOT NULL,
+    ino INTEGER NOT NULL,
+    size INTEGER NOT NULL,
+    mtime_ns INTEGER NOT NULL,
+    sha256 TEXT,
+    state TEXT NOT NULL,
+    job_id INTEGER REFERENCES jobs (id),
+    output_dir TEXT,
+    error TEXT,
+    disposed INTEGER NOT NULL DEFAULT 0,
+    detected_at REAL NOT NULL,
+    updated_at REAL NOT NULL,
+    UNIQUE (path, dev, ino, size, mtime_ns)
+);
+CREATE INDEX IF NOT EXISTS inputs_by_state ON inputs (state);
+CREATE INDEX IF NOT EXISTS inputs_by_job ON inputs (job_id);
+"""
+
+
+class Ledger:
+    """Thread-safe access to one ledger file (one connection, one lock)."""
+
+    def __init__(self, path: Path, readonly: bool = False) -> None:
+        self.path = path
+        self._lock = threading.RLock()
+        try:
+            if readonly:
+                uri = f"{path.resolve().as_uri()}?mode=ro"
+                self._db = sqlite3.connect(uri, uri=True, check_same_thread=False, timeout=10)
+            else:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                self._db = sqlite3.connect(path, check_same_thread=False, timeout=10)
+            self._db.row_factory = sqlite3.Row
+            self._db.execute("PRAGMA busy_timeout = 10000")
+            if not readonly:
+                self._db.execute("PRAGMA journal_mode = WAL")
+                self._db.execute("PRAGMA synchronous = FULL")
+                self._db.executescript(_SCHEMA)
+                self._db.execute(
+                    "INSERT OR IGNORE INTO meta (key, value) VALUES ('schema', ?)",
+                    (str(SCHEMA_VERSION),),
+                )
+                self._db.commit()
+            self._db.execute("SELECT count(*) FROM jobs").fetchone()
+        except sqlite3.DatabaseError as err:
+            raise StateError(
+                f"{path}: cannot open the ledger ({err}). If the file is damaged, stop stemd, "
+                "move it aside and start again: inputs still in the inbox are detected anew."
+            ) from None
+        except OSError as err:
+            raise StateError(f"{path}: cannot create the ledger ({err.strerror})") from None
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+    @contextmanager
+    def _tx(self) -> Iterator[sqlite3.Connection]:
+        """One immediate write transaction, committed durably or rolled back."""
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                yield self._db
+            except BaseException:
+                self._db.rollback()
+                raise
+            else:
+                self._db.commit()
+
+    # -- inputs -------------------------------------------------------------
+
+    def known(self, path: Path, stat: FileStat) -> InputRecord | None:
+        """The row for exactly this file version, if it was seen before."""
+        with self._lock:
+            row = self._db.execute(
+                "SELECT * FROM inputs WHERE path = ? AND dev = ? AND ino = ? AND size = ? "
+                "AND mtime_ns = ?",
+                (str(path), stat.dev, stat.ino, stat.size, stat.mtime_ns),
+            ).fetchone()
+        return _input(row) if row else None
+
+    def add_input(self, path: Path, relative: str, stat: FileStat) -> InputRecord | None:
+        """Register a settled file. None if this exact version is already known."""
+        now = time.time()
+        with self._tx() as db:
+            cursor = db.execute(
+                "INSERT OR IGNORE INTO inputs (path, relative, dev, ino, size, mtime_ns, state, "
+                "detected_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    str(path),
+                    relative,
+                    stat.dev,
+                    stat.ino,
+                    stat.size,
+                    stat.mtime_ns,
+                    InputState.PENDING.value,
+                    now,
+                    now,
+                ),
+            )
+            if cursor.rowcount == 0:
+                return None
+            row = db.execute("SELECT * FROM inputs WHERE id = ?", (cursor.lastrowid,)).fetchone()
+        return _input(row)
+
+    def pending_inputs(self, limit: int = 100) -> list[InputRecord]:
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT * FROM inputs WHERE state = ? ORDER BY id LIMIT ?",
+                (InputState.PENDING.value, limit),
+            ).fetchall()
+        return [_input(r) for r in rows]
+
+    def get_input(self, input_id: int) -> InputRecord:
+        with self._lock:
+            row = self._db.execute("SELECT * FROM inputs WHERE id = ?", (input_id,)).fetchone()
+        if row is None:
+            raise StateError(f"input {input_id} is not in the ledger")
+        return _input(row)
+
+    def inputs_of(self, job_id: int) -> list[InputRecord]:
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT * FROM inputs WHERE job_id = ? ORDER BY id", (job_id,)
+            ).fetchall()
+        return [_input(r) for r in rows]
+
+    def fail_input(self, input_id: int, error: str) -> None:
+        self._set_input(input_id, InputState.FAILED, error=error)
+
+    def finish_input(
+        self, input_id: int, state: InputState, output_dir: str | None, error: str | None = None
+    ) -> None:
+        self._set_input(input_id, state, output_dir=output_dir, error=error)
+
+    def mark_disposed(self, input_id: int) -> None:
+        with self._tx() as db:
+            db.execute(
+                "UPDATE inputs SET disposed = 1, updated_at = ? WHERE id = ?",
+                (time.time(), input_id),
+            )
+
+    def undisposed_inputs(self) -> list[InputRecord]:
+        """Finished inputs whose source was not yet kept/moved/deleted (crash in between)."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT * FROM inputs WHERE disposed = 0 AND state IN (?, ?, ?, ?)",
+                (
+                    InputState.PUBLISHED.value,
+                    InputState.DUPLICATE.value,
+                    InputState.SKIPPED.value,
+                    InputState.FAILED.value,
+                ),
+            ).fetchall()
+        return [_input(r) for r in rows]
+
+    def _set_input(
+        self,
+        input_id: int,
+        state: InputState,
+        output_dir: str | None = None,
+        error: str | None = None,
+    ) -> None:
+        with self._tx() as db:
+            db.execute(
+                "UPDATE inputs SET state = ?, output_dir = coalesce(?, output_dir), error = ?, "
+                "updated_at = ? WHERE id = ?",
+                (state.value, output_dir, error, time.time(), input_id),
+            )
+
+    # -- jobs ---------------------------------------------------------------
+
+    def attach(self, input_id: int, sha256: str, profile: str, source: str) -> JobRecord:
+        """Record the input's hash and attach it to the job for (sha256, profile).
+
+        Creates the job (queued, this input its owner) when the key is new.
+        """
+        now = time.time()
+        with self._tx() as db:
+            db.execute(
+                "INSERT OR IGNORE INTO jobs (sha256, profile, state, source, owner_input, "
+                "created_at) VALUES (?, ?, ?, ?, ?, ?)",
+                (sha256, profile, JobState.QUEUED.value, source, input_id, now),
+            )
+            job = db.execute(
+                "SELECT * FROM jobs WHERE sha256 = ? AND profile = ?", (sha256, profile)
+            ).fetchone()
+            db.execute(
+                "UPDATE inputs SET sha256 = ?, job_id = ?, state = ?, updated_at = ? WHERE id = ?",
+                (sha256, job["id"], InputState.ATTACHED.value, now, input_id),
+            )
+        return _job(job)
+
+    def get_job(self, job_id: int) -> JobRecord:
+        with self._lock:
+            row = self._db.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone()
+        if row is None:
+            raise StateError(f"job {job_id} is not in the ledger")
+        return _job(row)
+
+    def claim_next(self, now: float | None = None) -> JobRecord | None:
+        """Take the oldest queued job that is due: queued -> running, attempts + 1."""
+        now = time.time() if now is None else now
+        with self._tx() as db:
+            row = db.execute(
+                "SELECT * FROM jobs WHERE state = ? AND not_before <= ? ORDER BY id LIMIT 1",
+                (JobState.QUEUED.value, now),
+            ).fetchone()
+            if row is None:
+                return None
+            db.execute(
+                "UPDATE jobs SET state = ?, attempts = attempts + 1, progress = 0, "
+                "started_at = ? WHERE id = ?",
+                (JobState.RUNNING.value, now, row["id"]),
+            )
+            row = db.execute("SELECT * FROM jobs WHERE id = ?", (row["id"],)).fetchone()
+        return _job(row)
+
+    def next_due(self) -> float | None:
+        """When the earliest queued job becomes due (epoch seconds), if any."""
+        with self._lock:
+            row = self._db.execute(
+                "SELECT min(not_before) AS t FROM jobs WHERE state = ?", (JobState.QUEUED.value,)
+            ).fetchone()
+        return None if row["t"] is None else float(row["t"])
+
+    def _transition(
+        self, db: sqlite3.Connection, job_id: int, wanted: JobState, **fields: object
+    ) -> None:
+        row = db.execute("SELECT state FROM jobs WHERE id = ?", (job_id,)).fetchone()
+        if row is None:
+            raise StateError(f"job {job_id} is not in the ledger")
+        current = JobState(row["state"])
+        if wanted not in ALLOWED_TRANSITIONS[current]:
+            raise TransitionError(job_id, current, wanted)
+        assignments = ", ".join(f"{name} = ?" for name in ("state", *fields))
+        db.execute(
+            f"UPDATE jobs SET {assignments} WHERE id = ?",
+            (wanted.value, *fields.values(), job_id),
+        )
+
+    def set_progress(self, job_id: int, fraction: float) -> None:
+        with self._tx() as db:
+            db.execute("UPDATE jobs SET progress = ? WHERE id = ?", (fraction, job_id))
+
+    def complete(self, job_id: int, owner_input: int, output_dir: str) -> None:
+        """running -> done, and the owner input published, in one transaction."""
+        now = time.time()
+        with self._tx() as db:
+            self._transition(
+                db,
+                job_id,
+                JobState.DONE,
+                output_dir=output_dir,
+                progress=1.0,
+                error=None,
+                finished_at=now,
+                owner_input=owner_input,
+            )
+            db.execute(
+                "UPDATE inputs SET state = ?, output_dir = ?, updated_at = ? WHERE id = ?",
+                (InputState.PUBLISHED.value, output_dir, now, owner_input),
+            )
+
+    def requeue(self, job_id: int, error: str | None, delay: float, count_attempt: bool) -> None:
+        """running -> queued: interrupted, or failed with attempts left (after `delay`)."""
+        with self._tx() as db:
+            adjust = 0 if count_attempt else 1
+            self._transition(
+                db,
+                job_id,
+                JobState.QUEUED,
+                error=error,
+                not_before=time.time() + delay,
+                progress=0.0,
+            )
+            db.execute("UPDATE jobs SET attempts = attempts - ? WHERE id = ?", (adjust, job_id))
+
+    def fail(self, job_id: int, error: str) -> list[InputRecord]:
+        """-> failed, with the reason; every waiting input fails with it. Returns them."""
+        now = time.time()
+        with self._tx() as db:
+            self._transition(db, job_id, JobState.FAILED, error=error, finished_at=now)
+            db.execute(
+                "UPDATE inputs SET state = ?, error = ?, updated_at = ? "
+                "WHERE job_id = ? AND state = ?",
+                (InputState.FAILED.value, error, now, job_id, InputState.ATTACHED.value),
+            )
+            rows = db.execute(
+                "SELECT * FROM inputs WHERE job_id = ? AND state = ? AND disposed = 0",
+                (job_id, InputState.FAILED.value),
+            ).fetchall()
+        return [_input(r) for r in rows]
+
+    def retry(self, sha256: str | None = None) -> int:
+        """failed -> queued for one content hash (any prefix of 6+ digits) or all.
+
+        Attempts start over. Returns how many jobs were requeued.
+        """
+        now = time.time()
+        with self._tx() as db:
+            if sha256 is None:
+                rows = db.execute(
+                    "SELECT id FROM jobs WHERE state = ?", (JobState.FAILED.value,)
+                ).fetchall()
+            else:
+                rows = db.execute(
+                    "SELECT id FROM jobs WHERE state = ? AND sha256 LIKE ?",
+                    (JobState.FAILED.value, sha256.lower() + "%"),
+                ).fetchall()
+            for row in rows:
+                self._transition(
+                    db, row["id"], JobState.QUEUED, attempts=0, not_before=0.0, error=None
+                )
+                db.execute(
+                    "UPDATE inputs SET state = ?, error = NULL, disposed = 0, updated_at = ? "
+                    "WHERE job_id = ? AND state = ?",
+                    (InputState.ATTACHED.value, now, row["id"], InputState.FAILED.value),
+                )
+        return len(rows)
+
+    def recover(self, max_attempts: int) -> tuple[int, int]:
+        """At startup: jobs left running by a crash go back to queued (the attempt
+        counts), or to failed when that was their last. Returns (requeued, failed)."""
+        now = time.time()
+        requeued = failed = 0
+        with self._tx() as db:
+            rows = db.execute(
+                "SELECT id, attempts FROM jobs WHERE state = ?", (JobState.RUNNING.value,)
+            ).fetchall()
+            for row in rows:
+                if row["attempts"] >= max_attempts:
+                    reason = f"interrupted {row['attempts']} times (a crash while separating?)"
+                    self._transition(db, row["id"], JobState.FAILED, error=reason, finished_at=now)
+                    db.execute(
+                        "UPDATE inputs SET state = ?, error = ? WHERE job_id = ? AND state = ?",
+                        (InputState.FAILED.value, reason, row["id"], InputState.ATTACHED.value),
+                    )
+                    failed += 1
+                else:
+                    self._transition(db, row["id"], JobState.QUEUED, progress=0.0)
+                    requeued += 1
+        return requeued, failed
+
+    # -- reporting ----------------------------------------------------------
+
+    def counts(self) -> dict[str, int]:
+        with self._lock:
+            rows = self._db.execute("SELECT state, count(*) AS n FROM jobs GROUP BY state")
+            counts = {state.value: 0 for state in JobState}
+            for row in rows:
+                counts[row["state"]] = row["n"]
+            # inputs refused before they had a job (too big, unreadable) count as failed
+            orphan = self._db.execute(
+                "SELECT count(*) FROM inputs WHERE state = ? AND job_id IS NULL",
+                (InputState.FAILED.value,),
+            ).fetchone()[0]
+        counts[JobState.FAILED.value] += orphan
+        return counts
+
+    def jobs_in(self, state: JobState, limit: int = 50) -> list[JobRecord]:
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT * FROM jobs WHERE state = ? ORDER BY id DESC LIMIT ?",
+                (state.value, limit),
+            ).fetchall()
+        return [_job(r) for r in rows]
+
+    def failed_report(self, limit: int = 50) -> list[dict[str, object]]:
+        """Recent failures: failed jobs, and inputs refused before hashing."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT source, sha256, error, attempts, finished_at AS t FROM jobs "
+                "WHERE state = ? "
+                "UNION ALL SELECT relative, sha256, error, 0, updated_at FROM inputs "
+                "WHERE state = ? AND job_id IS NULL ORDER BY t DESC LIMIT ?",
+                (JobState.FAILED.value, InputState.FAILED.value, limit),
+            ).fetchall()
+        return [{"source": r[0], "sha256": r[1], "error": r[2], "attempts": r[3]} for r in rows]
+
+
+def _input(row: sqlite3.Row) -> InputRecord:
+    return InputRecord(
+        id=row["id"],
+        path=Path(row["path"]),
+        relative=row["relative"],
+        stat=FileStat(row["dev"], row["ino"], row["size"], row["mtime_ns"]),
+        sha256=row["sha256"],
+        state=InputState(row["state"]),
+        job_id=row["job_id"],
+        output_dir=row["output_dir"],
+        error=row["error"],
+        disposed=bool(row["disposed"]),
+    )
+
+
+def _job(row: sqlite3.Row) -> JobRecord:
+    return JobRecord(
+        id=row["id"],
+        sha256=row["sha256"],
+        profile=row["profile"],
+        state=JobState(row["state"]),
+        attempts=row["attempts"],
+        error=row["error"],
+        source=row["source"],
+        owner_input=row["owner_input"],
+        output_dir=row["output_dir"],
+        progress=row["progress"],
+        not_before=row["not_before"],
+    )

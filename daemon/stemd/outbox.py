@@ -1,0 +1,340 @@
+"""Where stems land, and how they get there without a reader ever seeing half.
+
+A track's stems are written into a hidden temporary folder inside the outbox
+(`.stemd-tmp/`, same filesystem), fsynced, then the folder is renamed into its
+final place and the parent fsynced. Each track folder holds `stemd.json`, whose
+sha256 and profile tell whether an existing folder is ours: a restart after a
+crash between the rename and the ledger commit recognises its own work instead
+of publishing it twice.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import grp
+import json
+import logging
+import os
+import shutil
+import stat
+import time
+import uuid
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+from stemd.config import OutputConfig
+from stemd.errors import ConfigError, OutboxError
+
+log = logging.getLogger("stemd")
+
+TEMP_DIR = ".stemd-tmp"
+MANIFEST = "stemd.json"
+MAX_NAME_BYTES = 255
+
+
+def safe_component(name: str) -> str:
+    """One path component that is safe on every share: no slash, NUL or control
+    characters, not '.'/'..', at most 255 bytes of UTF-8."""
+    cleaned = "".join("_" if (ch in "/\\\0" or not ch.isprintable()) else ch for ch in name)
+    cleaned = cleaned.strip()
+    if cleaned in ("", ".", ".."):
+        cleaned = "_"
+    if cleaned.startswith("."):
+        cleaned = "_" + cleaned[1:]  # a hidden track folder would look like our temp
+    encoded = cleaned.encode("utf-8", errors="surrogateescape")
+    if len(encoded) > MAX_NAME_BYTES:
+        cleaned = encoded[:MAX_NAME_BYTES].decode("utf-8", errors="ignore")
+    return cleaned
+
+
+@dataclass(frozen=True)
+class TrackNames:
+    """The values of the layout placeholders for one input."""
+
+    model: str
+    relative_dir: str  # the input's folder relative to the inbox, "" at its top
+    track: str  # file name without extension
+    trackext: str
+    hash: str  # first 12 hex digits of the sha256
+
+    @classmethod
+    def for_input(cls, model_folder: str, relative: str, sha256: str) -> TrackNames:
+        path = PurePosixPath(relative)
+        name = path.name
+        track, _, ext = name.rpartition(".")
+        if not track:  # no dot: the whole name is the track
+            track, ext = name, ""
+        parent = path.parent.as_posix()
+        return cls(
+            model=model_folder,
+            relative_dir="" if parent == "." else parent,
+            track=track,
+            trackext=ext,
+            hash=sha256[:12],
+        )
+
+
+def _format_parts(template: str, values: dict[str, str]) -> list[str]:
+    """Format a layout fragment and split it into safe path components."""
+    parts: list[str] = []
+    for raw in template.split("/"):
+        formatted = raw.format(**values)
+        # {relative_dir} may span several folders; each is cleaned on its own.
+        for piece in formatted.split("/"):
+            if piece:
+                parts.append(safe_component(piece))
+    return parts
+
+
+def track_folder(layout: str, names: TrackNames) -> PurePosixPath:
+    """The track's folder relative to the outbox, e.g. htdemucs/rock/song."""
+    folder = layout.rsplit("/", 1)[0]
+    values = {
+        "model": names.model,
+        "relative_dir": names.relative_dir,
+        "track": names.track,
+        "trackext": names.trackext,
+        "hash": names.hash,
+    }
+    parts = _format_parts(folder, values)
+    if not parts:
+        raise OutboxError(f"the layout {layout!r} gives an empty track folder")
+    return PurePosixPath(*parts)
+
+
+def stem_filename(layout: str, names: TrackNames, stem: str, ext: str) -> str:
+    template = layout.rsplit("/", 1)[-1]
+    values = {
+        "model": names.model,
+        "relative_dir": names.relative_dir.replace("/", "_"),
+        "track": names.track,
+        "trackext": names.trackext,
+        "hash": names.hash,
+        "stem": stem,
+        "ext": ext,
+    }
+    return safe_component(template.format(**values))
+
+
+def numbered(folder: PurePosixPath, n: int) -> PurePosixPath:
+    """`song` -> `song (2)`: the name for the n-th different track called the same."""
+    return folder.with_name(safe_component(f"{folder.name} ({n})"))
+
+
+def fsync_path(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def read_manifest(folder: Path) -> dict[str, Any] | None:
+    try:
+        with open(folder / MANIFEST, encoding="utf-8") as file:
+            data = json.load(file)
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+class Outbox:
+    """Publishes finished track folders into the outbox root."""
+
+    def __init__(self, root: Path, output: OutputConfig) -> None:
+        self.root = root
+        self.output = output
+        self.gid: int | None = None
+        if output.group is not None:
+            try:
+                self.gid = grp.getgrnam(output.group).gr_gid
+            except KeyError:
+                raise ConfigError.single(
+                    "config", "output.group", f"no group named {output.group!r} on this system"
+                ) from None
+
+    @property
+    def temp_root(self) -> Path:
+        return self.root / TEMP_DIR
+
+    def cleanup_temp(self) -> int:
+        """Remove work folders left by an interrupted run. Returns how many."""
+        if not self.temp_root.is_dir():
+            return 0
+        count = 0
+        for entry in self.temp_root.iterdir():
+            shutil.rmtree(entry, ignore_errors=True)
+            count += 1
+        return count
+
+    def new_temp(self, label: str) -> Path:
+        self.temp_root.mkdir(parents=True, exist_ok=True)
+        folder = self.temp_root / f"{label}-{uuid.uuid4().hex[:8]}"
+        folder.mkdir()
+        return folder
+
+    def discard(self, temp: Path) -> None:
+        shutil.rmtree(temp, ignore_errors=True)
+
+    # -- permissions --------------------------------------------------------
+
+    def _apply_mode(self, path: Path, is_dir: bool) -> None:
+        mode = self.output.dir_mode if is_dir else self.output.file_mode
+        try:
+            os.chmod(path, mode)
+            if self.gid is not None:
+                os.chown(path, -1, self.gid)
+        except OSError as err:
+            log.warning("cannot set mode/group on %s: %s", path, err.strerror)
+
+    def _make_parents(self, folder: Path) -> None:
+        missing: list[Path] = []
+        current = folder
+        while not current.exists() and current != self.root:
+            missing.append(current)
+            current = current.parent
+        for path in reversed(missing):
+            with contextlib.suppress(FileExistsError):
+                path.mkdir()
+            self._apply_mode(path, is_dir=True)
+
+    # -- writing ------------------------------------------------------------
+
+    def seal(self, temp: Path, manifest: dict[str, Any]) -> None:
+        """Write the manifest, set modes, and fsync every file and the folder."""
+        with open(temp / MANIFEST, "w", encoding="utf-8") as file:
+            json.dump(manifest, file, indent=2, ensure_ascii=False)
+            file.write("\n")
+        for entry in temp.iterdir():
+            self._apply_mode(entry, is_dir=False)
+            fsync_path(entry)
+        self._apply_mode(temp, is_dir=True)
+        fsync_path(temp)
+
+    def owns(self, folder: Path, sha256: str, profile: str) -> bool:
+        manifest = read_manifest(folder)
+        return (
+            manifest is not None
+            and manifest.get("sha256") == sha256
+            and manifest.get("profile") == profile
+        )
+
+    def target(self, folder: PurePosixPath, sha256: str, profile: str) -> PurePosixPath | None:
+        """Where this track's stems go under the conflict policy; None for skip.
+
+        A folder already holding this very content and profile is the target
+        itself (publishing again is then a no-op).
+        """
+        candidate, n = folder, 1
+        while True:
+            path = self.root / candidate
+            if not path.exists() or self.owns(path, sha256, profile):
+                return candidate
+            policy = self.output.on_conflict
+            if policy == "skip":
+                return None
+            if policy == "overwrite":
+                return candidate
+            n += 1
+            candidate = numbered(folder, n)
+
+    def publish(
+        self, temp: Path, folder: PurePosixPath, sha256: str, profile: str
+    ) -> PurePosixPath | None:
+        """Move a sealed temp folder into place. Returns its outbox-relative path,
+        or None when on_conflict is skip and the name is taken."""
+        target = self.target(folder, sha256, profile)
+        if target is None:
+            self.discard(temp)
+            return None
+        final = self.root / target
+        self._make_parents(final.parent)
+        if final.exists() and self.owns(final, sha256, profile):
+            self.discard(temp)  # published before a crash; the ledger missed it
+            return target
+        if final.exists():  # overwrite: swap, then remove the old folder
+            trash = self.new_temp("replaced")
+            os.rename(final, trash / "old")
+            os.rename(temp, final)
+            fsync_path(final.parent)
+            self.discard(trash)
+        else:
+            try:
+                os.rename(temp, final)
+            except OSError as err:
+                if err.errno in (errno.EEXIST, errno.ENOTEMPTY):
+                    raise OutboxError(f"{final}: appeared while publishing; will retry") from err
+                raise OutboxError(f"{final}: cannot publish: {err.strerror}") from err
+        fsync_path(final.parent)
+        return target
+
+    def copy_stems(self, original: Path, temp: Path, names: Iterable[str], link: bool) -> None:
+        """Reuse stems: hard links where the filesystem allows, else copies."""
+        for name in names:
+            source, dest = original / name, temp / name
+            if link:
+                try:
+                    os.link(source, dest)
+                    continue
+                except OSError as err:
+                    if err.errno not in (errno.EXDEV, errno.EPERM, errno.EMLINK, errno.ENOTSUP):
+                        raise
+            shutil.copyfile(source, dest)
+
+
+def new_manifest(**fields: Any) -> dict[str, Any]:
+    fields.setdefault("created", time.strftime("%Y-%m-%dT%H:%M:%S%z"))
+    return fields
+
+
+def dispose_source(
+    path: Path,
+    relative: str,
+    expected: tuple[int, int, int, int],
+    action: str,
+    folder: Path | None,
+) -> str:
+    """keep / move / delete an input, only if it is still the file we processed.
+
+    `expected` is (dev, ino, size, mtime_ns). Returns what was done, in words.
+    """
+    if action == "keep":
+        return "kept"
+    try:
+        info = os.lstat(path)
+    except FileNotFoundError:
+        return "already gone"
+    if (
+        not stat.S_ISREG(info.st_mode)
+        or (
+            info.st_dev,
+            info.st_ino,
+            info.st_size,
+            info.st_mtime_ns,
+        )
+        != expected
+    ):
+        return "left in place: it changed after it was processed"
+    if action == "delete":
+        path.unlink()
+        return "deleted"
+    assert folder is not None  # config validation requires it with move
+    dest = folder / relative
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    n = 1
+    while dest.exists():
+        n += 1
+        stem, dot, ext = PurePosixPath(relative).name.rpartition(".")
+        name = f"{stem} ({n}).{ext}" if dot else f"{ext} ({n})"
+        dest = folder / PurePosixPath(relative).parent / name
+    try:
+        os.rename(path, dest)
+    except OSError as err:
+        if err.errno != errno.EXDEV:
+            raise
+        shutil.copy2(path, dest)
+        path.unlink()
+    return f"moved to {dest}"

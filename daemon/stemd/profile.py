@@ -1,0 +1,39 @@
+"""The output profile: a fingerprint of everything that changes the stems.
+
+The job key is (content sha256, profile). Two drops of the same bytes under the
+same profile get one separation; change the model, its weights, shifts, overlap,
+segment, the stems selection, format, bit depth, clip mode or precision and the
+same bytes are separated again.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Any
+
+from stemd.config import Config
+from stemd.engine import ModelInfo
+
+
+def profile_params(config: Config, model: ModelInfo) -> dict[str, Any]:
+    output = config.output
+    params: dict[str, Any] = {
+        "model": model.name,
+        "weights": model.weights,
+        "shifts": config.model.shifts,
+        "overlap": config.model.overlap,
+        "segment": config.model.segment,
+        "precision": config.model.precision,
+        "two_stems": output.two_stems,
+        "format": output.format,
+        "sample_format": output.sample_format if output.format != "mp3" else None,
+        "mp3_bitrate": output.mp3_bitrate if output.format == "mp3" else None,
+        "clip": output.clip,
+    }
+    return params
+
+
+def profile_key(params: dict[str, Any]) -> str:
+    canonical = json.dumps(params, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode()).hexdigest()[:16]

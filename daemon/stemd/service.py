@@ -1,0 +1,289 @@
+"""The daemon's lifecycle: startup -> main loop (tick) -> shutdown.
+
+Modelled on uvicorn's Server: signal handlers only record the signal; the main
+loop, ticking a few times a second, acts on it. The main loop owns the watcher
+and the settle bookkeeping; the worker thread owns the model.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import stat
+import time
+from pathlib import Path, PurePath
+from types import FrameType
+
+from stemd.config import Config, load_config
+from stemd.engine import Engine
+from stemd.errors import ConfigError, StemdError
+from stemd.ledger import JobState, Ledger
+from stemd.logs import event, setup_logging
+from stemd.notify import Notifier
+from stemd.outbox import Outbox
+from stemd.settle import Settler, ignore_reason
+from stemd.watcher import Change, InboxWatcher
+from stemd.worker import Worker, stat_of
+
+log = logging.getLogger("stemd")
+
+TICK_S = 0.1
+STATUS_INTERVAL_S = 1.0
+WORKER_JOIN_AFTER_CANCEL_S = 120.0
+LEDGER_FILE = "ledger.sqlite"
+
+
+class Service:
+    def __init__(self, config: Config, config_path: Path | None) -> None:
+        self.config = config
+        self.config_path = config_path
+        self.notifier = Notifier()
+        self.signals: list[int] = []  # appended by handlers, read by the main loop
+        self._handled_signals = 0
+        self.ledger: Ledger | None = None
+        self.worker: Worker | None = None
+        self.watcher: InboxWatcher | None = None
+        self.settler: Settler | None = None
+        self._next_rescan = 0.0
+        self._next_status = 0.0
+        self._stopping = False
+
+    # -- signals --------------------------------------------------------------
+
+    def _on_signal(self, signum: int, _frame: FrameType | None) -> None:
+        self.signals.append(signum)
+
+    def install_signal_handlers(self) -> None:
+        for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            signal.signal(signum, self._on_signal)
+
+    # -- lifecycle --------------------------------------------------------------
+
+    def run(self) -> int:
+        self.install_signal_handlers()
+        try:
+            self.startup()
+            self.main_loop()
+        finally:
+            self.shutdown()
+        if self.worker is not None and self.worker.failure is not None:
+            raise StemdError(f"the worker failed: {self.worker.failure}")
+        return 0
+
+    def startup(self) -> None:
+        config = self.config
+        self._prepare_folders(config)
+        self.ledger = Ledger(config.state_dir / LEDGER_FILE)
+        requeued, failed = self.ledger.recover(config.source.max_attempts)
+        if requeued or failed:
+            log.warning(
+                "recovered from an interrupted run: %d job(s) requeued, %d failed", requeued, failed
+            )
+        removed = Outbox(config.outbox, config.output).cleanup_temp()
+        if removed:
+            log.info("removed %d unfinished work folder(s) from the outbox", removed)
+        self.notifier.status(f"loading model {config.model.name}")
+        engine = Engine(config.model)
+        if config.output.two_stems and config.output.two_stems not in engine.info.sources:
+            raise ConfigError.single(
+                "config",
+                "output.two_stems",
+                f"{config.output.two_stems!r} is not a stem of {config.model.name}; "
+                f"use one of {', '.join(engine.info.sources)}",
+            )
+        self.worker = Worker(self.ledger, config, engine)
+        self.worker.start()
+        self._start_watcher(config)
+        self.notifier.ready()
+        log.info("stemd ready: inbox %s, outbox %s", config.inbox, config.outbox)
+
+    def _prepare_folders(self, config: Config) -> None:
+        for name, folder in (
+            ("inbox", config.inbox),
+            ("outbox", config.outbox),
+            ("state_dir", config.state_dir),
+        ):
+            if not folder.is_dir():
+                try:
+                    folder.mkdir(parents=True)
+                except OSError as err:
+                    raise ConfigError.single(
+                        "config",
+                        name,
+                        f"{folder} does not exist and cannot be created "
+                        f"({err.strerror}); create it or fix the path",
+                    ) from None
+                log.info("created %s %s", name, folder)
+
+    def _start_watcher(self, config: Config) -> None:
+        self.watcher = InboxWatcher(config.inbox, config.watch)
+        self.settler = Settler(config.watch.settle, require_close=self.watcher.require_close)
+        self.watcher.start()
+        self._scan(config.inbox)  # the startup scan: files dropped while we were stopped
+        self._next_rescan = time.monotonic() + config.watch.rescan_interval
+
+    def main_loop(self) -> None:
+        while not self._stopping:
+            self.tick()
+            time.sleep(TICK_S)
+
+    def tick(self) -> None:
+        self._handle_signals()
+        if self._stopping:
+            return
+        assert self.watcher is not None and self.settler is not None
+        assert self.worker is not None
+        if not self.worker.is_alive():
+            log.critical("the worker thread died; stopping")
+            self._stopping = True
+            return
+        self._apply_changes()
+        now = time.monotonic()
+        if now >= self._next_rescan:
+            self._scan(self.config.inbox)
+            self._next_rescan = now + self.config.watch.rescan_interval
+        for path in self.settler.poll():
+            self._register(path)
+        if now >= self._next_status:
+            self._next_status = now + STATUS_INTERVAL_S
+            self.notifier.status(self.status_line())
+
+    def _handle_signals(self) -> None:
+        while self._handled_signals < len(self.signals):
+            signum = self.signals[self._handled_signals]
+            self._handled_signals += 1
+            if signum == signal.SIGHUP:
+                self.reload()
+            else:
+                log.info("received %s; stopping", signal.Signals(signum).name)
+                self._stopping = True
+
+    # -- intake -------------------------------------------------------------------
+
+    def _apply_changes(self) -> None:
+        assert self.watcher is not None and self.settler is not None
+        for change in self.watcher.drain():
+            if change.kind is Change.WRITTEN:
+                self.settler.written(change.path)
+            elif change.kind is Change.CLOSED:
+                self.settler.closed(change.path)
+            elif change.kind is Change.GONE:
+                self.settler.forget(change.path)
+            elif change.kind is Change.DIR_ADDED:
+                self._scan(change.path)
+            elif change.kind is Change.DIR_GONE:
+                self.settler.forget_under(change.path)
+
+    def _scan(self, folder: Path) -> None:
+        assert self.watcher is not None and self.settler is not None
+        assert self.ledger is not None
+        for path in self.watcher.scan(folder):
+            if path in self.settler:
+                continue
+            try:
+                if self.ledger.known(path, stat_of(path)) is not None:
+                    continue  # seen before, unchanged: no rehash
+            except OSError:
+                continue
+            self.settler.found(path)
+
+    def _register(self, path: Path) -> None:
+        """A settled path: refuse it with a reason, or record it for the worker."""
+        assert self.ledger is not None and self.worker is not None
+        inbox = self.config.inbox
+        try:
+            relative = PurePath(os.path.relpath(path, inbox))
+        except ValueError:
+            return
+        if relative.parts and relative.parts[0] == "..":
+            return
+        reason = ignore_reason(relative, self.config.watch.extensions, self.config.watch.ignore)
+        if reason is not None:
+            log.debug("ignored %s: %s", relative, reason)
+            return
+        if not self.config.watch.recursive and len(relative.parts) > 1:
+            return
+        try:
+            info = os.lstat(path)
+        except OSError:
+            return
+        if not stat.S_ISREG(info.st_mode):
+            kind = "a symlink" if stat.S_ISLNK(info.st_mode) else "not a regular file"
+            event(
+                logging.WARNING,
+                "ignored",
+                f"{relative}: ignored, {kind}",
+                source=relative.as_posix(),
+            )
+            return
+        record = self.ledger.add_input(path, relative.as_posix(), stat_of(path))
+        if record is not None:
+            log.debug("settled: %s", relative)
+            self.worker.wake.set()
+
+    # -- reload ---------------------------------------------------------------
+
+    def reload(self) -> None:
+        self.notifier.reloading()
+        log.info("reloading the configuration from %s", self.config_path)
+        try:
+            new = load_config(self.config_path)
+        except ConfigError as err:
+            for issue in err.issues:
+                log.error("reload rejected: %s", issue)
+            log.error("keeping the running configuration")
+            self.notifier.ready()
+            return
+        old = self.config
+        if new.state_dir != old.state_dir:
+            log.warning("state_dir changes need a restart; keeping %s", old.state_dir)
+            new = new.model_copy(update={"state_dir": old.state_dir})
+        setup_logging(new.logging.target, new.logging.level)
+        self.config = new
+        if new.inbox != old.inbox or new.watch != old.watch:
+            assert self.watcher is not None
+            self.watcher.stop()
+            self._start_watcher(new)
+        assert self.worker is not None
+        self.worker.request_reload(new)
+        self.notifier.ready()
+
+    # -- status -----------------------------------------------------------------
+
+    def status_line(self) -> str:
+        assert self.ledger is not None and self.worker is not None
+        counts = self.ledger.counts()
+        queued = counts[JobState.QUEUED.value]
+        current = self.worker.current
+        if current is not None:
+            name = PurePath(current.source).name
+            return f"separating {name} {current.progress:.0%}, {queued} queued"
+        return f"idle, {counts[JobState.DONE.value]} done, {counts[JobState.FAILED.value]} failed"
+
+    # -- shutdown -----------------------------------------------------------------
+
+    def shutdown(self) -> None:
+        self.notifier.stopping()
+        if self.watcher is not None:
+            self.watcher.stop()
+        worker = self.worker
+        if worker is not None and worker.is_alive():
+            worker.request_stop()
+            grace = self.config.service.shutdown_grace
+            deadline = time.monotonic() + grace
+            if worker.current is not None:
+                log.info("waiting up to %.0fs for %s to finish", grace, worker.current.source)
+            while worker.is_alive() and time.monotonic() < deadline:
+                worker.join(TICK_S)
+                if len(self.signals) > self._handled_signals:
+                    log.info("second signal: cancelling the running job now")
+                    break
+            if worker.is_alive():
+                worker.request_cancel()
+                worker.join(WORKER_JOIN_AFTER_CANCEL_S)
+                if worker.is_alive():
+                    log.error("the worker did not stop; exiting anyway")
+        if self.ledger is not None:
+            self.ledger.close()
+        log.info("stemd stopped")

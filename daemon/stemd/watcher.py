@@ -1,0 +1,212 @@
+"""Watches the inbox with watchdog (inotify or polling) and scans it.
+
+Observer callbacks only put (kind, path) on a queue; the service's main loop
+drains it. Nothing heavy runs on the observer thread.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import queue
+from collections.abc import Iterator
+from dataclasses import dataclass
+from enum import Enum
+from pathlib import Path, PurePath
+
+from watchdog.events import (
+    DirCreatedEvent,
+    DirDeletedEvent,
+    DirMovedEvent,
+    FileClosedEvent,
+    FileCreatedEvent,
+    FileDeletedEvent,
+    FileModifiedEvent,
+    FileMovedEvent,
+    FileSystemEvent,
+    FileSystemEventHandler,
+)
+from watchdog.observers import Observer
+from watchdog.observers.api import BaseObserver
+from watchdog.observers.polling import PollingObserver
+
+from stemd.config import WatchConfig
+from stemd.settle import dir_ignored
+
+log = logging.getLogger("stemd")
+
+# Filesystems whose changes made elsewhere never reach local inotify.
+NETWORK_FS_TYPES = frozenset(
+    {
+        "nfs",
+        "nfs4",
+        "cifs",
+        "smb3",
+        "smbfs",
+        "9p",
+        "ceph",
+        "glusterfs",
+        "lustre",
+        "afs",
+        "davfs",
+        "sshfs",
+        "virtiofs",
+    }
+)
+
+
+class Change(Enum):
+    WRITTEN = "written"  # created or modified: a writer may still hold it
+    CLOSED = "closed"  # closed after writing, or moved in complete
+    GONE = "gone"  # deleted or moved away
+    DIR_ADDED = "dir_added"  # a folder appeared (moved in whole): scan it
+    DIR_GONE = "dir_gone"
+
+
+@dataclass(frozen=True)
+class FsChange:
+    kind: Change
+    path: Path
+
+
+def mount_fs_type(path: Path) -> str:
+    """The filesystem type of the mount that holds `path` (from /proc/self/mountinfo)."""
+    target = os.path.realpath(path)
+    best, best_type = "", "unknown"
+    try:
+        with open("/proc/self/mountinfo", encoding="utf-8") as mounts:
+            for line in mounts:
+                fields = line.split()
+                # mount point is field 5; fs type follows the " - " separator
+                mount_point = fields[4].replace("\\040", " ")
+                fs_type = fields[fields.index("-") + 1]
+                inside = target == mount_point or target.startswith(mount_point.rstrip("/") + "/")
+                if inside and len(mount_point) >= len(best):
+                    best, best_type = mount_point, fs_type
+    except (OSError, ValueError, IndexError):
+        return "unknown"
+    return best_type
+
+
+def choose_mode(mode: str, inbox: Path) -> str:
+    """inotify or poll. `auto` polls on network and FUSE mounts."""
+    if mode != "auto":
+        return mode
+    fs_type = mount_fs_type(inbox)
+    if fs_type in NETWORK_FS_TYPES or fs_type.startswith("fuse"):
+        return "poll"
+    return "inotify"
+
+
+class _Handler(FileSystemEventHandler):
+    def __init__(self, changes: queue.SimpleQueue[FsChange], inbox: Path) -> None:
+        self._changes = changes
+        self._inbox = inbox
+
+    def _put(self, kind: Change, raw: str | bytes) -> None:
+        path = Path(os.fsdecode(raw))
+        if path != self._inbox:
+            self._changes.put(FsChange(kind, path))
+
+    def on_any_event(self, event: FileSystemEvent) -> None:
+        match event:
+            case FileCreatedEvent() | FileModifiedEvent():
+                self._put(Change.WRITTEN, event.src_path)
+            case FileClosedEvent():
+                self._put(Change.CLOSED, event.src_path)
+            case FileDeletedEvent():
+                self._put(Change.GONE, event.src_path)
+            case FileMovedEvent():
+                self._put(Change.GONE, event.src_path)
+                self._put(Change.CLOSED, event.dest_path)
+            case DirCreatedEvent():
+                self._put(Change.DIR_ADDED, event.src_path)
+            case DirMovedEvent():
+                self._put(Change.DIR_GONE, event.src_path)
+                self._put(Change.DIR_ADDED, event.dest_path)
+            case DirDeletedEvent():
+                self._put(Change.DIR_GONE, event.src_path)
+            case _:
+                pass
+
+
+class InboxWatcher:
+    """Owns the watchdog observer thread for one inbox."""
+
+    def __init__(self, inbox: Path, watch: WatchConfig) -> None:
+        self.inbox = inbox
+        self.watch = watch
+        self.mode = choose_mode(watch.mode, inbox)
+        self.changes: queue.SimpleQueue[FsChange] = queue.SimpleQueue()
+        self._observer: BaseObserver | None = None
+
+    @property
+    def require_close(self) -> bool:
+        """Polling sees no close events; only inotify can wait for one."""
+        return self.mode == "inotify"
+
+    def start(self) -> None:
+        observer: BaseObserver
+        if self.mode == "poll":
+            observer = PollingObserver(timeout=self.watch.poll_interval)
+        else:
+            observer = Observer()
+        observer.schedule(
+            _Handler(self.changes, self.inbox), str(self.inbox), recursive=self.watch.recursive
+        )
+        observer.daemon = True
+        observer.start()
+        self._observer = observer
+        log.info("watching %s (%s, recursive=%s)", self.inbox, self.mode, self.watch.recursive)
+
+    def stop(self, timeout: float = 5.0) -> None:
+        if self._observer is None:
+            return
+        self._observer.stop()
+        self._observer.join(timeout)
+        if self._observer.is_alive():
+            log.warning("the inbox observer did not stop within %.0fs", timeout)
+        self._observer = None
+
+    def is_alive(self) -> bool:
+        return self._observer is not None and self._observer.is_alive()
+
+    def drain(self, limit: int = 10000) -> list[FsChange]:
+        out: list[FsChange] = []
+        while len(out) < limit:
+            try:
+                out.append(self.changes.get_nowait())
+            except queue.Empty:
+                break
+        return out
+
+    def scan(self, folder: Path | None = None) -> Iterator[Path]:
+        """Every regular file below `folder` (default: the inbox), ignored folders pruned."""
+        yield from scan_tree(
+            folder or self.inbox, self.inbox, self.watch.recursive, self.watch.ignore
+        )
+
+
+def scan_tree(
+    folder: Path, inbox: Path, recursive: bool, extra_ignore: tuple[str, ...] = ()
+) -> Iterator[Path]:
+    """Regular files below `folder`, never following symlinks, ignored folders pruned."""
+    stack = [folder]
+    while stack:
+        current = stack.pop()
+        try:
+            entries = list(os.scandir(current))
+        except OSError as err:
+            log.warning("cannot scan %s: %s", current, err.strerror)
+            continue
+        for entry in entries:
+            path = Path(entry.path)
+            try:
+                if entry.is_dir(follow_symlinks=False):
+                    relative = PurePath(os.path.relpath(path, inbox))
+                    if recursive and not dir_ignored(relative, extra_ignore):
+                        stack.append(path)
+                else:
+                    yield path  # files, and symlinks/FIFOs the caller refuses with a reason
+            except OSError:
+                continue

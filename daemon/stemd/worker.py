@@ -1,0 +1,530 @@
+"""The worker thread: identifies settled inputs and runs jobs, one at a time.
+
+For each pending input: hash it (streaming), attach it to the job for (sha256,
+profile), and if that job is already done, give it the existing stems. For each
+queued job: decode -> separate -> encode into a temp folder -> publish -> ledger
+commit -> dispose of the source. The model is only ever used from this thread, so
+the device never runs two jobs at once.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+from stemd import __version__
+from stemd.audio import StemFormat, decode, encode, probe, stems_to_write
+from stemd.config import Config
+from stemd.engine import CancelCheck, Engine, ProgressHook
+from stemd.errors import InputError, JobCancelled, StemdError
+from stemd.hashing import sha256_file
+from stemd.ledger import FileStat, InputRecord, InputState, JobRecord, JobState, Ledger
+from stemd.logs import event
+from stemd.outbox import (
+    Outbox,
+    TrackNames,
+    dispose_source,
+    new_manifest,
+    read_manifest,
+    stem_filename,
+    track_folder,
+)
+from stemd.profile import profile_key, profile_params
+
+log = logging.getLogger("stemd")
+
+RETRY_BASE_DELAY_S = 10.0
+RETRY_MAX_DELAY_S = 3600.0
+IDLE_WAIT_S = 1.0
+PROGRESS_WRITE_INTERVAL_S = 1.0
+
+
+def retry_delay(attempts: int) -> float:
+    """10s, 20s, 40s ... capped at an hour."""
+    return float(min(RETRY_MAX_DELAY_S, RETRY_BASE_DELAY_S * 2 ** max(0, attempts - 1)))
+
+
+def stat_of(path: Path) -> FileStat:
+    info = os.lstat(path)
+    return FileStat(info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns)
+
+
+@dataclass
+class Current:
+    job_id: int
+    source: str
+    progress: float
+
+
+@dataclass(frozen=True)
+class RenderRequest:
+    path: Path
+    relative: str  # inbox-relative name: decides the track folder and file names
+    sha256: str
+    profile: str
+    params: dict[str, Any]
+    label: str  # names the temp folder
+
+
+def render_track(
+    engine: Engine,
+    outbox: Outbox,
+    config: Config,
+    request: RenderRequest,
+    progress: ProgressHook | None = None,
+    cancelled: CancelCheck | None = None,
+) -> Path:
+    """Decode, separate and encode one track into a sealed temp folder in the outbox.
+
+    The caller publishes it (or discards it). Raises InputError for input that
+    cannot be used, JobCancelled when `cancelled` turns true.
+    """
+    info = engine.info
+    probe_info = probe(request.path)
+    max_duration = config.watch.max_duration
+    if probe_info.duration is not None and probe_info.duration > max_duration:
+        raise InputError(
+            request.path,
+            f"{probe_info.duration:.0f}s of audio is over watch.max_duration ({max_duration:g}s)",
+        )
+    started = time.monotonic()
+    wav = decode(request.path, info.samplerate, info.audio_channels)
+    duration = wav.shape[-1] / info.samplerate
+    if duration > max_duration:
+        raise InputError(request.path, f"{duration:.0f}s is over watch.max_duration")
+    stems = engine.separate(wav, progress=progress, cancelled=cancelled)
+    separated = time.monotonic() - started
+    stems = stems_to_write(stems, config.output.two_stems)
+    output = config.output
+    fmt = StemFormat(output.format, output.sample_format, output.mp3_bitrate, output.clip)
+    names = TrackNames.for_input(info.folder, request.relative, request.sha256)
+    temp = outbox.new_temp(request.label)
+    try:
+        files: dict[str, str] = {}
+        for stem, data in stems.items():
+            filename = stem_filename(output.layout, names, stem, fmt.ext)
+            encode(data, temp / filename, info.samplerate, fmt)
+            files[stem] = filename
+        outbox.seal(
+            temp,
+            new_manifest(
+                source=request.relative,
+                sha256=request.sha256,
+                profile=request.profile,
+                model=info.name,
+                parameters=request.params,
+                stems=files,
+                samplerate=info.samplerate,
+                duration_seconds=round(duration, 3),
+                separation_seconds=round(separated, 3),
+                device=info.device,
+                stemd_version=__version__,
+                duplicate_of=None,
+            ),
+        )
+    except BaseException:
+        outbox.discard(temp)
+        raise
+    return temp
+
+
+class Worker(threading.Thread):
+    def __init__(self, ledger: Ledger, config: Config, engine: Engine) -> None:
+        super().__init__(name="stemd-worker", daemon=True)
+        self.ledger = ledger
+        self.config = config
+        self.engine = engine
+        self.outbox = Outbox(config.outbox, config.output)
+        self.wake = threading.Event()
+        self.stop_requested = threading.Event()  # finish the running job, take no more
+        self.cancel_requested = threading.Event()  # stop the running job at the next chunk
+        self.heartbeat = time.monotonic()
+        self.current: Current | None = None
+        self.jobs_done = 0
+        self._new_config: Config | None = None
+        self._config_lock = threading.Lock()
+        self._profile = self._make_profile()
+        self._last_progress_write = 0.0
+        self.failure: BaseException | None = None
+
+    # -- control from the service thread ------------------------------------
+
+    def request_reload(self, config: Config) -> None:
+        """Apply a new config between jobs (reloading the model if it changed)."""
+        with self._config_lock:
+            self._new_config = config
+        self.wake.set()
+
+    def request_stop(self) -> None:
+        self.stop_requested.set()
+        self.wake.set()
+
+    def request_cancel(self) -> None:
+        self.cancel_requested.set()
+        self.wake.set()
+
+    # -- thread body ---------------------------------------------------------
+
+    def run(self) -> None:
+        try:
+            self.dispose_leftovers()
+            while not self.stop_requested.is_set():
+                self.heartbeat = time.monotonic()
+                self._apply_new_config()
+                if self._identify_pending():
+                    continue
+                job = self.ledger.claim_next()
+                if job is not None:
+                    self._run_job(job)
+                    continue
+                self.wake.wait(IDLE_WAIT_S)
+                self.wake.clear()
+        except BaseException as exc:  # the service sees this and stops with an error
+            self.failure = exc
+            log.critical("the worker stopped on an unexpected error: %s", exc, exc_info=True)
+
+    def _make_profile(self) -> tuple[str, dict[str, Any]]:
+        params = profile_params(self.config, self.engine.info)
+        return profile_key(params), params
+
+    def _apply_new_config(self) -> None:
+        with self._config_lock:
+            new, self._new_config = self._new_config, None
+        if new is None:
+            return
+        if new.model != self.config.model:
+            log.info("model settings changed; loading %s", new.model.name)
+            try:
+                engine = Engine(new.model)
+            except StemdError as err:
+                log.error("reload: keeping model %s: %s", self.config.model.name, err)
+                new = new.model_copy(update={"model": self.config.model})
+            else:
+                self.engine = engine
+        self.config = new
+        self.outbox = Outbox(new.outbox, new.output)
+        self._profile = self._make_profile()
+        log.info("configuration applied")
+
+    # -- identify: hash and deduplicate ---------------------------------------
+
+    def _identify_pending(self) -> bool:
+        pending = self.ledger.pending_inputs(limit=20)
+        for record in pending:
+            if self.stop_requested.is_set():
+                return True
+            self.heartbeat = time.monotonic()
+            self._identify(record)
+        return bool(pending)
+
+    def _identify(self, record: InputRecord) -> None:
+        try:
+            now = stat_of(record.path)
+        except FileNotFoundError:
+            self.ledger.finish_input(
+                record.id, InputState.SKIPPED, None, "vanished before it was read"
+            )
+            event(
+                logging.INFO,
+                "ignored",
+                f"{record.relative}: vanished before it was read",
+                source=record.relative,
+            )
+            return
+        if now != record.stat:
+            # Written again since it settled: the watcher registers the new version.
+            self.ledger.finish_input(
+                record.id, InputState.SKIPPED, None, "changed after it settled"
+            )
+            return
+        limit = self.config.watch.max_file_size
+        if record.stat.size > limit:
+            self._refuse(record, f"{record.stat.size} bytes is over watch.max_file_size ({limit})")
+            return
+        if record.stat.size == 0:
+            self._refuse(record, "the file is empty")
+            return
+        try:
+            digest = sha256_file(record.path)
+            after = stat_of(record.path)
+        except OSError as err:
+            self._refuse(record, f"cannot read it: {err.strerror or err}")
+            return
+        if after != record.stat:
+            self.ledger.finish_input(record.id, InputState.SKIPPED, None, "changed while hashed")
+            log.info("%s changed while it was hashed; waiting for it to settle", record.relative)
+            return
+        key, _params = self._profile
+        job = self.ledger.attach(record.id, digest, key, record.relative)
+        event(
+            logging.INFO,
+            "detected",
+            f"{record.relative}: new input, sha256 {digest[:12]}",
+            job=job.id,
+            sha256=digest,
+            source=record.relative,
+        )
+        if job.state is JobState.DONE:
+            self._reuse(record.id, job)
+        elif job.state is JobState.FAILED:
+            reason = f"identical content failed before: {job.error}"
+            self.ledger.fail_input(record.id, reason)
+            event(
+                logging.ERROR,
+                "failed",
+                f"{record.relative}: {reason}",
+                job=job.id,
+                sha256=digest,
+                source=record.relative,
+            )
+            self._dispose(self.ledger.get_input(record.id), success=False)
+        elif job.owner_input != record.id:
+            log.info("%s: same content as %s; waiting for that job", record.relative, job.source)
+
+    def _refuse(self, record: InputRecord, reason: str) -> None:
+        self.ledger.fail_input(record.id, reason)
+        event(logging.ERROR, "failed", f"{record.relative}: {reason}", source=record.relative)
+        self._dispose(self.ledger.get_input(record.id), success=False)
+
+    # -- run a job ------------------------------------------------------------
+
+    def _progress(self, job: JobRecord, fraction: float) -> None:
+        self.heartbeat = time.monotonic()
+        if self.current is not None:
+            self.current.progress = fraction
+        if time.monotonic() - self._last_progress_write >= PROGRESS_WRITE_INTERVAL_S:
+            self._last_progress_write = time.monotonic()
+            self.ledger.set_progress(job.id, fraction)
+
+    def _source_for(self, job: JobRecord) -> InputRecord | None:
+        """The owner input if its file is still there unchanged, else another copy."""
+        candidates = self.ledger.inputs_of(job.id)
+        candidates.sort(key=lambda r: (r.id != job.owner_input, r.id))
+        for record in candidates:
+            if record.state is not InputState.ATTACHED and record.id != job.owner_input:
+                continue
+            try:
+                if stat_of(record.path) == record.stat:
+                    return record
+            except OSError:
+                continue
+        return None
+
+    def _run_job(self, job: JobRecord) -> None:
+        source = self._source_for(job)
+        if source is None:
+            self._fail(job, "the source file is gone or changed before it was separated")
+            return
+        self.current = Current(job.id, source.relative, 0.0)
+        temp: Path | None = None
+        try:
+            event(
+                logging.INFO,
+                "started",
+                f"{source.relative}: separating (attempt {job.attempts})",
+                job=job.id,
+                sha256=job.sha256,
+                source=source.relative,
+            )
+            temp = self._separate_into_temp(job, source)
+            self._publish(job, source, temp)
+            temp = None
+        except JobCancelled:
+            self.ledger.requeue(job.id, None, delay=0.0, count_attempt=False)
+            log.info("%s: interrupted; requeued", source.relative)
+        except InputError as err:
+            self._fail(job, err.reason)
+        except (StemdError, OSError, RuntimeError, ValueError, MemoryError) as err:
+            self._retry_or_fail(job, f"{type(err).__name__}: {err}")
+        finally:
+            if temp is not None:
+                self.outbox.discard(temp)
+            self.current = None
+            self.cancel_requested.clear()
+
+    def _separate_into_temp(self, job: JobRecord, source: InputRecord) -> Path:
+        key, params = self._profile
+        return render_track(
+            self.engine,
+            self.outbox,
+            self.config,
+            RenderRequest(source.path, source.relative, job.sha256, key, params, f"job{job.id}"),
+            progress=lambda f: self._progress(job, f),
+            cancelled=self.cancel_requested.is_set,
+        )
+
+    def _publish(self, job: JobRecord, source: InputRecord, temp: Path) -> None:
+        names = TrackNames.for_input(self.engine.info.folder, source.relative, job.sha256)
+        folder = track_folder(self.config.output.layout, names)
+        target = self.outbox.publish(temp, folder, job.sha256, job.profile)
+        if target is None:
+            self.ledger.complete(job.id, source.id, "")
+            self.ledger.finish_input(
+                source.id,
+                InputState.SKIPPED,
+                None,
+                f"{folder} exists and output.on_conflict is skip",
+            )
+            log.warning(
+                "%s: %s exists; not written (output.on_conflict: skip)", source.relative, folder
+            )
+        else:
+            self.ledger.complete(job.id, source.id, target.as_posix())
+            event(
+                logging.INFO,
+                "done",
+                f"{source.relative}: stems in {target}",
+                job=job.id,
+                sha256=job.sha256,
+                source=source.relative,
+            )
+        self.jobs_done += 1
+        self._dispose(self.ledger.get_input(source.id), success=True)
+        for other in self.ledger.inputs_of(job.id):
+            if other.state is InputState.ATTACHED:
+                self._reuse(other.id, self.ledger.get_job(job.id))
+
+    def _fail(self, job: JobRecord, reason: str) -> None:
+        failed_inputs = self.ledger.fail(job.id, reason)
+        event(
+            logging.ERROR,
+            "failed",
+            f"{job.source}: {reason}",
+            job=job.id,
+            sha256=job.sha256,
+            source=job.source,
+        )
+        for record in failed_inputs:
+            self._dispose(record, success=False)
+
+    def _retry_or_fail(self, job: JobRecord, reason: str) -> None:
+        if job.attempts >= self.config.source.max_attempts:
+            self._fail(job, f"{reason} (after {job.attempts} attempts)")
+            return
+        delay = retry_delay(job.attempts)
+        self.ledger.requeue(job.id, reason, delay=delay, count_attempt=True)
+        event(
+            logging.WARNING,
+            "retried",
+            f"{job.source}: {reason}; retrying in {delay:.0f}s "
+            f"(attempt {job.attempts} of {self.config.source.max_attempts})",
+            job=job.id,
+            sha256=job.sha256,
+            source=job.source,
+        )
+
+    # -- duplicates ------------------------------------------------------------
+
+    def _reuse(self, input_id: int, job: JobRecord) -> None:
+        """Give an input the stems of an identical, already separated track."""
+        record = self.ledger.get_input(input_id)
+        if not job.output_dir:
+            self.ledger.finish_input(
+                input_id,
+                InputState.SKIPPED,
+                None,
+                "identical track was not written (on_conflict: skip)",
+            )
+            self._dispose(self.ledger.get_input(input_id), success=True)
+            return
+        original = self.outbox.root / job.output_dir
+        manifest = read_manifest(original)
+        mode = self.config.output.duplicates
+        if mode == "skip":
+            self.ledger.finish_input(
+                input_id,
+                InputState.SKIPPED,
+                job.output_dir,
+                f"same content as {job.output_dir} (duplicates: skip)",
+            )
+            event(
+                logging.INFO,
+                "duplicate",
+                f"{record.relative}: same as {job.output_dir}; "
+                "not written (output.duplicates: skip)",
+                job=job.id,
+                sha256=job.sha256,
+                source=record.relative,
+            )
+            self._dispose(self.ledger.get_input(input_id), success=True)
+            return
+        if manifest is None:
+            self.ledger.finish_input(
+                input_id,
+                InputState.FAILED,
+                None,
+                f"the stems of the identical track in {job.output_dir} "
+                "are gone; `stemd retry` cannot help, drop it again "
+                "after removing it from the ledger",
+            )
+            log.error("%s: stems in %s are missing", record.relative, job.output_dir)
+            return
+        names = TrackNames.for_input(self.engine.info.folder, record.relative, job.sha256)
+        folder = track_folder(self.config.output.layout, names)
+        stems: dict[str, str] = manifest.get("stems", {})
+        files = {
+            stem: stem_filename(self.config.output.layout, names, stem, name.rsplit(".", 1)[-1])
+            for stem, name in stems.items()
+        }
+        temp = self.outbox.new_temp(f"dup{input_id}")
+        try:
+            for stem, name in stems.items():
+                self.outbox.copy_stems(original, temp, [name], link=mode == "link")
+                if files[stem] != name:
+                    os.rename(temp / name, temp / files[stem])
+            copy = dict(manifest)
+            copy.update(
+                source=record.relative,
+                stems=files,
+                duplicate_of=job.output_dir,
+                separation_seconds=0.0,
+            )
+            copy.pop("created", None)
+            self.outbox.seal(temp, new_manifest(**copy))
+            target = self.outbox.publish(temp, folder, job.sha256, job.profile)
+        except OSError as err:
+            self.outbox.discard(temp)
+            self.ledger.finish_input(
+                input_id, InputState.FAILED, None, f"cannot reuse stems of {job.output_dir}: {err}"
+            )
+            log.error("%s: cannot reuse stems of %s: %s", record.relative, job.output_dir, err)
+            return
+        where = target.as_posix() if target else None
+        if target is not None and target == PurePosixPath(job.output_dir):
+            where = job.output_dir  # the same name dropped again: nothing new to write
+        self.ledger.finish_input(input_id, InputState.DUPLICATE, where)
+        event(
+            logging.INFO,
+            "duplicate",
+            f"{record.relative}: same content as {job.source}; stems reused in {where}",
+            job=job.id,
+            sha256=job.sha256,
+            source=record.relative,
+        )
+        self._dispose(self.ledger.get_input(input_id), success=True)
+
+    # -- sources ---------------------------------------------------------------
+
+    def _dispose(self, record: InputRecord, success: bool) -> None:
+        src = self.config.source
+        action = src.after_success if success else src.after_failure
+        folder = src.archive_dir if success else src.failed_dir
+        expected = (record.stat.dev, record.stat.ino, record.stat.size, record.stat.mtime_ns)
+        try:
+            done = dispose_source(record.path, record.relative, expected, action, folder)
+        except OSError as err:
+            log.error("%s: cannot %s the source: %s", record.relative, action, err)
+            return
+        self.ledger.mark_disposed(record.id)
+        if done != "kept":
+            log.info("%s: source %s", record.relative, done)
+
+    def dispose_leftovers(self) -> None:
+        """Finish dispositions a crash interrupted (committed, not yet moved/deleted)."""
+        for record in self.ledger.undisposed_inputs():
+            self._dispose(record, success=record.state is not InputState.FAILED)
