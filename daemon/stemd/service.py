@@ -18,7 +18,7 @@ from types import FrameType
 from stemd.config import Config, load_config
 from stemd.engine import Engine
 from stemd.errors import ConfigError, StemdError
-from stemd.ledger import JobState, Ledger
+from stemd.ledger import LEDGER_FILE, JobState, Ledger
 from stemd.logs import event, setup_logging
 from stemd.notify import Notifier
 from stemd.outbox import Outbox
@@ -31,7 +31,6 @@ log = logging.getLogger("stemd")
 TICK_S = 0.1
 STATUS_INTERVAL_S = 1.0
 WORKER_JOIN_AFTER_CANCEL_S = 120.0
-LEDGER_FILE = "ledger.sqlite"
 
 
 class Service:
@@ -164,7 +163,9 @@ class Service:
     def _apply_changes(self) -> None:
         assert self.watcher is not None and self.settler is not None
         for change in self.watcher.drain():
-            if change.kind is Change.WRITTEN:
+            if change.kind is Change.CREATED:
+                self.settler.created(change.path)
+            elif change.kind is Change.WRITTEN:
                 self.settler.written(change.path)
             elif change.kind is Change.CLOSED:
                 self.settler.closed(change.path)

@@ -76,7 +76,8 @@ class _Pending:
     size: int
     mtime_ns: int
     changed_at: float
-    closed: bool
+    closed: bool  # no writer is known to hold it
+    close_seen: bool = False  # a writer closed it (not merely "appeared")
 
 
 class Settler:
@@ -117,17 +118,23 @@ class Settler:
             entry.changed_at = self._clock()
 
     def closed(self, path: Path) -> None:
-        """Closed after writing, or renamed into the inbox: no writer holds it."""
+        """Closed after writing, or renamed within the inbox: no writer holds it."""
         entry = self._pending.get(path)
         if entry is None:
-            self._pending[path] = _Pending(-1, -1, self._clock(), closed=True)
+            self._pending[path] = _Pending(-1, -1, self._clock(), closed=True, close_seen=True)
         else:
-            entry.closed = True
+            entry.closed = entry.close_seen = True
 
     def found(self, path: Path) -> None:
-        """Seen by a scan. A writer we know about keeps its state; else it is closed."""
+        """Seen by a scan, or created/moved in with no writer in sight yet.
+
+        A writer we already know about keeps its state; otherwise the quiet
+        period alone decides, until a write event shows a writer.
+        """
         if path not in self._pending:
             self._pending[path] = _Pending(-1, -1, self._clock(), closed=True)
+
+    created = found
 
     def forget(self, path: Path) -> None:
         self._pending.pop(path, None)
@@ -156,6 +163,9 @@ class Settler:
                 continue
             quiet_for = now - entry.changed_at
             closed = entry.closed or not self.require_close
+            # An empty file that nobody closed is a writer that has not started.
+            if entry.size == 0 and not entry.close_seen and self.require_close:
+                closed = False
             if (closed and quiet_for >= self.quiet) or quiet_for >= self.stall_timeout:
                 del self._pending[path]
                 done.append(path)

@@ -56,7 +56,8 @@ NETWORK_FS_TYPES = frozenset(
 
 
 class Change(Enum):
-    WRITTEN = "written"  # created or modified: a writer may still hold it
+    CREATED = "created"  # appeared: new, moved in from outside, or hard-linked
+    WRITTEN = "written"  # data written: a writer holds it until it closes it
     CLOSED = "closed"  # closed after writing, or moved in complete
     GONE = "gone"  # deleted or moved away
     DIR_ADDED = "dir_added"  # a folder appeared (moved in whole): scan it
@@ -69,23 +70,30 @@ class FsChange:
     path: Path
 
 
+def fs_type_from_mountinfo(mountinfo: str, target: str) -> str:
+    """The filesystem type of the longest mount point holding `target`."""
+    best, best_type = "", "unknown"
+    for line in mountinfo.splitlines():
+        fields = line.split()
+        try:
+            # the mount point is field 5; the type follows the " - " separator
+            mount_point = fields[4].replace("\\040", " ")
+            fs_type = fields[fields.index("-") + 1]
+        except (IndexError, ValueError):
+            continue
+        inside = target == mount_point or target.startswith(mount_point.rstrip("/") + "/")
+        if inside and len(mount_point) >= len(best):
+            best, best_type = mount_point, fs_type
+    return best_type
+
+
 def mount_fs_type(path: Path) -> str:
     """The filesystem type of the mount that holds `path` (from /proc/self/mountinfo)."""
-    target = os.path.realpath(path)
-    best, best_type = "", "unknown"
     try:
         with open("/proc/self/mountinfo", encoding="utf-8") as mounts:
-            for line in mounts:
-                fields = line.split()
-                # mount point is field 5; fs type follows the " - " separator
-                mount_point = fields[4].replace("\\040", " ")
-                fs_type = fields[fields.index("-") + 1]
-                inside = target == mount_point or target.startswith(mount_point.rstrip("/") + "/")
-                if inside and len(mount_point) >= len(best):
-                    best, best_type = mount_point, fs_type
-    except (OSError, ValueError, IndexError):
+            return fs_type_from_mountinfo(mounts.read(), os.path.realpath(path))
+    except OSError:
         return "unknown"
-    return best_type
 
 
 def choose_mode(mode: str, inbox: Path) -> str:
@@ -110,7 +118,11 @@ class _Handler(FileSystemEventHandler):
 
     def on_any_event(self, event: FileSystemEvent) -> None:
         match event:
-            case FileCreatedEvent() | FileModifiedEvent():
+            case FileCreatedEvent():
+                # inotify reports a file moved in from outside as created, with
+                # no close to follow; a writer shows itself by modify events.
+                self._put(Change.CREATED, event.src_path)
+            case FileModifiedEvent():
                 self._put(Change.WRITTEN, event.src_path)
             case FileClosedEvent():
                 self._put(Change.CLOSED, event.src_path)
