@@ -287,6 +287,25 @@ def _cross_check_partial(
     ]
 
 
+class _Loader(yaml.SafeLoader):
+    """SafeLoader that keeps leading-zero integers (`0664`) as written.
+
+    YAML 1.1 reads `0664` as the octal number 436; file modes are then parsed
+    from the text, so `0664`, `"0664"` and `664` all mean rw-rw-r--.
+    """
+
+
+def _int_or_octal_text(loader: yaml.SafeLoader, node: yaml.ScalarNode) -> int | str:
+    text = str(node.value)
+    if re.fullmatch(r"0[0-7]+", text):
+        return text
+    value: int = loader.construct_yaml_int(node)
+    return value
+
+
+_Loader.add_constructor("tag:yaml.org,2002:int", _int_or_octal_text)
+
+
 def _read_yaml(path: Path) -> dict[str, Any]:
     name = path.name
     try:
@@ -300,7 +319,7 @@ def _read_yaml(path: Path) -> dict[str, Any]:
     except UnicodeDecodeError:
         raise ConfigError.single(str(path), "", "not UTF-8 text") from None
     try:
-        data = yaml.safe_load(text)
+        data = yaml.load(text, Loader=_Loader)
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
