@@ -203,8 +203,7 @@ def cmd_separate(args: argparse.Namespace) -> int:
 
 
 def _open_ledger(config: Config) -> Any:
-    from stemd.ledger import Ledger
-    from stemd.service import LEDGER_FILE
+    from stemd.ledger import LEDGER_FILE, Ledger
 
     path = config.state_dir / LEDGER_FILE
     if not path.exists():

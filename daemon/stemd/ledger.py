@@ -25,6 +25,7 @@ from pathlib import Path
 from stemd.errors import StateError
 
 SCHEMA_VERSION = 1
+LEDGER_FILE = "ledger.sqlite"  # inside state_dir
 
 
 class JobState(StrEnum):

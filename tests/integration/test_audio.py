@@ -1,0 +1,115 @@
+"""Decoding and encoding with the real ffmpeg, sphn and lame."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+from stemd.audio import StemFormat, decode, encode, probe, stems_to_write
+from stemd.errors import InputError
+from support.audio import make_tone
+from support.audio import probe as ffprobe
+
+
+@pytest.mark.parametrize(
+    ("name", "rate", "channels", "codec"),
+    [
+        ("a.mp3", 44100, 2, ()),
+        ("a.flac", 44100, 2, ()),
+        ("a.wav", 44100, 2, ("-c:a", "pcm_s24le")),
+        ("mono.wav", 48000, 1, ()),
+        ("a.ogg", 44100, 2, ()),
+        ("a.m4a", 44100, 2, ()),  # sphn cannot read it: the ffmpeg fallback decodes it
+        ("surround.flac", 44100, 6, ()),
+        ("hi.wav", 96000, 2, ("-c:a", "pcm_f32le")),
+    ],
+)
+def test_decode_gives_the_models_rate_and_channels(
+    tmp_path: Path, name: str, rate: int, channels: int, codec: tuple[str, ...]
+) -> None:
+    path = make_tone(tmp_path / name, 1.5, rate=rate, channels=channels, codec_args=codec)
+    wav = decode(path, 44100, 2)
+    assert wav.dtype == torch.float32 and wav.shape[0] == 2
+    assert abs(wav.shape[1] / 44100 - 1.5) < 0.06
+    assert 0.05 < float(wav.abs().max()) <= 1.5
+    if channels == 1:  # mono is copied to both channels, as demucs does
+        assert torch.equal(wav[0], wav[1])
+
+
+def test_probe_reads_duration_channels_and_rate(tmp_path: Path) -> None:
+    info = probe(make_tone(tmp_path / "x.flac", 2.0, rate=48000, channels=1))
+    assert info.channels == 1 and info.samplerate == 48000
+    assert info.duration is not None and abs(info.duration - 2.0) < 0.01
+
+
+@pytest.mark.parametrize(
+    ("name", "content"),
+    [
+        ("noise.mp3", b"ID3\x03\x00\x00\x00\x00\x00\x00" + os.urandom(20000)),
+        ("text.mp3", b"just some lyrics\n" * 100),
+        ("random.wav", os.urandom(5000)),
+    ],
+)
+def test_undecodable_input_raises_an_input_error_naming_the_file(
+    tmp_path: Path, name: str, content: bytes
+) -> None:
+    path = tmp_path / name
+    path.write_bytes(content)
+    with pytest.raises(InputError) as caught:
+        decode(path, 44100, 2)
+    assert caught.value.path == str(path) and str(path) in str(caught.value)
+
+
+def test_a_name_that_looks_like_an_option_is_read_as_a_file(tmp_path: Path) -> None:
+    path = make_tone(tmp_path / "-i.wav", 1.0)
+    assert decode(path, 44100, 2).shape[0] == 2
+    assert probe(path).channels == 2
+
+
+def sine(seconds: float = 1.0) -> torch.Tensor:
+    t = torch.arange(int(44100 * seconds)) / 44100
+    return torch.stack([torch.sin(2 * torch.pi * 440 * t), torch.cos(2 * torch.pi * 440 * t)]) * 0.5
+
+
+@pytest.mark.parametrize(
+    ("fmt", "sample_format", "codec", "depth"),
+    [
+        ("wav", "s16", "pcm_s16le", "16"),
+        ("wav", "s24", "pcm_s24le", "24"),
+        ("wav", "f32", "pcm_f32le", "32"),
+        ("flac", "s16", "flac", "16"),
+        ("flac", "s24", "flac", "24"),
+        ("mp3", "s16", "mp3", None),
+    ],
+)
+def test_encode_writes_the_configured_format(
+    tmp_path: Path, fmt: str, sample_format: str, codec: str, depth: str | None
+) -> None:
+    path = tmp_path / f"vocals.{fmt}"
+    encode(sine(), path, 44100, StemFormat(fmt, sample_format, 192, "rescale"))
+    info = ffprobe(path)
+    assert info["codec_name"] == codec and info["sample_rate"] == "44100"
+    if depth is not None:
+        assert depth in (info.get("bits_per_sample"), info.get("bits_per_raw_sample"))
+    round_trip = decode(path, 44100, 2)
+    assert abs(round_trip.shape[1] - 44100) < 2000  # mp3 adds encoder padding
+
+
+@pytest.mark.parametrize(("clip", "peak"), [("rescale", 1 / 1.01), ("clamp", 0.99)])
+def test_clip_modes_keep_loud_stems_in_range(tmp_path: Path, clip: str, peak: float) -> None:
+    path = tmp_path / "loud.wav"
+    encode(sine() * 4, path, 44100, StemFormat("wav", "f32", 320, clip))
+    assert abs(float(decode(path, 44100, 2).abs().max()) - peak) < 1e-3
+
+
+def test_two_stems_writes_the_stem_and_the_sum_of_the_rest() -> None:
+    stems = {
+        name: torch.full((2, 10), float(i)) for i, name in enumerate(["drums", "bass", "vocals"])
+    }
+    two = stems_to_write(stems, "vocals")
+    assert list(two) == ["vocals", "no_vocals"]
+    assert torch.equal(two["no_vocals"], torch.full((2, 10), 1.0))
+    assert stems_to_write(stems, None) is stems

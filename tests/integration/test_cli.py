@@ -1,0 +1,127 @@
+"""The commands a user types, as subprocesses: check, status, retry, separate, models."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import yaml
+
+from stemd.ledger import LEDGER_FILE, FileStat, JobState, Ledger
+from support.audio import make_tone
+from support.daemon import stemd, write_config
+
+
+def test_check_prints_the_resolved_config(tmp_path: Path) -> None:
+    config = write_config(tmp_path / "c.yaml", {"inbox": "in", "watch": {"settle": "1500ms"}})
+    result = stemd("-c", str(config), "check", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    shown = yaml.safe_load(result.stdout)
+    assert shown["inbox"] == str(tmp_path / "in")
+    assert shown["watch"]["settle"] == "1.5s" and shown["watch"]["rescan_interval"] == "10m"
+    assert shown["output"]["file_mode"] == "0664"
+
+
+def test_the_config_comes_from_stemd_config_when_no_flag_is_given(tmp_path: Path) -> None:
+    import os
+    import subprocess
+    import sys
+
+    config = write_config(tmp_path / "env.yaml", {"inbox": "from-env"})
+    result = subprocess.run(
+        [sys.executable, "-m", "stemd", "check"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "STEMD_CONFIG": str(config)},
+        timeout=60,
+    )
+    assert result.returncode == 0 and "from-env" in result.stdout
+
+
+def failed_ledger(tmp_path: Path) -> Path:
+    state = tmp_path / "state"
+    ledger = Ledger(state / LEDGER_FILE)
+    record = ledger.add_input(tmp_path / "in/bad.mp3", "bad.mp3", FileStat(1, 1, 10, 1))
+    assert record is not None
+    job = ledger.attach(record.id, "ab" * 32, "p", "bad.mp3")
+    ledger.claim_next()
+    ledger.fail(job.id, "cannot decode audio")
+    ledger.close()
+    return write_config(tmp_path / "c.yaml", {"inbox": "in", "outbox": "out", "state_dir": "state"})
+
+
+def test_status_and_retry(tmp_path: Path) -> None:
+    config = failed_ledger(tmp_path)
+    text = stemd("-c", str(config), "status", cwd=tmp_path)
+    assert text.returncode == 0
+    assert "failed 1" in text.stdout and "bad.mp3" in text.stdout and "cannot decode" in text.stdout
+    data = json.loads(stemd("-c", str(config), "status", "--json", cwd=tmp_path).stdout)
+    assert data["counts"] == {"queued": 0, "running": 0, "done": 0, "failed": 1}
+    assert data["failed"][0]["sha256"] == "ab" * 32
+
+    assert stemd("-c", str(config), "retry", "zz", cwd=tmp_path).returncode == 78
+    assert stemd("-c", str(config), "retry", "cdcdcd", cwd=tmp_path).returncode == 1
+    result = stemd("-c", str(config), "retry", "ababab", cwd=tmp_path)
+    assert result.returncode == 0 and "1 job(s)" in result.stdout
+    ledger = Ledger(tmp_path / "state" / LEDGER_FILE)
+    assert ledger.jobs_in(JobState.QUEUED)[0].source == "bad.mp3"
+
+
+def test_status_before_the_daemon_ever_ran_says_so(tmp_path: Path) -> None:
+    config = write_config(tmp_path / "c.yaml", {"state_dir": "nowhere"})
+    result = stemd("-c", str(config), "status", cwd=tmp_path)
+    assert result.returncode == 69 and "stemd run" in result.stderr
+
+
+def test_separate_without_a_config_writes_where_demucs_would(tmp_path: Path) -> None:
+    track = make_tone(tmp_path / "tune.flac", 2.0)
+    result = stemd(
+        "separate",
+        "--model",
+        "demucs_unittest",
+        "--two-stems",
+        "vocals",
+        "--format",
+        "flac",
+        str(track),
+        cwd=tmp_path,
+    )
+    assert result.returncode == 0, result.stderr
+    folder = tmp_path / "separated" / "demucs_unittest" / "tune"
+    assert sorted(p.name for p in folder.iterdir()) == [
+        "no_vocals.flac",
+        "stemd.json",
+        "vocals.flac",
+    ]
+    assert "tune.flac" in result.stderr  # the progress bar names the track
+
+
+def test_separate_reports_a_bad_file_and_carries_on(tmp_path: Path) -> None:
+    good = make_tone(tmp_path / "good.wav", 1.0)
+    bad = tmp_path / "bad.wav"
+    bad.write_text("not audio")
+    result = stemd(
+        "separate",
+        "--model",
+        "demucs_unittest",
+        "-o",
+        "out",
+        str(bad),
+        str(good),
+        str(tmp_path / "missing.wav"),
+        cwd=tmp_path,
+    )
+    assert result.returncode == 1
+    assert "bad.wav" in result.stderr and "missing.wav: no such file" in result.stderr
+    assert (tmp_path / "out/demucs_unittest/good/vocals.wav").exists()
+
+
+def test_models_list_names_the_demucs_models_and_the_repo(
+    tmp_path: Path, model_repo: tuple[Path, dict[str, str]]
+) -> None:
+    repo, _names = model_repo
+    config = write_config(tmp_path / "c.yaml", {"model": {"name": "htdemucs", "repo": str(repo)}})
+    result = stemd("-c", str(config), "models", "list", cwd=tmp_path)
+    assert result.returncode == 0
+    assert "htdemucs  (configured)" in result.stdout and "tiny_bag" in result.stdout

@@ -1,0 +1,105 @@
+"""The Engine with demucs' real loading code: built-in, local-repo and bag models."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from demucs.apply import BagOfModels
+
+from stemd.config import ModelConfig
+from stemd.engine import Engine, resolve_device
+from stemd.errors import ConfigError, JobCancelled, ModelError
+
+
+def mix(seconds: float = 3.0) -> torch.Tensor:
+    torch.manual_seed(1)
+    return torch.randn(2, int(44100 * seconds)) * 0.1
+
+
+def test_the_unittest_model_separates_into_four_stems_of_the_input_length() -> None:
+    engine = Engine(ModelConfig(name="demucs_unittest", device="cpu"))
+    assert engine.info.sources == ("drums", "bass", "other", "vocals")
+    assert engine.info.samplerate == 44100 and engine.info.device == "cpu"
+    wav = mix()
+    stems = engine.separate(wav)
+    assert set(stems) == set(engine.info.sources)
+    for stem in stems.values():
+        assert stem.shape == wav.shape and torch.isfinite(stem).all()
+
+
+def test_progress_rises_to_one(model_repo: tuple[Path, dict[str, str]]) -> None:
+    repo, names = model_repo
+    engine = Engine(ModelConfig(name=names["htdemucs"], repo=repo, device="cpu", shifts=2))
+    seen: list[float] = []
+    engine.separate(mix(9.0), progress=seen.append)
+    assert len(seen) >= 4, seen  # several chunks, two shifts
+    assert seen == sorted(seen) and seen[-1] == pytest.approx(1.0)
+
+
+def test_cancel_stops_at_a_chunk_boundary(model_repo: tuple[Path, dict[str, str]]) -> None:
+    repo, names = model_repo
+    engine = Engine(ModelConfig(name=names["htdemucs"], repo=repo, device="cpu", shifts=0))
+    chunks: list[float] = []
+
+    def cancel_after_two() -> bool:
+        return len(chunks) >= 2
+
+    with pytest.raises(JobCancelled):
+        engine.separate(mix(12.0), progress=chunks.append, cancelled=cancel_after_two)
+    assert len(chunks) == 2, "chunks ran after the cancel was asked for"
+
+
+def test_a_bag_from_the_local_repo_loads_with_its_weights(
+    model_repo: tuple[Path, dict[str, str]],
+) -> None:
+    repo, names = model_repo
+    engine = Engine(ModelConfig(name=names["bag"], repo=repo, device="cpu", shifts=0))
+    assert isinstance(engine.model, BagOfModels) and engine.info.models_in_bag == 2
+    stems = engine.separate(mix(2.0))
+    assert stems["vocals"].shape == (2, 88200)
+
+
+def test_the_weights_fingerprint_tells_models_apart(
+    model_repo: tuple[Path, dict[str, str]],
+) -> None:
+    repo, names = model_repo
+    a = Engine(ModelConfig(name=names["htdemucs"], repo=repo, device="cpu"))
+    b = Engine(ModelConfig(name=names["htdemucs"], repo=repo, device="cpu"))
+    c = Engine(ModelConfig(name=names["hdemucs"], repo=repo, device="cpu"))
+    assert a.info.weights == b.info.weights != c.info.weights
+
+
+def test_missing_weights_say_how_to_provide_them(tmp_path: Path) -> None:
+    with pytest.raises(ModelError) as caught:
+        Engine(ModelConfig(name="htdemucs_ft", repo=tmp_path, device="cpu"))
+    message = str(caught.value)
+    assert "stemd models fetch htdemucs_ft" in message and "model.repo" in message
+    assert "Hugging Face cache" in message
+
+
+def test_a_repo_that_is_not_a_folder_is_a_model_error(tmp_path: Path) -> None:
+    with pytest.raises(ModelError, match="is not a folder"):
+        Engine(ModelConfig(name="htdemucs", repo=tmp_path / "missing", device="cpu"))
+
+
+def test_a_damaged_weights_file_is_a_model_error(tmp_path: Path) -> None:
+    (tmp_path / "deadbeef-12345678.th").write_bytes(b"not torch")
+    with pytest.raises(ModelError, match="deadbeef"):
+        Engine(ModelConfig(name="deadbeef", repo=tmp_path, device="cpu"))
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the no-GPU message")
+def test_asking_for_cuda_without_a_gpu_says_what_to_do() -> None:
+    with pytest.raises(ModelError, match="no CUDA device"):
+        resolve_device("cuda")
+    assert resolve_device("auto") == torch.device("cpu")
+
+
+def test_a_segment_longer_than_the_model_was_trained_for(
+    model_repo: tuple[Path, dict[str, str]],
+) -> None:
+    repo, names = model_repo
+    with pytest.raises(ConfigError, match=r"model\.segment"):
+        Engine(ModelConfig(name=names["htdemucs"], repo=repo, device="cpu", segment=30))

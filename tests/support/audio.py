@@ -1,0 +1,79 @@
+"""Test audio made with the real ffmpeg, and helpers to read stems back."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import sphn
+
+
+def make_tone(
+    path: Path,
+    seconds: float = 3.0,
+    rate: int = 44100,
+    channels: int = 2,
+    codec_args: tuple[str, ...] = (),
+    frequency: int = 440,
+) -> Path:
+    """A tone plus a little noise (so separation has something to chew on)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    graph = (
+        f"sine=frequency={frequency}:sample_rate={rate}:duration={seconds}[a];"
+        f"anoisesrc=color=pink:amplitude=0.05:sample_rate={rate}:duration={seconds}:seed=7[b];"
+        "[a][b]amix=inputs=2:normalize=0"
+    )
+    if channels > 2:  # the same signal in every channel (an upmix would leave FL/FR silent)
+        graph += ",pan=" + f"{channels}c|" + "|".join(f"c{i}=c0" for i in range(channels))
+    subprocess.run(
+        [
+            "ffmpeg",
+            "-nostdin",
+            "-v",
+            "error",
+            "-y",
+            "-f",
+            "lavfi",
+            "-i",
+            graph,
+            "-ac",
+            str(channels),
+            *codec_args,
+            str(path),
+        ],
+        check=True,
+    )
+    return path
+
+
+def probe(path: Path) -> dict[str, str]:
+    """ffprobe's view of the first audio stream plus the container duration."""
+    out = subprocess.run(
+        [
+            "ffprobe",
+            "-v",
+            "error",
+            "-select_streams",
+            "a:0",
+            "-show_entries",
+            "stream=codec_name,sample_rate,channels,sample_fmt,bits_per_raw_sample,"
+            "bits_per_sample:format=duration",
+            "-of",
+            "json",
+            str(path),
+        ],
+        check=True,
+        capture_output=True,
+    ).stdout
+    data = json.loads(out)
+    stream = dict(data["streams"][0])
+    stream["duration"] = data["format"]["duration"]
+    return {k: str(v) for k, v in stream.items()}
+
+
+def read_audio(path: Path) -> tuple[np.ndarray, int]:
+    """[channels, samples] float32 and the sample rate, decoded by sphn."""
+    data, rate = sphn.read(str(path))
+    return np.asarray(data, dtype=np.float32), int(rate)

@@ -1,0 +1,96 @@
+"""The daemon as a real subprocess: started, signalled, and read back."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from support.waiting import wait_until
+
+
+def write_config(path: Path, config: dict[str, Any]) -> Path:
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    return path
+
+
+def stemd(*args: str, cwd: Path, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    """Run a stemd command to completion (the installed package, this interpreter)."""
+    return subprocess.run(
+        [sys.executable, "-m", "stemd", *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        stdin=subprocess.DEVNULL,
+    )
+
+
+class Daemon:
+    def __init__(self, config: Path, cwd: Path) -> None:
+        self.config = config
+        self.cwd = cwd
+        self.log_path = cwd / f"stemd-{os.getpid()}.log"
+        self.process: subprocess.Popen[bytes] | None = None
+        self._log_offset = 0
+
+    def start(self) -> Daemon:
+        # Each run appends to its own slice of the log file.
+        self._log_offset = self.log_path.stat().st_size if self.log_path.exists() else 0
+        log = open(self.log_path, "ab")  # noqa: SIM115 - the child owns it until it exits
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "stemd", "-c", str(self.config), "run"],
+            cwd=self.cwd,
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+        log.close()
+        return self
+
+    def log(self) -> str:
+        """What this run has logged so far."""
+        data = self.log_path.read_bytes()[self._log_offset :]
+        return data.decode(errors="replace")
+
+    def wait_ready(self, timeout: float = 60) -> None:
+        def ready() -> bool:
+            assert self.process is not None
+            if self.process.poll() is not None:
+                raise AssertionError(f"stemd exited early:\n{self.log()}")
+            return "stemd ready" in self.log()
+
+        wait_until(ready, timeout, "stemd to be ready")
+
+    def status(self) -> dict[str, Any]:
+        result = stemd("-c", str(self.config), "status", "--json", cwd=self.cwd)
+        assert result.returncode == 0, result.stderr
+        data: dict[str, Any] = json.loads(result.stdout)
+        return data
+
+    def signal(self, signum: int) -> None:
+        assert self.process is not None
+        self.process.send_signal(signum)
+
+    def stop(self, timeout: float = 60) -> int:
+        """SIGTERM and wait for the exit; returns the exit code."""
+        assert self.process is not None
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+        try:
+            return self.process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait(10)
+            raise AssertionError(f"stemd did not stop within {timeout}s:\n{self.log()}") from None
+
+    def kill(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait(10)

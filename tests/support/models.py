@@ -1,0 +1,45 @@
+"""Small random-weight models saved into a local model repo, loaded by demucs' real code."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from demucs.hdemucs import HDemucs
+from demucs.htdemucs import HTDemucs
+from demucs.states import save_with_checksum
+
+SOURCES = ["drums", "bass", "other", "vocals"]
+
+# Small enough to separate a few seconds in about a second on two CPU cores.
+TINY_HTDEMUCS = {"channels": 8, "depth": 3, "t_layers": 1, "t_heads": 2, "segment": 4, "nfft": 2048}
+
+
+def save_model(model: torch.nn.Module, repo: Path, signature: str) -> Path:
+    """Serialise as demucs' pretrained files are: {klass, args, kwargs, state}, with the
+    checksum in the file name (`SIG-CHECKSUM.th`) that LocalRepo verifies."""
+    args, kwargs = model._init_args_kwargs  # type: ignore[attr-defined]
+    package = {
+        "klass": model.__class__,
+        "args": args,
+        "kwargs": kwargs,
+        "state": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+    }
+    repo.mkdir(parents=True, exist_ok=True)
+    save_with_checksum(package, repo / f"{signature}.th")
+    return next(repo.glob(f"{signature}-*.th"))
+
+
+def build_repo(repo: Path, seed: int = 0) -> dict[str, str]:
+    """A repo with a tiny HTDemucs ("tiny_ht"), a tiny HDemucs, and a bag of both.
+
+    Returns the names to pass as model.name.
+    """
+    torch.manual_seed(seed)
+    save_model(HTDemucs(sources=SOURCES, **TINY_HTDEMUCS), repo, "a1b2c3d4")
+    save_model(HDemucs(sources=SOURCES, channels=4), repo, "e5f6a7b8")
+    (repo / "tiny_ht.yaml").write_text("models: ['a1b2c3d4']\n")
+    (repo / "tiny_bag.yaml").write_text(
+        "models: ['a1b2c3d4', 'e5f6a7b8']\nweights: [[1, 1, 0, 0], [0, 0, 1, 1]]\nsegment: 4\n"
+    )
+    return {"htdemucs": "tiny_ht", "hdemucs": "e5f6a7b8", "bag": "tiny_bag"}

@@ -1,0 +1,184 @@
+"""The ledger on a real SQLite file: dedup keys, state transitions, recovery, retry."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from stemd.errors import StateError
+from stemd.ledger import (
+    ALLOWED_TRANSITIONS,
+    FileStat,
+    InputState,
+    JobState,
+    Ledger,
+    TransitionError,
+)
+
+SHA_A = "a" * 64
+SHA_B = "b" * 64
+PROFILE = "p1"
+
+
+@pytest.fixture
+def ledger(tmp_path: Path) -> Ledger:
+    return Ledger(tmp_path / "state" / "ledger.sqlite")
+
+
+def add(ledger: Ledger, name: str, ino: int = 1) -> int:
+    record = ledger.add_input(Path("/inbox") / name, name, FileStat(1, ino, 100, 5))
+    assert record is not None
+    return record.id
+
+
+def test_the_file_is_sqlite_in_wal_mode(ledger: Ledger) -> None:
+    db = sqlite3.connect(ledger.path)
+    assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+
+
+def test_the_same_file_version_is_registered_once(ledger: Ledger) -> None:
+    stat = FileStat(1, 2, 3, 4)
+    assert ledger.add_input(Path("/inbox/a.mp3"), "a.mp3", stat) is not None
+    assert ledger.add_input(Path("/inbox/a.mp3"), "a.mp3", stat) is None
+    assert ledger.known(Path("/inbox/a.mp3"), stat) is not None
+    # the same path rewritten (new mtime) is a new version
+    assert ledger.known(Path("/inbox/a.mp3"), FileStat(1, 2, 3, 5)) is None
+
+
+def test_same_content_and_profile_share_one_job(ledger: Ledger) -> None:
+    first, second = add(ledger, "a.mp3", 1), add(ledger, "copy.mp3", 2)
+    job = ledger.attach(first, SHA_A, PROFILE, "a.mp3")
+    again = ledger.attach(second, SHA_A, PROFILE, "copy.mp3")
+    assert job.id == again.id and again.owner_input == first and again.source == "a.mp3"
+    other_profile = ledger.attach(add(ledger, "b.mp3", 3), SHA_A, "p2", "b.mp3")
+    assert other_profile.id != job.id
+    assert [r.id for r in ledger.inputs_of(job.id)] == [first, second]
+
+
+def test_claim_complete_and_counts(ledger: Ledger) -> None:
+    input_id = add(ledger, "a.mp3")
+    ledger.attach(input_id, SHA_A, PROFILE, "a.mp3")
+    job = ledger.claim_next()
+    assert job is not None and job.state is JobState.RUNNING and job.attempts == 1
+    assert ledger.claim_next() is None  # one job, already running
+    ledger.complete(job.id, input_id, "htdemucs/a")
+    assert ledger.get_job(job.id).state is JobState.DONE
+    assert ledger.get_input(input_id).state is InputState.PUBLISHED
+    assert ledger.counts() == {"queued": 0, "running": 0, "done": 1, "failed": 0}
+
+
+@pytest.mark.parametrize(
+    ("start", "wanted"),
+    [(s, w) for s in JobState for w in JobState if w not in ALLOWED_TRANSITIONS[s]],
+)
+def test_forbidden_transitions_are_refused(
+    ledger: Ledger, start: JobState, wanted: JobState
+) -> None:
+    input_id = add(ledger, "a.mp3")
+    job = ledger.attach(input_id, SHA_A, PROFILE, "a.mp3")
+    # drive the job to `start` through allowed steps
+    if start is not JobState.QUEUED:
+        ledger.claim_next()
+    if start is JobState.DONE:
+        ledger.complete(job.id, input_id, "x")
+    elif start is JobState.FAILED:
+        ledger.fail(job.id, "boom")
+    with pytest.raises(TransitionError):
+        if wanted is JobState.RUNNING:
+            with ledger._tx() as db:  # the claim path only takes queued jobs
+                ledger._transition(db, job.id, JobState.RUNNING)
+        elif wanted is JobState.DONE:
+            ledger.complete(job.id, input_id, "x")
+        elif wanted is JobState.FAILED:
+            ledger.fail(job.id, "again")
+        else:
+            ledger.requeue(job.id, None, 0.0, count_attempt=False)
+    assert ledger.get_job(job.id).state is start
+
+
+def test_failure_fails_every_waiting_input_with_the_reason(ledger: Ledger) -> None:
+    first, second = add(ledger, "a.mp3", 1), add(ledger, "b.mp3", 2)
+    job = ledger.attach(first, SHA_A, PROFILE, "a.mp3")
+    ledger.attach(second, SHA_A, PROFILE, "b.mp3")
+    ledger.claim_next()
+    failed = ledger.fail(job.id, "cannot decode audio")
+    assert {r.id for r in failed} == {first, second}
+    assert all(r.error == "cannot decode audio" for r in failed)
+    report = ledger.failed_report()
+    assert report == [
+        {"source": "a.mp3", "sha256": SHA_A, "error": "cannot decode audio", "attempts": 1}
+    ]
+
+
+def test_requeue_with_backoff_and_attempt_accounting(ledger: Ledger) -> None:
+    input_id = add(ledger, "a.mp3")
+    job = ledger.attach(input_id, SHA_A, PROFILE, "a.mp3")
+    ledger.claim_next(now=100.0)
+    ledger.requeue(job.id, "flaky", delay=30.0, count_attempt=True)
+    queued = ledger.get_job(job.id)
+    assert queued.state is JobState.QUEUED and queued.attempts == 1 and queued.error == "flaky"
+    assert ledger.claim_next(now=queued.not_before - 1) is None, "claimed before its backoff"
+    again = ledger.claim_next(now=queued.not_before + 1)
+    assert again is not None and again.attempts == 2
+    # an interruption (shutdown) does not use up an attempt
+    ledger.requeue(job.id, None, delay=0.0, count_attempt=False)
+    assert ledger.get_job(job.id).attempts == 1
+
+
+def test_recovery_requeues_interrupted_jobs_and_fails_the_exhausted(tmp_path: Path) -> None:
+    path = tmp_path / "ledger.sqlite"
+    ledger = Ledger(path)
+    fresh = ledger.attach(add(ledger, "a.mp3", 1), SHA_A, PROFILE, "a.mp3")
+    worn = ledger.attach(add(ledger, "b.mp3", 2), SHA_B, PROFILE, "b.mp3")
+    ledger.claim_next()
+    for _ in range(3):  # b crashed the process three times
+        ledger.claim_next()
+        with ledger._tx() as db:
+            db.execute("UPDATE jobs SET attempts = 3 WHERE id = ?", (worn.id,))
+    ledger.close()  # the "crash": nothing else is written
+
+    reopened = Ledger(path)
+    assert reopened.recover(max_attempts=3) == (1, 1)
+    assert reopened.get_job(fresh.id).state is JobState.QUEUED
+    assert reopened.get_job(fresh.id).attempts == 1
+    failed = reopened.get_job(worn.id)
+    assert failed.state is JobState.FAILED and "interrupted 3 times" in str(failed.error)
+    assert reopened.recover(max_attempts=3) == (0, 0)
+
+
+def test_retry_requeues_failed_jobs_by_hash_prefix_or_all(ledger: Ledger) -> None:
+    a = ledger.attach(add(ledger, "a.mp3", 1), SHA_A, PROFILE, "a.mp3")
+    b = ledger.attach(add(ledger, "b.mp3", 2), SHA_B, PROFILE, "b.mp3")
+    for job in (a, b):
+        ledger.fail(job.id, "bad")
+    assert ledger.retry("aaaaaa") == 1
+    retried = ledger.get_job(a.id)
+    assert retried.state is JobState.QUEUED and retried.attempts == 0 and retried.error is None
+    assert ledger.inputs_of(a.id)[0].state is InputState.ATTACHED
+    assert ledger.retry(None) == 1
+    assert ledger.retry(None) == 0
+
+
+def test_refused_inputs_without_a_job_count_as_failed(ledger: Ledger) -> None:
+    input_id = add(ledger, "huge.wav")
+    ledger.fail_input(input_id, "over watch.max_file_size")
+    assert ledger.counts()["failed"] == 1
+    assert ledger.failed_report()[0]["source"] == "huge.wav"
+
+
+def test_state_survives_reopening(tmp_path: Path) -> None:
+    path = tmp_path / "ledger.sqlite"
+    first = Ledger(path)
+    input_id = add(first, "a.mp3")
+    job = first.attach(input_id, SHA_A, PROFILE, "a.mp3")
+    first.close()
+    assert Ledger(path).get_job(job.id).sha256 == SHA_A
+
+
+def test_a_damaged_ledger_is_a_clear_error(tmp_path: Path) -> None:
+    path = tmp_path / "ledger.sqlite"
+    path.write_bytes(b"this is not a database" * 100)
+    with pytest.raises(StateError, match="move it aside"):
+        Ledger(path)
