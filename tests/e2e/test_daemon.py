@@ -1,0 +1,219 @@
+"""The daemon as a user meets it: `stemd run` in a subprocess, files dropped into the
+inbox, stems read back from the outbox, `stemd status --json`, SIGTERM, restart."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from support.audio import make_tone, probe, read_audio
+from support.daemon import Daemon, stemd, write_config
+from support.waiting import wait_until
+
+MODEL = "demucs_unittest"
+STEMS = {"drums", "bass", "other", "vocals"}
+
+
+def daemon_config(root: Path, **extra: Any) -> Path:
+    config: dict[str, Any] = {
+        "inbox": "inbox",
+        "outbox": "outbox",
+        "state_dir": "state",
+        "watch": {"settle": "1s"},
+        "model": {"name": MODEL, "device": "cpu"},
+        "logging": {"target": "stderr"},
+        "service": {"shutdown_grace": "30s"},
+    }
+    config.update(extra)
+    (root / "inbox").mkdir(exist_ok=True)
+    return write_config(root / "stemd.yaml", config)
+
+
+def track_dir(root: Path, relative: str) -> Path:
+    return root / "outbox" / MODEL / relative
+
+
+def published(root: Path, relative: str) -> bool:
+    return (track_dir(root, relative) / "stemd.json").is_file()
+
+
+def assert_stems(folder: Path, source: Path) -> dict[str, Any]:
+    """Four complete stems at the model's rate and the input's duration."""
+    manifest: dict[str, Any] = json.loads((folder / "stemd.json").read_text())
+    assert set(manifest["stems"]) == STEMS
+    expected = float(probe(source)["duration"])
+    for stem, name in manifest["stems"].items():
+        data, rate = read_audio(folder / name)
+        assert rate == 44100, f"{folder.name}/{stem}: {rate} Hz"
+        assert data.shape[0] == 2
+        # mp3 decoders add or drop up to a frame of padding: allow 60 ms
+        assert abs(data.shape[1] / rate - expected) < 0.06, (folder.name, stem, expected)
+    return manifest
+
+
+def separations_of(log: str, name: str) -> int:
+    return log.count(f"{name}: separating")
+
+
+@pytest.mark.slow
+def test_dropped_files_become_stems_exactly_once(tmp_path: Path) -> None:
+    staging = tmp_path / "staging"
+    inbox = tmp_path / "inbox"
+    config = daemon_config(tmp_path)
+    sources = {
+        "song.mp3": make_tone(staging / "song.mp3", 3.0, frequency=440),
+        "album/track.flac": make_tone(staging / "track.flac", 2.5, frequency=330),
+        "hi.wav": make_tone(staging / "hi.wav", 2.0, codec_args=("-c:a", "pcm_s24le")),
+        "mono48k.wav": make_tone(staging / "mono48k.wav", 2.0, rate=48000, channels=1),
+    }
+    pieces_src = make_tone(staging / "pieces.wav", 4.0, frequency=550)
+    corrupt = staging / "corrupt.mp3"
+    corrupt.write_bytes(b"ID3\x03\x00\x00\x00\x00\x00\x00" + os.urandom(40_000))
+    text = staging / "notes.mp3"
+    text.write_text("these are my lyrics, not audio\n" * 50)
+
+    daemon = Daemon(config, tmp_path).start()
+    try:
+        daemon.wait_ready()
+        for relative, src in sources.items():
+            dest = inbox / relative
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(src, dest)
+        # `mv` into the inbox: a rename, no write and no close event
+        moved = make_tone(staging / "moved.ogg", 2.0, frequency=880)
+        os.rename(moved, inbox / "moved.ogg")
+        shutil.copyfile(sources["song.mp3"], inbox / "song copy.mp3")
+        shutil.copyfile(corrupt, inbox / "corrupt.mp3")
+        shutil.copyfile(text, inbox / "notes.mp3")
+
+        # A slow writer: four pieces, a second apart, through one open file.
+        data = pieces_src.read_bytes()
+        with open(inbox / "pieces.wav", "wb") as out:
+            for i in range(4):
+                out.write(data[i * len(data) // 4 : (i + 1) * len(data) // 4])
+                out.flush()
+                time.sleep(1.0)  # the writer's pace, not a synchronisation
+
+        def all_settled() -> bool:
+            counts = daemon.status()["counts"]
+            return counts["done"] == 6 and counts["failed"] == 2 and counts["queued"] == 0
+
+        wait_until(all_settled, 120, "6 done and 2 failed jobs")
+        wait_until(lambda: published(tmp_path, "song copy"), 30, "the copy to be published")
+        assert (track_dir(tmp_path, "moved") / "stemd.json").is_file()
+
+        log = daemon.log()
+        for relative, src in sources.items():
+            assert_stems(track_dir(tmp_path, relative.rsplit(".", 1)[0]), src)
+
+        # The copy reuses the song's stems: hard links, no second separation.
+        copy_manifest = assert_stems(track_dir(tmp_path, "song copy"), sources["song.mp3"])
+        assert copy_manifest["duplicate_of"] == f"{MODEL}/song"
+        for name in copy_manifest["stems"].values():
+            original = track_dir(tmp_path, "song") / name
+            assert (track_dir(tmp_path, "song copy") / name).stat().st_ino == original.stat().st_ino
+        assert separations_of(log, "song.mp3") == 1
+        assert separations_of(log, "song copy.mp3") == 0
+
+        # The slow file was separated once, whole, after it stopped growing.
+        assert separations_of(log, "pieces.wav") == 1
+        assert_stems(track_dir(tmp_path, "pieces"), pieces_src)
+        assert not track_dir(tmp_path, "pieces (2)").exists()
+
+        # Both bad inputs failed with a reason; the daemon is still serving.
+        failed = {item["source"]: item for item in daemon.status()["failed"]}
+        assert set(failed) == {"corrupt.mp3", "notes.mp3"}
+        for item in failed.values():
+            assert item["error"] and item["sha256"] and item["attempts"] == 1
+        assert not track_dir(tmp_path, "corrupt").exists()
+        assert daemon.process is not None and daemon.process.poll() is None
+        shutil.copyfile(make_tone(staging / "after.flac", 1.5, frequency=660), inbox / "after.flac")
+        wait_until(lambda: published(tmp_path, "after"), 60, "a file dropped after the failures")
+
+        assert daemon.stop() == 0
+        assert "stemd stopped" in daemon.log()
+
+        # Dropped while stopped: processed after a restart, and nothing is redone.
+        shutil.copyfile(make_tone(staging / "late.mp3", 1.5, frequency=770), inbox / "late.mp3")
+        daemon.start()
+        daemon.wait_ready()
+        wait_until(lambda: published(tmp_path, "late"), 60, "the file dropped while stopped")
+        restarted_log = daemon.log()
+        assert separations_of(restarted_log, "late.mp3") == 1
+        for name in ("song.mp3", "hi.wav", "pieces.wav", "corrupt.mp3", "notes.mp3"):
+            assert separations_of(restarted_log, name) == 0, name
+        folders = sorted(p.name for p in (tmp_path / "outbox" / MODEL).iterdir())
+        assert folders == [
+            "after",
+            "album",
+            "hi",
+            "late",
+            "mono48k",
+            "moved",
+            "pieces",
+            "song",
+            "song copy",
+        ]
+        assert not any((tmp_path / "outbox" / ".stemd-tmp").iterdir())
+        assert daemon.status()["counts"] == {"queued": 0, "running": 0, "done": 8, "failed": 2}
+        assert daemon.stop() == 0
+    finally:
+        daemon.kill()
+
+
+def test_sigint_stops_cleanly_and_second_run_recovers(tmp_path: Path) -> None:
+    config = daemon_config(tmp_path)
+    daemon = Daemon(config, tmp_path).start()
+    try:
+        daemon.wait_ready()
+        daemon.signal(signal.SIGINT)
+        assert daemon.process is not None
+        assert daemon.process.wait(30) == 0
+        assert "received SIGINT; stopping" in daemon.log()
+    finally:
+        daemon.kill()
+
+
+def test_invalid_config_exits_78_naming_every_key(tmp_path: Path) -> None:
+    config = write_config(
+        tmp_path / "bad.yaml",
+        {
+            "inbox": "in",
+            "outbox": "in/out",
+            "watch": {"settle": "soon", "extensions": []},
+            "model": {"device": "tpu"},
+            "source": {"after_success": "move"},
+            "colour": "blue",
+        },
+    )
+    for command in ("check", "run"):
+        result = stemd("-c", str(config), command, cwd=tmp_path)
+        assert result.returncode == 78, result.stderr
+        for key in (
+            "bad.yaml: watch.settle",
+            "bad.yaml: watch.extensions",
+            "bad.yaml: model.device",
+            "bad.yaml: colour",
+            "bad.yaml: outbox",
+            "bad.yaml: source.archive_dir",
+        ):
+            assert key in result.stderr, (command, key, result.stderr)
+    assert not (tmp_path / "in").exists(), "a rejected config must not create folders"
+
+
+def test_missing_weights_exit_69_and_say_how_to_provide_them(tmp_path: Path) -> None:
+    empty_repo = tmp_path / "models"
+    empty_repo.mkdir()
+    config = daemon_config(tmp_path, model={"name": "htdemucs", "repo": str(empty_repo)})
+    result = stemd("-c", str(config), "run", cwd=tmp_path)
+    assert result.returncode == 69, result.stderr
+    assert "htdemucs" in result.stderr
+    assert "stemd models fetch htdemucs" in result.stderr
+    assert "model.repo" in result.stderr
