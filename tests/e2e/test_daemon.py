@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 from support.audio import make_tone, probe, read_audio
 from support.daemon import Daemon, stemd, write_config
@@ -217,3 +218,76 @@ def test_missing_weights_exit_69_and_say_how_to_provide_them(tmp_path: Path) -> 
     assert "htdemucs" in result.stderr
     assert "stemd models fetch htdemucs" in result.stderr
     assert "model.repo" in result.stderr
+
+
+def test_sighup_applies_a_valid_config_and_keeps_the_old_one_when_invalid(tmp_path: Path) -> None:
+    config = daemon_config(tmp_path)
+    inbox = tmp_path / "inbox"
+    daemon = Daemon(config, tmp_path).start()
+    try:
+        daemon.wait_ready()
+        shutil.copyfile(make_tone(tmp_path / "one.wav", 1.0), inbox / "one.wav")
+        wait_until(lambda: published(tmp_path, "one"), 60, "one.wav")
+        assert (track_dir(tmp_path, "one") / "vocals.wav").exists()
+
+        settings = yaml.safe_load(config.read_text())
+        settings["output"] = {"format": "flac"}
+        write_config(config, settings)
+        daemon.signal(signal.SIGHUP)
+        wait_until(lambda: "configuration applied" in daemon.log(), 30, "the reload")
+        shutil.copyfile(make_tone(tmp_path / "two.wav", 1.0, frequency=300), inbox / "two.wav")
+        wait_until(lambda: published(tmp_path, "two"), 60, "two.wav")
+        assert (track_dir(tmp_path, "two") / "vocals.flac").exists()
+
+        config.write_text(config.read_text() + "bogus_key: 1\n")
+        daemon.signal(signal.SIGHUP)
+        wait_until(
+            lambda: "reload rejected: stemd.yaml: bogus_key" in daemon.log(),
+            30,
+            "the invalid reload to be rejected",
+        )
+        shutil.copyfile(make_tone(tmp_path / "three.wav", 1.0, frequency=500), inbox / "three.wav")
+        wait_until(lambda: published(tmp_path, "three"), 60, "three.wav under the old config")
+        assert (track_dir(tmp_path, "three") / "vocals.flac").exists()
+        assert daemon.stop() == 0
+    finally:
+        daemon.kill()
+
+
+@pytest.mark.slow
+def test_sigterm_mid_separation_requeues_the_job_and_a_restart_finishes_it_once(
+    tmp_path: Path, model_repo: tuple[Path, dict[str, str]]
+) -> None:
+    repo, names = model_repo
+    config = daemon_config(
+        tmp_path,
+        model={"name": names["htdemucs"], "repo": str(repo), "device": "cpu", "shifts": 2},
+        service={"shutdown_grace": "0s"},
+    )
+    daemon = Daemon(config, tmp_path).start()
+    try:
+        daemon.wait_ready()
+        long_track = make_tone(tmp_path / "long.wav", 40.0)
+        shutil.copyfile(long_track, tmp_path / "inbox" / "long.wav")
+
+        def separating() -> bool:
+            running = daemon.status()["running"]
+            return bool(running) and 0 < running[0]["progress"] < 0.5
+
+        wait_until(separating, 60, "the separation to be under way")
+        assert daemon.stop() == 0
+        assert "long.wav: interrupted; requeued" in daemon.log()
+        assert daemon.status()["counts"]["queued"] == 1
+        assert not (tmp_path / "outbox" / names["htdemucs"]).exists()
+
+        daemon.start()
+        daemon.wait_ready()
+        folder = tmp_path / "outbox" / names["htdemucs"] / "long"
+        wait_until(lambda: (folder / "stemd.json").is_file(), 120, "the requeued job")
+        assert separations_of(daemon.log(), "long.wav") == 1
+        assert daemon.status()["counts"] == {"queued": 0, "running": 0, "done": 1, "failed": 0}
+        data, rate = read_audio(folder / "vocals.wav")
+        assert abs(data.shape[1] / rate - 40.0) < 0.05
+        assert daemon.stop() == 0
+    finally:
+        daemon.kill()
