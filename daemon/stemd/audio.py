@@ -61,6 +61,17 @@ def _run(command: list[str], timeout: float) -> subprocess.CompletedProcess[byte
         ) from None
 
 
+def _run_on_input(command: list[str], timeout: float, path: Path, failure: str) -> bytes:
+    """Run ffmpeg/ffprobe on an input; a failure or time-out is the input's fault."""
+    try:
+        result = _run(command, timeout)
+    except subprocess.TimeoutExpired:
+        raise InputError(path, f"{command[0]} took over {timeout:.0f}s on it") from None
+    if result.returncode != 0:
+        raise InputError(path, f"{failure} ({_last_line(result.stderr, path)})")
+    return result.stdout
+
+
 def _last_line(data: bytes, path: Path) -> str:
     """ffmpeg's last error line, without the `file:PATH: ` prefix it repeats."""
     lines = [line for line in data.decode(errors="replace").splitlines() if line.strip()]
@@ -84,13 +95,8 @@ def probe(path: Path) -> Probe:
         "json",
         _ffmpeg_input(path),
     ]
-    try:
-        result = _run(command, PROBE_TIMEOUT_S)
-    except subprocess.TimeoutExpired:
-        raise InputError(path, f"ffprobe took over {PROBE_TIMEOUT_S:.0f}s; not audio?") from None
-    if result.returncode != 0:
-        raise InputError(path, f"not a readable audio file ({_last_line(result.stderr, path)})")
-    info = json.loads(result.stdout or b"{}")
+    output = _run_on_input(command, PROBE_TIMEOUT_S, path, "not a readable audio file")
+    info = json.loads(output or b"{}")
     streams = info.get("streams") or []
     if not streams:
         raise InputError(path, "no audio stream in this file")
@@ -130,13 +136,8 @@ def _decode_ffmpeg(
         str(samplerate),
         "pipe:1",
     ]
-    try:
-        result = _run(command, FFMPEG_TIMEOUT_S)
-    except subprocess.TimeoutExpired:
-        raise InputError(path, f"ffmpeg took over {FFMPEG_TIMEOUT_S:.0f}s to decode it") from None
-    if result.returncode != 0:
-        raise InputError(path, f"ffmpeg cannot decode it ({_last_line(result.stderr, path)})")
-    data = np.frombuffer(result.stdout, dtype=np.float32).copy()
+    output = _run_on_input(command, FFMPEG_TIMEOUT_S, path, "ffmpeg cannot decode it")
+    data = np.frombuffer(output, dtype=np.float32).copy()
     wav = torch.from_numpy(data).view(-1, source_channels).t()
     converted: torch.Tensor = convert_audio_channels(wav, channels)  # type: ignore[no-untyped-call]
     return converted

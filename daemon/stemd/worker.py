@@ -24,7 +24,7 @@ from stemd.engine import CancelCheck, Engine, ProgressHook
 from stemd.errors import InputError, JobCancelled, StemdError
 from stemd.hashing import sha256_file
 from stemd.ledger import FileStat, InputRecord, InputState, JobRecord, JobState, Ledger
-from stemd.logs import event
+from stemd.logs import Event, event
 from stemd.outbox import (
     Outbox,
     TrackNames,
@@ -42,6 +42,11 @@ RETRY_BASE_DELAY_S = 10.0
 RETRY_MAX_DELAY_S = 3600.0
 IDLE_WAIT_S = 1.0
 PROGRESS_WRITE_INTERVAL_S = 1.0
+
+
+def job_event(level: int, name: Event, message: str, job: int, sha256: str, source: str) -> None:
+    """Log a job event with its journal fields (STEMD_JOB, STEMD_SHA256, STEMD_SOURCE)."""
+    event(level, name, message, job=job, sha256=sha256, source=source)
 
 
 def retry_delay(attempts: int) -> float:
@@ -261,26 +266,26 @@ class Worker(threading.Thread):
             return
         key, _params = self._profile
         job = self.ledger.attach(record.id, digest, key, record.relative)
-        event(
+        job_event(
             logging.INFO,
             "detected",
             f"{record.relative}: new input, sha256 {digest[:12]}",
-            job=job.id,
-            sha256=digest,
-            source=record.relative,
+            job.id,
+            digest,
+            record.relative,
         )
         if job.state is JobState.DONE:
             self._reuse(record.id, job)
         elif job.state is JobState.FAILED:
             reason = f"identical content failed before: {job.error}"
             self.ledger.fail_input(record.id, reason)
-            event(
+            job_event(
                 logging.ERROR,
                 "failed",
                 f"{record.relative}: {reason}",
-                job=job.id,
-                sha256=digest,
-                source=record.relative,
+                job.id,
+                digest,
+                record.relative,
             )
             self._dispose(self.ledger.get_input(record.id), success=False)
         elif job.owner_input != record.id:
@@ -323,13 +328,13 @@ class Worker(threading.Thread):
         self.current = Current(job.id, source.relative, 0.0)
         temp: Path | None = None
         try:
-            event(
+            job_event(
                 logging.INFO,
                 "started",
                 f"{source.relative}: separating (attempt {job.attempts})",
-                job=job.id,
-                sha256=job.sha256,
-                source=source.relative,
+                job.id,
+                job.sha256,
+                source.relative,
             )
             temp = self._separate_into_temp(job, source)
             self._publish(job, source, temp)
@@ -375,13 +380,13 @@ class Worker(threading.Thread):
             )
         else:
             self.ledger.complete(job.id, source.id, target.as_posix())
-            event(
+            job_event(
                 logging.INFO,
                 "done",
                 f"{source.relative}: stems in {target}",
-                job=job.id,
-                sha256=job.sha256,
-                source=source.relative,
+                job.id,
+                job.sha256,
+                source.relative,
             )
         self.jobs_done += 1
         self._dispose(self.ledger.get_input(source.id), success=True)
@@ -391,13 +396,8 @@ class Worker(threading.Thread):
 
     def _fail(self, job: JobRecord, reason: str) -> None:
         failed_inputs = self.ledger.fail(job.id, reason)
-        event(
-            logging.ERROR,
-            "failed",
-            f"{job.source}: {reason}",
-            job=job.id,
-            sha256=job.sha256,
-            source=job.source,
+        job_event(
+            logging.ERROR, "failed", f"{job.source}: {reason}", job.id, job.sha256, job.source
         )
         for record in failed_inputs:
             self._dispose(record, success=False)
@@ -408,14 +408,14 @@ class Worker(threading.Thread):
             return
         delay = retry_delay(job.attempts)
         self.ledger.requeue(job.id, reason, delay=delay, count_attempt=True)
-        event(
+        job_event(
             logging.WARNING,
             "retried",
             f"{job.source}: {reason}; retrying in {delay:.0f}s "
             f"(attempt {job.attempts} of {self.config.source.max_attempts})",
-            job=job.id,
-            sha256=job.sha256,
-            source=job.source,
+            job.id,
+            job.sha256,
+            job.source,
         )
 
     # -- duplicates ------------------------------------------------------------
@@ -442,14 +442,14 @@ class Worker(threading.Thread):
                 job.output_dir,
                 f"same content as {job.output_dir} (duplicates: skip)",
             )
-            event(
+            job_event(
                 logging.INFO,
                 "duplicate",
                 f"{record.relative}: same as {job.output_dir}; "
                 "not written (output.duplicates: skip)",
-                job=job.id,
-                sha256=job.sha256,
-                source=record.relative,
+                job.id,
+                job.sha256,
+                record.relative,
             )
             self._dispose(self.ledger.get_input(input_id), success=True)
             return
@@ -498,13 +498,13 @@ class Worker(threading.Thread):
         if target is not None and target == PurePosixPath(job.output_dir):
             where = job.output_dir  # the same name dropped again: nothing new to write
         self.ledger.finish_input(input_id, InputState.DUPLICATE, where)
-        event(
+        job_event(
             logging.INFO,
             "duplicate",
             f"{record.relative}: same content as {job.source}; stems reused in {where}",
-            job=job.id,
-            sha256=job.sha256,
-            source=record.relative,
+            job.id,
+            job.sha256,
+            record.relative,
         )
         self._dispose(self.ledger.get_input(input_id), success=True)
 

@@ -102,13 +102,19 @@ def test_a_growing_file_does_not_settle(tmp_path: Path) -> None:
     assert settler.poll() == [path]
 
 
-def test_with_inotify_an_unclosed_file_waits_for_its_close(tmp_path: Path) -> None:
+def open_writer(tmp_path: Path) -> tuple[Settler, Clock, Path]:
+    """An inotify settler tracking a file whose writer has not closed it."""
     clock = Clock()
     settler = Settler(2.0, require_close=True, clock=clock, stall_timeout=60)
     path = tmp_path / "a.wav"
     write(path, b"x", 1)
     settler.written(path)
     settler.poll()
+    return settler, clock, path
+
+
+def test_with_inotify_an_unclosed_file_waits_for_its_close(tmp_path: Path) -> None:
+    settler, clock, path = open_writer(tmp_path)
     clock.now += 10
     assert settler.poll() == [], "settled although the writer never closed it"
     settler.closed(path)
@@ -116,12 +122,7 @@ def test_with_inotify_an_unclosed_file_waits_for_its_close(tmp_path: Path) -> No
 
 
 def test_a_writer_that_never_closes_is_taken_after_the_stall_timeout(tmp_path: Path) -> None:
-    clock = Clock()
-    settler = Settler(2.0, require_close=True, clock=clock, stall_timeout=60)
-    path = tmp_path / "a.wav"
-    write(path, b"x", 1)
-    settler.written(path)
-    settler.poll()
+    settler, clock, path = open_writer(tmp_path)
     clock.now += 59
     assert settler.poll() == []
     clock.now += 2
