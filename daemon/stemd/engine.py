@@ -64,7 +64,8 @@ def missing_weights_help(name: str, repo: Path | None) -> str:
         f"cannot load model {name!r} from {where}. stemd needs the weights on disk when "
         "this machine cannot download them. Either: (1) on a connected machine run "
         f"`stemd models fetch {name}`, then copy its Hugging Face cache "
-        "(~/.cache/huggingface, or $HF_HOME) to this machine; or (2) put the model's .th "
+        "(~/.cache/huggingface, or $HF_HOME; older signatures use torch's "
+        "~/.cache/torch/hub/checkpoints) to this machine; or (2) put the model's .th "
         "files and its .yaml bag file in a folder and set model.repo to it; or (3) let this "
         "machine reach huggingface.co once."
     )

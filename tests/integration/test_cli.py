@@ -125,3 +125,21 @@ def test_models_list_names_the_demucs_models_and_the_repo(
     result = stemd("-c", str(config), "models", "list", cwd=tmp_path)
     assert result.returncode == 0
     assert "htdemucs  (configured)" in result.stdout and "tiny_bag" in result.stdout
+
+
+def test_an_hf_model_that_is_not_cached_offline_exits_69(tmp_path: Path) -> None:
+    import os
+    import subprocess
+    import sys
+
+    track = make_tone(tmp_path / "t.wav", 1.0)
+    result = subprocess.run(
+        [sys.executable, "-m", "stemd", "separate", "--model", "hf://someone/model", str(track)],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf")},
+    )
+    assert result.returncode == 69
+    assert "hf://someone/model" in result.stderr and "stemd models fetch" in result.stderr
