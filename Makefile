@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 CONFIG ?= config/stemd.yaml
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test lint typecheck unit check-config bench clean system-deps
+.PHONY: run test lint unit check-config clean system-deps
 
 system-deps:
 	@bash scripts/install-system-deps.sh
@@ -37,9 +37,6 @@ test: $(STAMP)
 
 unit: $(STAMP)
 	$(BIN)/python -m pytest tests/unit
-
-bench: $(STAMP)
-	$(BIN)/python -m tests.bench $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

@@ -40,10 +40,6 @@ class StemFormat:
     mp3_bitrate: int
     clip: str  # rescale | clamp | none
 
-    @property
-    def ext(self) -> str:
-        return self.format
-
 
 def _ffmpeg_input(path: Path) -> str:
     # "file:" makes ffmpeg take the rest literally: no protocol, no option parsing.

@@ -144,28 +144,22 @@ CREATE INDEX IF NOT EXISTS inputs_by_job ON inputs (job_id);
 class Ledger:
     """Thread-safe access to one ledger file (one connection, one lock)."""
 
-    def __init__(self, path: Path, readonly: bool = False) -> None:
+    def __init__(self, path: Path) -> None:
         self.path = path
         self._lock = threading.RLock()
         try:
-            if readonly:
-                uri = f"{path.resolve().as_uri()}?mode=ro"
-                self._db = sqlite3.connect(uri, uri=True, check_same_thread=False, timeout=10)
-            else:
-                path.parent.mkdir(parents=True, exist_ok=True)
-                self._db = sqlite3.connect(path, check_same_thread=False, timeout=10)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            self._db = sqlite3.connect(path, check_same_thread=False, timeout=10)
             self._db.row_factory = sqlite3.Row
             self._db.execute("PRAGMA busy_timeout = 10000")
-            if not readonly:
-                self._db.execute("PRAGMA journal_mode = WAL")
-                self._db.execute("PRAGMA synchronous = FULL")
-                self._db.executescript(_SCHEMA)
-                self._db.execute(
-                    "INSERT OR IGNORE INTO meta (key, value) VALUES ('schema', ?)",
-                    (str(SCHEMA_VERSION),),
-                )
-                self._db.commit()
-            self._db.execute("SELECT count(*) FROM jobs").fetchone()
+            self._db.execute("PRAGMA journal_mode = WAL")
+            self._db.execute("PRAGMA synchronous = FULL")
+            self._db.executescript(_SCHEMA)
+            self._db.execute(
+                "INSERT OR IGNORE INTO meta (key, value) VALUES ('schema', ?)",
+                (str(SCHEMA_VERSION),),
+            )
+            self._db.commit()
         except sqlite3.DatabaseError as err:
             raise StateError(
                 f"{path}: cannot open the ledger ({err}). If the file is damaged, stop stemd, "
@@ -339,14 +333,6 @@ class Ledger:
             )
             row = db.execute("SELECT * FROM jobs WHERE id = ?", (row["id"],)).fetchone()
         return _job(row)
-
-    def next_due(self) -> float | None:
-        """When the earliest queued job becomes due (epoch seconds), if any."""
-        with self._lock:
-            row = self._db.execute(
-                "SELECT min(not_before) AS t FROM jobs WHERE state = ?", (JobState.QUEUED.value,)
-            ).fetchone()
-        return None if row["t"] is None else float(row["t"])
 
     def _transition(
         self, db: sqlite3.Connection, job_id: int, wanted: JobState, **fields: object

@@ -61,7 +61,6 @@ def stat_of(path: Path) -> FileStat:
 
 @dataclass
 class Current:
-    job_id: int
     source: str
     progress: float
 
@@ -112,7 +111,7 @@ def render_track(
     try:
         files: dict[str, str] = {}
         for stem, data in stems.items():
-            filename = stem_filename(output.layout, names, stem, fmt.ext)
+            filename = stem_filename(output.layout, names, stem, fmt.format)
             encode(data, temp / filename, info.samplerate, fmt)
             files[stem] = filename
         outbox.seal(
@@ -148,9 +147,7 @@ class Worker(threading.Thread):
         self.wake = threading.Event()
         self.stop_requested = threading.Event()  # finish the running job, take no more
         self.cancel_requested = threading.Event()  # stop the running job at the next chunk
-        self.heartbeat = time.monotonic()
         self.current: Current | None = None
-        self.jobs_done = 0
         self._new_config: Config | None = None
         self._config_lock = threading.Lock()
         self._profile = self._make_profile()
@@ -179,7 +176,6 @@ class Worker(threading.Thread):
         try:
             self.dispose_leftovers()
             while not self.stop_requested.is_set():
-                self.heartbeat = time.monotonic()
                 self._apply_new_config()
                 if self._identify_pending():
                     continue
@@ -223,7 +219,6 @@ class Worker(threading.Thread):
         for record in pending:
             if self.stop_requested.is_set():
                 return True
-            self.heartbeat = time.monotonic()
             self._identify(record)
         return bool(pending)
 
@@ -299,7 +294,6 @@ class Worker(threading.Thread):
     # -- run a job ------------------------------------------------------------
 
     def _progress(self, job: JobRecord, fraction: float) -> None:
-        self.heartbeat = time.monotonic()
         if self.current is not None:
             self.current.progress = fraction
         if time.monotonic() - self._last_progress_write >= PROGRESS_WRITE_INTERVAL_S:
@@ -325,7 +319,7 @@ class Worker(threading.Thread):
         if source is None:
             self._fail(job, "the source file is gone or changed before it was separated")
             return
-        self.current = Current(job.id, source.relative, 0.0)
+        self.current = Current(source.relative, 0.0)
         temp: Path | None = None
         try:
             job_event(
@@ -388,7 +382,6 @@ class Worker(threading.Thread):
                 job.sha256,
                 source.relative,
             )
-        self.jobs_done += 1
         self._dispose(self.ledger.get_input(source.id), success=True)
         for other in self.ledger.inputs_of(job.id):
             if other.state is InputState.ATTACHED:
