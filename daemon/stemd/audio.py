@@ -139,10 +139,11 @@ def _decode_ffmpeg(
     return converted
 
 
-def decode(path: Path, samplerate: int, channels: int) -> torch.Tensor:
+def decode(path: Path, samplerate: int, channels: int, info: Probe | None = None) -> torch.Tensor:
     """The file as a float32 [channels, samples] tensor at `samplerate`.
 
-    sphn first (what demucs does), then ffmpeg for what sphn cannot read.
+    sphn first (what demucs does), then ffmpeg for what sphn cannot read. Pass
+    the `probe` result when the caller already has it: the ffmpeg path needs it.
     """
     errors: list[str] = []
     wav: torch.Tensor | None = None
@@ -154,7 +155,7 @@ def decode(path: Path, samplerate: int, channels: int) -> torch.Tensor:
         if data.size:
             wav = convert_audio(torch.from_numpy(data), int(rate), samplerate, channels)
     if wav is None:
-        info = probe(path)
+        info = info or probe(path)
         if info.channels < 1:
             raise InputError(path, "the audio stream has no channels")
         try:

@@ -13,6 +13,7 @@ each state change durable before we act on it.
 
 from __future__ import annotations
 
+import os
 import sqlite3
 import threading
 import time
@@ -63,10 +64,16 @@ class TransitionError(StateError):
 
 @dataclass(frozen=True)
 class FileStat:
+    """A file version's identity: same path and FileStat means unchanged bytes."""
+
     dev: int
     ino: int
     size: int
     mtime_ns: int
+
+    @classmethod
+    def of(cls, info: os.stat_result) -> FileStat:
+        return cls(info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns)
 
 
 @dataclass(frozen=True)

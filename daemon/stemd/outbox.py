@@ -27,6 +27,7 @@ from typing import Any
 
 from stemd.config import OutputConfig
 from stemd.errors import ConfigError, OutboxError
+from stemd.ledger import FileStat
 
 log = logging.getLogger("stemd")
 
@@ -222,22 +223,24 @@ class Outbox:
             and manifest.get("profile") == profile
         )
 
-    def target(self, folder: PurePosixPath, sha256: str, profile: str) -> PurePosixPath | None:
-        """Where this track's stems go under the conflict policy; None for skip.
-
-        A folder already holding this very content and profile is the target
-        itself (publishing again is then a no-op).
-        """
+    def _target(
+        self, folder: PurePosixPath, sha256: str, profile: str
+    ) -> tuple[PurePosixPath | None, str]:
+        """Where this track's stems go under the conflict policy, and what is there:
+        "free", "ours" (this very content and profile: publishing is a no-op) or
+        "other" (to overwrite). None for skip."""
         candidate, n = folder, 1
         while True:
             path = self.root / candidate
-            if not path.exists() or self.owns(path, sha256, profile):
-                return candidate
+            if not path.exists():
+                return candidate, "free"
+            if self.owns(path, sha256, profile):
+                return candidate, "ours"
             policy = self.output.on_conflict
             if policy == "skip":
-                return None
+                return None, "other"
             if policy == "overwrite":
-                return candidate
+                return candidate, "other"
             n += 1
             candidate = numbered(folder, n)
 
@@ -246,20 +249,16 @@ class Outbox:
     ) -> PurePosixPath | None:
         """Move a sealed temp folder into place. Returns its outbox-relative path,
         or None when on_conflict is skip and the name is taken."""
-        target = self.target(folder, sha256, profile)
-        if target is None:
-            self.discard(temp)
-            return None
+        target, occupant = self._target(folder, sha256, profile)
+        if target is None or occupant == "ours":
+            self.discard(temp)  # skipped, or published before a crash the ledger missed
+            return target
         final = self.root / target
         self._make_parents(final.parent)
-        if final.exists() and self.owns(final, sha256, profile):
-            self.discard(temp)  # published before a crash; the ledger missed it
-            return target
-        if final.exists():  # overwrite: swap, then remove the old folder
+        if occupant == "other":  # overwrite: swap, then remove the old folder
             trash = self.new_temp("replaced")
             os.rename(final, trash / "old")
             os.rename(temp, final)
-            fsync_path(final.parent)
             self.discard(trash)
         else:
             try:
@@ -291,15 +290,11 @@ def new_manifest(**fields: Any) -> dict[str, Any]:
 
 
 def dispose_source(
-    path: Path,
-    relative: str,
-    expected: tuple[int, int, int, int],
-    action: str,
-    folder: Path | None,
+    path: Path, relative: str, expected: FileStat, action: str, folder: Path | None
 ) -> str:
     """keep / move / delete an input, only if it is still the file we processed.
 
-    `expected` is (dev, ino, size, mtime_ns). Returns what was done, in words.
+    Returns what was done, in words.
     """
     if action == "keep":
         return "kept"
@@ -307,16 +302,7 @@ def dispose_source(
         info = os.lstat(path)
     except FileNotFoundError:
         return "already gone"
-    if (
-        not stat.S_ISREG(info.st_mode)
-        or (
-            info.st_dev,
-            info.st_ino,
-            info.st_size,
-            info.st_mtime_ns,
-        )
-        != expected
-    ):
+    if not stat.S_ISREG(info.st_mode) or FileStat.of(info) != expected:
         return "left in place: it changed after it was processed"
     if action == "delete":
         path.unlink()

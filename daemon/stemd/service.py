@@ -18,7 +18,7 @@ from types import FrameType
 from stemd.config import Config, load_config
 from stemd.engine import Engine
 from stemd.errors import ConfigError, StemdError
-from stemd.ledger import LEDGER_FILE, JobState, Ledger
+from stemd.ledger import LEDGER_FILE, FileStat, JobState, Ledger
 from stemd.logs import event, setup_logging
 from stemd.notify import Notifier
 from stemd.outbox import Outbox
@@ -144,7 +144,8 @@ class Service:
             self._next_rescan = now + self.config.watch.rescan_interval
         for path in self.settler.poll():
             self._register(path)
-        if now >= self._next_status:
+        # The status line costs ledger queries: build it only for a listener.
+        if self.notifier.enabled and now >= self._next_status:
             self._next_status = now + STATUS_INTERVAL_S
             self.notifier.status(self.status_line())
 
@@ -218,7 +219,7 @@ class Service:
                 source=relative.as_posix(),
             )
             return
-        record = self.ledger.add_input(path, relative.as_posix(), stat_of(path))
+        record = self.ledger.add_input(path, relative.as_posix(), FileStat.of(info))
         if record is not None:
             log.debug("settled: %s", relative)
             self.worker.wake.set()

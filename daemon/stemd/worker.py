@@ -55,8 +55,7 @@ def retry_delay(attempts: int) -> float:
 
 
 def stat_of(path: Path) -> FileStat:
-    info = os.lstat(path)
-    return FileStat(info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns)
+    return FileStat.of(os.lstat(path))
 
 
 @dataclass
@@ -97,7 +96,7 @@ def render_track(
             f"{probe_info.duration:.0f}s of audio is over watch.max_duration ({max_duration:g}s)",
         )
     started = time.monotonic()
-    wav = decode(request.path, info.samplerate, info.audio_channels)
+    wav = decode(request.path, info.samplerate, info.audio_channels, probe_info)
     duration = wav.shape[-1] / info.samplerate
     if duration > max_duration:
         raise InputError(request.path, f"{duration:.0f}s is over watch.max_duration")
@@ -282,14 +281,14 @@ class Worker(threading.Thread):
                 digest,
                 record.relative,
             )
-            self._dispose(self.ledger.get_input(record.id), success=False)
+            self._dispose(record, success=False)
         elif job.owner_input != record.id:
             log.info("%s: same content as %s; waiting for that job", record.relative, job.source)
 
     def _refuse(self, record: InputRecord, reason: str) -> None:
         self.ledger.fail_input(record.id, reason)
         event(logging.ERROR, "failed", f"{record.relative}: {reason}", source=record.relative)
-        self._dispose(self.ledger.get_input(record.id), success=False)
+        self._dispose(record, success=False)
 
     # -- run a job ------------------------------------------------------------
 
@@ -382,10 +381,11 @@ class Worker(threading.Thread):
                 job.sha256,
                 source.relative,
             )
-        self._dispose(self.ledger.get_input(source.id), success=True)
+        self._dispose(source, success=True)
+        published = self.ledger.get_job(job.id)  # now with its output folder
         for other in self.ledger.inputs_of(job.id):
             if other.state is InputState.ATTACHED:
-                self._reuse(other.id, self.ledger.get_job(job.id))
+                self._reuse(other.id, published)
 
     def _fail(self, job: JobRecord, reason: str) -> None:
         failed_inputs = self.ledger.fail(job.id, reason)
@@ -423,7 +423,7 @@ class Worker(threading.Thread):
                 None,
                 "identical track was not written (on_conflict: skip)",
             )
-            self._dispose(self.ledger.get_input(input_id), success=True)
+            self._dispose(record, success=True)
             return
         original = self.outbox.root / job.output_dir
         manifest = read_manifest(original)
@@ -444,7 +444,7 @@ class Worker(threading.Thread):
                 job.sha256,
                 record.relative,
             )
-            self._dispose(self.ledger.get_input(input_id), success=True)
+            self._dispose(record, success=True)
             return
         if manifest is None:
             self.ledger.finish_input(
@@ -499,7 +499,7 @@ class Worker(threading.Thread):
             job.sha256,
             record.relative,
         )
-        self._dispose(self.ledger.get_input(input_id), success=True)
+        self._dispose(record, success=True)
 
     # -- sources ---------------------------------------------------------------
 
@@ -507,9 +507,8 @@ class Worker(threading.Thread):
         src = self.config.source
         action = src.after_success if success else src.after_failure
         folder = src.archive_dir if success else src.failed_dir
-        expected = (record.stat.dev, record.stat.ino, record.stat.size, record.stat.mtime_ns)
         try:
-            done = dispose_source(record.path, record.relative, expected, action, folder)
+            done = dispose_source(record.path, record.relative, record.stat, action, folder)
         except OSError as err:
             log.error("%s: cannot %s the source: %s", record.relative, action, err)
             return

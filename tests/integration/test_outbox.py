@@ -10,6 +10,7 @@ from pathlib import Path, PurePosixPath
 import pytest
 
 from stemd.config import OutputConfig
+from stemd.ledger import FileStat
 from stemd.outbox import MANIFEST, TEMP_DIR, Outbox, dispose_source, new_manifest
 
 SHA = "c" * 64
@@ -100,12 +101,11 @@ def test_an_unknown_group_is_a_config_error(tmp_path: Path) -> None:
         Outbox(tmp_path, OutputConfig(group="no-such-group-stemd"))
 
 
-def source(tmp_path: Path, name: str = "in/a/song.mp3") -> tuple[Path, tuple[int, int, int, int]]:
+def source(tmp_path: Path, name: str = "in/a/song.mp3") -> tuple[Path, FileStat]:
     path = tmp_path / name
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(b"audio")
-    info = os.lstat(path)
-    return path, (info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns)
+    return path, FileStat.of(os.lstat(path))
 
 
 def test_sources_are_kept_moved_or_deleted(tmp_path: Path) -> None:
