@@ -106,30 +106,24 @@ def cmd_check(args: argparse.Namespace) -> int:
     return EX_OK
 
 
+# `stemd separate` flag -> (config section, key)
+SEPARATE_OVERRIDES = {
+    "model": ("model", "name"),
+    "repo": ("model", "repo"),
+    "device": ("model", "device"),
+    "shifts": ("model", "shifts"),
+    "format": ("output", "format"),
+    "sample_format": ("output", "sample_format"),
+    "clip": ("output", "clip"),
+    "two_stems": ("output", "two_stems"),
+}
+
+
 def _separate_overrides(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
-    model: dict[str, Any] = {}
-    output: dict[str, Any] = {}
-    for flag, key in (
-        ("model", "name"),
-        ("repo", "repo"),
-        ("device", "device"),
-        ("shifts", "shifts"),
-    ):
-        if getattr(args, flag) is not None:
-            model[key] = getattr(args, flag)
-    for flag, key in (
-        ("format", "format"),
-        ("sample_format", "sample_format"),
-        ("clip", "clip"),
-        ("two_stems", "two_stems"),
-    ):
-        if getattr(args, flag) is not None:
-            output[key] = getattr(args, flag)
     overrides: dict[str, dict[str, Any]] = {}
-    if model:
-        overrides["model"] = model
-    if output:
-        overrides["output"] = output
+    for flag, (section, key) in SEPARATE_OVERRIDES.items():
+        if getattr(args, flag) is not None:
+            overrides.setdefault(section, {})[key] = getattr(args, flag)
     return overrides
 
 
@@ -140,7 +134,7 @@ def cmd_separate(args: argparse.Namespace) -> int:
     from stemd.errors import InputError
     from stemd.hashing import sha256_file
     from stemd.logs import setup_logging
-    from stemd.outbox import Outbox, TrackNames, track_folder
+    from stemd.outbox import Outbox
     from stemd.profile import profile_key, profile_params
     from stemd.worker import RenderRequest, render_track
 
@@ -154,10 +148,7 @@ def cmd_separate(args: argparse.Namespace) -> int:
     config = load_config(path if use_file else None, overrides)
     setup_logging("stderr", config.logging.level)
     engine = Engine(config.model)
-    if config.output.two_stems and config.output.two_stems not in engine.info.sources:
-        raise ConfigError.single(
-            "command line", "--two-stems", f"use one of {', '.join(engine.info.sources)}"
-        )
+    engine.check_stem(config.output.two_stems, "command line", "--two-stems")
     config.outbox.mkdir(parents=True, exist_ok=True)
     outbox = Outbox(config.outbox, config.output)
     params = profile_params(config, engine.info)
@@ -181,7 +172,7 @@ def cmd_separate(args: argparse.Namespace) -> int:
                 bar.update(round(fraction * 100) - bar.n)
 
             try:
-                temp = render_track(
+                rendered = render_track(
                     engine,
                     outbox,
                     config,
@@ -193,10 +184,9 @@ def cmd_separate(args: argparse.Namespace) -> int:
                 failures += 1
                 continue
             advance(1.0)
-        names = TrackNames.for_input(engine.info.folder, file.name, sha)
-        target = outbox.publish(temp, track_folder(config.output.layout, names), sha, key)
+        target = outbox.publish(rendered.temp, rendered.folder, sha, key)
         if target is None:
-            print(f"{file}: not written, {names.track} exists (on_conflict: skip)")
+            print(f"{file}: not written, {rendered.folder.name} exists (on_conflict: skip)")
         else:
             print(f"{file}: stems in {config.outbox / target}")
     return EX_SOFTWARE if failures else EX_OK

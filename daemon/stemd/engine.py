@@ -148,6 +148,16 @@ class Engine:
             ", ".join(self.info.sources),
         )
 
+    def check_stem(self, stem: str | None, source: str, key: str) -> None:
+        """Raise ConfigError unless `stem` (output.two_stems) is one of the model's."""
+        if stem is not None and stem not in self.info.sources:
+            raise ConfigError.single(
+                source,
+                key,
+                f"{stem!r} is not a stem of {self.config.name}; "
+                f"use one of {', '.join(self.info.sources)}",
+            )
+
     def _check_segment(self) -> None:
         segment = self.config.segment
         if segment is None:

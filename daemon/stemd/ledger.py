@@ -251,12 +251,18 @@ class Ledger:
         return [_input(r) for r in rows]
 
     def fail_input(self, input_id: int, error: str) -> None:
-        self._set_input(input_id, InputState.FAILED, error=error)
+        self.finish_input(input_id, InputState.FAILED, None, error)
 
     def finish_input(
         self, input_id: int, state: InputState, output_dir: str | None, error: str | None = None
     ) -> None:
-        self._set_input(input_id, state, output_dir=output_dir, error=error)
+        """Set an input's end state; `output_dir` None keeps what was recorded."""
+        with self._tx() as db:
+            db.execute(
+                "UPDATE inputs SET state = ?, output_dir = coalesce(?, output_dir), error = ?, "
+                "updated_at = ? WHERE id = ?",
+                (state.value, output_dir, error, time.time(), input_id),
+            )
 
     def mark_disposed(self, input_id: int) -> None:
         with self._tx() as db:
@@ -278,20 +284,6 @@ class Ledger:
                 ),
             ).fetchall()
         return [_input(r) for r in rows]
-
-    def _set_input(
-        self,
-        input_id: int,
-        state: InputState,
-        output_dir: str | None = None,
-        error: str | None = None,
-    ) -> None:
-        with self._tx() as db:
-            db.execute(
-                "UPDATE inputs SET state = ?, output_dir = coalesce(?, output_dir), error = ?, "
-                "updated_at = ? WHERE id = ?",
-                (state.value, output_dir, error, time.time(), input_id),
-            )
 
     # -- jobs ---------------------------------------------------------------
 

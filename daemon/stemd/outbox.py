@@ -20,7 +20,7 @@ import shutil
 import stat
 import time
 import uuid
-from collections.abc import Iterable
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -270,10 +270,11 @@ class Outbox:
         fsync_path(final.parent)
         return target
 
-    def copy_stems(self, original: Path, temp: Path, names: Iterable[str], link: bool) -> None:
-        """Reuse stems: hard links where the filesystem allows, else copies."""
-        for name in names:
-            source, dest = original / name, temp / name
+    def copy_stems(self, original: Path, temp: Path, names: Mapping[str, str], link: bool) -> None:
+        """Reuse stems (file in `original` -> name in `temp`): hard links where the
+        filesystem allows, else copies."""
+        for name, new_name in names.items():
+            source, dest = original / name, temp / new_name
             if link:
                 try:
                     os.link(source, dest)

@@ -84,13 +84,7 @@ class Service:
             log.info("removed %d unfinished work folder(s) from the outbox", removed)
         self.notifier.status(f"loading model {config.model.name}")
         engine = Engine(config.model)
-        if config.output.two_stems and config.output.two_stems not in engine.info.sources:
-            raise ConfigError.single(
-                "config",
-                "output.two_stems",
-                f"{config.output.two_stems!r} is not a stem of {config.model.name}; "
-                f"use one of {', '.join(engine.info.sources)}",
-            )
+        engine.check_stem(config.output.two_stems, "config", "output.two_stems")
         self.worker = Worker(self.ledger, config, engine)
         self.worker.start()
         self._start_watcher(config)
@@ -172,7 +166,7 @@ class Service:
                 self.settler.closed(change.path)
             elif change.kind is Change.GONE:
                 self.settler.forget(change.path)
-            elif change.kind is Change.DIR_ADDED:
+            elif change.kind is Change.DIR_ADDED and self.config.watch.recursive:
                 self._scan(change.path)
             elif change.kind is Change.DIR_GONE:
                 self.settler.forget_under(change.path)
@@ -193,18 +187,12 @@ class Service:
     def _register(self, path: Path) -> None:
         """A settled path: refuse it with a reason, or record it for the worker."""
         assert self.ledger is not None and self.worker is not None
-        inbox = self.config.inbox
-        try:
-            relative = PurePath(os.path.relpath(path, inbox))
-        except ValueError:
-            return
+        relative = PurePath(os.path.relpath(path, self.config.inbox))
         if relative.parts and relative.parts[0] == "..":
             return
         reason = ignore_reason(relative, self.config.watch.extensions, self.config.watch.ignore)
         if reason is not None:
             log.debug("ignored %s: %s", relative, reason)
-            return
-        if not self.config.watch.recursive and len(relative.parts) > 1:
             return
         try:
             info = os.lstat(path)

@@ -44,9 +44,9 @@ IDLE_WAIT_S = 1.0
 PROGRESS_WRITE_INTERVAL_S = 1.0
 
 
-def job_event(level: int, name: Event, message: str, job: int, sha256: str, source: str) -> None:
+def job_event(level: int, name: Event, message: str, job: JobRecord, source: str) -> None:
     """Log a job event with its journal fields (STEMD_JOB, STEMD_SHA256, STEMD_SOURCE)."""
-    event(level, name, message, job=job, sha256=sha256, source=source)
+    event(level, name, message, job=job.id, sha256=job.sha256, source=source)
 
 
 def retry_delay(attempts: int) -> float:
@@ -74,6 +74,12 @@ class RenderRequest:
     label: str  # names the temp folder
 
 
+@dataclass(frozen=True)
+class Rendered:
+    temp: Path  # the sealed work folder inside the outbox
+    folder: PurePosixPath  # the track folder the layout names for it
+
+
 def render_track(
     engine: Engine,
     outbox: Outbox,
@@ -81,11 +87,11 @@ def render_track(
     request: RenderRequest,
     progress: ProgressHook | None = None,
     cancelled: CancelCheck | None = None,
-) -> Path:
+) -> Rendered:
     """Decode, separate and encode one track into a sealed temp folder in the outbox.
 
-    The caller publishes it (or discards it). Raises InputError for input that
-    cannot be used, JobCancelled when `cancelled` turns true.
+    The caller publishes it to `folder` (or discards it). Raises InputError for
+    input that cannot be used, JobCancelled when `cancelled` turns true.
     """
     info = engine.info
     probe_info = probe(request.path)
@@ -133,7 +139,7 @@ def render_track(
     except BaseException:
         outbox.discard(temp)
         raise
-    return temp
+    return Rendered(temp, track_folder(output.layout, names))
 
 
 class Worker(threading.Thread):
@@ -264,8 +270,7 @@ class Worker(threading.Thread):
             logging.INFO,
             "detected",
             f"{record.relative}: new input, sha256 {digest[:12]}",
-            job.id,
-            digest,
+            job,
             record.relative,
         )
         if job.state is JobState.DONE:
@@ -277,8 +282,7 @@ class Worker(threading.Thread):
                 logging.ERROR,
                 "failed",
                 f"{record.relative}: {reason}",
-                job.id,
-                digest,
+                job,
                 record.relative,
             )
             self._dispose(record, success=False)
@@ -325,12 +329,12 @@ class Worker(threading.Thread):
                 logging.INFO,
                 "started",
                 f"{source.relative}: separating (attempt {job.attempts})",
-                job.id,
-                job.sha256,
+                job,
                 source.relative,
             )
-            temp = self._separate_into_temp(job, source)
-            self._publish(job, source, temp)
+            rendered = self._separate_into_temp(job, source)
+            temp = rendered.temp
+            self._publish(job, source, rendered)
             temp = None
         except JobCancelled:
             self.ledger.requeue(job.id, None, delay=0.0, count_attempt=False)
@@ -345,7 +349,7 @@ class Worker(threading.Thread):
             self.current = None
             self.cancel_requested.clear()
 
-    def _separate_into_temp(self, job: JobRecord, source: InputRecord) -> Path:
+    def _separate_into_temp(self, job: JobRecord, source: InputRecord) -> Rendered:
         key, params = self._profile
         return render_track(
             self.engine,
@@ -356,10 +360,9 @@ class Worker(threading.Thread):
             cancelled=self.cancel_requested.is_set,
         )
 
-    def _publish(self, job: JobRecord, source: InputRecord, temp: Path) -> None:
-        names = TrackNames.for_input(self.engine.info.folder, source.relative, job.sha256)
-        folder = track_folder(self.config.output.layout, names)
-        target = self.outbox.publish(temp, folder, job.sha256, job.profile)
+    def _publish(self, job: JobRecord, source: InputRecord, rendered: Rendered) -> None:
+        folder = rendered.folder
+        target = self.outbox.publish(rendered.temp, folder, job.sha256, job.profile)
         if target is None:
             self.ledger.complete(job.id, source.id, "")
             self.ledger.finish_input(
@@ -377,8 +380,7 @@ class Worker(threading.Thread):
                 logging.INFO,
                 "done",
                 f"{source.relative}: stems in {target}",
-                job.id,
-                job.sha256,
+                job,
                 source.relative,
             )
         self._dispose(source, success=True)
@@ -389,9 +391,7 @@ class Worker(threading.Thread):
 
     def _fail(self, job: JobRecord, reason: str) -> None:
         failed_inputs = self.ledger.fail(job.id, reason)
-        job_event(
-            logging.ERROR, "failed", f"{job.source}: {reason}", job.id, job.sha256, job.source
-        )
+        job_event(logging.ERROR, "failed", f"{job.source}: {reason}", job, job.source)
         for record in failed_inputs:
             self._dispose(record, success=False)
 
@@ -406,8 +406,7 @@ class Worker(threading.Thread):
             "retried",
             f"{job.source}: {reason}; retrying in {delay:.0f}s "
             f"(attempt {job.attempts} of {self.config.source.max_attempts})",
-            job.id,
-            job.sha256,
+            job,
             job.source,
         )
 
@@ -440,8 +439,7 @@ class Worker(threading.Thread):
                 "duplicate",
                 f"{record.relative}: same as {job.output_dir}; "
                 "not written (output.duplicates: skip)",
-                job.id,
-                job.sha256,
+                job,
                 record.relative,
             )
             self._dispose(record, success=True)
@@ -466,10 +464,8 @@ class Worker(threading.Thread):
         }
         temp = self.outbox.new_temp(f"dup{input_id}")
         try:
-            for stem, name in stems.items():
-                self.outbox.copy_stems(original, temp, [name], link=mode == "link")
-                if files[stem] != name:
-                    os.rename(temp / name, temp / files[stem])
+            renamed = {name: files[stem] for stem, name in stems.items()}
+            self.outbox.copy_stems(original, temp, renamed, link=mode == "link")
             copy = dict(manifest)
             copy.update(
                 source=record.relative,
@@ -487,16 +483,14 @@ class Worker(threading.Thread):
             )
             log.error("%s: cannot reuse stems of %s: %s", record.relative, job.output_dir, err)
             return
+        # the same name dropped again resolves to job.output_dir itself: nothing new written
         where = target.as_posix() if target else None
-        if target is not None and target == PurePosixPath(job.output_dir):
-            where = job.output_dir  # the same name dropped again: nothing new to write
         self.ledger.finish_input(input_id, InputState.DUPLICATE, where)
         job_event(
             logging.INFO,
             "duplicate",
             f"{record.relative}: same content as {job.source}; stems reused in {where}",
-            job.id,
-            job.sha256,
+            job,
             record.relative,
         )
         self._dispose(record, success=True)

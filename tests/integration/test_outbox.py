@@ -79,7 +79,7 @@ def test_reused_stems_are_links_or_copies(tmp_path: Path, link: bool) -> None:
     outbox = Outbox(tmp_path, OutputConfig())
     outbox.publish(sealed(outbox), PurePosixPath("m/song"), SHA, "p")
     temp = outbox.new_temp("dup")
-    outbox.copy_stems(tmp_path / "m/song", temp, ["vocals.wav"], link=link)
+    outbox.copy_stems(tmp_path / "m/song", temp, {"vocals.wav": "vocals.wav"}, link=link)
     same_inode = (temp / "vocals.wav").stat().st_ino == (
         tmp_path / "m/song/vocals.wav"
     ).stat().st_ino
