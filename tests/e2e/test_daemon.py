@@ -169,7 +169,7 @@ def test_dropped_files_become_stems_exactly_once(tmp_path: Path) -> None:
         daemon.kill()
 
 
-def test_sigint_stops_cleanly_and_second_run_recovers(tmp_path: Path) -> None:
+def test_sigint_stops_cleanly(tmp_path: Path) -> None:
     config = daemon_config(tmp_path)
     daemon = Daemon(config, tmp_path).start()
     try:

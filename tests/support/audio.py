@@ -44,6 +44,7 @@ def make_tone(
             str(path),
         ],
         check=True,
+        timeout=60,
     )
     return path
 
@@ -66,6 +67,7 @@ def probe(path: Path) -> dict[str, str]:
         ],
         check=True,
         capture_output=True,
+        timeout=60,
     ).stdout
     data = json.loads(out)
     stream = dict(data["streams"][0])

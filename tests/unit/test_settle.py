@@ -102,19 +102,20 @@ def test_a_growing_file_does_not_settle(tmp_path: Path) -> None:
     assert settler.poll() == [path]
 
 
-def open_writer(tmp_path: Path) -> tuple[Settler, Clock, Path]:
-    """An inotify settler tracking a file whose writer has not closed it."""
+def tracking(tmp_path: Path, how: str, data: bytes = b"x") -> tuple[Settler, Clock, Path]:
+    """An inotify settler (2 s quiet, 60 s stall) that has seen a file by `how`
+    (written / created) and taken its first look at it."""
     clock = Clock()
     settler = Settler(2.0, require_close=True, clock=clock, stall_timeout=60)
     path = tmp_path / "a.wav"
-    write(path, b"x", 1)
-    settler.written(path)
+    write(path, data, 1)
+    getattr(settler, how)(path)
     settler.poll()
     return settler, clock, path
 
 
 def test_with_inotify_an_unclosed_file_waits_for_its_close(tmp_path: Path) -> None:
-    settler, clock, path = open_writer(tmp_path)
+    settler, clock, path = tracking(tmp_path, "written")
     clock.now += 10
     assert settler.poll() == [], "settled although the writer never closed it"
     settler.closed(path)
@@ -122,7 +123,7 @@ def test_with_inotify_an_unclosed_file_waits_for_its_close(tmp_path: Path) -> No
 
 
 def test_a_writer_that_never_closes_is_taken_after_the_stall_timeout(tmp_path: Path) -> None:
-    settler, clock, path = open_writer(tmp_path)
+    settler, clock, path = tracking(tmp_path, "written")
     clock.now += 59
     assert settler.poll() == []
     clock.now += 2
@@ -142,23 +143,13 @@ def test_a_scan_does_not_override_a_known_writer(tmp_path: Path) -> None:
 
 
 def test_a_file_moved_in_settles_by_the_quiet_period(tmp_path: Path) -> None:
-    clock = Clock()
-    settler = Settler(2.0, require_close=True, clock=clock)
-    path = tmp_path / "a.wav"
-    write(path, b"x", 1)
-    settler.created(path)  # inotify: appeared, no writer seen
-    settler.poll()
+    settler, clock, path = tracking(tmp_path, "created")  # inotify: appeared, no writer seen
     clock.now += 2.1
     assert settler.poll() == [path]
 
 
 def test_a_created_file_that_then_gets_written_waits_for_the_close(tmp_path: Path) -> None:
-    clock = Clock()
-    settler = Settler(2.0, require_close=True, clock=clock)
-    path = tmp_path / "a.wav"
-    write(path, b"", 1)
-    settler.created(path)
-    settler.poll()
+    settler, clock, path = tracking(tmp_path, "created", data=b"")
     clock.now += 3
     assert settler.poll() == [], "an empty file nobody closed is not complete"
     write(path, b"x", 2)
