@@ -89,12 +89,26 @@ def _config(args: argparse.Namespace, optional: bool = False) -> tuple[Config, P
     return load_config(path), path
 
 
+def use_model_cache(config: Config) -> None:
+    """Point demucs' downloads (Hugging Face hub, torch.hub) into model.cache.
+
+    Must run before demucs/huggingface_hub are imported: huggingface_hub reads
+    HF_HOME once, at import.
+    """
+    cache = config.model.cache
+    if cache is not None:
+        os.environ["HF_HOME"] = str(cache / "huggingface")
+        os.environ["TORCH_HOME"] = str(cache / "torch")
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     from stemd.logs import setup_logging
-    from stemd.service import Service
 
     config, path = _config(args)
     setup_logging(config.logging.target, config.logging.level)
+    use_model_cache(config)
+    from stemd.service import Service
+
     log.info("stemd %s starting with %s", __version__, path)
     return Service(config, path).run()
 
@@ -130,13 +144,11 @@ def _separate_overrides(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
 def cmd_separate(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from stemd.engine import Engine
     from stemd.errors import InputError
     from stemd.hashing import sha256_file
     from stemd.logs import setup_logging
     from stemd.outbox import Outbox
     from stemd.profile import profile_key, profile_params
-    from stemd.worker import RenderRequest, render_track
 
     path = default_config_path(args.config)
     use_file = args.config is not None or path.exists()
@@ -147,6 +159,10 @@ def cmd_separate(args: argparse.Namespace) -> int:
         overrides["outbox"] = "separated"  # what the demucs CLI writes to
     config = load_config(path if use_file else None, overrides)
     setup_logging("stderr", config.logging.level)
+    use_model_cache(config)
+    from stemd.engine import Engine
+    from stemd.worker import RenderRequest, render_track
+
     engine = Engine(config.model)
     engine.check_stem(config.output.two_stems, "command line", "--two-stems")
     config.outbox.mkdir(parents=True, exist_ok=True)
@@ -275,11 +291,12 @@ def cmd_models(args: argparse.Namespace) -> int:
             else:
                 print("  (folder missing)")
         return EX_OK
-    from stemd.engine import load_model
+    use_model_cache(config)
+    from stemd.engine import load_model, model_caches
 
     load_model(args.name, None)
-    cache = os.environ.get("HF_HOME", str(Path.home() / ".cache" / "huggingface"))
-    print(f"{args.name}: fetched into the local cache ({cache})")
+    hf_home, torch_home = model_caches()
+    print(f"{args.name}: fetched into the model cache ({hf_home}, {torch_home})")
     return EX_OK
 
 

@@ -86,6 +86,9 @@ class ModelConfig(_Section):
     segment: float | None = Field(default=None, gt=0)
     batch_size: Literal["auto"] | Annotated[int, Field(ge=1)] = "auto"
     precision: Literal["fp32", "tf32", "bf16", "fp16"] = "fp32"
+    # Where downloaded weights live (HF_HOME and TORCH_HOME below it); null keeps
+    # the environment's caches. The service and `stemd models fetch` share it.
+    cache: Path | None = None
 
     @field_validator("device")
     @classmethod
@@ -147,6 +150,10 @@ class LoggingConfig(_Section):
 
 class ServiceConfig(_Section):
     shutdown_grace: Duration = Field(default=60.0, ge=0)
+    # The worker counts as hung when it shows no sign of life (a chunk separated,
+    # a stem encoded, an idle turn) for this long; then the systemd watchdog pings
+    # stop, so systemd restarts stemd. Longer than the slowest single step.
+    hang_timeout: Duration = Field(default=600.0, gt=0)
 
 
 class Config(_Section):
@@ -373,7 +380,10 @@ def _resolve_paths(config: Config, base: Path) -> Config:
             "outbox": resolve(config.outbox),
             "state_dir": resolve(config.state_dir),
             "model": config.model.model_copy(
-                update={"repo": resolve(config.model.repo) if config.model.repo else None}
+                update={
+                    "repo": resolve(config.model.repo) if config.model.repo else None,
+                    "cache": resolve(config.model.cache) if config.model.cache else None,
+                }
             ),
             "source": source.model_copy(
                 update={

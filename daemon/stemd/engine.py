@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import logging
+import os
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -58,16 +59,24 @@ def model_folder_name(name: str) -> str:
     return name.replace("hf://", "").replace("/", "_")
 
 
+def model_caches() -> tuple[Path, Path]:
+    """The Hugging Face and torch.hub caches demucs downloads into (model.cache sets both)."""
+    home = Path.home() / ".cache"
+    hf_home = Path(os.environ.get("HF_HOME", home / "huggingface"))
+    torch_home = Path(os.environ.get("TORCH_HOME", home / "torch"))
+    return hf_home, torch_home
+
+
 def missing_weights_help(name: str, repo: Path | None) -> str:
-    where = f"the model repo {repo}" if repo else "the Hugging Face cache or demucs' model repo"
+    hf_home, torch_home = model_caches()
+    where = f"the model repo {repo}" if repo else f"the model cache ({hf_home}, {torch_home})"
     return (
         f"cannot load model {name!r} from {where}. stemd needs the weights on disk when "
         "this machine cannot download them. Either: (1) on a connected machine run "
-        f"`stemd models fetch {name}`, then copy its Hugging Face cache "
-        "(~/.cache/huggingface, or $HF_HOME; older signatures use torch's "
-        "~/.cache/torch/hub/checkpoints) to this machine; or (2) put the model's .th "
-        "files and its .yaml bag file in a folder and set model.repo to it; or (3) let this "
-        "machine reach huggingface.co once."
+        f"`stemd models fetch {name}` with the same model.cache, then copy that folder to "
+        "this machine's model.cache; or (2) put the model's .th files and its .yaml bag "
+        "file in a folder and set model.repo to it; or (3) let this machine reach "
+        "huggingface.co once."
     )
 
 

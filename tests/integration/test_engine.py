@@ -76,7 +76,7 @@ def test_missing_weights_say_how_to_provide_them(tmp_path: Path) -> None:
         Engine(ModelConfig(name="htdemucs_ft", repo=tmp_path, device="cpu"))
     message = str(caught.value)
     assert "stemd models fetch htdemucs_ft" in message and "model.repo" in message
-    assert "Hugging Face cache" in message
+    assert "model.cache" in message and "huggingface.co" in message
 
 
 def test_a_repo_that_is_not_a_folder_is_a_model_error(tmp_path: Path) -> None:
