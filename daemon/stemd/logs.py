@@ -1,18 +1,29 @@
 """Logging setup: journald (systemd-python) or stderr, with structured job fields.
 
 Job-related records carry journal fields STEMD_EVENT, STEMD_JOB, STEMD_SHA256 and
-STEMD_SOURCE (passed through `extra`), so `journalctl STEMD_EVENT=failed` finds
-failures. On stderr each record is one line in plain words.
+STEMD_SOURCE (passed through `extra`), so `journalctl -t stemd STEMD_EVENT=failed`
+finds failures. The log level becomes the journal PRIORITY (error -> err), and a
+record logged with an exception carries its traceback in EXCEPTION_TEXT. On stderr
+each record is one line in plain words.
+
+Exactly one handler is installed, so no record is written twice: under systemd
+with `logging.target: auto` stderr *is* the journal, and the structured handler
+replaces it rather than adding to it.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import socket
 import sys
-from typing import Literal
+from typing import Any, Literal
 
 LOGGER_NAME = "stemd"
+# Where sd_journal_send() writes; systemd-python has no way to point it elsewhere.
+JOURNAL_SOCKET = "/run/systemd/journal/socket"
+STDERR_FORMAT = "stemd: %(levelname)s: %(message)s"
+
 log = logging.getLogger(LOGGER_NAME)
 
 Event = Literal["detected", "duplicate", "started", "done", "failed", "retried", "ignored"]
@@ -39,7 +50,7 @@ def event(
     log.log(level, message, extra=fields, exc_info=exc_info)
 
 
-def _stderr_is_journal() -> bool:
+def stderr_is_journal() -> bool:
     """True when systemd connected our stderr to the journal ($JOURNAL_STREAM)."""
     stream = os.environ.get("JOURNAL_STREAM", "")
     try:
@@ -50,6 +61,61 @@ def _stderr_is_journal() -> bool:
     return stat.st_dev == device and stat.st_ino == inode
 
 
+def journal_unreachable() -> str | None:
+    """Why records sent to journald would be lost, or None when it listens."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as probe:
+        try:
+            probe.connect(JOURNAL_SOCKET)
+        except OSError as err:
+            return f"{JOURNAL_SOCKET}: {err.strerror or err}"
+    return None
+
+
+def _stderr_handler() -> logging.Handler:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter(STDERR_FORMAT))
+    return handler
+
+
+def _journal_handler() -> logging.Handler:
+    """systemd-python's JournalHandler that moves to stderr, saying so once, if
+    journald goes away while we run (rather than a traceback per record)."""
+    from systemd.journal import JournalHandler, send
+
+    class FallbackJournalHandler(JournalHandler):  # type: ignore[misc]
+        def __init__(self) -> None:
+            super().__init__(SYSLOG_IDENTIFIER="stemd", sender_function=self._send)
+            self.setFormatter(logging.Formatter("%(message)s"))
+            self.fallback: logging.Handler | None = None
+            self._send_error: OSError | None = None
+
+        def _send(self, *args: Any, **fields: Any) -> None:
+            try:
+                send(*args, **fields)
+            except OSError as err:
+                self._send_error = err
+
+        def emit(self, record: logging.LogRecord) -> None:
+            if self.fallback is None:
+                self._send_error = None
+                super().emit(record)
+                if self._send_error is None:
+                    return
+                self.fallback = _stderr_handler()
+                self.fallback.emit(
+                    _fallback_notice(f"journald stopped listening ({self._send_error})")
+                )
+            self.fallback.emit(record)
+
+    return FallbackJournalHandler()
+
+
+def _fallback_notice(reason: str) -> logging.LogRecord:
+    return log.makeRecord(
+        LOGGER_NAME, logging.WARNING, __file__, 0, f"{reason}; logging to stderr", (), None
+    )
+
+
 def setup_logging(target: str, level: str) -> str:
     """Route stemd's records to the journal or stderr. Returns where they go.
 
@@ -58,24 +124,21 @@ def setup_logging(target: str, level: str) -> str:
     """
     for handler in list(log.handlers):
         log.removeHandler(handler)
+        handler.close()
     log.setLevel(level.upper())
     log.propagate = False
 
-    use_journal = target == "journal" or (target == "auto" and _stderr_is_journal())
-    fallback_reason = ""
-    if use_journal:
-        try:
-            from systemd.journal import JournalHandler
-
-            journal = JournalHandler(SYSLOG_IDENTIFIER="stemd")
-            journal.setFormatter(logging.Formatter("%(message)s"))
-            log.addHandler(journal)
-            return "journal"
-        except (ImportError, OSError) as err:
-            fallback_reason = f"journald unavailable ({err}); logging to stderr"
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("stemd: %(levelname)s: %(message)s"))
-    log.addHandler(handler)
-    if fallback_reason:
-        log.warning(fallback_reason)
+    fallback_reason: str | None = None
+    if target == "journal" or (target == "auto" and stderr_is_journal()):
+        fallback_reason = journal_unreachable()
+        if fallback_reason is None:
+            try:
+                log.addHandler(_journal_handler())
+                return "journal"
+            except ImportError as err:
+                fallback_reason = f"systemd-python is not installed ({err})"
+        fallback_reason = f"journald unavailable: {fallback_reason}"
+    log.addHandler(_stderr_handler())
+    if fallback_reason is not None:
+        log.handle(_fallback_notice(fallback_reason))
     return "stderr"

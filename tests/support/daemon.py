@@ -33,9 +33,17 @@ def stemd(*args: str, cwd: Path, timeout: float = 120) -> subprocess.CompletedPr
 
 
 class Daemon:
-    def __init__(self, config: Path, cwd: Path) -> None:
+    def __init__(
+        self,
+        config: Path,
+        cwd: Path,
+        env: dict[str, str] | None = None,
+        prefix: list[str] | None = None,
+    ) -> None:
         self.config = config
         self.cwd = cwd
+        self.env = {**os.environ, **(env or {})}
+        self.prefix = prefix or []  # e.g. a wrapper that runs stemd in a namespace
         self.log_path = cwd / f"stemd-{os.getpid()}.log"
         self.process: subprocess.Popen[bytes] | None = None
         self._log_offset = 0
@@ -45,8 +53,9 @@ class Daemon:
         self._log_offset = self.log_path.stat().st_size if self.log_path.exists() else 0
         log = open(self.log_path, "ab")  # noqa: SIM115 - the child owns it until it exits
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "stemd", "-c", str(self.config), "run"],
+            [*self.prefix, sys.executable, "-m", "stemd", "-c", str(self.config), "run"],
             cwd=self.cwd,
+            env=self.env,
             stdin=subprocess.DEVNULL,
             stdout=log,
             stderr=subprocess.STDOUT,

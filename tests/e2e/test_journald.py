@@ -1,0 +1,146 @@
+"""stemd's records in a real journal: fields, priorities, and the stderr fallback."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+from support.audio import make_tone
+from support.daemon import Daemon, write_config
+from support.journald import PrivateJournal
+from support.waiting import wait_until
+
+pytestmark = pytest.mark.skipif(
+    os.geteuid() != 0, reason="a private mount namespace for journald needs root (CI is root)"
+)
+
+JOB_FIELDS = ("STEMD_EVENT", "STEMD_JOB", "STEMD_SHA256", "STEMD_SOURCE")
+
+
+def journal_config(root: Path, target: str = "journal") -> Path:
+    (root / "inbox").mkdir()
+    return write_config(
+        root / "stemd.yaml",
+        {
+            "inbox": "inbox",
+            "outbox": "outbox",
+            "state_dir": "state",
+            "watch": {"settle": "0.5s"},
+            "model": {"name": "demucs_unittest", "device": "cpu"},
+            "logging": {"target": target},
+            "service": {"shutdown_grace": "0s"},
+        },
+    )
+
+
+def test_job_events_reach_the_journal_with_their_fields_and_priorities(tmp_path: Path) -> None:
+    journal = PrivateJournal(tmp_path / "journal")
+    config = journal_config(tmp_path)
+    good = make_tone(tmp_path / "good.wav", 2.0)
+    bad = tmp_path / "notes.mp3"
+    bad.write_text("lyrics, not audio\n" * 40)
+    daemon = Daemon(config, tmp_path, prefix=journal.prefix).start()
+    try:
+        journal.wait_for_message("stemd ready", 60, SYSLOG_IDENTIFIER="stemd")
+        shutil.copyfile(good, tmp_path / "inbox/good.wav")
+        shutil.copyfile(bad, tmp_path / "inbox/notes.mp3")
+        journal.wait_for_message("good.wav: stems in", 60, STEMD_EVENT="done")
+        journal.wait_for_message("notes.mp3", 60, STEMD_EVENT="failed")
+        assert daemon.stop() == 0
+        journal.wait_for_message("stemd stopped", 10, SYSLOG_IDENTIFIER="stemd")
+    finally:
+        daemon.kill()
+        journal.stop_journald()
+
+    records = journal.entries(SYSLOG_IDENTIFIER="stemd")
+    digest = hashlib.sha256(good.read_bytes()).hexdigest()
+    good_events = [r for r in records if r.get("STEMD_SOURCE") == "good.wav"]
+    assert [r["STEMD_EVENT"] for r in good_events] == ["detected", "started", "done"]
+    for record in good_events:
+        assert all(field in record for field in JOB_FIELDS), record
+        assert record["STEMD_SHA256"] == digest
+        assert record["PRIORITY"] == "6"  # info
+    assert len({r["STEMD_JOB"] for r in good_events}) == 1
+
+    failures = [r for r in records if r.get("STEMD_EVENT") == "failed"]
+    assert len(failures) == 1
+    failure = failures[0]
+    assert failure["STEMD_SOURCE"] == "notes.mp3" and failure["PRIORITY"] == "3"  # err
+    assert "notes.mp3" in failure["MESSAGE"]
+
+    ready = [r for r in records if "stemd ready" in r["MESSAGE"]]
+    assert len(ready) == 1 and ready[0]["PRIORITY"] == "6" and "STEMD_EVENT" not in ready[0]
+    # One handler: every record once in the journal, nothing on stderr.
+    messages = [r["MESSAGE"] for r in records]
+    assert len(messages) == len(set(messages)), messages
+    assert daemon.log() == ""
+
+
+def test_under_systemd_auto_uses_the_journal_handler_and_writes_nothing_twice(
+    tmp_path: Path,
+) -> None:
+    """As a service, stderr is a journal stream ($JOURNAL_STREAM): `auto` must send
+    structured records instead, and not also print them to that stream."""
+    journal = PrivateJournal(tmp_path / "journal", stderr_to_journal=True)
+    config = journal_config(tmp_path, target="auto")
+    daemon = Daemon(config, tmp_path, prefix=journal.prefix).start()
+    try:
+        journal.wait_for_message("stemd ready", 60, SYSLOG_IDENTIFIER="stemd")
+        shutil.copyfile(make_tone(tmp_path / "a.wav", 1.0), tmp_path / "inbox/a.wav")
+        journal.wait_for_message("a.wav: stems in", 60, STEMD_EVENT="done")
+        assert daemon.stop() == 0
+    finally:
+        daemon.kill()
+        journal.stop_journald()
+    ours = journal.entries(SYSLOG_IDENTIFIER="stemd")
+    assert {r["_TRANSPORT"] for r in ours} == {"journal"}
+    assert [r["STEMD_EVENT"] for r in ours if "STEMD_EVENT" in r] == [
+        "detected",
+        "started",
+        "done",
+    ]
+    assert journal.entries(SYSLOG_IDENTIFIER="stemd-stderr") == []
+
+
+def test_without_journald_stemd_logs_to_stderr_and_says_so_once(tmp_path: Path) -> None:
+    journal = PrivateJournal(tmp_path / "journal", start_journald=False)
+    config = journal_config(tmp_path)
+    daemon = Daemon(config, tmp_path, prefix=journal.prefix).start()
+    try:
+        daemon.wait_ready()
+        shutil.copyfile(make_tone(tmp_path / "a.wav", 1.0), tmp_path / "inbox/a.wav")
+        wait_until(lambda: "a.wav: stems in" in daemon.log(), 60, "a.wav on stderr")
+        assert daemon.stop() == 0
+    finally:
+        daemon.kill()
+    text = daemon.log()
+    notice = (
+        "stemd: WARNING: journald unavailable: /run/systemd/journal/socket: "
+        "No such file or directory; logging to stderr"
+    )
+    assert text.count("journald unavailable") == 1 and notice in text
+    assert "Traceback" not in text
+
+
+def test_when_journald_goes_away_stemd_moves_to_stderr_once(tmp_path: Path) -> None:
+    journal = PrivateJournal(tmp_path / "journal")
+    config = journal_config(tmp_path)
+    daemon = Daemon(config, tmp_path, prefix=journal.prefix).start()
+    try:
+        journal.wait_for_message("stemd ready", 60, SYSLOG_IDENTIFIER="stemd")
+        journal.stop_journald()
+        for name, pitch in (("a", 440), ("b", 550)):
+            tone = make_tone(tmp_path / f"{name}.wav", 1.0, frequency=pitch)
+            shutil.copyfile(tone, tmp_path / f"inbox/{name}.wav")
+            wait_until(lambda n=name: f"{n}.wav: stems in" in daemon.log(), 60, f"{name}.wav")
+        assert daemon.stop() == 0
+    finally:
+        daemon.kill()
+    text = daemon.log()
+    assert text.count("journald stopped listening") == 1, text
+    assert "Traceback" not in text and "Logging error" not in text
+    assert text.index("journald stopped listening") < text.index("a.wav: stems in")
