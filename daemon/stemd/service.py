@@ -46,6 +46,8 @@ class Service:
         self.settler: Settler | None = None
         self._next_rescan = 0.0
         self._next_status = 0.0
+        self._next_ping = 0.0
+        self._worker_hung = False
         self._stopping = False
 
     # -- signals --------------------------------------------------------------
@@ -83,12 +85,15 @@ class Service:
         if removed:
             log.info("removed %d unfinished work folder(s) from the outbox", removed)
         self.notifier.status(f"loading model {config.model.name}")
-        engine = Engine(config.model)
+        with self.notifier.keep_alive():  # a first download can take minutes
+            engine = Engine(config.model)
         engine.check_stem(config.output.two_stems, "config", "output.two_stems")
         self.worker = Worker(self.ledger, config, engine)
         self.worker.start()
         self._start_watcher(config)
         self.notifier.ready()
+        if self.notifier.watchdog_interval is not None:
+            log.info("systemd watchdog: pinging every %.1fs", self.notifier.watchdog_interval)
         log.info("stemd ready: inbox %s, outbox %s", config.inbox, config.outbox)
 
     def _prepare_folders(self, config: Config) -> None:
@@ -131,8 +136,9 @@ class Service:
             log.critical("the worker thread died; stopping")
             self._stopping = True
             return
-        self._apply_changes()
         now = time.monotonic()
+        self._feed_watchdog(now)
+        self._apply_changes()
         if now >= self._next_rescan:
             self._scan(self.config.inbox)
             self._next_rescan = now + self.config.watch.rescan_interval
@@ -144,7 +150,7 @@ class Service:
             self.notifier.status(self.status_line())
 
     def _handle_signals(self) -> None:
-        while self._handled_signals < len(self.signals):
+        while not self._stopping and self._handled_signals < len(self.signals):
             signum = self.signals[self._handled_signals]
             self._handled_signals += 1
             if signum == signal.SIGHUP:
@@ -152,6 +158,44 @@ class Service:
             else:
                 log.info("received %s; stopping", signal.Signals(signum).name)
                 self._stopping = True
+
+    def _stop_signal_pending(self) -> bool:
+        """A SIGTERM/SIGINT arrived after the one that started the shutdown."""
+        fresh = self.signals[self._handled_signals :]
+        return any(signum != signal.SIGHUP for signum in fresh)
+
+    # -- watchdog -------------------------------------------------------------------
+
+    def worker_hung(self, now: float) -> bool:
+        """No sign of life from the worker for service.hang_timeout (logged once)."""
+        assert self.worker is not None
+        silent = now - self.worker.heartbeat
+        hung = silent > self.config.service.hang_timeout
+        if hung and not self._worker_hung:
+            doing = self.worker.current.source if self.worker.current else "between jobs"
+            log.critical(
+                "the worker has shown no progress for %.0fs (%s; service.hang_timeout is "
+                "%.0fs): %s",
+                silent,
+                doing,
+                self.config.service.hang_timeout,
+                "watchdog pings stop so systemd restarts stemd"
+                if self.notifier.watchdog_interval is not None
+                else "restart stemd if it does not recover",
+            )
+        elif self._worker_hung and not hung:
+            log.warning("the worker is making progress again")
+        self._worker_hung = hung
+        return hung
+
+    def _feed_watchdog(self, now: float) -> None:
+        """WATCHDOG=1 every half period, but only while the worker is alive and
+        moving: pings come from the main loop, so a stuck main loop stops them too."""
+        if self.worker_hung(now) or self.notifier.watchdog_interval is None:
+            return
+        if now >= self._next_ping:
+            self._next_ping = now + self.notifier.watchdog_interval
+            self.notifier.watchdog()
 
     # -- intake -------------------------------------------------------------------
 
@@ -216,6 +260,7 @@ class Service:
 
     def reload(self) -> None:
         self.notifier.reloading()
+        self.notifier.status("reloading the configuration")
         log.info("reloading the configuration from %s", self.config_path)
         try:
             new = load_config(self.config_path)
@@ -229,14 +274,25 @@ class Service:
         if new.state_dir != old.state_dir:
             log.warning("state_dir changes need a restart; keeping %s", old.state_dir)
             new = new.model_copy(update={"state_dir": old.state_dir})
-        setup_logging(new.logging.target, new.logging.level)
+        if new.model.cache != old.model.cache:
+            # HF_HOME is read once, when huggingface_hub is imported
+            log.warning("model.cache changes need a restart; keeping %s", old.model.cache)
+            new = new.model_copy(
+                update={"model": new.model.model_copy(update={"cache": old.model.cache})}
+            )
+        if new.logging != old.logging:
+            setup_logging(new.logging.target, new.logging.level)
         self.config = new
         if new.inbox != old.inbox or new.watch != old.watch:
+            # Queued jobs live in the ledger and are kept; files still settling are
+            # found again by the new watcher's startup scan.
             assert self.watcher is not None
+            log.info("inbox or watch settings changed; restarting the watcher")
             self.watcher.stop()
             self._start_watcher(new)
         assert self.worker is not None
         self.worker.request_reload(new)
+        self._next_status = 0.0  # say what we do now, not "reloading"
         self.notifier.ready()
 
     # -- status -----------------------------------------------------------------
@@ -264,9 +320,11 @@ class Service:
             deadline = time.monotonic() + grace
             if worker.current is not None:
                 log.info("waiting up to %.0fs for %s to finish", grace, worker.current.source)
+                self.notifier.status(f"stopping: finishing {worker.current.source}")
             while worker.is_alive() and time.monotonic() < deadline:
                 worker.join(TICK_S)
-                if len(self.signals) > self._handled_signals:
+                self._feed_watchdog(time.monotonic())
+                if self._stop_signal_pending():
                     log.info("second signal: cancelling the running job now")
                     break
             if worker.is_alive():

@@ -119,6 +119,8 @@ def render_track(
             filename = stem_filename(output.layout, names, stem, fmt.format)
             encode(data, temp / filename, info.samplerate, fmt)
             files[stem] = filename
+            if progress is not None:
+                progress(1.0)  # a stem encoded: still alive (long tracks encode for minutes)
         outbox.seal(
             temp,
             new_manifest(
@@ -158,6 +160,8 @@ class Worker(threading.Thread):
         self._profile = self._make_profile()
         self._last_progress_write = 0.0
         self.failure: BaseException | None = None
+        # time.monotonic() of the last sign of life, read by the service's watchdog
+        self.heartbeat = time.monotonic()
 
     # -- control from the service thread ------------------------------------
 
@@ -177,10 +181,14 @@ class Worker(threading.Thread):
 
     # -- thread body ---------------------------------------------------------
 
+    def beat(self) -> None:
+        self.heartbeat = time.monotonic()
+
     def run(self) -> None:
         try:
             self.dispose_leftovers()
             while not self.stop_requested.is_set():
+                self.beat()
                 self._apply_new_config()
                 if self._identify_pending():
                     continue
@@ -224,6 +232,7 @@ class Worker(threading.Thread):
         for record in pending:
             if self.stop_requested.is_set():
                 return True
+            self.beat()
             self._identify(record)
         return bool(pending)
 
@@ -297,6 +306,7 @@ class Worker(threading.Thread):
     # -- run a job ------------------------------------------------------------
 
     def _progress(self, job: JobRecord, fraction: float) -> None:
+        self.beat()
         if self.current is not None:
             self.current.progress = fraction
         if time.monotonic() - self._last_progress_write >= PROGRESS_WRITE_INTERVAL_S:
@@ -357,8 +367,14 @@ class Worker(threading.Thread):
             self.config,
             RenderRequest(source.path, source.relative, job.sha256, key, params, f"job{job.id}"),
             progress=lambda f: self._progress(job, f),
-            cancelled=self.cancel_requested.is_set,
+            cancelled=self._cancelled,
         )
+
+    def _cancelled(self) -> bool:
+        """Asked before each chunk: also a sign of life, so the longest silence
+        while separating is one forward pass."""
+        self.beat()
+        return self.cancel_requested.is_set()
 
     def _publish(self, job: JobRecord, source: InputRecord, rendered: Rendered) -> None:
         folder = rendered.folder

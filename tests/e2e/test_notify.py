@@ -1,0 +1,141 @@
+"""stemd under a Type=notify unit, seen from systemd's side of $NOTIFY_SOCKET.
+
+The daemon is a real subprocess; the socket is a real datagram socket bound by
+the test, which plays the service manager: it sets WATCHDOG_USEC, sends SIGHUP and
+SIGTERM, and reads READY / STATUS / WATCHDOG / RELOADING / STOPPING as they come.
+"""
+
+from __future__ import annotations
+
+import itertools
+import shutil
+import signal
+import time
+from pathlib import Path
+
+import torch
+
+from support.audio import make_tone
+from support.blocking_model import GATE_ENV, GatedHTDemucs
+from support.daemon import Daemon, write_config
+from support.models import SOURCES, TINY_HTDEMUCS, save_model
+from support.notify import Message, NotifySocket
+from support.waiting import wait_until
+
+TESTS_DIR = Path(__file__).resolve().parents[1]
+WATCHDOG_USEC = 1_000_000  # systemd's WatchdogSec=1s: pings due every 0.5 s
+HANG_TIMEOUT_S = 5.0  # well above one forward pass of the tiny model
+
+
+def has(field: str, value: str | None = None) -> object:
+    def check(message: Message) -> bool:
+        return field in message.fields and (value is None or message.fields[field] == value)
+
+    return check
+
+
+def gaps(times: list[float]) -> list[float]:
+    return [b - a for a, b in itertools.pairwise(times)]
+
+
+def test_readiness_status_watchdog_reload_and_stop_as_systemd_sees_them(tmp_path: Path) -> None:
+    repo = tmp_path / "models"
+    torch.manual_seed(0)
+    save_model(GatedHTDemucs(sources=SOURCES, **TINY_HTDEMUCS), repo, "9a8b7c6d")
+    (repo / "gated.yaml").write_text("models: ['9a8b7c6d']\n")
+    gate = tmp_path / "gate"
+    gate.mkdir()
+    (gate / "open").touch()
+    (tmp_path / "inbox").mkdir()
+    config = write_config(
+        tmp_path / "stemd.yaml",
+        {
+            "inbox": "inbox",
+            "outbox": "outbox",
+            "state_dir": "state",
+            "watch": {"settle": "0.5s"},
+            "model": {"name": "gated", "repo": str(repo), "device": "cpu"},
+            "logging": {"target": "stderr"},
+            "service": {"shutdown_grace": "0s", "hang_timeout": f"{HANG_TIMEOUT_S}s"},
+        },
+    )
+    with NotifySocket(tmp_path / "notify.sock") as systemd:
+        env = {
+            "NOTIFY_SOCKET": str(systemd.path),
+            "WATCHDOG_USEC": str(WATCHDOG_USEC),
+            GATE_ENV: str(gate),
+            "PYTHONPATH": str(TESTS_DIR),  # demucs unpickles GatedHTDemucs from here
+        }
+        daemon = Daemon(config, tmp_path, env=env).start()
+        try:
+            # Start-up: more time asked for while the model loads, then READY=1.
+            ready = systemd.wait_for(has("READY", "1"), 60, "READY=1")
+            before_ready = [m for m in systemd.snapshot() if m.at < ready.at]
+            assert any("EXTEND_TIMEOUT_USEC" in m.fields for m in before_ready)
+            loading = [m.fields["STATUS"] for m in before_ready if "STATUS" in m.fields]
+            assert loading == ["loading model gated"]
+            assert "stemd ready" in daemon.log()
+
+            # Healthy and idle: a ping at least every WATCHDOG_USEC/2 (+ slack for the tick).
+            systemd.wait_for(has("STATUS"), 10, "the idle status", after=ready.at)
+            start = time.monotonic()
+            wait_until(lambda: len(systemd.times_of("WATCHDOG", since=start)) >= 6, 10, "6 pings")
+            pings = systemd.times_of("WATCHDOG", since=start)
+            assert max(gaps(pings)) < WATCHDOG_USEC / 1e6, gaps(pings)
+            assert min(gaps(pings)) > 0.3, "pinging much faster than half the period"
+            assert "idle, 0 done, 0 failed" in [m.fields.get("STATUS") for m in systemd.snapshot()]
+
+            # A separation: STATUS follows its progress, then goes back to idle.
+            dropped = time.monotonic()
+            shutil.copyfile(make_tone(tmp_path / "long.wav", 60.0), tmp_path / "inbox/long.wav")
+            systemd.wait_for(
+                has("STATUS", "idle, 1 done, 0 failed"), 120, "the job to finish", after=dropped
+            )
+            during = [
+                m.fields["STATUS"]
+                for m in systemd.snapshot()
+                if m.at >= dropped and m.fields.get("STATUS", "").startswith("separating")
+            ]
+            assert len(set(during)) >= 2, during
+            assert all(s.startswith("separating long.wav ") for s in during), during
+            assert all(s.endswith(", 0 queued") for s in during), during
+            pings = systemd.times_of("WATCHDOG", since=dropped)
+            assert max(gaps(pings)) < WATCHDOG_USEC / 1e6, "pings paused during a separation"
+
+            # SIGHUP: RELOADING=1 stamped with CLOCK_MONOTONIC, then READY=1 again.
+            sent = time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000
+            asked = time.monotonic()
+            daemon.signal(signal.SIGHUP)
+            reloading = systemd.wait_for(has("RELOADING", "1"), 10, "RELOADING=1", after=asked)
+            received = time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000
+            assert sent <= int(reloading.fields["MONOTONIC_USEC"]) <= received
+            systemd.wait_for(has("READY", "1"), 10, "READY=1 after the reload", after=reloading.at)
+
+            # A hung worker: the pings stop once service.hang_timeout has passed.
+            (gate / "open").unlink()
+            shutil.copyfile(make_tone(tmp_path / "stuck.wav", 2.0), tmp_path / "inbox/stuck.wav")
+            wait_until((gate / "entered").exists, 60, "the model to hang")
+            hung = time.monotonic()
+            wait_until(lambda: "shown no progress" in daemon.log(), 15, "the hang to be noticed")
+            noticed = time.monotonic()
+            assert noticed - hung >= HANG_TIMEOUT_S - 0.5
+            silence_until = noticed + 3 * WATCHDOG_USEC / 1e6
+            wait_until(lambda: time.monotonic() >= silence_until, 10, "a silent stretch")
+            assert systemd.times_of("WATCHDOG", since=noticed) == []
+            assert daemon.process is not None and daemon.process.poll() is None
+            assert "watchdog pings stop so systemd restarts stemd" in daemon.log()
+
+            # The worker recovers: pings resume, the job completes.
+            (gate / "open").touch()
+            systemd.wait_for(has("WATCHDOG"), 30, "pings after the recovery", after=noticed)
+            systemd.wait_for(
+                has("STATUS", "idle, 2 done, 0 failed"), 60, "the stuck job", after=noticed
+            )
+            assert "the worker is making progress again" in daemon.log()
+
+            # SIGTERM: STOPPING=1, and a clean exit.
+            asked = time.monotonic()
+            assert daemon.stop() == 0
+            systemd.wait_for(has("STOPPING", "1"), 5, "STOPPING=1", after=asked)
+        finally:
+            daemon.kill()

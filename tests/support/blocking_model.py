@@ -1,0 +1,31 @@
+"""A Demucs model that can be made to hang, so tests can see a stuck worker.
+
+It is a real HTDemucs, saved into a local model repo and loaded by demucs' own
+code in the daemon. While the gate folder named by $STEMD_TEST_GATE has no
+`open` file in it, forward() marks `entered` and waits (bounded) for it to appear.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+import torch
+from demucs.htdemucs import HTDemucs
+
+GATE_ENV = "STEMD_TEST_GATE"
+MAX_HANG_S = 600.0
+
+
+class GatedHTDemucs(HTDemucs):
+    def forward(self, mix: torch.Tensor) -> torch.Tensor:
+        gate = os.environ.get(GATE_ENV)
+        if gate:
+            folder = Path(gate)
+            deadline = time.monotonic() + MAX_HANG_S
+            while not (folder / "open").exists() and time.monotonic() < deadline:
+                (folder / "entered").touch()
+                time.sleep(0.05)  # simulating a hung GPU call: nothing to wait on
+        out: torch.Tensor = super().forward(mix)
+        return out
