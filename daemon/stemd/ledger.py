@@ -464,7 +464,13 @@ class Ledger:
                 "SELECT count(*) FROM inputs WHERE state = ? AND job_id IS NULL",
                 (InputState.FAILED.value,),
             ).fetchone()[0]
+            # settled files the worker has not hashed yet (it hashes between jobs)
+            # are waiting too: a user counts them as queued
+            pending = self._db.execute(
+                "SELECT count(*) FROM inputs WHERE state = ?", (InputState.PENDING.value,)
+            ).fetchone()[0]
         counts[JobState.FAILED.value] += orphan
+        counts[JobState.QUEUED.value] += pending
         return counts
 
     def jobs_in(self, state: JobState, limit: int = 50) -> list[JobRecord]:

@@ -292,6 +292,11 @@ class Service:
             self._start_watcher(new)
         assert self.worker is not None
         self.worker.request_reload(new)
+        running = self.worker.current
+        log.info(
+            "configuration reloaded%s",
+            f"; {running.source} finishes under the old one" if running else "",
+        )
         self._next_status = 0.0  # say what we do now, not "reloading"
         self.notifier.ready()
 

@@ -13,16 +13,13 @@ import signal
 import time
 from pathlib import Path
 
-import torch
-
 from support.audio import make_tone
-from support.blocking_model import GATE_ENV, GatedHTDemucs
+from support.blocking_model import GATE_ENV, build_gated_repo
 from support.daemon import Daemon, write_config
-from support.models import SOURCES, TINY_HTDEMUCS, save_model
 from support.notify import Message, NotifySocket
 from support.waiting import wait_until
 
-TESTS_DIR = Path(__file__).resolve().parents[1]
+TESTS_DIR = Path(__file__).resolve().parents[1]  # on PYTHONPATH: the gated model lives there
 WATCHDOG_USEC = 1_000_000  # systemd's WatchdogSec=1s: pings due every 0.5 s
 HANG_TIMEOUT_S = 5.0  # well above one forward pass of the tiny model
 
@@ -40,9 +37,7 @@ def gaps(times: list[float]) -> list[float]:
 
 def test_readiness_status_watchdog_reload_and_stop_as_systemd_sees_them(tmp_path: Path) -> None:
     repo = tmp_path / "models"
-    torch.manual_seed(0)
-    save_model(GatedHTDemucs(sources=SOURCES, **TINY_HTDEMUCS), repo, "9a8b7c6d")
-    (repo / "gated.yaml").write_text("models: ['9a8b7c6d']\n")
+    model = build_gated_repo(repo)
     gate = tmp_path / "gate"
     gate.mkdir()
     (gate / "open").touch()
@@ -54,7 +49,7 @@ def test_readiness_status_watchdog_reload_and_stop_as_systemd_sees_them(tmp_path
             "outbox": "outbox",
             "state_dir": "state",
             "watch": {"settle": "0.5s"},
-            "model": {"name": "gated", "repo": str(repo), "device": "cpu"},
+            "model": {"name": model, "repo": str(repo), "device": "cpu"},
             "logging": {"target": "stderr"},
             "service": {"shutdown_grace": "0s", "hang_timeout": f"{HANG_TIMEOUT_S}s"},
         },

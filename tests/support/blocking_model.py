@@ -29,3 +29,16 @@ class GatedHTDemucs(HTDemucs):
                 time.sleep(0.05)  # simulating a hung GPU call: nothing to wait on
         out: torch.Tensor = super().forward(mix)
         return out
+
+
+def build_gated_repo(repo: Path) -> str:
+    """A local model repo holding one tiny GatedHTDemucs; returns its model name.
+
+    The daemon must have the tests folder on PYTHONPATH to unpickle the class.
+    """
+    from support.models import SOURCES, TINY_HTDEMUCS, save_model
+
+    torch.manual_seed(0)
+    save_model(GatedHTDemucs(sources=SOURCES, **TINY_HTDEMUCS), repo, "9a8b7c6d")
+    (repo / "gated.yaml").write_text("models: ['9a8b7c6d']\n")
+    return "gated"

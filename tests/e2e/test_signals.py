@@ -1,0 +1,130 @@
+"""Signals as systemd sends them: SIGHUP with work queued, and a second SIGTERM."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import signal
+import time
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from support.audio import make_tone
+from support.blocking_model import GATE_ENV, build_gated_repo
+from support.daemon import Daemon, write_config
+from support.waiting import wait_until
+
+TESTS_DIR = Path(__file__).resolve().parents[1]  # on PYTHONPATH: the gated model lives there
+
+
+def gated_daemon(root: Path, **service: str) -> tuple[Daemon, Path, Path]:
+    """A daemon whose model blocks while `gate/open` is missing."""
+    repo = root / "models"
+    model = build_gated_repo(repo)
+    gate = root / "gate"
+    gate.mkdir()
+    (root / "inbox").mkdir()
+    config = write_config(
+        root / "stemd.yaml",
+        {
+            "inbox": "inbox",
+            "outbox": "outbox",
+            "state_dir": "state",
+            "watch": {"settle": "0.5s"},
+            "model": {"name": model, "repo": str(repo), "device": "cpu"},
+            "logging": {"target": "stderr"},
+            "service": {"shutdown_grace": "60s", **service},
+        },
+    )
+    env = {GATE_ENV: str(gate), "PYTHONPATH": str(TESTS_DIR)}
+    return Daemon(config, root, env=env), config, gate
+
+
+def manifest(root: Path, track: str) -> dict[str, Any] | None:
+    path = root / "outbox" / "gated" / track / "stemd.json"
+    data: dict[str, Any] | None = json.loads(path.read_text()) if path.is_file() else None
+    return data
+
+
+def drop(root: Path, name: str, seconds: float, pitch: int) -> None:
+    shutil.copyfile(make_tone(root / name, seconds, frequency=pitch), root / "inbox" / name)
+
+
+def test_sighup_keeps_queued_jobs_and_restarts_the_watcher_only_for_watch_changes(
+    tmp_path: Path,
+) -> None:
+    daemon, config, gate = gated_daemon(tmp_path)
+    daemon.start()
+    try:
+        daemon.wait_ready()
+        # One job hangs in the model; two more queue behind it.
+        drop(tmp_path, "first.wav", 1.0, 300)
+        wait_until((gate / "entered").exists, 60, "the first job to reach the model")
+        drop(tmp_path, "second.wav", 1.0, 400)
+        drop(tmp_path, "third.wav", 1.0, 500)
+        wait_until(lambda: daemon.status()["counts"]["queued"] == 2, 30, "two queued jobs")
+
+        # An output change: applied to the queued jobs, the watcher left alone.
+        settings = yaml.safe_load(config.read_text())
+        settings["output"] = {"format": "flac"}
+        write_config(config, settings)
+        daemon.signal(signal.SIGHUP)
+        wait_until(
+            lambda: "configuration reloaded; first.wav finishes under the old one" in daemon.log(),
+            30,
+            "the reload",
+        )
+        assert "restarting the watcher" not in daemon.log()
+        assert daemon.status()["counts"] == {"queued": 2, "running": 1, "done": 0, "failed": 0}
+
+        (gate / "open").touch()
+        wait_until(lambda: daemon.status()["counts"]["done"] == 3, 60, "all three jobs")
+        first, second, third = (manifest(tmp_path, t) for t in ("first", "second", "third"))
+        assert first and second and third
+        # The running job finished under the config it started with.
+        assert first["stems"]["vocals"] == "vocals.wav"
+        assert second["stems"]["vocals"] == third["stems"]["vocals"] == "vocals.flac"
+
+        # A watch change restarts the watcher, which still sees new files.
+        settings["watch"] = {"settle": "0.2s"}
+        write_config(config, settings)
+        daemon.signal(signal.SIGHUP)
+        wait_until(lambda: "restarting the watcher" in daemon.log(), 30, "the watcher restart")
+        drop(tmp_path, "fourth.wav", 1.0, 600)
+        wait_until(lambda: manifest(tmp_path, "fourth"), 60, "fourth.wav after the restart")
+        assert daemon.log().count("watching ") == 2
+        assert daemon.stop() == 0
+    finally:
+        (gate / "open").touch()
+        daemon.kill()
+
+
+def test_a_second_sigterm_cancels_the_running_job_at_once(tmp_path: Path) -> None:
+    daemon, _config, gate = gated_daemon(tmp_path, shutdown_grace="10m")
+    (gate / "open").touch()
+    daemon.start()
+    try:
+        daemon.wait_ready()
+        drop(tmp_path, "long.wav", 120.0, 300)
+
+        def separating() -> bool:
+            running = daemon.status()["running"]
+            return bool(running) and running[0]["progress"] > 0
+
+        wait_until(separating, 60, "the separation to be under way")
+        daemon.signal(signal.SIGTERM)
+        wait_until(lambda: "waiting up to 600s" in daemon.log(), 10, "the grace period")
+        assert daemon.process is not None and daemon.process.poll() is None
+        second = time.monotonic()
+        daemon.signal(signal.SIGTERM)
+        assert daemon.stop(timeout=30) == 0
+        assert time.monotonic() - second < 30
+        log = daemon.log()
+        assert "second signal: cancelling the running job now" in log
+        assert "long.wav: interrupted; requeued" in log
+        assert daemon.status()["counts"]["queued"] == 1
+        assert manifest(tmp_path, "long") is None
+    finally:
+        daemon.kill()
