@@ -3,7 +3,8 @@
 #   ffmpeg            decoding any input, encoding flac stems
 #   libsystemd-dev    headers to build systemd-python
 #   pkg-config        lets systemd-python's build find them
-#   systemd           the journald binary and journalctl the tests read back
+#   systemd           the journald binary and journalctl the tests read back;
+#                     systemd-analyze, -sysusers, -tmpfiles for install-service
 set -euo pipefail
 
 missing=()
@@ -12,6 +13,8 @@ command -v ffprobe >/dev/null 2>&1 || missing+=(ffmpeg)
 command -v pkg-config >/dev/null 2>&1 || missing+=(pkg-config)
 pkg-config --exists libsystemd 2>/dev/null || missing+=(libsystemd-dev)
 command -v journalctl >/dev/null 2>&1 || missing+=(systemd)
+command -v systemd-analyze >/dev/null 2>&1 || missing+=(systemd)
+command -v unshare >/dev/null 2>&1 || missing+=(util-linux)
 
 if [ ${#missing[@]} -eq 0 ]; then
     exit 0

@@ -79,6 +79,14 @@ def build_parser() -> argparse.ArgumentParser:
     models_sub.add_parser("list", help="models known to demucs and the configured repo")
     fetch = models_sub.add_parser("fetch", help="download a model into the local cache")
     fetch.add_argument("name")
+
+    service = sub.add_parser(
+        "install-service", help="install (or --uninstall) the systemd unit, user and folders"
+    )
+    service.add_argument(
+        "--root", type=Path, default=Path("/"), help="install below this folder (default: /)"
+    )
+    service.add_argument("--uninstall", action="store_true", help="remove what install wrote")
     return parser
 
 
@@ -300,6 +308,26 @@ def cmd_models(args: argparse.Namespace) -> int:
     return EX_OK
 
 
+def cmd_install_service(args: argparse.Namespace) -> int:
+    from stemd.install import install, uninstall
+
+    root = args.root.resolve()
+    report = uninstall(root) if args.uninstall else install(root)
+    for path in report.written:
+        print(f"wrote   {path}")
+    for path in report.removed:
+        print(f"removed {path}")
+    for path in report.kept:
+        print(f"kept    {path}")
+    for warning in report.warnings:
+        print(f"stemd: warning: {warning}", file=sys.stderr)
+    if report.next_steps:
+        print("next:")
+        for step in report.next_steps:
+            print(f"  {step}")
+    return EX_OK
+
+
 COMMANDS = {
     "run": cmd_run,
     "check": cmd_check,
@@ -307,6 +335,7 @@ COMMANDS = {
     "status": cmd_status,
     "retry": cmd_retry,
     "models": cmd_models,
+    "install-service": cmd_install_service,
 }
 
 
