@@ -11,20 +11,19 @@ import itertools
 import shutil
 import signal
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from support.audio import make_tone
-from support.blocking_model import GATE_ENV, build_gated_repo
-from support.daemon import Daemon, write_config
+from support.blocking_model import gated_daemon
 from support.notify import Message, NotifySocket
 from support.waiting import wait_until
 
-TESTS_DIR = Path(__file__).resolve().parents[1]  # on PYTHONPATH: the gated model lives there
 WATCHDOG_USEC = 1_000_000  # systemd's WatchdogSec=1s: pings due every 0.5 s
 HANG_TIMEOUT_S = 5.0  # well above one forward pass of the tiny model
 
 
-def has(field: str, value: str | None = None) -> object:
+def has(field: str, value: str | None = None) -> Callable[[Message], bool]:
     def check(message: Message) -> bool:
         return field in message.fields and (value is None or message.fields[field] == value)
 
@@ -36,32 +35,13 @@ def gaps(times: list[float]) -> list[float]:
 
 
 def test_readiness_status_watchdog_reload_and_stop_as_systemd_sees_them(tmp_path: Path) -> None:
-    repo = tmp_path / "models"
-    model = build_gated_repo(repo)
-    gate = tmp_path / "gate"
-    gate.mkdir()
-    (gate / "open").touch()
-    (tmp_path / "inbox").mkdir()
-    config = write_config(
-        tmp_path / "stemd.yaml",
-        {
-            "inbox": "inbox",
-            "outbox": "outbox",
-            "state_dir": "state",
-            "watch": {"settle": "0.5s"},
-            "model": {"name": model, "repo": str(repo), "device": "cpu"},
-            "logging": {"target": "stderr"},
-            "service": {"shutdown_grace": "0s", "hang_timeout": f"{HANG_TIMEOUT_S}s"},
-        },
-    )
     with NotifySocket(tmp_path / "notify.sock") as systemd:
-        env = {
-            "NOTIFY_SOCKET": str(systemd.path),
-            "WATCHDOG_USEC": str(WATCHDOG_USEC),
-            GATE_ENV: str(gate),
-            "PYTHONPATH": str(TESTS_DIR),  # demucs unpickles GatedHTDemucs from here
-        }
-        daemon = Daemon(config, tmp_path, env=env).start()
+        env = {"NOTIFY_SOCKET": str(systemd.path), "WATCHDOG_USEC": str(WATCHDOG_USEC)}
+        daemon, _config, gate = gated_daemon(
+            tmp_path, env, shutdown_grace="0s", hang_timeout=f"{HANG_TIMEOUT_S}s"
+        )
+        (gate / "open").touch()
+        daemon.start()
         try:
             # Start-up: more time asked for while the model loads, then READY=1.
             ready = systemd.wait_for(has("READY", "1"), 60, "READY=1")
@@ -69,7 +49,7 @@ def test_readiness_status_watchdog_reload_and_stop_as_systemd_sees_them(tmp_path
             assert any("EXTEND_TIMEOUT_USEC" in m.fields for m in before_ready)
             loading = [m.fields["STATUS"] for m in before_ready if "STATUS" in m.fields]
             assert loading == ["loading model gated"]
-            assert "stemd ready" in daemon.log()
+            daemon.wait_ready(10)  # its log line follows READY=1
 
             # Healthy and idle: a ping at least every WATCHDOG_USEC/2 (+ slack for the tick).
             systemd.wait_for(has("STATUS"), 10, "the idle status", after=ready.at)

@@ -12,34 +12,9 @@ from typing import Any
 import yaml
 
 from support.audio import make_tone
-from support.blocking_model import GATE_ENV, build_gated_repo
-from support.daemon import Daemon, write_config
+from support.blocking_model import gated_daemon
+from support.daemon import write_config
 from support.waiting import wait_until
-
-TESTS_DIR = Path(__file__).resolve().parents[1]  # on PYTHONPATH: the gated model lives there
-
-
-def gated_daemon(root: Path, **service: str) -> tuple[Daemon, Path, Path]:
-    """A daemon whose model blocks while `gate/open` is missing."""
-    repo = root / "models"
-    model = build_gated_repo(repo)
-    gate = root / "gate"
-    gate.mkdir()
-    (root / "inbox").mkdir()
-    config = write_config(
-        root / "stemd.yaml",
-        {
-            "inbox": "inbox",
-            "outbox": "outbox",
-            "state_dir": "state",
-            "watch": {"settle": "0.5s"},
-            "model": {"name": model, "repo": str(repo), "device": "cpu"},
-            "logging": {"target": "stderr"},
-            "service": {"shutdown_grace": "60s", **service},
-        },
-    )
-    env = {GATE_ENV: str(gate), "PYTHONPATH": str(TESTS_DIR)}
-    return Daemon(config, root, env=env), config, gate
 
 
 def manifest(root: Path, track: str) -> dict[str, Any] | None:

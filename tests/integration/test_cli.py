@@ -128,18 +128,11 @@ def test_models_list_names_the_demucs_models_and_the_repo(
 
 
 def test_an_hf_model_that_is_not_cached_offline_exits_69(tmp_path: Path) -> None:
-    import os
-    import subprocess
-    import sys
-
     track = make_tone(tmp_path / "t.wav", 1.0)
-    result = subprocess.run(
-        [sys.executable, "-m", "stemd", "separate", "--model", "hf://someone/model", str(track)],
+    result = stemd(
+        *("separate", "--model", "hf://someone/model", str(track)),
         cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        env={**os.environ, "HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf")},
+        env={"HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf")},
     )
     assert result.returncode == 69
     assert "hf://someone/model" in result.stderr and "stemd models fetch" in result.stderr
@@ -148,19 +141,12 @@ def test_an_hf_model_that_is_not_cached_offline_exits_69(tmp_path: Path) -> None
 def test_models_fetch_uses_model_cache_and_names_it_when_offline(tmp_path: Path) -> None:
     """The service and `stemd models fetch` share model.cache: a fetch that cannot
     download says where it looked, so the admin knows which folder to fill."""
-    import os
-    import subprocess
-    import sys
-
     cache = tmp_path / "cache"
     config = write_config(tmp_path / "stemd.yaml", {"model": {"cache": str(cache)}})
-    result = subprocess.run(
-        [sys.executable, "-m", "stemd", "-c", str(config), "models", "fetch", "hf://someone/x"],
+    result = stemd(
+        *("-c", str(config), "models", "fetch", "hf://someone/x"),
         cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        env={**os.environ, "HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "elsewhere")},
+        env={"HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "elsewhere")},
     )
     assert result.returncode == 69
     assert f"{cache}/huggingface" in result.stderr and f"{cache}/torch" in result.stderr

@@ -10,9 +10,13 @@ from __future__ import annotations
 import os
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from demucs.htdemucs import HTDemucs
+
+if TYPE_CHECKING:  # the daemon imports this module to unpickle the model: keep it light
+    from support.daemon import Daemon
 
 GATE_ENV = "STEMD_TEST_GATE"
 MAX_HANG_S = 600.0
@@ -42,3 +46,36 @@ def build_gated_repo(repo: Path) -> str:
     save_model(GatedHTDemucs(sources=SOURCES, **TINY_HTDEMUCS), repo, "9a8b7c6d")
     (repo / "gated.yaml").write_text("models: ['9a8b7c6d']\n")
     return "gated"
+
+
+TESTS_DIR = Path(__file__).resolve().parents[1]  # on the daemon's PYTHONPATH
+
+
+def gated_daemon(
+    root: Path, env: dict[str, str] | None = None, **service: str
+) -> tuple[Daemon, Path, Path]:
+    """A daemon (not started) whose model blocks while `root/gate/open` is missing.
+
+    Returns (Daemon, config file, gate folder); `service` adds service.* keys.
+    """
+    from support.daemon import Daemon, write_config
+
+    repo = root / "models"
+    model = build_gated_repo(repo)
+    gate = root / "gate"
+    gate.mkdir()
+    (root / "inbox").mkdir()
+    config = write_config(
+        root / "stemd.yaml",
+        {
+            "inbox": "inbox",
+            "outbox": "outbox",
+            "state_dir": "state",
+            "watch": {"settle": "0.5s"},
+            "model": {"name": model, "repo": str(repo), "device": "cpu"},
+            "logging": {"target": "stderr"},
+            "service": {"shutdown_grace": "60s", **service},
+        },
+    )
+    daemon_env = {GATE_ENV: str(gate), "PYTHONPATH": str(TESTS_DIR), **(env or {})}
+    return Daemon(config, root, env=daemon_env), config, gate

@@ -20,8 +20,11 @@ def write_config(path: Path, config: dict[str, Any]) -> Path:
     return path
 
 
-def stemd(*args: str, cwd: Path, timeout: float = 120) -> subprocess.CompletedProcess[str]:
-    """Run a stemd command to completion (the installed package, this interpreter)."""
+def stemd(
+    *args: str, cwd: Path, timeout: float = 120, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    """Run a stemd command to completion (the installed package, this interpreter);
+    `env` is added to this process's environment."""
     return subprocess.run(
         [sys.executable, "-m", "stemd", *args],
         cwd=cwd,
@@ -29,6 +32,7 @@ def stemd(*args: str, cwd: Path, timeout: float = 120) -> subprocess.CompletedPr
         text=True,
         timeout=timeout,
         stdin=subprocess.DEVNULL,
+        env={**os.environ, **(env or {})},
     )
 
 
