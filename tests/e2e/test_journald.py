@@ -5,6 +5,8 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -144,3 +146,29 @@ def test_when_journald_goes_away_stemd_moves_to_stderr_once(tmp_path: Path) -> N
     assert text.count("journald stopped listening") == 1, text
     assert "Traceback" not in text and "Logging error" not in text
     assert text.index("journald stopped listening") < text.index("a.wav: stems in")
+
+
+def test_an_exception_is_logged_at_err_with_its_traceback(tmp_path: Path) -> None:
+    journal = PrivateJournal(tmp_path / "journal")
+    script = (
+        "import logging\n"
+        "from stemd.logs import log, setup_logging\n"
+        "assert setup_logging('journal', 'info') == 'journal'\n"
+        "try:\n"
+        "    raise ValueError('boom')\n"
+        "except ValueError:\n"
+        "    log.exception('the worker stopped on an unexpected error')\n"
+    )
+    result = subprocess.run(
+        [*journal.prefix, sys.executable, "-c", script],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    journal.stop_journald()
+    assert result.returncode == 0 and result.stderr == "", result.stderr
+    (record,) = journal.entries(SYSLOG_IDENTIFIER="stemd")
+    assert record["PRIORITY"] == "3"
+    assert record["MESSAGE"].startswith("the worker stopped on an unexpected error")
+    assert "Traceback" in record["EXCEPTION_TEXT"]
+    assert "ValueError: boom" in record["EXCEPTION_TEXT"]

@@ -43,9 +43,11 @@ mkdir -p /run/systemd/journal /run/log/journal
 mount --bind "$root/files" /run/log/journal
 mount --bind "$root/journald.conf" /etc/systemd/journald.conf
 if [ "$start" = yes ]; then
-    "$journald" & echo $! > "$root/journald.pid"
+    # its own output in a file: it must not hold the test's pipes open
+    "$journald" </dev/null >"$root/journald.log" 2>&1 & echo $! > "$root/journald.pid"
     for _ in $(seq 200); do [ -S /run/systemd/journal/socket ] && break; sleep 0.05; done
-    [ -S /run/systemd/journal/socket ] || { echo "journald did not start" >&2; exit 1; }
+    [ -S /run/systemd/journal/socket ] || {
+        echo "journald did not start:" >&2; cat "$root/journald.log" >&2; exit 1; }
 fi
 if [ "$stream" = yes ]; then
     exec systemd-cat -t stemd-stderr -- sh -c \\
