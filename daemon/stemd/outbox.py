@@ -244,6 +244,12 @@ class Outbox:
             n += 1
             candidate = numbered(folder, n)
 
+    def find_ours(self, folder: PurePosixPath, sha256: str, profile: str) -> PurePosixPath | None:
+        """Where stems of this content and profile were already published for
+        `folder` (itself or a numbered sibling), or None."""
+        target, occupant = self._target(folder, sha256, profile)
+        return target if occupant == "ours" else None
+
     def publish(
         self, temp: Path, folder: PurePosixPath, sha256: str, profile: str
     ) -> PurePosixPath | None:

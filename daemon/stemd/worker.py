@@ -20,6 +20,7 @@ from typing import Any
 from stemd import __version__
 from stemd.audio import StemFormat, decode, encode, probe, stems_to_write
 from stemd.config import Config
+from stemd.crash import crash_point
 from stemd.engine import CancelCheck, Engine, ProgressHook
 from stemd.errors import InputError, JobCancelled, StemdError
 from stemd.hashing import sha256_file
@@ -194,6 +195,7 @@ class Worker(threading.Thread):
                     continue
                 job = self.ledger.claim_next()
                 if job is not None:
+                    crash_point("claimed")
                     self._run_job(job)
                     continue
                 self.wake.wait(IDLE_WAIT_S)
@@ -275,6 +277,7 @@ class Worker(threading.Thread):
             return
         key, _params = self._profile
         job = self.ledger.attach(record.id, digest, key, record.relative)
+        crash_point("hashed")
         job_event(
             logging.INFO,
             "detected",
@@ -307,6 +310,7 @@ class Worker(threading.Thread):
 
     def _progress(self, job: JobRecord, fraction: float) -> None:
         self.beat()
+        crash_point("separating")
         if self.current is not None:
             self.current.progress = fraction
         if time.monotonic() - self._last_progress_write >= PROGRESS_WRITE_INTERVAL_S:
@@ -335,6 +339,8 @@ class Worker(threading.Thread):
         self.current = Current(source.relative, 0.0)
         temp: Path | None = None
         try:
+            if self._published_before_crash(job, source):
+                return
             job_event(
                 logging.INFO,
                 "started",
@@ -359,6 +365,18 @@ class Worker(threading.Thread):
             self.current = None
             self.cancel_requested.clear()
 
+    def _published_before_crash(self, job: JobRecord, source: InputRecord) -> bool:
+        """A crash between the folder rename and the ledger commit leaves finished
+        stems the ledger does not know: adopt them instead of separating again."""
+        names = TrackNames.for_input(self.engine.info.folder, source.relative, job.sha256)
+        folder = track_folder(self.config.output.layout, names)
+        target = self.outbox.find_ours(folder, job.sha256, job.profile)
+        if target is None:
+            return False
+        log.info("%s: stems already in %s (published before a restart)", source.relative, target)
+        self._complete(job, source, folder, target)
+        return True
+
     def _separate_into_temp(self, job: JobRecord, source: InputRecord) -> Rendered:
         key, params = self._profile
         return render_track(
@@ -377,8 +395,20 @@ class Worker(threading.Thread):
         return self.cancel_requested.is_set()
 
     def _publish(self, job: JobRecord, source: InputRecord, rendered: Rendered) -> None:
+        crash_point("written")
         folder = rendered.folder
         target = self.outbox.publish(rendered.temp, folder, job.sha256, job.profile)
+        crash_point("renamed")
+        self._complete(job, source, folder, target)
+
+    def _complete(
+        self,
+        job: JobRecord,
+        source: InputRecord,
+        folder: PurePosixPath,
+        target: PurePosixPath | None,
+    ) -> None:
+        """The stems are in place (or skipped): commit, dispose, serve the copies."""
         if target is None:
             self.ledger.complete(job.id, source.id, "")
             self.ledger.finish_input(
@@ -399,6 +429,7 @@ class Worker(threading.Thread):
                 job,
                 source.relative,
             )
+        crash_point("committed")
         self._dispose(source, success=True)
         published = self.ledger.get_job(job.id)  # now with its output folder
         for other in self.ledger.inputs_of(job.id):

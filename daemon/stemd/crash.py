@@ -1,0 +1,36 @@
+"""Named crash points, so tests can kill stemd at the worst moments of a job.
+
+Inert unless $STEMD_CRASH_AT names a point: then the process SIGKILLs itself
+there (no cleanup, no flush), as a power cut or the OOM killer would.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+from typing import Literal
+
+CRASH_ENV = "STEMD_CRASH_AT"
+
+# In the order a job meets them.
+CrashPoint = Literal[
+    "hashed",  # the input is hashed and attached to its job (committed)
+    "claimed",  # the job is marked running (committed)
+    "separating",  # the first chunk has been separated
+    "written",  # every stem is encoded and fsynced in the temp folder, not renamed
+    "renamed",  # the track folder is in place; the ledger does not know yet
+    "committed",  # the job is done in the ledger; the source is not disposed of yet
+]
+CRASH_POINTS: tuple[CrashPoint, ...] = (
+    "hashed",
+    "claimed",
+    "separating",
+    "written",
+    "renamed",
+    "committed",
+)
+
+
+def crash_point(name: CrashPoint) -> None:
+    if os.environ.get(CRASH_ENV) == name:
+        os.kill(os.getpid(), signal.SIGKILL)
