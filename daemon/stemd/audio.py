@@ -31,6 +31,14 @@ class Probe:
     duration: float | None  # seconds; None if the container does not say
     channels: int
     samplerate: int
+    codec: str = ""
+
+    @property
+    def exact_duration(self) -> bool:
+        """The header states the length exactly (FLAC's sample count, WAV's data
+        size), so less audio than that means the file was cut short. mp3 and
+        friends only estimate it."""
+        return self.codec in ("flac", "alac") or self.codec.startswith("pcm_")
 
 
 @dataclass(frozen=True)
@@ -86,7 +94,7 @@ def probe(path: Path) -> Probe:
         "-select_streams",
         "a:0",
         "-show_entries",
-        "stream=channels,sample_rate,duration:format=duration",
+        "stream=codec_name,channels,sample_rate,duration:format=duration",
         "-of",
         "json",
         _ffmpeg_input(path),
@@ -106,6 +114,7 @@ def probe(path: Path) -> Probe:
         duration=duration,
         channels=int(stream.get("channels") or 0),
         samplerate=int(stream.get("sample_rate") or 0),
+        codec=str(stream.get("codec_name") or ""),
     )
 
 

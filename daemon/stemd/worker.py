@@ -43,6 +43,8 @@ RETRY_BASE_DELAY_S = 10.0
 RETRY_MAX_DELAY_S = 3600.0
 IDLE_WAIT_S = 1.0
 PROGRESS_WRITE_INTERVAL_S = 1.0
+# Decoders may drop a frame at the end; more missing than this is a cut file.
+TRUNCATION_SLACK_S = 0.1
 
 
 def job_event(level: int, name: Event, message: str, job: JobRecord, source: str) -> None:
@@ -107,6 +109,13 @@ def render_track(
     duration = wav.shape[-1] / info.samplerate
     if duration > max_duration:
         raise InputError(request.path, f"{duration:.0f}s is over watch.max_duration")
+    announced = probe_info.duration
+    if probe_info.exact_duration and announced and duration < announced - TRUNCATION_SLACK_S:
+        raise InputError(
+            request.path,
+            f"truncated: it holds {duration:.1f}s of the {announced:.1f}s its header "
+            "announces (an interrupted copy?); copy it again",
+        )
     stems = engine.separate(wav, progress=progress, cancelled=cancelled)
     separated = time.monotonic() - started
     stems = stems_to_write(stems, config.output.two_stems)
