@@ -10,7 +10,7 @@ import pytest
 
 from stemd.crash import CRASH_ENV, CRASH_POINTS
 from support.audio import make_tone
-from support.daemon import Daemon, write_config
+from support.daemon import Daemon, service_config
 from support.outbox_watch import TEMP_DIR, OutboxWatch
 from support.waiting import wait_until
 
@@ -25,19 +25,7 @@ SEPARATED_TWICE = {"separating", "written"}
 @pytest.mark.slow
 @pytest.mark.parametrize("point", CRASH_POINTS)
 def test_a_crash_at_any_point_ends_with_one_complete_stem_set(tmp_path: Path, point: str) -> None:
-    (tmp_path / "inbox").mkdir()
-    config = write_config(
-        tmp_path / "stemd.yaml",
-        {
-            "inbox": "inbox",
-            "outbox": "outbox",
-            "state_dir": "state",
-            "watch": {"settle": "0.5s"},
-            "model": {"name": MODEL, "device": "cpu"},
-            "source": {"after_success": "move", "archive_dir": "archive"},
-            "logging": {"target": "stderr"},
-        },
-    )
+    config = service_config(tmp_path, source={"after_success": "move", "archive_dir": "archive"})
     song = make_tone(tmp_path / "song.wav", SECONDS)
     daemon = Daemon(config, tmp_path, env={CRASH_ENV: point})
     outbox = tmp_path / "outbox"

@@ -19,10 +19,9 @@ from typing import Any
 import pytest
 
 from support.audio import make_tone
-from support.daemon import Daemon, write_config
+from support.daemon import Daemon, service_config
 from support.waiting import wait_until
 
-MODEL = "demucs_unittest"
 LONG_NAME = "a" * 251 + ".wav"  # 255 bytes, the most a name can have
 
 
@@ -140,19 +139,12 @@ def outcomes(root: Path, daemon: Daemon) -> dict[str, tuple[str, str]]:
 @pytest.mark.slow
 def test_hostile_inputs_end_as_expected_and_good_files_are_still_served(tmp_path: Path) -> None:
     inbox, outside, staging = tmp_path / "inbox", tmp_path / "outside", tmp_path / "staging"
-    for folder in (inbox, outside, staging):
+    for folder in (outside, staging):
         folder.mkdir()
-    config = write_config(
-        tmp_path / "stemd.yaml",
-        {
-            "inbox": "inbox",
-            "outbox": "outbox",
-            "state_dir": "state",
-            "watch": {"settle": "0.5s", "max_file_size": "3MiB", "max_duration": "15s"},
-            "model": {"name": MODEL, "device": "cpu"},
-            "source": {"max_attempts": 1},
-            "logging": {"target": "stderr"},
-        },
+    config = service_config(
+        tmp_path,
+        watch={"settle": "0.5s", "max_file_size": "3MiB", "max_duration": "15s"},
+        source={"max_attempts": 1},
     )
     daemon = Daemon(config, tmp_path).start()
     try:

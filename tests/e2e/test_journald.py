@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from support.audio import make_tone
-from support.daemon import Daemon, write_config
+from support.daemon import Daemon, service_config
 from support.journald import PrivateJournal
 from support.waiting import wait_until
 
@@ -24,19 +24,7 @@ JOB_FIELDS = ("STEMD_EVENT", "STEMD_JOB", "STEMD_SHA256", "STEMD_SOURCE")
 
 
 def journal_config(root: Path, target: str = "journal") -> Path:
-    (root / "inbox").mkdir()
-    return write_config(
-        root / "stemd.yaml",
-        {
-            "inbox": "inbox",
-            "outbox": "outbox",
-            "state_dir": "state",
-            "watch": {"settle": "0.5s"},
-            "model": {"name": "demucs_unittest", "device": "cpu"},
-            "logging": {"target": target},
-            "service": {"shutdown_grace": "0s"},
-        },
-    )
+    return service_config(root, logging={"target": target}, service={"shutdown_grace": "0s"})
 
 
 def test_job_events_reach_the_journal_with_their_fields_and_priorities(tmp_path: Path) -> None:

@@ -58,24 +58,16 @@ def gated_daemon(
 
     Returns (Daemon, config file, gate folder); `service` adds service.* keys.
     """
-    from support.daemon import Daemon, write_config
+    from support.daemon import Daemon, service_config
 
     repo = root / "models"
     model = build_gated_repo(repo)
     gate = root / "gate"
     gate.mkdir()
-    (root / "inbox").mkdir()
-    config = write_config(
-        root / "stemd.yaml",
-        {
-            "inbox": "inbox",
-            "outbox": "outbox",
-            "state_dir": "state",
-            "watch": {"settle": "0.5s"},
-            "model": {"name": model, "repo": str(repo), "device": "cpu"},
-            "logging": {"target": "stderr"},
-            "service": {"shutdown_grace": "60s", **service},
-        },
+    config = service_config(
+        root,
+        model={"name": model, "repo": str(repo), "device": "cpu"},
+        service={"shutdown_grace": "60s", **service},
     )
     daemon_env = {GATE_ENV: str(gate), "PYTHONPATH": str(TESTS_DIR), **(env or {})}
     return Daemon(config, root, env=daemon_env), config, gate

@@ -20,6 +20,23 @@ def write_config(path: Path, config: dict[str, Any]) -> Path:
     return path
 
 
+def service_config(root: Path, **sections: Any) -> Path:
+    """`root/stemd.yaml` for a daemon under test: inbox, outbox and state in `root`,
+    the built-in test model, stderr logging, a 0.5 s settle. `sections` replace
+    whole top-level keys."""
+    (root / "inbox").mkdir(exist_ok=True)
+    config: dict[str, Any] = {
+        "inbox": "inbox",
+        "outbox": "outbox",
+        "state_dir": "state",
+        "watch": {"settle": "0.5s"},
+        "model": {"name": "demucs_unittest", "device": "cpu"},
+        "logging": {"target": "stderr"},
+    }
+    config.update(sections)
+    return write_config(root / "stemd.yaml", config)
+
+
 def stemd(
     *args: str, cwd: Path, timeout: float = 120, env: dict[str, str] | None = None
 ) -> subprocess.CompletedProcess[str]:
