@@ -49,6 +49,16 @@ DEFAULT_EXTENSIONS: tuple[str, ...] = (
 LAYOUT_PLACEHOLDERS = frozenset(
     {"model", "relative_dir", "track", "trackext", "stem", "ext", "hash"}
 )
+# Every key that holds a path; relative ones resolve against the working directory.
+PATH_KEYS = (
+    "inbox",
+    "outbox",
+    "state_dir",
+    "model.repo",
+    "model.cache",
+    "source.archive_dir",
+    "source.failed_dir",
+)
 # lame's valid MPEG-1 layer III bitrates
 MP3_BITRATES = (32, 40, 48, 56, 64, 80, 96, 112, 128, 160, 192, 224, 256, 320)
 
@@ -229,10 +239,13 @@ def load_config(
     path: Path | None,
     overrides: Mapping[str, Any] | None = None,
     base_dir: Path | None = None,
+    absolute_paths: bool = False,
 ) -> Config:
     """Read, validate and resolve a config file. `path=None` means all defaults.
 
     `overrides` (command-line flags) replace top-level keys or merge into sections.
+    `absolute_paths` refuses relative paths (for the service, whose working
+    directory is not the admin's).
 
     Raises ConfigError with every issue found.
     """
@@ -248,15 +261,16 @@ def load_config(
         else:
             raw[key] = value
     base = base_dir or Path.cwd()
+    relative = _relative_paths(raw, source) if absolute_paths else []
     try:
         config = Config.model_validate(raw)
     except ValidationError as err:
         errors = err.errors()
         issues = [_issue_from(source, e) for e in errors]
         issues += _cross_check_partial(raw, errors, source, base)
-        raise ConfigError(issues) from None
+        raise ConfigError(issues + relative) from None
     config = _resolve_paths(config, base)
-    issues = _cross_check(config, source)
+    issues = _cross_check(config, source) + relative
     if issues:
         raise ConfigError(issues)
     return config
@@ -368,31 +382,41 @@ def _issue_from(source: str, error: Mapping[str, Any]) -> ConfigIssue:
     return ConfigIssue(source, key, message)
 
 
-def _resolve_paths(config: Config, base: Path) -> Config:
-    def resolve(path: Path) -> Path:
-        path = path.expanduser()
-        return Path(os.path.normpath(path if path.is_absolute() else base / path))
+def _raw_value(raw: Mapping[str, Any], key: str) -> Any:
+    """The value of a dotted key in the file as read, or None."""
+    value: Any = raw
+    for part in key.split("."):
+        if not isinstance(value, Mapping):
+            return None
+        value = value.get(part)
+    return value
 
-    source = config.source
-    return config.model_copy(
-        update={
-            "inbox": resolve(config.inbox),
-            "outbox": resolve(config.outbox),
-            "state_dir": resolve(config.state_dir),
-            "model": config.model.model_copy(
-                update={
-                    "repo": resolve(config.model.repo) if config.model.repo else None,
-                    "cache": resolve(config.model.cache) if config.model.cache else None,
-                }
-            ),
-            "source": source.model_copy(
-                update={
-                    "archive_dir": resolve(source.archive_dir) if source.archive_dir else None,
-                    "failed_dir": resolve(source.failed_dir) if source.failed_dir else None,
-                }
-            ),
-        }
-    )
+
+def _relative_paths(raw: Mapping[str, Any], source: str) -> list[ConfigIssue]:
+    return [
+        ConfigIssue(source, key, f"{value!r}: the service needs an absolute path")
+        for key in PATH_KEYS
+        if isinstance(value := _raw_value(raw, key), str) and not value.startswith("/")
+    ]
+
+
+def _resolve_paths(config: Config, base: Path) -> Config:
+    top: dict[str, Any] = {}
+    sections: dict[str, dict[str, Path]] = {}
+    for key in PATH_KEYS:
+        section, _, name = key.rpartition(".")
+        path: Path | None = getattr(getattr(config, section) if section else config, name)
+        if path is None:
+            continue
+        path = path.expanduser()
+        resolved = Path(os.path.normpath(path if path.is_absolute() else base / path))
+        if section:
+            sections.setdefault(section, {})[name] = resolved
+        else:
+            top[name] = resolved
+    for section, fields in sections.items():
+        top[section] = getattr(config, section).model_copy(update=fields)
+    return config.model_copy(update=top)
 
 
 def _inside(child: Path, parent: Path) -> bool:

@@ -17,10 +17,8 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
-import yaml
-
 from stemd.config import Config, load_config
-from stemd.errors import ConfigError, ConfigIssue, StemdError
+from stemd.errors import StemdError
 
 PACKAGING = Path(__file__).resolve().parents[2] / "packaging"
 SERVICE_CONFIG = PurePosixPath("/etc/stemd/stemd.yaml")
@@ -33,15 +31,6 @@ CACHE_DIRECTORY = PurePosixPath("/var/cache/stemd")  # CacheDirectory=stemd
 STOP_MARGIN_S = 30
 # ProtectHome=yes hides these; a path below them needs ProtectHome=read-only.
 HOME_ROOTS = (Path("/home"), Path("/root"), Path("/run/user"))
-PATH_KEYS = (
-    "inbox",
-    "outbox",
-    "state_dir",
-    "model.repo",
-    "model.cache",
-    "source.archive_dir",
-    "source.failed_dir",
-)
 
 
 @dataclass
@@ -75,29 +64,6 @@ def stemd_command() -> Path:
     raise StemdError(
         f"{script} not found: install stemd into a virtual environment first (make run)"
     )
-
-
-def _config_value(data: object, dotted: str) -> object:
-    for part in dotted.split("."):
-        if not isinstance(data, dict):
-            return None
-        data = data.get(part)
-    return data
-
-
-def load_service_config(path: Path) -> Config:
-    """The config the service will read: valid, and with absolute paths only
-    (the service's working directory is not the admin's)."""
-    config = load_config(path)
-    raw = yaml.safe_load(path.read_text()) or {}
-    issues = [
-        ConfigIssue(path.name, key, f"{value!r}: the service needs an absolute path")
-        for key in PATH_KEYS
-        if isinstance(value := _config_value(raw, key), str) and not value.startswith("/")
-    ]
-    if issues:
-        raise ConfigError(issues)
-    return config
 
 
 def read_write_paths(config: Config) -> list[Path]:
@@ -185,7 +151,7 @@ def install(root: Path) -> InstallReport:
         report.kept.append(config_file)
     else:
         _write(config_file, _packaging_file("stemd.yaml"), report)
-    config = load_service_config(config_file)
+    config = load_config(config_file, absolute_paths=True)
 
     unit, in_home = render_unit(config, command, SERVICE_CONFIG)
     _write(_under(root, UNIT), unit, report)
