@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 import signal
-from typing import Literal
+from typing import Literal, get_args
 
 CRASH_ENV = "STEMD_CRASH_AT"
 
@@ -21,14 +21,7 @@ CrashPoint = Literal[
     "renamed",  # the track folder is in place; the ledger does not know yet
     "committed",  # the job is done in the ledger; the source is not disposed of yet
 ]
-CRASH_POINTS: tuple[CrashPoint, ...] = (
-    "hashed",
-    "claimed",
-    "separating",
-    "written",
-    "renamed",
-    "committed",
-)
+CRASH_POINTS: tuple[CrashPoint, ...] = get_args(CrashPoint)
 
 
 def crash_point(name: CrashPoint) -> None:

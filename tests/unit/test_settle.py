@@ -131,11 +131,7 @@ def test_a_writer_that_never_closes_is_taken_after_the_stall_timeout(tmp_path: P
 
 
 def test_a_scan_does_not_override_a_known_writer(tmp_path: Path) -> None:
-    clock = Clock()
-    settler = Settler(1.0, require_close=True, clock=clock)
-    path = tmp_path / "a.wav"
-    write(path, b"x", 1)
-    settler.written(path)
+    settler, clock, path = tracking(tmp_path, "written")
     settler.found(path)  # a rescan sees the same file
     settler.poll()
     clock.now += 5
