@@ -83,8 +83,50 @@ def _last_line(data: bytes, path: Path) -> str:
     return line.replace(_ffmpeg_input(path) + ": ", "")
 
 
+STREAMED_SIZE = b"\xff\xff\xff\xff"  # a WAV written to a pipe: the length is unknown
+
+
+def _container_codec(path: Path) -> str | None:
+    """The codec family when the header states the exact length (flac, pcm_wav),
+    "" when it only estimates it, None for a WAV written to a pipe, whose header
+    claims the largest size it can (hours of audio)."""
+    with open(path, "rb") as handle:
+        head = handle.read(12)
+    if head.startswith(b"fLaC"):
+        return "flac"
+    if head[:4] in (b"RIFF", b"RF64") and head[8:12] == b"WAVE":
+        return None if head[4:8] == STREAMED_SIZE else "pcm_wav"
+    return ""
+
+
+def _probe_sphn(path: Path) -> Probe | None:
+    """The header as sphn (symphonia) reads it, in-process; None if it cannot."""
+    try:
+        codec = _container_codec(path)
+        if codec is None:
+            return None
+        reader = sphn.FileReader(str(path))
+        info = Probe(
+            duration=float(reader.duration_sec),
+            channels=int(reader.channels),
+            samplerate=int(reader.sample_rate),
+            codec=codec,
+        )
+    except Exception:  # sphn raises plain exceptions for anything it cannot read
+        return None
+    return info if info.channels > 0 and info.samplerate > 0 else None
+
+
 def probe(path: Path) -> Probe:
-    """Duration, channels and rate of the first audio stream (ffprobe)."""
+    """Duration, channels and rate of the first audio stream.
+
+    sphn reads the header in-process (microseconds); what it cannot read goes to
+    ffprobe, a subprocess that costs tens of milliseconds per file.
+    """
+    return _probe_sphn(path) or _probe_ffprobe(path)
+
+
+def _probe_ffprobe(path: Path) -> Probe:
     command = [
         "ffprobe",  # has no -nostdin; _run gives it /dev/null as stdin
         "-v",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -43,6 +44,64 @@ def test_probe_reads_duration_channels_and_rate(tmp_path: Path) -> None:
     info = probe(make_tone(tmp_path / "x.flac", 2.0, rate=48000, channels=1))
     assert info.channels == 1 and info.samplerate == 48000
     assert info.duration is not None and abs(info.duration - 2.0) < 0.01
+
+
+@pytest.mark.parametrize(
+    ("name", "codec", "exact"),
+    [
+        ("x.flac", (), True),
+        ("x.wav", (), True),
+        ("x.mp3", (), False),
+        ("x.m4a", ("-c:a", "aac"), False),
+    ],
+)
+def test_probe_says_whether_the_header_states_the_exact_length(
+    tmp_path: Path, name: str, codec: tuple[str, ...], exact: bool
+) -> None:
+    info = probe(make_tone(tmp_path / name, 2.0, codec_args=codec))
+    assert info.duration is not None and abs(info.duration - 2.0) < 0.1
+    assert info.exact_duration is exact and info.channels == 2
+
+
+def test_a_wav_written_to_a_pipe_gets_its_real_length(tmp_path: Path) -> None:
+    # ffmpeg writing to a pipe cannot seek back to fill in the sizes: the header
+    # then claims 0xFFFFFFFF bytes, hours of audio, for a 2 s file.
+    path = tmp_path / "piped.wav"
+    with open(path, "wb") as out:
+        subprocess.run(
+            [
+                "ffmpeg",
+                "-nostdin",
+                "-v",
+                "error",
+                "-f",
+                "lavfi",
+                "-i",
+                "sine=d=2",
+                "-ac",
+                "2",
+                "-f",
+                "wav",
+                "-",
+            ],
+            stdout=out,
+            check=True,
+            timeout=60,
+        )
+    assert path.read_bytes()[4:8] == b"\xff\xff\xff\xff"
+    info = probe(path)
+    assert info.duration is not None and abs(info.duration - 2.0) < 0.05
+    # so its 2 s of decoded audio are not taken for a cut copy
+    assert decode(path, 44100, 2).shape[1] / 44100 > info.duration - 0.05
+
+
+def test_a_cut_wav_announces_more_than_it_holds(tmp_path: Path) -> None:
+    whole = make_tone(tmp_path / "whole.wav", 4.0)
+    cut = tmp_path / "cut.wav"
+    cut.write_bytes(whole.read_bytes()[: whole.stat().st_size // 4])
+    info = probe(cut)
+    assert info.exact_duration and info.duration is not None and abs(info.duration - 4.0) < 0.01
+    assert decode(cut, 44100, 2).shape[1] / 44100 < 1.1
 
 
 @pytest.mark.parametrize(
