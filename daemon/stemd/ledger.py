@@ -13,6 +13,8 @@ each state change durable before we act on it.
 
 from __future__ import annotations
 
+import errno
+import fcntl
 import os
 import sqlite3
 import threading
@@ -27,6 +29,8 @@ from stemd.errors import StateError
 
 SCHEMA_VERSION = 1
 LEDGER_FILE = "ledger.sqlite"  # inside state_dir
+LOCK_FILE = "stemd.lock"  # inside state_dir: held by the one daemon using it
+BUSY_TIMEOUT_S = 10.0
 
 
 class JobState(StrEnum):
@@ -148,6 +152,44 @@ CREATE INDEX IF NOT EXISTS inputs_by_job ON inputs (job_id);
 """
 
 
+class StateDirLock:
+    """One daemon per state_dir: an flock on state_dir/stemd.lock, held until exit.
+
+    SQLite alone would let two daemons share the ledger and claim each other's
+    jobs. The kernel drops an flock when its holder dies, so a crash never
+    leaves a stale lock behind. `stemd status` and `stemd retry` do not take it.
+    """
+
+    def __init__(self, state_dir: Path) -> None:
+        self.path = state_dir / LOCK_FILE
+        try:
+            self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        except OSError as err:
+            raise StateError(
+                f"state_dir {state_dir} is not writable ({err.strerror}): stemd keeps its "
+                f"ledger there. Make it writable by uid {os.geteuid()} (the user stemd runs "
+                "as), or set state_dir to a folder that is."
+            ) from None
+        try:
+            fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as err:
+            holder = os.pread(self._fd, 32, 0).decode(errors="replace").strip() or "unknown"
+            os.close(self._fd)
+            if err.errno not in (errno.EWOULDBLOCK, errno.EAGAIN):
+                raise StateError(f"{self.path}: cannot lock it ({err.strerror})") from None
+            raise StateError(
+                f"state_dir {state_dir} is in use by another stemd (pid {holder}). "
+                "Stop that one first, or give this one its own state_dir."
+            ) from None
+        os.ftruncate(self._fd, 0)
+        os.pwrite(self._fd, f"{os.getpid()}\n".encode(), 0)
+
+    def release(self) -> None:
+        if self._fd >= 0:
+            os.close(self._fd)  # closing drops the flock
+            self._fd = -1
+
+
 class Ledger:
     """Thread-safe access to one ledger file (one connection, one lock)."""
 
@@ -156,9 +198,9 @@ class Ledger:
         self._lock = threading.RLock()
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
-            self._db = sqlite3.connect(path, check_same_thread=False, timeout=10)
+            self._db = sqlite3.connect(path, check_same_thread=False, timeout=BUSY_TIMEOUT_S)
             self._db.row_factory = sqlite3.Row
-            self._db.execute("PRAGMA busy_timeout = 10000")
+            self._db.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT_S * 1000)}")
             self._db.execute("PRAGMA journal_mode = WAL")
             self._db.execute("PRAGMA synchronous = FULL")
             self._db.executescript(_SCHEMA)
@@ -167,6 +209,17 @@ class Ledger:
                 (str(SCHEMA_VERSION),),
             )
             self._db.commit()
+        except sqlite3.OperationalError as err:
+            if "locked" in str(err) or "busy" in str(err):
+                raise StateError(
+                    f"{path}: the ledger is locked: another process held a write lock on it "
+                    f"for over {BUSY_TIMEOUT_S:g}s ({err}). Find it with `fuser {path}` and "
+                    "stop it (an sqlite3 shell left open in a transaction?), then start stemd."
+                ) from None
+            raise StateError(
+                f"{path}: cannot open the ledger ({err}). Check that state_dir is writable "
+                "and not full."
+            ) from None
         except sqlite3.DatabaseError as err:
             raise StateError(
                 f"{path}: cannot open the ledger ({err}). If the file is damaged, stop stemd, "

@@ -18,7 +18,7 @@ from types import FrameType
 from stemd.config import Config, load_config
 from stemd.engine import Engine
 from stemd.errors import ConfigError, StemdError
-from stemd.ledger import LEDGER_FILE, FileStat, JobState, Ledger
+from stemd.ledger import LEDGER_FILE, FileStat, JobState, Ledger, StateDirLock
 from stemd.logs import event, setup_logging
 from stemd.notify import Notifier
 from stemd.outbox import Outbox
@@ -40,6 +40,7 @@ class Service:
         self.notifier = Notifier()
         self.signals: list[int] = []  # appended by handlers, read by the main loop
         self._handled_signals = 0
+        self.state_lock: StateDirLock | None = None
         self.ledger: Ledger | None = None
         self.worker: Worker | None = None
         self.watcher: InboxWatcher | None = None
@@ -75,6 +76,7 @@ class Service:
     def startup(self) -> None:
         config = self.config
         self._prepare_folders(config)
+        self.state_lock = StateDirLock(config.state_dir)
         self.ledger = Ledger(config.state_dir / LEDGER_FILE)
         requeued, failed = self.ledger.recover(config.source.max_attempts)
         if requeued or failed:
@@ -339,4 +341,6 @@ class Service:
                     log.error("the worker did not stop; exiting anyway")
         if self.ledger is not None:
             self.ledger.close()
+        if self.state_lock is not None:
+            self.state_lock.release()
         log.info("stemd stopped")
