@@ -172,7 +172,9 @@ class Outbox:
         return count
 
     def new_temp(self, label: str) -> Path:
-        self.temp_root.mkdir(parents=True, exist_ok=True)
+        # Never parents=True: a missing outbox may be an unmounted share, and
+        # recreating it would put stems on the disk beneath the mount point.
+        self.temp_root.mkdir(exist_ok=True)
         folder = self.temp_root / f"{label}-{uuid.uuid4().hex[:8]}"
         folder.mkdir()
         return folder

@@ -18,6 +18,7 @@ from types import FrameType
 from stemd.config import Config, load_config
 from stemd.engine import Engine
 from stemd.errors import ConfigError, StemdError
+from stemd.folders import FolderEvent, SharedFolders
 from stemd.ledger import LEDGER_FILE, FileStat, JobState, Ledger, StateDirLock
 from stemd.logs import event, setup_logging
 from stemd.notify import Notifier
@@ -30,6 +31,7 @@ log = logging.getLogger("stemd")
 
 TICK_S = 0.1
 STATUS_INTERVAL_S = 1.0
+FOLDER_CHECK_INTERVAL_S = 1.0
 WORKER_JOIN_AFTER_CANCEL_S = 120.0
 
 
@@ -45,6 +47,8 @@ class Service:
         self.worker: Worker | None = None
         self.watcher: InboxWatcher | None = None
         self.settler: Settler | None = None
+        self.folders: SharedFolders | None = None
+        self._next_folder_check = 0.0
         self._next_rescan = 0.0
         self._next_status = 0.0
         self._next_ping = 0.0
@@ -90,7 +94,8 @@ class Service:
         with self.notifier.keep_alive():  # a first download can take minutes
             engine = Engine(config.model)
         engine.check_stem(config.output.two_stems, "config", "output.two_stems")
-        self.worker = Worker(self.ledger, config, engine)
+        self.folders = SharedFolders(config.inbox, config.outbox)
+        self.worker = Worker(self.ledger, config, engine, self.folders)
         self.worker.start()
         self._start_watcher(config)
         self.notifier.ready()
@@ -140,16 +145,25 @@ class Service:
             return
         now = time.monotonic()
         self._feed_watchdog(now)
+        if now >= self._next_folder_check:
+            self._next_folder_check = now + FOLDER_CHECK_INTERVAL_S
+            self._check_folders()
+        if not self.watcher.stopped:  # stopped while the inbox is away
+            self._take_in(now)
+        # The status line costs ledger queries: build it only for a listener.
+        if self.notifier.enabled and now >= self._next_status:
+            self._next_status = now + STATUS_INTERVAL_S
+            self.notifier.status(self.status_line())
+
+    def _take_in(self, now: float) -> None:
+        """Events, the periodic rescan, and files that have settled."""
+        assert self.settler is not None
         self._apply_changes()
         if now >= self._next_rescan:
             self._scan(self.config.inbox)
             self._next_rescan = now + self.config.watch.rescan_interval
         for path in self.settler.poll():
             self._register(path)
-        # The status line costs ledger queries: build it only for a listener.
-        if self.notifier.enabled and now >= self._next_status:
-            self._next_status = now + STATUS_INTERVAL_S
-            self.notifier.status(self.status_line())
 
     def _handle_signals(self) -> None:
         while not self._stopping and self._handled_signals < len(self.signals):
@@ -165,6 +179,39 @@ class Service:
         """A SIGTERM/SIGINT arrived after the one that started the shutdown."""
         fresh = self.signals[self._handled_signals :]
         return any(signum != signal.SIGHUP for signum in fresh)
+
+    # -- shared folders ---------------------------------------------------------
+
+    def _check_folders(self) -> None:
+        """Log a vanished or returning inbox/outbox; rewatch an inbox that is back.
+
+        The worker waits by itself while one is missing (it asks the same
+        SharedFolders), so jobs are neither failed nor lost meanwhile.
+        """
+        assert self.folders is not None and self.watcher is not None
+        for change in self.folders.check():
+            if change.event is FolderEvent.GONE:
+                log.error(
+                    "the %s %s is gone (an unmounted share, a pulled disk, deleted?): "
+                    "pausing; queued files wait and stemd resumes by itself when it is back",
+                    change.name,
+                    change.path,
+                )
+            else:
+                how = "is back" if change.event is FolderEvent.BACK else "was replaced (remounted?)"
+                log.warning("the %s %s %s; resuming", change.name, change.path, how)
+            if change.name == "inbox":
+                self.watcher.stop()  # its watches belong to the old folder
+            assert self.worker is not None
+            self.worker.wake.set()
+        if not self.watcher.stopped and not self.watcher.is_alive():
+            log.warning("the inbox watcher stopped unexpectedly; starting it again")
+            self.watcher.stop()
+        if self.watcher.stopped and "inbox" not in self.folders.missing():
+            try:
+                self._start_watcher(self.config)  # new watches, and a scan of what it holds
+            except OSError as err:
+                log.warning("cannot watch %s yet (%s); trying again", self.config.inbox, err)
 
     # -- watchdog -------------------------------------------------------------------
 
@@ -216,6 +263,15 @@ class Service:
                 self._scan(change.path)
             elif change.kind is Change.DIR_GONE:
                 self.settler.forget_under(change.path)
+            elif change.kind is Change.INBOX_DELETED:
+                assert self.folders is not None
+                log.error(
+                    "the inbox %s was deleted: pausing; stemd watches it again when it is back",
+                    change.path,
+                )
+                self.folders.forget("inbox")
+                self.watcher.stop()
+                return
 
     def _scan(self, folder: Path) -> None:
         assert self.watcher is not None and self.settler is not None
@@ -285,6 +341,10 @@ class Service:
         if new.logging != old.logging:
             setup_logging(new.logging.target, new.logging.level)
         self.config = new
+        if new.inbox != old.inbox or new.outbox != old.outbox:
+            self.folders = SharedFolders(new.inbox, new.outbox)
+            assert self.worker is not None
+            self.worker.folders = self.folders
         if new.inbox != old.inbox or new.watch != old.watch:
             # Queued jobs live in the ledger and are kept; files still settling are
             # found again by the new watcher's startup scan.

@@ -62,6 +62,7 @@ class Change(Enum):
     GONE = "gone"  # deleted or moved away
     DIR_ADDED = "dir_added"  # a folder appeared (moved in whole): scan it
     DIR_GONE = "dir_gone"
+    INBOX_DELETED = "inbox_deleted"  # the watched folder itself: its watches are dead
 
 
 @dataclass(frozen=True)
@@ -117,6 +118,11 @@ class _Handler(FileSystemEventHandler):
             self._changes.put(FsChange(kind, path))
 
     def on_any_event(self, event: FileSystemEvent) -> None:
+        if isinstance(event, DirDeletedEvent) and Path(os.fsdecode(event.src_path)) == self._inbox:
+            # A folder made anew at the same path may even reuse the inode number,
+            # so this event is the only sure sign; watchdog stops watching here.
+            self._changes.put(FsChange(Change.INBOX_DELETED, self._inbox))
+            return
         match event:
             case FileCreatedEvent():
                 # inotify reports a file moved in from outside as created, with
@@ -180,8 +186,16 @@ class InboxWatcher:
             log.warning("the inbox observer did not stop within %.0fs", timeout)
         self._observer = None
 
+    @property
+    def stopped(self) -> bool:
+        return self._observer is None
+
     def is_alive(self) -> bool:
-        return self._observer is not None and self._observer.is_alive()
+        """The observer thread and its emitter (which dies when its folder does) run."""
+        observer = self._observer
+        if observer is None or not observer.is_alive():
+            return False
+        return all(emitter.is_alive() for emitter in observer.emitters)
 
     def drain(self, limit: int = 10000) -> list[FsChange]:
         out: list[FsChange] = []

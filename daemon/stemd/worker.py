@@ -23,6 +23,7 @@ from stemd.config import Config
 from stemd.crash import crash_point
 from stemd.engine import CancelCheck, Engine, ProgressHook
 from stemd.errors import InputError, JobCancelled, StemdError
+from stemd.folders import SharedFolders
 from stemd.hashing import sha256_file
 from stemd.ledger import FileStat, InputRecord, InputState, JobRecord, JobState, Ledger
 from stemd.logs import Event, event
@@ -155,9 +156,12 @@ def render_track(
 
 
 class Worker(threading.Thread):
-    def __init__(self, ledger: Ledger, config: Config, engine: Engine) -> None:
+    def __init__(
+        self, ledger: Ledger, config: Config, engine: Engine, folders: SharedFolders
+    ) -> None:
         super().__init__(name="stemd-worker", daemon=True)
         self.ledger = ledger
+        self.folders = folders  # replaced by the service when a reload moves them
         self.config = config
         self.engine = engine
         self.outbox = Outbox(config.outbox, config.output)
@@ -195,11 +199,22 @@ class Worker(threading.Thread):
         self.heartbeat = time.monotonic()
 
     def run(self) -> None:
+        away = False
         try:
             self.dispose_leftovers()
             while not self.stop_requested.is_set():
                 self.beat()
                 self._apply_new_config()
+                if self.folders.missing():
+                    # a share is away: wait (the service logs it) rather than fail
+                    # every queued job for a missing source or outbox
+                    away = True
+                    self.wake.wait(IDLE_WAIT_S)
+                    self.wake.clear()
+                    continue
+                if away:  # back: move/delete the sources that could not be reached
+                    away = False
+                    self.dispose_leftovers()
                 if self._identify_pending():
                     continue
                 job = self.ledger.claim_next()
@@ -241,7 +256,7 @@ class Worker(threading.Thread):
     def _identify_pending(self) -> bool:
         pending = self.ledger.pending_inputs(limit=20)
         for record in pending:
-            if self.stop_requested.is_set():
+            if self.stop_requested.is_set() or self.folders.missing():
                 return True
             self.beat()
             self._identify(record)
@@ -251,6 +266,8 @@ class Worker(threading.Thread):
         try:
             now = stat_of(record.path)
         except FileNotFoundError:
+            if self.folders.missing():
+                return  # the whole inbox is away: the file waits with it
             self.ledger.finish_input(
                 record.id, InputState.SKIPPED, None, "vanished before it was read"
             )
@@ -343,6 +360,8 @@ class Worker(threading.Thread):
     def _run_job(self, job: JobRecord) -> None:
         source = self._source_for(job)
         if source is None:
+            if self._requeue_if_folder_missing(job):
+                return
             self._fail(job, "the source file is gone or changed before it was separated")
             return
         self.current = Current(source.relative, 0.0)
@@ -367,12 +386,27 @@ class Worker(threading.Thread):
         except InputError as err:
             self._fail(job, err.reason)
         except (StemdError, OSError, RuntimeError, ValueError, MemoryError) as err:
-            self._retry_or_fail(job, f"{type(err).__name__}: {err}")
+            if not self._requeue_if_folder_missing(job):
+                self._retry_or_fail(job, f"{type(err).__name__}: {err}")
         finally:
             if temp is not None:
                 self.outbox.discard(temp)
             self.current = None
             self.cancel_requested.clear()
+
+    def _requeue_if_folder_missing(self, job: JobRecord) -> bool:
+        """A job that failed because the inbox or outbox went away is not at fault:
+        it goes back to the queue, its attempt not counted, to run when they return."""
+        missing = self.folders.missing()
+        if not missing:
+            return False
+        self.ledger.requeue(job.id, None, delay=0.0, count_attempt=False)
+        log.warning(
+            "%s: interrupted, the %s is gone; requeued until it is back",
+            job.source,
+            " and ".join(missing),
+        )
+        return True
 
     def _published_before_crash(self, job: JobRecord, source: InputRecord) -> bool:
         """A crash between the folder rename and the ledger commit leaves finished
@@ -557,6 +591,8 @@ class Worker(threading.Thread):
         src = self.config.source
         action = src.after_success if success else src.after_failure
         folder = src.archive_dir if success else src.failed_dir
+        if self.folders.missing():
+            return  # left undisposed; done when the folders are back
         try:
             done = dispose_source(record.path, record.relative, record.stat, action, folder)
         except OSError as err:
