@@ -72,5 +72,10 @@ class OutboxError(StemdError):
     """Stems could not be written or published into the outbox."""
 
 
+class OutboxFull(OutboxError):
+    """The outbox has no room for a track's stems. Not the track's fault: the job
+    waits for space instead of using up its attempts."""
+
+
 class JobCancelled(StemdError):
     """Raised inside a separation when the job must stop at the next chunk."""

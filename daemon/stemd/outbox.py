@@ -26,7 +26,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from stemd.config import OutputConfig
-from stemd.errors import ConfigError, OutboxError
+from stemd.errors import ConfigError, OutboxError, OutboxFull
 from stemd.ledger import FileStat
 
 log = logging.getLogger("stemd")
@@ -34,6 +34,38 @@ log = logging.getLogger("stemd")
 TEMP_DIR = ".stemd-tmp"
 MANIFEST = "stemd.json"
 MAX_NAME_BYTES = 255
+# FLAC of separated stems seldom saves less than this against PCM (noise-like
+# stems save least); the check only has to spot a job that cannot fit.
+FLAC_TO_PCM_RATIO = 0.7
+SPACE_MARGIN_BYTES = 1 << 20  # the manifest, folder entries, filesystem rounding
+
+
+def stems_size_estimate(
+    output: OutputConfig, seconds: float, samplerate: int, channels: int, stems: int
+) -> int:
+    """About how many bytes a track's stems take in the outbox."""
+    if output.format == "mp3":
+        per_stem = seconds * output.mp3_bitrate * 1000 / 8
+    else:
+        width = {"s16": 2, "s24": 3, "f32": 4}[output.sample_format]
+        per_stem = seconds * samplerate * channels * width
+        if output.format == "flac":
+            per_stem *= FLAC_TO_PCM_RATIO
+    return int(per_stem * stems) + SPACE_MARGIN_BYTES
+
+
+def is_disk_full(err: BaseException) -> bool:
+    """ENOSPC or EDQUOT anywhere in the error's chain (encoders wrap OSErrors)."""
+    current: BaseException | None = err
+    while current is not None:
+        if isinstance(current, OutboxFull):
+            return True
+        if isinstance(current, OSError) and current.errno in (errno.ENOSPC, errno.EDQUOT):
+            return True
+        if "No space left on device" in str(current) or "Disk quota exceeded" in str(current):
+            return True  # ffmpeg's message, from an encoder subprocess
+        current = current.__cause__ or current.__context__
+    return False
 
 
 def safe_component(name: str) -> str:
@@ -170,6 +202,18 @@ class Outbox:
             shutil.rmtree(entry, ignore_errors=True)
             count += 1
         return count
+
+    def check_space(self, needed: int, what: str) -> None:
+        """Raise OutboxFull unless the outbox has `needed` bytes free."""
+        try:
+            free = shutil.disk_usage(self.root).free  # what this user may use
+        except OSError:
+            return  # a missing outbox is the folder check's business
+        if free < needed:
+            raise OutboxFull(
+                f"the outbox {self.root} is full: {free / 1e6:.1f} MB free, about "
+                f"{needed / 1e6:.1f} MB needed for {what}; free some space (the job waits)"
+            )
 
     def new_temp(self, label: str) -> Path:
         # Never parents=True: a missing outbox may be an unmounted share, and

@@ -31,9 +31,11 @@ from stemd.outbox import (
     Outbox,
     TrackNames,
     dispose_source,
+    is_disk_full,
     new_manifest,
     read_manifest,
     stem_filename,
+    stems_size_estimate,
     track_folder,
 )
 from stemd.profile import profile_key, profile_params
@@ -42,6 +44,7 @@ log = logging.getLogger("stemd")
 
 RETRY_BASE_DELAY_S = 10.0
 RETRY_MAX_DELAY_S = 3600.0
+SPACE_WAIT_MAX_S = 300.0  # a full outbox is checked again at least this often
 IDLE_WAIT_S = 1.0
 PROGRESS_WRITE_INTERVAL_S = 1.0
 # Decoders may drop a frame at the end; more missing than this is a cut file.
@@ -117,10 +120,17 @@ def render_track(
             f"truncated: it holds {duration:.1f}s of the {announced:.1f}s its header "
             "announces (an interrupted copy?); copy it again",
         )
+    output = config.output
+    stem_count = 2 if output.two_stems else len(info.sources)
+    # before the separation, not after it: a full share should not cost a
+    # separation that has nowhere to go
+    outbox.check_space(
+        stems_size_estimate(output, duration, info.samplerate, info.audio_channels, stem_count),
+        request.relative,
+    )
     stems = engine.separate(wav, progress=progress, cancelled=cancelled)
     separated = time.monotonic() - started
-    stems = stems_to_write(stems, config.output.two_stems)
-    output = config.output
+    stems = stems_to_write(stems, output.two_stems)
     fmt = StemFormat(output.format, output.sample_format, output.mp3_bitrate, output.clip)
     names = TrackNames.for_input(info.folder, request.relative, request.sha256)
     temp = outbox.new_temp(request.label)
@@ -173,6 +183,7 @@ class Worker(threading.Thread):
         self._config_lock = threading.Lock()
         self._profile = self._make_profile()
         self._last_progress_write = 0.0
+        self._space_waits: dict[int, int] = {}  # job id -> times it found the outbox full
         self.failure: BaseException | None = None
         # time.monotonic() of the last sign of life, read by the service's watchdog
         self.heartbeat = time.monotonic()
@@ -386,7 +397,11 @@ class Worker(threading.Thread):
         except InputError as err:
             self._fail(job, err.reason)
         except (StemdError, OSError, RuntimeError, ValueError, MemoryError) as err:
-            if not self._requeue_if_folder_missing(job):
+            if self._requeue_if_folder_missing(job):
+                pass
+            elif is_disk_full(err):
+                self._wait_for_space(job, err)
+            else:
                 self._retry_or_fail(job, f"{type(err).__name__}: {err}")
         finally:
             if temp is not None:
@@ -407,6 +422,23 @@ class Worker(threading.Thread):
             " and ".join(missing),
         )
         return True
+
+    def _wait_for_space(self, job: JobRecord, err: BaseException) -> None:
+        """Outbox full: requeue without counting an attempt, checking again after
+        10 s, 20 s, ... at most every SPACE_WAIT_MAX_S. Nothing partial is left:
+        the temp folder was discarded."""
+        waits = self._space_waits.get(job.id, 0) + 1
+        self._space_waits[job.id] = waits
+        delay = min(SPACE_WAIT_MAX_S, retry_delay(waits))
+        reason = str(err) if "outbox" in str(err) else f"the outbox is full ({err})"
+        self.ledger.requeue(job.id, reason, delay=delay, count_attempt=False)
+        job_event(
+            logging.WARNING,
+            "retried",
+            f"{job.source}: {reason}; trying again in {delay:.0f}s",
+            job,
+            job.source,
+        )
 
     def _published_before_crash(self, job: JobRecord, source: InputRecord) -> bool:
         """A crash between the folder rename and the ledger commit leaves finished
