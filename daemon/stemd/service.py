@@ -123,8 +123,8 @@ class Service:
 
     def _start_watcher(self, config: Config) -> None:
         self.watcher = InboxWatcher(config.inbox, config.watch)
+        self.watcher.start()  # first: it may fall back from inotify to polling
         self.settler = Settler(config.watch.settle, require_close=self.watcher.require_close)
-        self.watcher.start()
         self._scan(config.inbox)  # the startup scan: files dropped while we were stopped
         self._next_rescan = time.monotonic() + config.watch.rescan_interval
 

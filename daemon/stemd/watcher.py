@@ -6,6 +6,7 @@ drains it. Nothing heavy runs on the observer thread.
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import queue
@@ -164,18 +165,51 @@ class InboxWatcher:
         return self.mode == "inotify"
 
     def start(self) -> None:
-        observer: BaseObserver
+        """Start watching; inotify falls back to polling when its limits are reached."""
+        if self.mode == "inotify":
+            try:
+                self._observer = self._start_observer(Observer())
+            except OSError as err:
+                if err.errno not in (errno.ENOSPC, errno.EMFILE):
+                    raise
+                self._fall_back_to_polling(f"inotify cannot watch {self.inbox}: {err.strerror}")
+            else:
+                folders = count_folders(self.inbox) if self.watch.recursive else 1
+                watches = inotify_watch_count()
+                if watches is not None and watches < folders:
+                    # watchdog skips subfolders it cannot watch without a word
+                    self.stop()
+                    self._fall_back_to_polling(
+                        f"inotify watches only {watches} of the {folders} folders in "
+                        f"{self.inbox} (the watch limit is reached)"
+                    )
         if self.mode == "poll":
-            observer = PollingObserver(timeout=self.watch.poll_interval)
-        else:
-            observer = Observer()
+            self._observer = self._start_observer(PollingObserver(timeout=self.watch.poll_interval))
+        log.info("watching %s (%s, recursive=%s)", self.inbox, self.mode, self.watch.recursive)
+
+    def _start_observer(self, observer: BaseObserver) -> BaseObserver:
         observer.schedule(
             _Handler(self.changes, self.inbox), str(self.inbox), recursive=self.watch.recursive
         )
         observer.daemon = True
-        observer.start()
-        self._observer = observer
-        log.info("watching %s (%s, recursive=%s)", self.inbox, self.mode, self.watch.recursive)
+        try:
+            observer.start()
+        except BaseException:
+            observer.stop()
+            raise
+        return observer
+
+    def _fall_back_to_polling(self, why: str) -> None:
+        log.warning(
+            "%s; polling instead, every %gs (fs.inotify.max_user_watches is %s, "
+            "max_user_instances %s). Raise them, e.g. `sysctl fs.inotify.max_user_watches=524288`"
+            ", and restart stemd to use inotify again",
+            why,
+            self.watch.poll_interval,
+            _read_sysctl("fs/inotify/max_user_watches"),
+            _read_sysctl("fs/inotify/max_user_instances"),
+        )
+        self.mode = "poll"
 
     def stop(self, timeout: float = 5.0) -> None:
         if self._observer is None:
@@ -211,6 +245,36 @@ class InboxWatcher:
         yield from scan_tree(
             folder or self.inbox, self.inbox, self.watch.recursive, self.watch.ignore
         )
+
+
+def count_folders(root: Path) -> int:
+    """`root` and every folder below it, as watchdog walks them (no symlinks)."""
+    return 1 + sum(len(dirs) for _root, dirs, _files in os.walk(root))
+
+
+def inotify_watch_count() -> int | None:
+    """Watches held by this process's inotify instances (/proc/self/fdinfo), or
+    None where that cannot be read. stemd runs one observer at a time."""
+    total = 0
+    try:
+        for fd in os.listdir("/proc/self/fd"):
+            try:
+                if os.readlink(f"/proc/self/fd/{fd}") != "anon_inode:inotify":
+                    continue
+                with open(f"/proc/self/fdinfo/{fd}", encoding="ascii") as info:
+                    total += sum(line.startswith("inotify wd:") for line in info)
+            except OSError:
+                continue  # closed meanwhile
+    except OSError:
+        return None
+    return total
+
+
+def _read_sysctl(name: str) -> str:
+    try:
+        return Path("/proc/sys", name).read_text().strip()
+    except OSError:
+        return "unknown"
 
 
 def scan_tree(
