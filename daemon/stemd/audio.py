@@ -1,10 +1,15 @@
 """Decode any input to the model's rate and channels; encode stems.
 
 The only module that touches codecs. Decoding follows demucs' own loader (sphn
-first, then ffmpeg) so stems match `python -m demucs.separate`; ffmpeg runs with
-no stdin, a file-only protocol whitelist and the input passed as `file:PATH`, so a
-name can never be read as an option or a URL. Encoding reuses
-`demucs.audio.save_audio`.
+first, then ffmpeg) so stems match `python -m demucs.separate`. Encoding reuses
+demucs' encoders (wav, mp3 in-process; flac through ffmpeg, as demucs does).
+
+Every ffmpeg/ffprobe child runs through `_run`: no stdin (`-nostdin`), a
+file-only protocol whitelist, paths passed as `file:PATH` so a name can never
+be read as an option or a URL, a wall-clock limit here and a CPU-time limit in
+ffmpeg itself (`-timelimit`, so even an orphan ends), its own session (a Ctrl-C
+at the terminal is stemd's to handle, not ffmpeg's), killed when the job is
+cancelled, and killed by `kill_children` when stemd shuts down.
 """
 
 from __future__ import annotations
@@ -12,18 +17,36 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import threading
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import sphn
 import torch
-from demucs.audio import convert_audio, convert_audio_channels, save_audio
+from demucs.audio import _pcm_bytes, convert_audio, convert_audio_channels, prevent_clip, save_audio
 
-from stemd.errors import InputError, StemdError
+from stemd.errors import InputError, JobCancelled, StemdError
 
 FFMPEG_TIMEOUT_S = 900.0
 PROBE_TIMEOUT_S = 60.0
+CANCEL_POLL_S = 0.2  # how soon a cancelled job's ffmpeg is killed
+
+CancelCheck = Callable[[], bool]
+
+_children: set[subprocess.Popen[bytes]] = set()
+_children_lock = threading.Lock()
+
+
+def kill_children() -> int:
+    """Kill every ffmpeg/ffprobe still running (at shutdown). Returns how many."""
+    with _children_lock:
+        running = [child for child in _children if child.poll() is None]
+    for child in running:
+        child.kill()
+    return len(running)
 
 
 @dataclass(frozen=True)
@@ -54,21 +77,62 @@ def _ffmpeg_input(path: Path) -> str:
     return "file:" + os.path.abspath(path)
 
 
-def _run(command: list[str], timeout: float) -> subprocess.CompletedProcess[bytes]:
+def _run(
+    command: list[str],
+    timeout: float,
+    cancelled: CancelCheck | None = None,
+    stdin_data: bytes | None = None,
+) -> subprocess.CompletedProcess[bytes]:
+    """Run a child to completion, killing it on time-out (TimeoutExpired) or
+    when `cancelled` turns true (JobCancelled)."""
+    if cancelled is not None and cancelled():
+        raise JobCancelled(f"{command[0]} not started: the job was cancelled")
     try:
-        return subprocess.run(
-            command, stdin=subprocess.DEVNULL, capture_output=True, timeout=timeout, check=False
+        child = subprocess.Popen(
+            command,
+            stdin=subprocess.DEVNULL if stdin_data is None else subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            start_new_session=True,
         )
     except FileNotFoundError:
         raise StemdError(
             f"{command[0]} is not installed; install ffmpeg (e.g. apt-get install ffmpeg)"
         ) from None
+    with _children_lock:
+        _children.add(child)
+    deadline = time.monotonic() + timeout
+    pending_input = stdin_data
+    try:
+        while True:
+            try:
+                out, err = child.communicate(pending_input, timeout=CANCEL_POLL_S)
+                break
+            except subprocess.TimeoutExpired:
+                pending_input = None  # communicate keeps what it has not written yet
+                if cancelled is not None and cancelled():
+                    raise JobCancelled(f"{command[0]} killed: the job was cancelled") from None
+                if time.monotonic() > deadline:
+                    raise subprocess.TimeoutExpired(command, timeout) from None
+    finally:
+        if child.poll() is None:
+            child.kill()
+            child.communicate()
+        with _children_lock:
+            _children.discard(child)
+    return subprocess.CompletedProcess(command, child.returncode, out, err)
 
 
-def _run_on_input(command: list[str], timeout: float, path: Path, failure: str) -> bytes:
+def _run_on_input(
+    command: list[str],
+    timeout: float,
+    path: Path,
+    failure: str,
+    cancelled: CancelCheck | None = None,
+) -> bytes:
     """Run ffmpeg/ffprobe on an input; a failure or time-out is the input's fault."""
     try:
-        result = _run(command, timeout)
+        result = _run(command, timeout, cancelled)
     except subprocess.TimeoutExpired:
         raise InputError(path, f"{command[0]} took over {timeout:.0f}s on it") from None
     if result.returncode != 0:
@@ -161,11 +225,17 @@ def _probe_ffprobe(path: Path) -> Probe:
 
 
 def _decode_ffmpeg(
-    path: Path, samplerate: int, channels: int, source_channels: int
+    path: Path,
+    samplerate: int,
+    channels: int,
+    source_channels: int,
+    cancelled: CancelCheck | None = None,
 ) -> torch.Tensor:
     command = [
         "ffmpeg",
         "-nostdin",
+        "-timelimit",  # CPU seconds: ends ffmpeg even if stemd is gone
+        str(int(FFMPEG_TIMEOUT_S)),
         "-hide_banner",
         "-loglevel",
         "error",
@@ -183,18 +253,25 @@ def _decode_ffmpeg(
         str(samplerate),
         "pipe:1",
     ]
-    output = _run_on_input(command, FFMPEG_TIMEOUT_S, path, "ffmpeg cannot decode it")
+    output = _run_on_input(command, FFMPEG_TIMEOUT_S, path, "ffmpeg cannot decode it", cancelled)
     data = np.frombuffer(output, dtype=np.float32).copy()
     wav = torch.from_numpy(data).view(-1, source_channels).t()
     converted: torch.Tensor = convert_audio_channels(wav, channels)  # type: ignore[no-untyped-call]
     return converted
 
 
-def decode(path: Path, samplerate: int, channels: int, info: Probe | None = None) -> torch.Tensor:
+def decode(
+    path: Path,
+    samplerate: int,
+    channels: int,
+    info: Probe | None = None,
+    cancelled: CancelCheck | None = None,
+) -> torch.Tensor:
     """The file as a float32 [channels, samples] tensor at `samplerate`.
 
     sphn first (what demucs does), then ffmpeg for what sphn cannot read. Pass
     the `probe` result when the caller already has it: the ffmpeg path needs it.
+    `cancelled` is asked while ffmpeg runs; when true, ffmpeg is killed.
     """
     errors: list[str] = []
     wav: torch.Tensor | None = None
@@ -210,7 +287,7 @@ def decode(path: Path, samplerate: int, channels: int, info: Probe | None = None
         if info.channels < 1:
             raise InputError(path, "the audio stream has no channels")
         try:
-            wav = _decode_ffmpeg(path, samplerate, channels, info.channels)
+            wav = _decode_ffmpeg(path, samplerate, channels, info.channels, cancelled)
         except InputError as err:
             errors.append(f"ffmpeg: {err.reason}")
             raise InputError(path, "cannot decode audio: " + "; ".join(errors)) from None
@@ -234,9 +311,20 @@ def stems_to_write(
     return {two_stems: stems[two_stems], f"no_{two_stems}": rest}
 
 
-def encode(wav: torch.Tensor, path: Path, samplerate: int, fmt: StemFormat) -> None:
-    """Write one stem with demucs' encoders (wav, flac via ffmpeg, mp3 via lame)."""
+def encode(
+    wav: torch.Tensor,
+    path: Path,
+    samplerate: int,
+    fmt: StemFormat,
+    cancelled: CancelCheck | None = None,
+) -> None:
+    """Write one stem with demucs' encoders: wav and mp3 in-process, flac through
+    ffmpeg (as demucs does, but under `_run`'s rules)."""
     bits = 24 if fmt.sample_format == "s24" else 16
+    if fmt.format == "flac":
+        clipped: torch.Tensor = prevent_clip(wav.cpu(), mode=fmt.clip)  # type: ignore[no-untyped-call]
+        _encode_flac(clipped, path, samplerate, bits, cancelled)
+        return
     try:
         save_audio(
             wav.cpu(),
@@ -247,5 +335,37 @@ def encode(wav: torch.Tensor, path: Path, samplerate: int, fmt: StemFormat) -> N
             bits_per_sample=bits,  # type: ignore[arg-type]
             as_float=fmt.sample_format == "f32",
         )
-    except (subprocess.CalledProcessError, RuntimeError) as err:
+    except RuntimeError as err:
         raise StemdError(f"{path}: cannot encode the stem: {err}") from None
+
+
+def _encode_flac(
+    wav: torch.Tensor, path: Path, samplerate: int, bits: int, cancelled: CancelCheck | None
+) -> None:
+    """demucs.audio.encode_ffmpeg's command, with our child-process rules."""
+    command = [
+        "ffmpeg",
+        "-nostdin",
+        "-timelimit",
+        str(int(FFMPEG_TIMEOUT_S)),
+        "-y",
+        "-loglevel",
+        "error",
+        "-protocol_whitelist",
+        "file,pipe",
+        "-f",
+        "s16le" if bits == 16 else "s32le",
+        "-ar",
+        str(samplerate),
+        "-ac",
+        str(wav.shape[0]),
+        "-i",
+        "pipe:0",
+        _ffmpeg_input(path),  # file:PATH works for outputs too
+    ]
+    try:
+        result = _run(command, FFMPEG_TIMEOUT_S, cancelled, stdin_data=_pcm_bytes(wav, bits))
+    except subprocess.TimeoutExpired:
+        raise StemdError(f"{path}: ffmpeg took over {FFMPEG_TIMEOUT_S:.0f}s to encode") from None
+    if result.returncode != 0:
+        raise StemdError(f"{path}: cannot encode the stem: {_last_line(result.stderr, path)}")

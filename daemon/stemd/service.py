@@ -15,6 +15,7 @@ import time
 from pathlib import Path, PurePath
 from types import FrameType
 
+from stemd.audio import kill_children
 from stemd.config import Config, load_config
 from stemd.engine import Engine
 from stemd.errors import ConfigError, StemdError
@@ -399,6 +400,9 @@ class Service:
                 worker.join(WORKER_JOIN_AFTER_CANCEL_S)
                 if worker.is_alive():
                     log.error("the worker did not stop; exiting anyway")
+        killed = kill_children()  # none unless the worker is stuck: it kills its own
+        if killed:
+            log.warning("killed %d ffmpeg process(es) still running", killed)
         if self.ledger is not None:
             self.ledger.close()
         if self.state_lock is not None:

@@ -109,7 +109,7 @@ def render_track(
             f"{probe_info.duration:.0f}s of audio is over watch.max_duration ({max_duration:g}s)",
         )
     started = time.monotonic()
-    wav = decode(request.path, info.samplerate, info.audio_channels, probe_info)
+    wav = decode(request.path, info.samplerate, info.audio_channels, probe_info, cancelled)
     duration = wav.shape[-1] / info.samplerate
     if duration > max_duration:
         raise InputError(request.path, f"{duration:.0f}s is over watch.max_duration")
@@ -138,7 +138,7 @@ def render_track(
         files: dict[str, str] = {}
         for stem, data in stems.items():
             filename = stem_filename(output.layout, names, stem, fmt.format)
-            encode(data, temp / filename, info.samplerate, fmt)
+            encode(data, temp / filename, info.samplerate, fmt, cancelled)
             files[stem] = filename
             if progress is not None:
                 progress(1.0)  # a stem encoded: still alive (long tracks encode for minutes)

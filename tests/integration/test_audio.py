@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import os
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
 import torch
 
-from stemd.audio import StemFormat, decode, encode, probe, stems_to_write
-from stemd.errors import InputError
+from stemd.audio import StemFormat, decode, encode, kill_children, probe, stems_to_write
+from stemd.errors import InputError, JobCancelled
 from support.audio import make_tone
 from support.audio import probe as ffprobe
 
@@ -172,3 +173,22 @@ def test_two_stems_writes_the_stem_and_the_sum_of_the_rest() -> None:
     assert list(two) == ["vocals", "no_vocals"]
     assert torch.equal(two["no_vocals"], torch.full((2, 10), 1.0))
     assert stems_to_write(stems, None) is stems
+
+
+def test_a_child_past_its_time_limit_is_killed(tmp_path: Path) -> None:
+    from stemd.audio import _run
+
+    pid_file = tmp_path / "pid"
+    started = time.monotonic()
+    with pytest.raises(subprocess.TimeoutExpired):
+        _run(["sh", "-c", f"echo $$ > {pid_file}; exec sleep 30"], timeout=0.5)
+    assert time.monotonic() - started < 5
+    assert not Path(f"/proc/{pid_file.read_text().strip()}").exists()
+
+
+def test_a_cancelled_job_starts_no_more_ffmpeg(tmp_path: Path) -> None:
+    # (killing one mid-decode: tests/e2e/test_ffmpeg_children.py)
+    song = make_tone(tmp_path / "x.m4a", 2.0, codec_args=("-c:a", "aac"))  # sphn cannot: ffmpeg
+    with pytest.raises(JobCancelled):
+        decode(song, 44100, 2, cancelled=lambda: True)
+    assert kill_children() == 0  # nothing left running
