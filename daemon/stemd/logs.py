@@ -116,6 +116,26 @@ def _fallback_notice(reason: str) -> logging.LogRecord:
     )
 
 
+# Libraries whose warnings a user must see where stemd's own go (the journal).
+LIBRARY_LOGGERS = ("watchdog",)
+
+
+class _Forward(logging.Handler):
+    """Hands a library's records to stemd's handlers."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        log.handle(record)
+
+
+def _forward_libraries() -> None:
+    for name in LIBRARY_LOGGERS:
+        library = logging.getLogger(name)
+        if not any(isinstance(handler, _Forward) for handler in library.handlers):
+            library.addHandler(_Forward())
+        library.setLevel(logging.WARNING)
+        library.propagate = False  # not also to Python's last-resort stderr printer
+
+
 def setup_logging(target: str, level: str) -> str:
     """Route stemd's records to the journal or stderr. Returns where they go.
 
@@ -127,6 +147,7 @@ def setup_logging(target: str, level: str) -> str:
         handler.close()
     log.setLevel(level.upper())
     log.propagate = False
+    _forward_libraries()
 
     fallback_reason: str | None = None
     if target == "journal" or (target == "auto" and stderr_is_journal()):

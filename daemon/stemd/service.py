@@ -264,6 +264,13 @@ class Service:
                 self._scan(change.path)
             elif change.kind is Change.DIR_GONE:
                 self.settler.forget_under(change.path)
+            elif change.kind is Change.OVERFLOW:
+                log.warning(
+                    "inotify dropped events (its queue overflowed; see "
+                    "fs.inotify.max_queued_events): rescanning %s now",
+                    self.config.inbox,
+                )
+                self._scan(self.config.inbox)
             elif change.kind is Change.INBOX_DELETED:
                 assert self.folders is not None
                 log.error(

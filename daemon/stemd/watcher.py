@@ -64,6 +64,7 @@ class Change(Enum):
     DIR_ADDED = "dir_added"  # a folder appeared (moved in whole): scan it
     DIR_GONE = "dir_gone"
     INBOX_DELETED = "inbox_deleted"  # the watched folder itself: its watches are dead
+    OVERFLOW = "overflow"  # the kernel dropped events: only a scan can tell what changed
 
 
 @dataclass(frozen=True)
@@ -149,6 +150,24 @@ class _Handler(FileSystemEventHandler):
                 pass
 
 
+class _OverflowHook(logging.Handler):
+    """watchdog reports an inotify queue overflow only as a log warning; turn it
+    into a change so the service rescans at once. If watchdog ever words it
+    differently, the periodic rescan (watch.rescan_interval) still finds the files."""
+
+    def __init__(self, changes: queue.SimpleQueue[FsChange], inbox: Path) -> None:
+        super().__init__(logging.WARNING)
+        self._changes = changes
+        self._inbox = inbox
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if "overflow" in record.getMessage().lower():
+            self._changes.put(FsChange(Change.OVERFLOW, self._inbox))
+
+
+WATCHDOG_LOGGER = logging.getLogger("watchdog.observers")
+
+
 class InboxWatcher:
     """Owns the watchdog observer thread for one inbox."""
 
@@ -158,6 +177,7 @@ class InboxWatcher:
         self.mode = choose_mode(watch.mode, inbox)
         self.changes: queue.SimpleQueue[FsChange] = queue.SimpleQueue()
         self._observer: BaseObserver | None = None
+        self._overflow_hook = _OverflowHook(self.changes, inbox)
 
     @property
     def require_close(self) -> bool:
@@ -185,6 +205,8 @@ class InboxWatcher:
                     )
         if self.mode == "poll":
             self._observer = self._start_observer(PollingObserver(timeout=self.watch.poll_interval))
+        else:
+            WATCHDOG_LOGGER.addHandler(self._overflow_hook)
         log.info("watching %s (%s, recursive=%s)", self.inbox, self.mode, self.watch.recursive)
 
     def _start_observer(self, observer: BaseObserver) -> BaseObserver:
@@ -212,6 +234,7 @@ class InboxWatcher:
         self.mode = "poll"
 
     def stop(self, timeout: float = 5.0) -> None:
+        WATCHDOG_LOGGER.removeHandler(self._overflow_hook)
         if self._observer is None:
             return
         self._observer.stop()

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
+from demucs.demucs import Demucs
 from demucs.hdemucs import HDemucs
 from demucs.htdemucs import HTDemucs
 from demucs.states import save_with_checksum
@@ -30,16 +31,23 @@ def save_model(model: torch.nn.Module, repo: Path, signature: str) -> Path:
     return next(repo.glob(f"{signature}-*.th"))
 
 
+# The first Demucs architecture at its smallest: ~5 ms for a 0.1 s file with
+# shifts 0, so load tests measure stemd's pipeline rather than the model.
+FEATHER_DEMUCS = {"channels": 4, "depth": 2, "lstm_layers": 0, "segment": 1}
+
+
 def build_repo(repo: Path, seed: int = 0) -> dict[str, str]:
-    """A repo with a tiny HTDemucs ("tiny_ht"), a tiny HDemucs, and a bag of both.
+    """A repo with a tiny HTDemucs ("tiny_ht"), a tiny HDemucs, a bag of both, and
+    a featherweight Demucs for load tests.
 
     Returns the names to pass as model.name.
     """
     torch.manual_seed(seed)
     save_model(HTDemucs(sources=SOURCES, **TINY_HTDEMUCS), repo, "a1b2c3d4")
     save_model(HDemucs(sources=SOURCES, channels=4), repo, "e5f6a7b8")
+    save_model(Demucs(sources=SOURCES, **FEATHER_DEMUCS), repo, "f1e2d3c4")
     (repo / "tiny_ht.yaml").write_text("models: ['a1b2c3d4']\n")
     (repo / "tiny_bag.yaml").write_text(
         "models: ['a1b2c3d4', 'e5f6a7b8']\nweights: [[1, 1, 0, 0], [0, 0, 1, 1]]\nsegment: 4\n"
     )
-    return {"htdemucs": "tiny_ht", "hdemucs": "e5f6a7b8", "bag": "tiny_bag"}
+    return {"htdemucs": "tiny_ht", "hdemucs": "e5f6a7b8", "bag": "tiny_bag", "feather": "f1e2d3c4"}

@@ -1,0 +1,163 @@
+"""1000 small files at once, with and without the watcher's events: every one
+separated exactly once.
+
+The featherweight model (tests/support/models.py) keeps the model's share small,
+so these runs measure stemd's own pipeline: watcher, settle, hash, ledger,
+outbox.
+"""
+
+from __future__ import annotations
+
+import collections
+import json
+import os
+import re
+import signal
+import subprocess
+import wave
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from support.daemon import Daemon, service_config
+from support.mounts import needs_root
+from support.waiting import wait_until
+
+FILES = 1000
+pytestmark = pytest.mark.slow
+
+
+def make_tracks(folder: Path, count: int = FILES, seed: int = 1) -> list[str]:
+    """`count` distinct 0.1 s stereo WAVs (random content: no two alike)."""
+    folder.mkdir(parents=True)
+    rng = np.random.default_rng(seed)
+    names = []
+    for i in range(count):
+        name = f"track{i:04d}.wav"
+        with wave.open(str(folder / name), "wb") as out:
+            out.setnchannels(2)
+            out.setsampwidth(2)
+            out.setframerate(44100)
+            out.writeframes((rng.standard_normal((4410, 2)) * 3000).astype("<i2").tobytes())
+        names.append(name)
+    return names
+
+
+def feather_config(root: Path, model_repo: tuple[Path, dict[str, str]], **watch: str) -> Path:
+    repo, names = model_repo
+    return service_config(
+        root,
+        model={"name": names["feather"], "repo": str(repo), "device": "cpu", "shifts": 0},
+        watch={"settle": "0.5s", **watch},
+    )
+
+
+def assert_each_separated_once(daemon: Daemon, root: Path, sources: list[str]) -> None:
+    status = daemon.status()
+    assert status["counts"] == {"queued": 0, "running": 0, "done": len(sources), "failed": 0}
+    separated = collections.Counter(re.findall(r"(\S+): separating \(attempt", daemon.log()))
+    assert separated == collections.Counter(sources)  # each once, none twice, none missing
+    published = {
+        json.loads(m.read_text())["source"]: m.parent.name
+        for m in root.glob("outbox/*/**/stemd.json")
+    }
+    assert sorted(published) == sorted(sources)
+    assert not any("(2)" in folder for folder in published.values())
+
+
+def test_a_thousand_files_dropped_at_once_are_each_separated_once(
+    tmp_path: Path, model_repo: tuple[Path, dict[str, str]]
+) -> None:
+    config = feather_config(tmp_path, model_repo)
+    names = make_tracks(tmp_path / "staging")
+    daemon = Daemon(config, tmp_path).start()
+    try:
+        daemon.wait_ready()
+        for name in names:  # as fast as a copy tool can rename them into place
+            os.rename(tmp_path / "staging" / name, tmp_path / "inbox" / name)
+        wait_until(
+            lambda: daemon.status()["counts"]["done"] == FILES, 300, "all 1000 files", interval=1.0
+        )
+        assert_each_separated_once(daemon, tmp_path, names)
+        assert daemon.stop() == 0
+    finally:
+        daemon.kill()
+
+
+QUEUED_EVENTS = Path("/proc/sys/fs/inotify/max_queued_events")
+
+
+@pytest.fixture
+def tiny_inotify_queue() -> Iterator[None]:
+    """New inotify instances get a 16-event queue while this is active (the
+    kernel reads the limit when an instance is created)."""
+    saved = QUEUED_EVENTS.read_text()
+    try:
+        QUEUED_EVENTS.write_text("16\n")
+    except OSError as err:
+        pytest.skip(f"cannot lower {QUEUED_EVENTS}: {err.strerror}")
+    try:
+        yield
+    finally:
+        QUEUED_EVENTS.write_text(saved)
+
+
+@needs_root
+def test_events_lost_to_an_inotify_overflow_are_found_by_a_rescan(
+    tmp_path: Path, model_repo: tuple[Path, dict[str, str]], tiny_inotify_queue: None
+) -> None:
+    # No periodic rescan within the test: the overflow itself must trigger one.
+    config = feather_config(tmp_path, model_repo, mode="inotify", rescan_interval="1h")
+    names = make_tracks(tmp_path / "staging")
+    daemon = Daemon(config, tmp_path).start()
+    try:
+        daemon.wait_ready()
+        QUEUED_EVENTS.write_text("16384\n")  # stemd has its small queue; others get theirs back
+        daemon.signal(signal.SIGSTOP)  # nothing reads events while 1000 arrive
+        try:
+            for name in names:
+                os.rename(tmp_path / "staging" / name, tmp_path / "inbox" / name)
+        finally:
+            daemon.signal(signal.SIGCONT)
+        wait_until(
+            lambda: daemon.status()["counts"]["done"] == FILES, 300, "all 1000 files", interval=1.0
+        )
+        log = daemon.log()
+        assert "Inotify queue overflowed" in log  # watchdog's warning, in stemd's log
+        assert "inotify dropped events (its queue overflowed" in log
+        assert_each_separated_once(daemon, tmp_path, names)
+        assert daemon.stop() == 0
+    finally:
+        daemon.kill()
+
+
+@needs_root
+def test_files_that_raise_no_event_are_found_by_the_periodic_rescan(
+    tmp_path: Path, model_repo: tuple[Path, dict[str, str]]
+) -> None:
+    # A share mounted inside the inbox: inotify reports nothing about its files.
+    config = feather_config(tmp_path, model_repo, mode="inotify", rescan_interval="2s")
+    (tmp_path / "inbox" / "share").mkdir(parents=True)
+    names = make_tracks(tmp_path / "nas")
+    daemon = Daemon(config, tmp_path).start()
+    try:
+        daemon.wait_ready()
+        subprocess.run(
+            ["mount", "--bind", str(tmp_path / "nas"), str(tmp_path / "inbox" / "share")],
+            check=True,
+        )
+        try:
+            wait_until(
+                lambda: daemon.status()["counts"]["done"] == FILES,
+                300,
+                "all 1000 files",
+                interval=1.0,
+            )
+            assert_each_separated_once(daemon, tmp_path, [f"share/{name}" for name in names])
+            assert daemon.stop() == 0
+        finally:
+            subprocess.run(["umount", "-l", str(tmp_path / "inbox" / "share")], check=True)
+    finally:
+        daemon.kill()
