@@ -1,0 +1,112 @@
+"""The batched engine computes what demucs.apply.apply_model computes.
+
+Real demucs models (random weights, loaded through demucs' own repo code), the
+same shift offsets, max absolute difference 1e-4.
+
+"The same offsets" cannot come from seeding `random` alike: HTDemucs' transformer
+draws from `random` in every forward pass (randrange(1) for its sin_random_shift
+of 0), so the number of forward passes, which batching changes, changes the later
+draws. The test records the offsets apply_model draws and replays them.
+"""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+import demucs.apply
+import pytest
+import torch
+from demucs.apply import apply_model
+from demucs.pretrained import get_model
+
+from stemd.batching import batches, plan_chunks, separate_batched
+
+TOLERANCE = 1e-4
+
+
+def run_model(model: torch.nn.Module, batch: torch.Tensor) -> torch.Tensor:
+    with torch.no_grad():
+        out: torch.Tensor = model(batch)
+    return out
+
+
+class Recorder:
+    """Stands in for apply_model's `random` and remembers what it drew."""
+
+    def __init__(self, seed: int) -> None:
+        self._random = random.Random(seed)
+        self.drawn: list[int] = []
+
+    def randint(self, low: int, high: int) -> int:
+        value = self._random.randint(low, high)
+        self.drawn.append(value)
+        return value
+
+
+class Replay:
+    def __init__(self, values: list[int]) -> None:
+        self._values = iter(values)
+
+    def randint(self, _low: int, _high: int) -> int:
+        return next(self._values)
+
+
+def mix(seconds: float, seed: int = 0) -> torch.Tensor:
+    generator = torch.Generator().manual_seed(seed)
+    return torch.randn(1, 2, int(44100 * seconds), generator=generator) * 0.3
+
+
+@pytest.mark.parametrize("kind", ["htdemucs", "hdemucs", "bag"])
+@pytest.mark.parametrize("shifts", [0, 2])
+@pytest.mark.parametrize("batch_size", [1, 3])
+def test_batched_equals_apply_model(
+    model_repo: tuple[Path, dict[str, str]],
+    monkeypatch: pytest.MonkeyPatch,
+    kind: str,
+    shifts: int,
+    batch_size: int,
+) -> None:
+    repo, names = model_repo
+    model = get_model(names[kind], repo=repo)
+    model.eval()
+    # HDemucs is trained on 40 s; a 2 s segment gives it several chunks too
+    segment = 2.0 if kind == "hdemucs" else None
+    track = mix(6.3)  # not a whole number of chunks: a shorter last one
+
+    recorder = Recorder(1234)
+    monkeypatch.setattr(demucs.apply, "random", recorder)
+    with torch.no_grad():
+        expected = apply_model(
+            model, track, shifts=shifts, split=True, overlap=0.25, segment=segment
+        )
+    assert len(recorder.drawn) == shifts * len(getattr(model, "models", [model]))
+    seen: list[tuple[int, int]] = []
+    got = separate_batched(
+        model,
+        track,
+        run_model,
+        batch_size=batch_size,
+        shifts=shifts,
+        overlap=0.25,
+        segment=segment,
+        on_batch=lambda done, total: seen.append((done, total)),
+        rng=Replay(recorder.drawn),
+    )
+    assert got.shape == expected.shape
+    assert float((got - expected).abs().max()) <= TOLERANCE
+    assert seen[-1][0] == seen[-1][1]  # progress ends at every chunk done
+    if batch_size > 1:
+        assert len(seen) < seen[-1][1]  # fewer forward passes than chunks
+
+
+def test_chunks_of_different_padded_length_never_share_a_batch(
+    model_repo: tuple[Path, dict[str, str]],
+) -> None:
+    repo, names = model_repo
+    model = get_model(names["hdemucs"], repo=repo)
+    chunks = plan_chunks(model, [(0, int(44100 * 6.3))], segment=2.0, overlap=0.25)
+    assert len({c.valid_length for c in chunks}) > 1  # the short last chunk
+    for run in batches(chunks, 4):
+        assert len(run) <= 4 and len({c.valid_length for c in run}) == 1
+    assert [c for run in batches(chunks, 4) for c in run] == chunks  # order kept
