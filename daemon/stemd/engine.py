@@ -3,7 +3,13 @@
 This is the only module that imports torch model code. Separation computes what
 `python -m demucs.separate` computes (demucs.api.Separator.separate_tensor): the
 mix is normalised by the mean and std of its mono reference, run through
-`demucs.apply.apply_model` with the same shifts/overlap/segment, and scaled back.
+`demucs.apply.apply_model`'s arithmetic with the same shifts/overlap/segment
+(batched: stemd.batching), and scaled back.
+
+On CUDA: inputs go through pinned host memory with non-blocking copies, cuDNN
+picks its fastest kernels (`cudnn.benchmark`), outputs come straight back to the
+host, and an out-of-memory error halves the batch (down to 1) and then moves the
+model to the CPU, with a warning each time.
 """
 
 from __future__ import annotations
@@ -14,15 +20,16 @@ import logging
 import os
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import torch
-from demucs.apply import BagOfModels, apply_model
+from demucs.apply import BagOfModels
 from demucs.htdemucs import HTDemucs
 from demucs.pretrained import get_model
 
+from stemd.batching import separate_batched
 from stemd.config import ModelConfig
 from stemd.errors import ConfigError, JobCancelled, ModelError
 
@@ -30,6 +37,13 @@ log = logging.getLogger("stemd")
 
 ProgressHook = Callable[[float], None]
 CancelCheck = Callable[[], bool]
+
+# batch_size: auto. On CPU one chunk per pass: measured by `make bench` on this
+# project's 2-core CI machine, larger batches were no faster (the convolutions
+# already use every core). On CUDA: as many as fit in AUTO_MEMORY_SHARE of the
+# free memory, by a measured batch of 1, at most AUTO_MAX_BATCH.
+AUTO_MAX_BATCH = 16
+AUTO_MEMORY_SHARE = 0.6
 
 
 def resolve_device(requested: str) -> torch.device:
@@ -132,10 +146,13 @@ class Engine:
         except (RuntimeError, torch.cuda.OutOfMemoryError) as exc:
             raise ModelError(f"cannot move model {config.name!r} to {self.device}: {exc}") from None
         self.model = model
+        self._batch_size: int | None = None
         self._check_segment()
-        if config.precision == "tf32" and self.device.type == "cuda":
-            torch.backends.cuda.matmul.allow_tf32 = True
-            torch.backends.cudnn.allow_tf32 = True
+        if self.device.type == "cuda":
+            torch.backends.cudnn.benchmark = True  # chunks have one shape: worth tuning
+            tf32 = config.precision == "tf32"
+            torch.backends.cuda.matmul.allow_tf32 = tf32
+            torch.backends.cudnn.allow_tf32 = tf32
         bag = len(model.models) if isinstance(model, BagOfModels) else 1
         self.info = ModelInfo(
             name=config.name,
@@ -199,6 +216,74 @@ class Engine:
         with torch.autocast(device_type=self.device.type, dtype=dtype):
             yield
 
+    # -- batches and devices ------------------------------------------------------
+
+    def batch_size(self) -> int:
+        """model.batch_size, with auto resolved on first use (see AUTO_MAX_BATCH)."""
+        if self._batch_size is None:
+            setting = self.config.batch_size
+            if setting != "auto":
+                self._batch_size = int(setting)
+            elif self.device.type != "cuda":
+                self._batch_size = 1
+            else:
+                self._batch_size = self._measure_cuda_batch()
+                log.info("model.batch_size auto: %d on %s", self._batch_size, self.device)
+        return self._batch_size
+
+    def _measure_cuda_batch(self) -> int:
+        """Run one chunk and see what it costs; fill a share of what is free."""
+        first: Any = self.model.models[0] if isinstance(self.model, BagOfModels) else self.model
+        length = self._segment_samples()
+        probe = torch.zeros(1, self.info.audio_channels, length)
+        torch.cuda.synchronize(self.device)
+        torch.cuda.reset_peak_memory_stats(self.device)
+        before = torch.cuda.memory_allocated(self.device)
+        self._run_on_device(first, probe)
+        per_chunk = max(1, torch.cuda.max_memory_allocated(self.device) - before)
+        free, _total = torch.cuda.mem_get_info(self.device)
+        return max(1, min(AUTO_MAX_BATCH, int(free * AUTO_MEMORY_SHARE / per_chunk)))
+
+    def _run_on_device(self, model: torch.nn.Module, batch: torch.Tensor) -> torch.Tensor:
+        if self.device.type == "cuda":
+            batch = batch.pin_memory().to(self.device, non_blocking=True)
+        else:
+            batch = batch.to(self.device)
+        with torch.no_grad(), self._precision():
+            out: torch.Tensor = model(batch)
+        return out.float().to("cpu")  # the track's buffers stay on the host
+
+    def _forward(self, model: torch.nn.Module, batch: torch.Tensor) -> torch.Tensor:
+        """One forward pass. Out of (GPU) memory: halve the batch, down to 1 chunk;
+        a single chunk that does not fit on CUDA moves the model to the CPU."""
+        try:
+            return self._run_on_device(model, batch)
+        except torch.cuda.OutOfMemoryError:
+            if self.device.type == "cuda":
+                torch.cuda.empty_cache()
+            if len(batch) == 1 and self.device.type != "cuda":
+                raise
+        if len(batch) > 1:
+            half = (len(batch) + 1) // 2
+            if half < self.batch_size():
+                log.warning(
+                    "out of memory with %d chunks per pass on %s; using %d from now on",
+                    len(batch),
+                    self.device,
+                    half,
+                )
+                self._batch_size = half
+            return torch.cat([self._forward(model, part) for part in torch.split(batch, half)])
+        log.warning(
+            "out of GPU memory with a single chunk on %s: moving the model to the CPU "
+            "(slower; restart stemd to try the GPU again)",
+            self.device,
+        )
+        self.device = torch.device("cpu")
+        self.model.to(self.device)
+        self.info = replace(self.info, device="cpu")
+        return self._run_on_device(model.to(self.device), batch)
+
     def separate(
         self,
         wav: torch.Tensor,
@@ -207,40 +292,31 @@ class Engine:
     ) -> dict[str, torch.Tensor]:
         """Separate a [channels, samples] mix at the model's rate into {stem: [C, T]}.
 
-        `progress` gets the fraction done after each chunk; `cancelled` is asked
-        before each chunk and, when true, stops the separation with JobCancelled.
+        `progress` gets the fraction done after each forward pass; `cancelled` is
+        asked before each one and, when true, stops the separation with JobCancelled.
         """
-        length = wav.shape[-1]
-        passes = self.info.models_in_bag * max(1, self.config.shifts)
-        chunk = self._segment_samples()
 
-        def on_chunk(state: dict[str, Any]) -> None:
-            if state["state"] == "start":
-                if cancelled is not None and cancelled():
-                    raise JobCancelled("cancelled at a chunk boundary")
-                return
-            if progress is None:
-                return
-            done_pass = state["model_idx_in_bag"] * max(1, self.config.shifts) + state["shift_idx"]
-            within = min(1.0, (state["segment_offset"] + chunk) / max(1, state["audio_length"]))
-            progress(min(1.0, (done_pass + within) / passes))
+        def forward(model: torch.nn.Module, batch: torch.Tensor) -> torch.Tensor:
+            if cancelled is not None and cancelled():
+                raise JobCancelled("cancelled at a chunk boundary")
+            return self._forward(model, batch)
+
+        def on_batch(done: int, total: int) -> None:
+            if progress is not None:
+                progress(done / total)
 
         ref = wav.mean(0)
         mean = ref.mean()
         std = ref.std() + 1e-8
-        with torch.no_grad(), self._precision():
-            out = apply_model(
-                self.model,
-                ((wav - mean) / std)[None],
-                segment=self.config.segment,
-                shifts=self.config.shifts,
-                split=True,
-                overlap=self.config.overlap,
-                device=self.device,
-                num_workers=0,
-                callback=on_chunk,
-                callback_arg={"audio_length": length},
-                progress=False,
-            )
-        out = out.float() * std + mean
+        out = separate_batched(
+            self.model,
+            ((wav.cpu() - mean) / std)[None],
+            forward,
+            self.batch_size(),
+            shifts=self.config.shifts,
+            overlap=self.config.overlap,
+            segment=self.config.segment,
+            on_batch=on_batch,
+        )
+        out = out * std + mean
         return dict(zip(self.info.sources, out[0], strict=True))

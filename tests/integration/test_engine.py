@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import pytest
 import torch
-from demucs.apply import BagOfModels
+from demucs.apply import BagOfModels, apply_model
 
 from stemd.config import ModelConfig
 from stemd.engine import Engine, resolve_device
 from stemd.errors import ConfigError, JobCancelled, ModelError
+from support.models import build_capped_repo
 
 
 def mix(seconds: float = 3.0) -> torch.Tensor:
@@ -103,3 +105,50 @@ def test_a_segment_longer_than_the_model_was_trained_for(
     repo, names = model_repo
     with pytest.raises(ConfigError, match=r"model\.segment"):
         Engine(ModelConfig(name=names["htdemucs"], repo=repo, device="cpu", segment=30))
+
+
+def reference(engine: Engine, wav: torch.Tensor) -> dict[str, torch.Tensor]:
+    """What apply_model gives, normalised as demucs.separate does (shifts 0)."""
+    ref = wav.mean(0)
+    mean, std = ref.mean(), ref.std() + 1e-8
+    with torch.no_grad():
+        out = apply_model(engine.model, ((wav - mean) / std)[None], shifts=0, split=True)
+    out = out * std + mean
+    return dict(zip(engine.info.sources, out[0], strict=True))
+
+
+def test_a_batch_size_runs_fewer_passes_with_the_same_stems(
+    model_repo: tuple[Path, dict[str, str]],
+) -> None:
+    repo, names = model_repo
+    wav = mix(10.0)
+    passes: dict[int, int] = {}
+    for size in (1, 3):
+        engine = Engine(
+            ModelConfig(name=names["htdemucs"], repo=repo, device="cpu", shifts=0, batch_size=size)
+        )
+        steps: list[float] = []
+        stems = engine.separate(wav, progress=steps.append)
+        passes[size] = len(steps)
+        expected = reference(engine, wav)
+        assert max(float((stems[k] - expected[k]).abs().max()) for k in stems) <= 1e-4
+    assert passes[1] == 4 and passes[3] == 2  # 4 chunks: 1+1+1+1 passes, then 3+1
+
+
+def test_out_of_memory_halves_the_batch_and_keeps_going(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    name = build_capped_repo(tmp_path)
+    monkeypatch.setenv("STEMD_TEST_MEMORY_CAP", "1")  # like a GPU that fits one chunk
+    engine = Engine(ModelConfig(name=name, repo=tmp_path, device="cpu", shifts=0, batch_size=4))
+    wav = mix(10.0)
+    with caplog.at_level(logging.WARNING, logger="stemd"):
+        stems = engine.separate(wav)
+    expected = reference(engine, wav)
+    assert max(float((stems[k] - expected[k]).abs().max()) for k in stems) <= 1e-4
+    assert engine.batch_size() == 1
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert warnings == [
+        "out of memory with 4 chunks per pass on cpu; using 2 from now on",
+        "out of memory with 2 chunks per pass on cpu; using 1 from now on",
+    ]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import torch
@@ -51,3 +52,21 @@ def build_repo(repo: Path, seed: int = 0) -> dict[str, str]:
         "models: ['a1b2c3d4', 'e5f6a7b8']\nweights: [[1, 1, 0, 0], [0, 0, 1, 1]]\nsegment: 4\n"
     )
     return {"htdemucs": "tiny_ht", "hdemucs": "e5f6a7b8", "bag": "tiny_bag", "feather": "f1e2d3c4"}
+
+
+class MemoryCappedHTDemucs(HTDemucs):
+    """Raises CUDA's out-of-memory error for batches over `STEMD_TEST_MEMORY_CAP`
+    chunks, as a GPU with little memory would: lets the halving run on a CPU."""
+
+    def forward(self, mix: torch.Tensor) -> torch.Tensor:
+        cap = int(os.environ.get("STEMD_TEST_MEMORY_CAP", "0"))
+        if cap and mix.shape[0] > cap:
+            raise torch.cuda.OutOfMemoryError(f"out of memory: {mix.shape[0]} chunks, cap {cap}")
+        out: torch.Tensor = super().forward(mix)
+        return out
+
+
+def build_capped_repo(repo: Path) -> str:
+    torch.manual_seed(0)
+    save_model(MemoryCappedHTDemucs(sources=SOURCES, **TINY_HTDEMUCS), repo, "c4p4c4p4")
+    return "c4p4c4p4"
