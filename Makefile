@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 CONFIG ?= config/stemd.yaml
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test lint unit check-config clean system-deps
+.PHONY: run test lint unit bench check-config clean system-deps
 
 system-deps:
 	@bash scripts/install-system-deps.sh
@@ -34,6 +34,11 @@ lint: $(STAMP)
 test: $(STAMP)
 	$(BIN)/python -m pytest
 	$(MAKE) --no-print-directory lint
+
+# stemd against the demucs CLI; BENCH_ARGS=--quick for a short run. Table on
+# stdout, JSON in bench-results/bench.json.
+bench: $(STAMP)
+	$(BIN)/python tests/bench/bench.py $(BENCH_ARGS)
 
 unit: $(STAMP)
 	$(BIN)/python -m pytest tests/unit

@@ -1,0 +1,391 @@
+"""`make bench`: stemd against the demucs CLI on the same files, in one run.
+
+    python tests/bench/bench.py [--quick] [--out bench-results]
+
+Builds a full-size random-weight HTDemucs (the released htdemucs architecture,
+about 42 M parameters) into a local model repo, generates tracks in several
+formats, and measures:
+
+  a  `python -m demucs.separate` once per file (what a shell watch script does)
+  b  `python -m demucs.separate` once with all the files
+  c  stemd: the daemon running, all files dropped at once, until every stem set
+     is published
+  d  the floor: the model's forward passes alone, for the same chunks, in one
+     process
+
+plus pickup latency, idle CPU with 10 000 files in the inbox (inotify and
+polling), peak RSS of b and c on the long track, and hashing throughput against
+`sha256sum`. Prints a Markdown table; writes everything to OUT/bench.json.
+Every number comes from this run: nothing is copied from elsewhere.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import random
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from fractions import Fraction
+from pathlib import Path
+from typing import Any
+
+import torch
+
+TESTS = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(TESTS))
+
+from support.audio import make_tone  # noqa: E402
+from support.daemon import Daemon, service_config  # noqa: E402
+from support.models import SOURCES, build_repo, save_model  # noqa: E402
+from support.waiting import wait_until  # noqa: E402
+
+MODEL = "htdemucs_random"
+# the released htdemucs: demucs/remote/files.txt's 955717e8, built with these
+HTDEMUCS = {
+    "channels": 48,
+    "dconv_mode": 3,
+    "bottom_channels": 512,
+    "segment": Fraction(39, 5),
+}
+FORMATS = [("wav", ()), ("flac", ()), ("mp3", ("-b:a", "192k")), ("m4a", ("-c:a", "aac"))]
+
+
+@dataclass(frozen=True)
+class Plan:
+    short_tracks: int
+    short_seconds: float
+    long_seconds: float
+    pickups: int
+    idle_seconds: float
+    idle_files: int
+    hash_bytes: int
+
+
+FULL = Plan(12, 15.0, 600.0, 10, 60.0, 10_000, 1 << 30)
+QUICK = Plan(3, 15.0, 60.0, 5, 20.0, 10_000, 256 << 20)
+
+
+def build_model(repo: Path) -> None:
+    import demucs.htdemucs
+
+    torch.manual_seed(0)
+    model = demucs.htdemucs.HTDemucs(sources=SOURCES, **HTDEMUCS)
+    save_model(model, repo, "b3e1c0de")
+    (repo / f"{MODEL}.yaml").write_text("models: ['b3e1c0de']\n")
+
+
+def make_tracks(folder: Path, plan: Plan) -> tuple[list[Path], Path]:
+    tracks = []
+    for i in range(plan.short_tracks):
+        ext, codec = FORMATS[i % len(FORMATS)]
+        tracks.append(
+            make_tone(
+                folder / f"song{i:02d}.{ext}",
+                plan.short_seconds,
+                frequency=200 + 37 * i,
+                codec_args=codec,
+            )
+        )
+    long = make_tone(folder / "long" / "concert.flac", plan.long_seconds, frequency=330)
+    return tracks, long
+
+
+def timed(command: list[str], cwd: Path) -> tuple[float, int]:
+    """Wall seconds and peak RSS (KiB) of one child process."""
+    errors = cwd / "child-stderr.log"
+    with open(errors, "wb") as stderr:
+        started = time.perf_counter()
+        child = subprocess.Popen(command, cwd=cwd, stdout=subprocess.DEVNULL, stderr=stderr)
+        _pid, status, usage = os.wait4(child.pid, 0)  # wait4: the child's own peak RSS
+        seconds = time.perf_counter() - started
+    child.returncode = os.waitstatus_to_exitcode(status)
+    if child.returncode != 0:
+        raise RuntimeError(f"{' '.join(command[:4])} failed:\n{errors.read_text()[-2000:]}")
+    return seconds, usage.ru_maxrss
+
+
+def demucs_cli(repo: Path, out: Path, files: list[Path]) -> list[str]:
+    return [sys.executable, "-m", "demucs.separate", "-n", MODEL, "--repo", str(repo),
+            "-d", "cpu", "-o", str(out), *map(str, files)]  # fmt: skip
+
+
+def run_cli_per_file(repo: Path, work: Path, tracks: list[Path]) -> float:
+    total = 0.0
+    for track in tracks:
+        seconds, _rss = timed(demucs_cli(repo, work / "a", [track]), work)
+        total += seconds
+    return total
+
+
+def daemon_config(root: Path, repo: Path, **watch: str) -> Path:
+    root.mkdir(parents=True, exist_ok=True)
+    return service_config(
+        root,
+        model={"name": MODEL, "repo": str(repo), "device": "cpu"},
+        watch={"settle": "1s", **watch},
+    )
+
+
+def published(daemon: Daemon) -> int:
+    """Stem sets in the outbox (counted in-process: a `stemd status` every second
+    would take CPU from the daemon being measured)."""
+    return sum(1 for _ in (daemon.cwd / "outbox").glob("**/stemd.json"))
+
+
+def run_stemd(repo: Path, root: Path, tracks: list[Path]) -> tuple[float, Daemon]:
+    """c: the daemon ready, every file dropped at once, until all are published."""
+    daemon = Daemon(daemon_config(root, repo), root).start()
+    daemon.wait_ready(600)
+    staging = root / "staging"  # same filesystem: a rename drops each file whole
+    staging.mkdir()
+    for track in tracks:
+        shutil.copyfile(track, staging / track.name)
+    started = time.perf_counter()
+    for track in tracks:
+        os.rename(staging / track.name, root / "inbox" / track.name)
+    wait_until(lambda: published(daemon) == len(tracks), 7200, "stemd to publish all", 1.0)
+    return time.perf_counter() - started, daemon
+
+
+def floor_seconds(repo: Path, tracks: list[Path]) -> float:
+    """d: the forward passes alone for the same chunks (batch 1, as stemd on CPU)."""
+    from stemd.audio import decode
+    from stemd.batching import separate_batched
+    from stemd.engine import load_model
+
+    model = load_model(MODEL, repo)
+    model.eval()
+    spent = 0.0
+
+    def forward(module: torch.nn.Module, batch: torch.Tensor) -> torch.Tensor:
+        nonlocal spent
+        started = time.perf_counter()
+        with torch.no_grad():
+            out: torch.Tensor = module(batch)
+        spent += time.perf_counter() - started
+        return out
+
+    for track in tracks:
+        wav = decode(track, model.samplerate, model.audio_channels)
+        separate_batched(model, wav[None], forward, 1, shifts=1, overlap=0.25)
+    return spent
+
+
+def pickup_latency(daemon: Daemon, root: Path, count: int) -> list[float]:
+    """File closed -> separation started, one file at a time into an idle daemon."""
+    latencies = []
+    for i in range(count):
+        name = f"pickup{i:02d}.wav"
+        staged = make_tone(root / "pickup-staging" / name, 1.0, frequency=1000 + 50 * i)
+        seen = len(daemon.log())
+        done_before = published(daemon)
+        started_line = f"{name}: separating"
+        shutil.copyfile(staged, root / "inbox" / name)  # closed when copyfile returns
+        closed = time.monotonic()
+        wait_until(lambda: started_line in daemon.log()[seen:], 60, started_line, 0.005)  # noqa: B023
+        latencies.append(time.monotonic() - closed)
+        wait_until(lambda: published(daemon) > done_before, 120, f"{name} done", 0.2)  # noqa: B023
+    return latencies
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def idle_cpu(root: Path, mode: str, plan: Plan) -> float:
+    """Percent of one core used by an idle daemon watching `plan.idle_files` files."""
+    repo = root / "tiny-models"
+    names = build_repo(repo)
+    inbox = root / "inbox"
+    for i in range(plan.idle_files):  # not audio: the daemon stays idle, but the
+        folder = inbox / f"album{i // 100:03d}"  # poller stats each one all the same
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / f"notes{i:05d}.txt").write_text("liner notes\n")
+    config = service_config(
+        root,
+        model={"name": names["feather"], "repo": str(repo), "device": "cpu"},
+        watch={"mode": mode, "settle": "2s"},
+    )
+    daemon = Daemon(config, root).start()
+    try:
+        daemon.wait_ready(120)
+        assert daemon.process is not None
+        pid = daemon.process.pid
+        time.sleep(5)  # let the startup scan finish before measuring what idling costs
+        before, started = cpu_seconds(pid), time.monotonic()
+        time.sleep(plan.idle_seconds)
+        used = cpu_seconds(pid) - before
+        return 100.0 * used / (time.monotonic() - started)
+    finally:
+        daemon.stop()
+
+
+def hashing(root: Path, size: int) -> tuple[float, float]:
+    """MB/s of stemd's sha256_file and of sha256sum on the same file (best of 3, warm)."""
+    from stemd.hashing import sha256_file
+
+    path = root / "big.bin"
+    with open(path, "wb") as out:
+        chunk = random.Random(0).randbytes(1 << 20)
+        for _ in range(size >> 20):
+            out.write(chunk)
+    ours, theirs = [], []
+    for _ in range(3):
+        started = time.perf_counter()
+        digest = sha256_file(path)
+        ours.append(time.perf_counter() - started)
+        started = time.perf_counter()
+        line = subprocess.run(["sha256sum", str(path)], capture_output=True, check=True, text=True)
+        theirs.append(time.perf_counter() - started)
+        assert line.stdout.split()[0] == digest
+    path.unlink()
+    mb = size / 1e6
+    return mb / min(ours), mb / min(theirs)
+
+
+def vm_hwm_kib(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1])
+    return 0
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="fewer and shorter tracks")
+    parser.add_argument("--out", type=Path, default=Path("bench-results"))
+    args = parser.parse_args()
+    plan = QUICK if args.quick else FULL
+    work = (args.out / "work").resolve()
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
+    torch.set_num_threads(os.cpu_count() or 1)
+    results: dict[str, Any] = {
+        "mode": "quick" if args.quick else "full",
+        "machine": {
+            "cpus": os.cpu_count(),
+            "python": platform.python_version(),
+            "torch": torch.__version__,
+            "cuda": torch.cuda.is_available(),
+        },
+        "plan": plan.__dict__,
+    }
+
+    def say(message: str) -> None:
+        print(f"[bench] {message}", file=sys.stderr, flush=True)
+
+    repo = work / "models"
+    build_model(repo)
+    tracks, long = make_tracks(work / "tracks", plan)
+    audio_s = plan.short_tracks * plan.short_seconds
+    say(f"{len(tracks)} tracks of {plan.short_seconds:g}s, and one of {plan.long_seconds:g}s")
+
+    say("a: demucs CLI once per file")
+    a = run_cli_per_file(repo, work, tracks)
+    say(f"a: {a:.1f}s; b: demucs CLI once with all files")
+    b, _ = timed(demucs_cli(repo, work / "b", tracks), work)
+    say(f"b: {b:.1f}s; c: stemd")
+    c, daemon = run_stemd(repo, work / "c", tracks)
+    say(f"c: {c:.1f}s")
+    try:
+        say("pickup latency")
+        latencies = pickup_latency(daemon, work / "c", plan.pickups)
+    finally:
+        daemon.stop(600)
+    say("d: forward passes alone")
+    d = floor_seconds(repo, tracks)
+    say(f"d: {d:.1f}s")
+
+    say(f"peak RSS on the {plan.long_seconds:g}s track: demucs CLI")
+    _seconds, rss_b = timed(demucs_cli(repo, work / "b-long", [long]), work)
+    say("peak RSS: stemd")
+    long_daemon = Daemon(daemon_config(work / "c-long", repo), work / "c-long").start()
+    try:
+        long_daemon.wait_ready(600)
+        shutil.copyfile(long, work / "c-long" / "inbox" / long.name)
+        wait_until(lambda: published(long_daemon) == 1, 7200, "the long track", 1.0)
+        assert long_daemon.process is not None
+        rss_c = vm_hwm_kib(long_daemon.process.pid)
+    finally:
+        long_daemon.stop(600)
+
+    say("idle CPU")
+    idle_inotify = idle_cpu(work / "idle-inotify", "inotify", plan)
+    idle_poll = idle_cpu(work / "idle-poll", "poll", plan)
+    say("hashing")
+    ours_mbs, sha256sum_mbs = hashing(work, plan.hash_bytes)
+
+    results["seconds"] = {"a_cli_per_file": a, "b_cli_all_files": b, "c_stemd": c, "d_floor": d}
+    results["ratios"] = {"a/c": a / c, "b/c": b / c, "c/d": c / d}
+    results["audio_seconds"] = audio_s
+    results["pickup_latency_s"] = {
+        "median": statistics.median(latencies),
+        "p95": sorted(latencies)[max(0, round(0.95 * len(latencies)) - 1)],
+        "all": latencies,
+        "settle_s": 1.0,
+    }
+    results["idle_cpu_percent"] = {
+        "inotify": idle_inotify,
+        "poll": idle_poll,
+        "files": plan.idle_files,
+        "seconds": plan.idle_seconds,
+    }
+    results["peak_rss_mib_long_track"] = {"b_cli": rss_b / 1024, "c_stemd": rss_c / 1024}
+    results["hashing_mb_s"] = {
+        "stemd": ours_mbs,
+        "sha256sum": sha256sum_mbs,
+        "ratio": ours_mbs / sha256sum_mbs,
+        "bytes": plan.hash_bytes,
+    }
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "bench.json").write_text(json.dumps(results, indent=2) + "\n")
+    print(table(results))
+    shutil.rmtree(work, ignore_errors=True)
+
+
+def table(r: dict[str, Any]) -> str:
+    s, q = r["seconds"], r["ratios"]
+    p, i, m, h = r["pickup_latency_s"], r["idle_cpu_percent"], r["peak_rss_mib_long_track"], r[
+        "hashing_mb_s"]  # fmt: skip
+    plan = r["plan"]
+    rows = [
+        ("a: demucs CLI, once per file", f"{s['a_cli_per_file']:.1f} s"),
+        ("b: demucs CLI, all files at once", f"{s['b_cli_all_files']:.1f} s"),
+        ("c: stemd, all files dropped", f"{s['c_stemd']:.1f} s"),
+        ("d: forward passes alone", f"{s['d_floor']:.1f} s"),
+        ("a/c (target >= 1.25)", f"{q['a/c']:.2f}"),
+        ("b/c (target >= 1.0)", f"{q['b/c']:.2f}"),
+        ("c/d (target <= 1.10)", f"{q['c/d']:.2f}"),
+        (
+            f"pickup latency, median / p95 (settle {p['settle_s']:g} s)",
+            f"{p['median']:.2f} s / {p['p95']:.2f} s",
+        ),
+        (f"idle CPU, {i['files']} files, inotify", f"{i['inotify']:.2f} %"),
+        (f"idle CPU, {i['files']} files, polling", f"{i['poll']:.2f} %"),
+        (f"peak RSS, {plan['long_seconds']:g} s track: demucs CLI", f"{m['b_cli']:.0f} MiB"),
+        (f"peak RSS, {plan['long_seconds']:g} s track: stemd", f"{m['c_stemd']:.0f} MiB"),
+        (
+            f"hashing {h['bytes'] >> 20} MiB: stemd / sha256sum",
+            f"{h['stemd']:.0f} / {h['sha256sum']:.0f} MB/s ({h['ratio']:.0%})",
+        ),
+    ]
+    head = (
+        f"{plan['short_tracks']} tracks x {plan['short_seconds']:g} s, "
+        f"{r['machine']['cpus']} CPUs, torch {r['machine']['torch']}, "
+        f"{'CUDA' if r['machine']['cuda'] else 'no GPU'} ({r['mode']} run)"
+    )
+    lines = [head, "", "| measure | result |", "| --- | --- |"]
+    lines += [f"| {name} | {value} |" for name, value in rows]
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    main()
