@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import tempfile
 import threading
 import time
 from collections.abc import Callable
@@ -84,32 +85,47 @@ def _run(
     stdin_data: bytes | None = None,
 ) -> subprocess.CompletedProcess[bytes]:
     """Run a child to completion, killing it on time-out (TimeoutExpired) or
-    when `cancelled` turns true (JobCancelled)."""
+    when `cancelled` turns true (JobCancelled).
+
+    With `stdin_data` the child's stdout is discarded (encoders write files):
+    a thread feeds stdin, because `communicate` cannot resume sending input
+    after a time-out (it only registers stdin when given input again, which it
+    then refuses).
+    """
     if cancelled is not None and cancelled():
         raise JobCancelled(f"{command[0]} not started: the job was cancelled")
+    errors = tempfile.TemporaryFile() if stdin_data is not None else None  # noqa: SIM115
     try:
         child = subprocess.Popen(
             command,
             stdin=subprocess.DEVNULL if stdin_data is None else subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
+            stdout=subprocess.PIPE if stdin_data is None else subprocess.DEVNULL,
+            stderr=subprocess.PIPE if errors is None else errors,
             start_new_session=True,
         )
     except FileNotFoundError:
+        if errors is not None:
+            errors.close()
         raise StemdError(
             f"{command[0]} is not installed; install ffmpeg (e.g. apt-get install ffmpeg)"
         ) from None
     with _children_lock:
         _children.add(child)
     deadline = time.monotonic() + timeout
-    pending_input = stdin_data
+    feeder = None
+    if stdin_data is not None:
+        feeder = threading.Thread(target=_feed, args=(child, stdin_data), daemon=True)
+        feeder.start()
+    out, err = b"", b""
     try:
         while True:
             try:
-                out, err = child.communicate(pending_input, timeout=CANCEL_POLL_S)
+                if errors is None:
+                    out, err = child.communicate(timeout=CANCEL_POLL_S)
+                else:
+                    child.wait(CANCEL_POLL_S)
                 break
             except subprocess.TimeoutExpired:
-                pending_input = None  # communicate keeps what it has not written yet
                 if cancelled is not None and cancelled():
                     raise JobCancelled(f"{command[0]} killed: the job was cancelled") from None
                 if time.monotonic() > deadline:
@@ -117,10 +133,25 @@ def _run(
     finally:
         if child.poll() is None:
             child.kill()
-            child.communicate()
+            child.wait()
+        if feeder is not None:
+            feeder.join()  # ends once the child is gone: its writes fail
         with _children_lock:
             _children.discard(child)
+        if errors is not None:
+            errors.seek(0)
+            err = errors.read()
+            errors.close()
     return subprocess.CompletedProcess(command, child.returncode, out, err)
+
+
+def _feed(child: subprocess.Popen[bytes], data: bytes) -> None:
+    assert child.stdin is not None
+    try:
+        child.stdin.write(data)
+        child.stdin.close()
+    except (BrokenPipeError, OSError, ValueError):
+        pass  # the child exited or was killed: its exit status tells
 
 
 def _run_on_input(

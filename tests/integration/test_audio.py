@@ -192,3 +192,11 @@ def test_a_cancelled_job_starts_no_more_ffmpeg(tmp_path: Path) -> None:
     with pytest.raises(JobCancelled):
         decode(song, 44100, 2, cancelled=lambda: True)
     assert kill_children() == 0  # nothing left running
+
+
+def test_a_flac_stem_that_takes_ffmpeg_a_while_is_written_whole(tmp_path: Path) -> None:
+    # longer than one 0.2 s poll of the child: the input must keep flowing
+    path = tmp_path / "long.flac"
+    noise = torch.randn(2, 44100 * 120) * 0.1
+    encode(noise, path, 44100, StemFormat("flac", "s16", 320, "rescale"))
+    assert decode(path, 44100, 2).shape[1] == noise.shape[1]
