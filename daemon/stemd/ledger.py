@@ -368,6 +368,16 @@ class Ledger:
             raise StateError(f"job {job_id} is not in the ledger")
         return _job(row)
 
+    def next_queued(self, exclude: int | None = None) -> JobRecord | None:
+        """The job `claim_next` would take next (but not `exclude`), unclaimed."""
+        with self._lock:
+            row = self._db.execute(
+                "SELECT * FROM jobs WHERE state = ? AND not_before <= ? AND id != ? "
+                "ORDER BY id LIMIT 1",
+                (JobState.QUEUED.value, time.time(), -1 if exclude is None else exclude),
+            ).fetchone()
+        return _job(row) if row else None
+
     def claim_next(self, now: float | None = None) -> JobRecord | None:
         """Take the oldest queued job that is due: queued -> running, attempts + 1."""
         now = time.time() if now is None else now

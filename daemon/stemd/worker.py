@@ -5,6 +5,12 @@ profile), and if that job is already done, give it the existing stems. For each
 queued job: decode -> separate -> encode into a temp folder -> publish -> ledger
 commit -> dispose of the source. The model is only ever used from this thread, so
 the device never runs two jobs at once.
+
+Decoding and encoding overlap the model's work, each on a thread of its own with
+room for one track: while job N separates, the next queued job's input is
+decoded ("decode-ahead"), and job N-1's stems are encoded and published
+("finish-behind"). At most three tracks are in memory: the one decoded ahead,
+the one in the model, the one being written.
 """
 
 from __future__ import annotations
@@ -13,15 +19,19 @@ import logging
 import os
 import threading
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
+
+import torch
 
 from stemd import __version__
 from stemd.audio import StemFormat, decode, encode, probe, stems_to_write
 from stemd.config import Config
 from stemd.crash import crash_point
-from stemd.engine import CancelCheck, Engine, ProgressHook
+from stemd.engine import CancelCheck, Engine, ModelInfo, ProgressHook
 from stemd.errors import InputError, JobCancelled, StemdError
 from stemd.folders import SharedFolders
 from stemd.hashing import sha256_file
@@ -87,49 +97,65 @@ class Rendered:
     folder: PurePosixPath  # the track folder the layout names for it
 
 
-def render_track(
-    engine: Engine,
-    outbox: Outbox,
-    config: Config,
-    request: RenderRequest,
-    progress: ProgressHook | None = None,
-    cancelled: CancelCheck | None = None,
-) -> Rendered:
-    """Decode, separate and encode one track into a sealed temp folder in the outbox.
+@dataclass(frozen=True)
+class Loaded:
+    """An input decoded to the model's rate and channels, checked."""
 
-    The caller publishes it to `folder` (or discards it). Raises InputError for
-    input that cannot be used, JobCancelled when `cancelled` turns true.
-    """
-    info = engine.info
-    probe_info = probe(request.path)
+    wav: torch.Tensor
+    duration: float  # seconds
+
+
+def load_track(
+    info: ModelInfo, config: Config, path: Path, cancelled: CancelCheck | None = None
+) -> Loaded:
+    """Probe and decode; raises InputError for input that cannot be used."""
+    probe_info = probe(path)
     max_duration = config.watch.max_duration
     if probe_info.duration is not None and probe_info.duration > max_duration:
         raise InputError(
-            request.path,
+            path,
             f"{probe_info.duration:.0f}s of audio is over watch.max_duration ({max_duration:g}s)",
         )
-    started = time.monotonic()
-    wav = decode(request.path, info.samplerate, info.audio_channels, probe_info, cancelled)
+    wav = decode(path, info.samplerate, info.audio_channels, probe_info, cancelled)
     duration = wav.shape[-1] / info.samplerate
     if duration > max_duration:
-        raise InputError(request.path, f"{duration:.0f}s is over watch.max_duration")
+        raise InputError(path, f"{duration:.0f}s is over watch.max_duration")
     announced = probe_info.duration
     if probe_info.exact_duration and announced and duration < announced - TRUNCATION_SLACK_S:
         raise InputError(
-            request.path,
+            path,
             f"truncated: it holds {duration:.1f}s of the {announced:.1f}s its header "
             "announces (an interrupted copy?); copy it again",
         )
+    return Loaded(wav, duration)
+
+
+def check_room(info: ModelInfo, outbox: Outbox, config: Config, loaded: Loaded, what: str) -> None:
+    """OutboxFull unless the stems fit. Asked before the separation, not after
+    it: a full share should not cost a separation that has nowhere to go."""
     output = config.output
     stem_count = 2 if output.two_stems else len(info.sources)
-    # before the separation, not after it: a full share should not cost a
-    # separation that has nowhere to go
     outbox.check_space(
-        stems_size_estimate(output, duration, info.samplerate, info.audio_channels, stem_count),
-        request.relative,
+        stems_size_estimate(
+            output, loaded.duration, info.samplerate, info.audio_channels, stem_count
+        ),
+        what,
     )
-    stems = engine.separate(wav, progress=progress, cancelled=cancelled)
-    separated = time.monotonic() - started
+
+
+def write_stems(
+    info: ModelInfo,
+    outbox: Outbox,
+    config: Config,
+    request: RenderRequest,
+    stems: dict[str, torch.Tensor],
+    duration: float,
+    separated: float,
+    progress: ProgressHook | None = None,
+    cancelled: CancelCheck | None = None,
+) -> Rendered:
+    """Encode separated stems into a sealed temp folder in the outbox."""
+    output = config.output
     stems = stems_to_write(stems, output.two_stems)
     fmt = StemFormat(output.format, output.sample_format, output.mp3_bitrate, output.clip)
     names = TrackNames.for_input(info.folder, request.relative, request.sha256)
@@ -165,6 +191,29 @@ def render_track(
     return Rendered(temp, track_folder(output.layout, names))
 
 
+def render_track(
+    engine: Engine,
+    outbox: Outbox,
+    config: Config,
+    request: RenderRequest,
+    progress: ProgressHook | None = None,
+    cancelled: CancelCheck | None = None,
+) -> Rendered:
+    """Decode, separate and encode one track into a sealed temp folder in the outbox.
+
+    The caller publishes it to `folder` (or discards it). Raises InputError for
+    input that cannot be used, JobCancelled when `cancelled` turns true.
+    """
+    started = time.monotonic()
+    loaded = load_track(engine.info, config, request.path, cancelled)
+    check_room(engine.info, outbox, config, loaded, request.relative)
+    stems = engine.separate(loaded.wav, progress=progress, cancelled=cancelled)
+    separated = time.monotonic() - started
+    return write_stems(
+        engine.info, outbox, config, request, stems, loaded.duration, separated, progress, cancelled
+    )
+
+
 class Worker(threading.Thread):
     def __init__(
         self, ledger: Ledger, config: Config, engine: Engine, folders: SharedFolders
@@ -184,6 +233,13 @@ class Worker(threading.Thread):
         self._profile = self._make_profile()
         self._last_progress_write = 0.0
         self._space_waits: dict[int, int] = {}  # job id -> times it found the outbox full
+        self._decoder = ThreadPoolExecutor(1, thread_name_prefix="stemd-decode")
+        self._encoder = ThreadPoolExecutor(1, thread_name_prefix="stemd-encode")
+        self._ahead: tuple[int, FileStat, Future[Loaded]] | None = None  # input id, version
+        self._finishing: Future[None] | None = None
+        # attach-and-reuse (worker) vs complete-and-serve-copies (encoder): one at a
+        # time, or an identical input attached in between could be served twice
+        self._serve_lock = threading.RLock()
         self.failure: BaseException | None = None
         # time.monotonic() of the last sign of life, read by the service's watchdog
         self.heartbeat = time.monotonic()
@@ -235,9 +291,13 @@ class Worker(threading.Thread):
                     continue
                 self.wake.wait(IDLE_WAIT_S)
                 self.wake.clear()
+            self._wait_finishing()  # the last job's stems are published before we stop
         except BaseException as exc:  # the service sees this and stops with an error
             self.failure = exc
             log.critical("the worker stopped on an unexpected error: %s", exc, exc_info=True)
+        finally:
+            self._decoder.shutdown(wait=False, cancel_futures=True)
+            self._encoder.shutdown(wait=True)
 
     def _make_profile(self) -> tuple[str, dict[str, Any]]:
         params = profile_params(self.config, self.engine.info)
@@ -312,6 +372,10 @@ class Worker(threading.Thread):
             self.ledger.finish_input(record.id, InputState.SKIPPED, None, "changed while hashed")
             log.info("%s changed while it was hashed; waiting for it to settle", record.relative)
             return
+        with self._serve_lock:
+            self._attach(record, digest)
+
+    def _attach(self, record: InputRecord, digest: str) -> None:
         key, _params = self._profile
         job = self.ledger.attach(record.id, digest, key, record.relative)
         crash_point("hashed")
@@ -376,7 +440,11 @@ class Worker(threading.Thread):
             self._fail(job, "the source file is gone or changed before it was separated")
             return
         self.current = Current(source.relative, 0.0)
-        temp: Path | None = None
+        info, outbox, config = self.engine.info, self.outbox, self.config
+        key, params = self._profile
+        request = RenderRequest(
+            source.path, source.relative, job.sha256, key, params, f"job{job.id}"
+        )
         try:
             if self._published_before_crash(job, source):
                 return
@@ -387,27 +455,132 @@ class Worker(threading.Thread):
                 job,
                 source.relative,
             )
-            rendered = self._separate_into_temp(job, source)
-            temp = rendered.temp
-            self._publish(job, source, rendered)
-            temp = None
-        except JobCancelled:
+            started = time.monotonic()
+            loaded = self._decoded(source, info, config)
+            self._decode_ahead(job)  # the next job's input, while the model works
+            check_room(info, outbox, config, loaded, source.relative)
+            stems = self.engine.separate(
+                loaded.wav, progress=lambda f: self._progress(job, f), cancelled=self._cancelled
+            )
+            separated = time.monotonic() - started
+            self._finish_behind(
+                job, source, request, stems, (loaded.duration, separated), (info, outbox, config)
+            )
+        except BaseException as err:
+            if not self._job_failed(job, source.relative, err):
+                raise
+        finally:
+            self.current = None
+            self.cancel_requested.clear()
+
+    def _job_failed(self, job: JobRecord, relative: str, err: BaseException) -> bool:
+        """Requeue, retry or fail a job after `err`; False for errors nobody expects."""
+        if isinstance(err, JobCancelled):
             self.ledger.requeue(job.id, None, delay=0.0, count_attempt=False)
-            log.info("%s: interrupted; requeued", source.relative)
-        except InputError as err:
+            log.info("%s: interrupted; requeued", relative)
+        elif isinstance(err, InputError):
             self._fail(job, err.reason)
-        except (StemdError, OSError, RuntimeError, ValueError, MemoryError) as err:
+        elif isinstance(err, StemdError | OSError | RuntimeError | ValueError | MemoryError):
             if self._requeue_if_folder_missing(job):
                 pass
             elif is_disk_full(err):
                 self._wait_for_space(job, err)
             else:
                 self._retry_or_fail(job, f"{type(err).__name__}: {err}")
+        else:
+            return False
+        return True
+
+    # -- decode-ahead and finish-behind -------------------------------------------
+
+    def _decoded(self, source: InputRecord, info: ModelInfo, config: Config) -> Loaded:
+        """The source decoded: by the decode-ahead if it did this very version."""
+        ahead, self._ahead = self._ahead, None
+        if ahead is not None and ahead[:2] == (source.id, source.stat):
+            loaded: Loaded = self._wait(ahead[2])
+            return loaded
+        if ahead is not None:
+            ahead[2].cancel()  # another job came first (a retry, a reload): drop it
+        return load_track(info, config, source.path, self._cancelled)
+
+    def _decode_ahead(self, running: JobRecord) -> None:
+        if self._ahead is not None:
+            return
+        upcoming = self.ledger.next_queued(exclude=running.id)
+        source = self._source_for(upcoming) if upcoming is not None else None
+        if source is None:
+            return
+        future = self._decoder.submit(
+            load_track, self.engine.info, self.config, source.path, self._cancelled
+        )
+        self._ahead = (source.id, source.stat, future)
+
+    def _finish_behind(
+        self,
+        job: JobRecord,
+        source: InputRecord,
+        request: RenderRequest,
+        stems: dict[str, torch.Tensor],
+        timing: tuple[float, float],
+        setup: tuple[ModelInfo, Outbox, Config],
+    ) -> None:
+        """Hand the stems to the encoder thread; wait first for the one before, so
+        only one track is being written at a time."""
+        self._wait_finishing()
+        self._finishing = self._encoder.submit(
+            self._finish, job, source, request, stems, timing, setup
+        )
+
+    def _wait_finishing(self) -> None:
+        if self._finishing is not None:
+            finishing, self._finishing = self._finishing, None
+            self._wait(finishing)
+
+    def _wait(self, future: Future[Any]) -> Any:
+        """A future's result; the worker stays alive (heartbeat) while it waits."""
+        while True:
+            try:
+                return future.result(timeout=IDLE_WAIT_S)
+            except FutureTimeout:
+                self.beat()
+
+    def _finish(
+        self,
+        job: JobRecord,
+        source: InputRecord,
+        request: RenderRequest,
+        stems: dict[str, torch.Tensor],
+        timing: tuple[float, float],
+        setup: tuple[ModelInfo, Outbox, Config],
+    ) -> None:
+        """On the encoder thread: write, publish, commit, dispose."""
+        info, outbox, config = setup
+        duration, separated = timing
+        temp: Path | None = None
+        try:
+            rendered = write_stems(
+                info,
+                outbox,
+                config,
+                request,
+                stems,
+                duration,
+                separated,
+                progress=lambda _f: self.beat(),  # a stem written: alive
+                cancelled=self._cancelled,
+            )
+            temp = rendered.temp
+            crash_point("written")
+            target = outbox.publish(rendered.temp, rendered.folder, job.sha256, job.profile)
+            temp = None
+            crash_point("renamed")
+            self._complete(job, source, rendered.folder, target)
+        except BaseException as err:
+            if not self._job_failed(job, source.relative, err):
+                raise
         finally:
             if temp is not None:
-                self.outbox.discard(temp)
-            self.current = None
-            self.cancel_requested.clear()
+                outbox.discard(temp)
 
     def _requeue_if_folder_missing(self, job: JobRecord) -> bool:
         """A job that failed because the inbox or outbox went away is not at fault:
@@ -452,29 +625,11 @@ class Worker(threading.Thread):
         self._complete(job, source, folder, target)
         return True
 
-    def _separate_into_temp(self, job: JobRecord, source: InputRecord) -> Rendered:
-        key, params = self._profile
-        return render_track(
-            self.engine,
-            self.outbox,
-            self.config,
-            RenderRequest(source.path, source.relative, job.sha256, key, params, f"job{job.id}"),
-            progress=lambda f: self._progress(job, f),
-            cancelled=self._cancelled,
-        )
-
     def _cancelled(self) -> bool:
         """Asked before each chunk: also a sign of life, so the longest silence
         while separating is one forward pass."""
         self.beat()
         return self.cancel_requested.is_set()
-
-    def _publish(self, job: JobRecord, source: InputRecord, rendered: Rendered) -> None:
-        crash_point("written")
-        folder = rendered.folder
-        target = self.outbox.publish(rendered.temp, folder, job.sha256, job.profile)
-        crash_point("renamed")
-        self._complete(job, source, folder, target)
 
     def _complete(
         self,
@@ -484,6 +639,16 @@ class Worker(threading.Thread):
         target: PurePosixPath | None,
     ) -> None:
         """The stems are in place (or skipped): commit, dispose, serve the copies."""
+        with self._serve_lock:
+            self._complete_locked(job, source, folder, target)
+
+    def _complete_locked(
+        self,
+        job: JobRecord,
+        source: InputRecord,
+        folder: PurePosixPath,
+        target: PurePosixPath | None,
+    ) -> None:
         if target is None:
             self.ledger.complete(job.id, source.id, "")
             self.ledger.finish_input(

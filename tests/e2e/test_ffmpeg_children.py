@@ -1,14 +1,12 @@
 """ffmpeg children die with the job: on shutdown after the grace period, and at
 once on a second signal. The job is requeued and finishes after a restart.
 
-ffmpeg is made slow for real: a shim first on the daemon's PATH runs the real
-ffmpeg with `-re` (read the input at its own pace), so decoding a 60 s m4a
-takes 20 s, long enough to be caught in the act.
+ffmpeg is made slow for real (support.processes.slow_ffmpeg): decoding a 20 s
+m4a takes 20 s, long enough to be caught in the act.
 """
 
 from __future__ import annotations
 
-import os
 import shutil
 import signal
 from pathlib import Path
@@ -17,37 +15,8 @@ import pytest
 
 from support.audio import make_tone
 from support.daemon import Daemon, service_config
+from support.processes import children_decoding, slow_ffmpeg
 from support.waiting import wait_until
-
-
-def slow_ffmpeg(folder: Path) -> dict[str, str]:
-    real = shutil.which("ffmpeg")
-    assert real is not None
-    folder.mkdir()
-    shim = folder / "ffmpeg"
-    shim.write_text(f'#!/bin/sh\nexec {real} -re "$@"\n')
-    shim.chmod(0o755)
-    return {"PATH": f"{folder}{os.pathsep}{os.environ['PATH']}"}
-
-
-def children_decoding(parent: int, name: str) -> list[int]:
-    """Pids of ffmpeg processes of `parent` whose command line names `name`."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-            cmdline = (entry / "cmdline").read_bytes().split(b"\0")
-        except OSError:
-            continue
-        if (
-            int(fields[1]) == parent
-            and cmdline[0].endswith(b"ffmpeg")
-            and any(name.encode() in arg for arg in cmdline)
-        ):
-            found.append(int(entry.name))
-    return found
 
 
 @pytest.mark.parametrize(
