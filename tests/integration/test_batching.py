@@ -59,7 +59,7 @@ def mix(seconds: float, seed: int = 0) -> torch.Tensor:
 
 @pytest.mark.parametrize("kind", ["htdemucs", "hdemucs", "bag"])
 @pytest.mark.parametrize("shifts", [0, 2])
-@pytest.mark.parametrize("batch_size", [1, 3])
+@pytest.mark.parametrize("batch_size", [3])  # batch 1: the engine tests' reference runs
 def test_batched_equals_apply_model(
     model_repo: tuple[Path, dict[str, str]],
     monkeypatch: pytest.MonkeyPatch,
