@@ -42,7 +42,9 @@ def test_the_next_input_decodes_and_the_last_stems_encode_while_the_model_works(
         # stems are still being encoded (3 s of FLAC per stem, in real time)
         wait_until(lambda: f"album/{second}.m4a: separating" in daemon.log(), 60, "the second job")
         assert f"album/{first}.m4a: stems in" not in daemon.log()
-        assert children_decoding(pid, "job")  # an encoder ffmpeg writing into job*/
+        # an encoder ffmpeg writing the first job's stems into the outbox's temp folder
+        # (one per stem, with gaps between them: looked for, not sampled once)
+        wait_until(lambda: children_decoding(pid, ".stemd-tmp/job"), 30, "an encoder ffmpeg")
         wait_until(lambda: daemon.status()["counts"]["done"] == 2, 120, "both jobs")
         log = daemon.log()
         assert log.index(f"album/{second}.m4a: separating") < log.index(
