@@ -98,6 +98,22 @@ class Rendered:
 
 
 @dataclass(frozen=True)
+class Separated:
+    """A job's stems, handed to the encoder thread with what writing them needs
+    (the model, outbox and config of the moment: a reload may replace them)."""
+
+    job: JobRecord
+    source: InputRecord
+    request: RenderRequest
+    stems: dict[str, torch.Tensor]
+    duration: float  # seconds of audio
+    separated: float  # seconds from the start of decoding to the end of separation
+    info: ModelInfo
+    outbox: Outbox
+    config: Config
+
+
+@dataclass(frozen=True)
 class Loaded:
     """An input decoded to the model's rate and channels, checked."""
 
@@ -462,9 +478,18 @@ class Worker(threading.Thread):
             stems = self.engine.separate(
                 loaded.wav, progress=lambda f: self._progress(job, f), cancelled=self._cancelled
             )
-            separated = time.monotonic() - started
             self._finish_behind(
-                job, source, request, stems, (loaded.duration, separated), (info, outbox, config)
+                Separated(
+                    job,
+                    source,
+                    request,
+                    stems,
+                    loaded.duration,
+                    time.monotonic() - started,
+                    info,
+                    outbox,
+                    config,
+                )
             )
         except BaseException as err:
             if not self._job_failed(job, source.relative, err):
@@ -515,21 +540,11 @@ class Worker(threading.Thread):
         )
         self._ahead = (source.id, source.stat, future)
 
-    def _finish_behind(
-        self,
-        job: JobRecord,
-        source: InputRecord,
-        request: RenderRequest,
-        stems: dict[str, torch.Tensor],
-        timing: tuple[float, float],
-        setup: tuple[ModelInfo, Outbox, Config],
-    ) -> None:
+    def _finish_behind(self, done: Separated) -> None:
         """Hand the stems to the encoder thread; wait first for the one before, so
         only one track is being written at a time."""
         self._wait_finishing()
-        self._finishing = self._encoder.submit(
-            self._finish, job, source, request, stems, timing, setup
-        )
+        self._finishing = self._encoder.submit(self._finish, done)
 
     def _wait_finishing(self) -> None:
         if self._finishing is not None:
@@ -544,28 +559,19 @@ class Worker(threading.Thread):
             except FutureTimeout:
                 self.beat()
 
-    def _finish(
-        self,
-        job: JobRecord,
-        source: InputRecord,
-        request: RenderRequest,
-        stems: dict[str, torch.Tensor],
-        timing: tuple[float, float],
-        setup: tuple[ModelInfo, Outbox, Config],
-    ) -> None:
+    def _finish(self, done: Separated) -> None:
         """On the encoder thread: write, publish, commit, dispose."""
-        info, outbox, config = setup
-        duration, separated = timing
+        job, source, outbox = done.job, done.source, done.outbox
         temp: Path | None = None
         try:
             rendered = write_stems(
-                info,
+                done.info,
                 outbox,
-                config,
-                request,
-                stems,
-                duration,
-                separated,
+                done.config,
+                done.request,
+                done.stems,
+                done.duration,
+                done.separated,
                 progress=lambda _f: self.beat(),  # a stem written: alive
                 cancelled=self._cancelled,
             )
@@ -640,41 +646,32 @@ class Worker(threading.Thread):
     ) -> None:
         """The stems are in place (or skipped): commit, dispose, serve the copies."""
         with self._serve_lock:
-            self._complete_locked(job, source, folder, target)
-
-    def _complete_locked(
-        self,
-        job: JobRecord,
-        source: InputRecord,
-        folder: PurePosixPath,
-        target: PurePosixPath | None,
-    ) -> None:
-        if target is None:
-            self.ledger.complete(job.id, source.id, "")
-            self.ledger.finish_input(
-                source.id,
-                InputState.SKIPPED,
-                None,
-                f"{folder} exists and output.on_conflict is skip",
-            )
-            log.warning(
-                "%s: %s exists; not written (output.on_conflict: skip)", source.relative, folder
-            )
-        else:
-            self.ledger.complete(job.id, source.id, target.as_posix())
-            job_event(
-                logging.INFO,
-                "done",
-                f"{source.relative}: stems in {target}",
-                job,
-                source.relative,
-            )
-        crash_point("committed")
-        self._dispose(source, success=True)
-        published = self.ledger.get_job(job.id)  # now with its output folder
-        for other in self.ledger.inputs_of(job.id):
-            if other.state is InputState.ATTACHED:
-                self._reuse(other.id, published)
+            if target is None:
+                self.ledger.complete(job.id, source.id, "")
+                self.ledger.finish_input(
+                    source.id,
+                    InputState.SKIPPED,
+                    None,
+                    f"{folder} exists and output.on_conflict is skip",
+                )
+                log.warning(
+                    "%s: %s exists; not written (output.on_conflict: skip)", source.relative, folder
+                )
+            else:
+                self.ledger.complete(job.id, source.id, target.as_posix())
+                job_event(
+                    logging.INFO,
+                    "done",
+                    f"{source.relative}: stems in {target}",
+                    job,
+                    source.relative,
+                )
+            crash_point("committed")
+            self._dispose(source, success=True)
+            published = self.ledger.get_job(job.id)  # now with its output folder
+            for other in self.ledger.inputs_of(job.id):
+                if other.state is InputState.ATTACHED:
+                    self._reuse(other.id, published)
 
     def _fail(self, job: JobRecord, reason: str) -> None:
         failed_inputs = self.ledger.fail(job.id, reason)
