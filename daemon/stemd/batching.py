@@ -133,12 +133,12 @@ def separate_batched(
         members = list(zip(model.models, model.weights, strict=True))
     else:
         members = [(model, None)]
-    plans = []  # drawn first, in apply_model's order: model by model, shift by shift
+    plans = []  # offsets drawn first, in apply_model's order: model by model, shift by shift
     for member, weights in members:
-        plans.append((member, weights, _windows(member, mix.shape[-1], shifts, rng)))
-    total = sum(
-        len(plan_chunks(member, windows, segment, overlap)) for member, _w, (_s, windows) in plans
-    )
+        offsets, windows = _windows(member, mix.shape[-1], shifts, rng)
+        chunks = plan_chunks(member, windows, segment, overlap)
+        plans.append((member, weights, offsets, windows, chunks))
+    total = sum(len(chunks) for *_rest, chunks in plans)
     done = 0
 
     def counted(n: int) -> None:
@@ -149,9 +149,9 @@ def separate_batched(
 
     estimates: torch.Tensor | None = None
     totals = [0.0] * len(model.sources)
-    for member, weights, (offsets, windows) in plans:
+    for member, weights, offsets, windows, chunks in plans:
         out = _apply_one(
-            member, mix, offsets, windows, forward, batch_size, overlap, segment, counted
+            member, mix, offsets, windows, chunks, forward, batch_size, segment, counted
         )
         if weights is None:
             return out
@@ -181,9 +181,9 @@ def _apply_one(
     mix: torch.Tensor,
     offsets: list[int],
     windows: list[tuple[int, int]],
+    chunks: list[Chunk],
     forward: Forward,
     batch_size: int,
-    overlap: float,
     segment: float | None,
     counted: Callable[[int], None],
 ) -> torch.Tensor:
@@ -197,7 +197,6 @@ def _apply_one(
     max_shift = int(0.5 * model.samplerate)
     # with shifts, apply_model's TensorChunk(mix).padded(length + 2 * max_shift)
     source = padded_slice(mix, -max_shift, length + 2 * max_shift) if offsets else mix
-    chunks = plan_chunks(model, windows, segment, overlap)
     segment_s = model.segment if segment is None else segment
     weight = triangle_weight(int(model.samplerate * segment_s))
     shape = (1, len(model.sources), mix.shape[1])
