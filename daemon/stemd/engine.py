@@ -201,12 +201,15 @@ class Engine:
                 f"{segment}s is longer than {self.config.name} was trained for; at most {limit:g}s",
             )
 
+    def _first_model(self) -> Any:
+        """The model itself, or the first of a bag."""
+        return self.model.models[0] if isinstance(self.model, BagOfModels) else self.model
+
     def _segment_samples(self) -> int:
-        """Chunk length in samples, as apply_model computes it (for progress)."""
+        """Chunk length in samples, as apply_model computes it."""
         if self.config.segment is not None:
             return int(self.config.segment * self.info.samplerate)
-        first: Any = self.model.models[0] if isinstance(self.model, BagOfModels) else self.model
-        return int(float(first.segment) * self.info.samplerate)
+        return int(float(self._first_model().segment) * self.info.samplerate)
 
     @contextlib.contextmanager
     def _precision(self) -> Iterator[None]:
@@ -234,13 +237,11 @@ class Engine:
 
     def _measure_cuda_batch(self) -> int:
         """Run one chunk and see what it costs; fill a share of what is free."""
-        first: Any = self.model.models[0] if isinstance(self.model, BagOfModels) else self.model
-        length = self._segment_samples()
-        probe = torch.zeros(1, self.info.audio_channels, length)
+        probe = torch.zeros(1, self.info.audio_channels, self._segment_samples())
         torch.cuda.synchronize(self.device)
         torch.cuda.reset_peak_memory_stats(self.device)
         before = torch.cuda.memory_allocated(self.device)
-        self._run_on_device(first, probe)
+        self._run_on_device(self._first_model(), probe)
         per_chunk = max(1, torch.cuda.max_memory_allocated(self.device) - before)
         free, _total = torch.cuda.mem_get_info(self.device)
         return max(1, min(AUTO_MAX_BATCH, int(free * AUTO_MEMORY_SHARE / per_chunk)))
@@ -281,9 +282,9 @@ class Engine:
             self.device,
         )
         self.device = torch.device("cpu")
-        self.model.to(self.device)
+        self.model.to(self.device)  # `model` is it, or one of its bag
         self.info = replace(self.info, device="cpu")
-        return self._run_on_device(model.to(self.device), batch)
+        return self._run_on_device(model, batch)
 
     def separate(
         self,
