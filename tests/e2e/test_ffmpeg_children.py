@@ -15,7 +15,7 @@ import pytest
 
 from support.audio import make_tone
 from support.daemon import Daemon, service_config
-from support.processes import children_decoding, slow_ffmpeg
+from support.processes import ffmpeg_children, slow_ffmpeg
 from support.waiting import wait_until
 
 
@@ -35,7 +35,7 @@ def test_shutdown_kills_a_running_ffmpeg_and_requeues_its_job(
         shutil.copyfile(song, tmp_path / "inbox" / "long.m4a")
         assert daemon.process is not None
         ffmpeg = wait_until(
-            lambda: children_decoding(daemon.process.pid, "long.m4a"), 60, "ffmpeg decoding"
+            lambda: ffmpeg_children(daemon.process.pid, "long.m4a"), 60, "ffmpeg decoding"
         )
         daemon.signal(signal.SIGTERM)
         if signals == 2:

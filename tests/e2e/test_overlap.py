@@ -11,7 +11,7 @@ from pathlib import Path
 
 from support.audio import make_tone
 from support.blocking_model import gated_daemon
-from support.processes import children_decoding, slow_ffmpeg
+from support.processes import ffmpeg_children, slow_ffmpeg
 from support.waiting import wait_until
 
 
@@ -35,7 +35,7 @@ def test_the_next_input_decodes_and_the_last_stems_encode_while_the_model_works(
         first, second = ("a", "b") if "album/a.m4a: separating" in log else ("b", "a")
         # decode-ahead: the second input is being decoded while the first is in the model
         wait_until(
-            lambda: children_decoding(pid, f"{second}.m4a"), 30, f"{second}.m4a decoding ahead"
+            lambda: ffmpeg_children(pid, f"{second}.m4a"), 30, f"{second}.m4a decoding ahead"
         )
         (gate / "open").touch()
         # finish-behind: the second job enters the model while the first one's
@@ -44,7 +44,7 @@ def test_the_next_input_decodes_and_the_last_stems_encode_while_the_model_works(
         assert f"album/{first}.m4a: stems in" not in daemon.log()
         # an encoder ffmpeg writing the first job's stems into the outbox's temp folder
         # (one per stem, with gaps between them: looked for, not sampled once)
-        wait_until(lambda: children_decoding(pid, ".stemd-tmp/job"), 30, "an encoder ffmpeg")
+        wait_until(lambda: ffmpeg_children(pid, ".stemd-tmp/job"), 30, "an encoder ffmpeg")
         wait_until(lambda: daemon.status()["counts"]["done"] == 2, 120, "both jobs")
         log = daemon.log()
         assert log.index(f"album/{second}.m4a: separating") < log.index(

@@ -22,7 +22,7 @@ def slow_ffmpeg(folder: Path) -> dict[str, str]:
     return {"PATH": f"{folder}{os.pathsep}{os.environ['PATH']}"}
 
 
-def children_decoding(parent: int, name: str) -> list[int]:
+def ffmpeg_children(parent: int, name: str) -> list[int]:
     """Pids of ffmpeg processes of `parent` whose command line names `name`."""
     found = []
     for entry in Path("/proc").iterdir():
