@@ -333,6 +333,9 @@ class Worker(threading.Thread):
                 new = new.model_copy(update={"model": self.config.model})
             else:
                 self.engine = engine
+        if self._ahead is not None:  # decoded under the old settings (rate, max_duration)
+            self._ahead[2].cancel()
+            self._ahead = None
         self.config = new
         self.outbox = Outbox(new.outbox, new.output)
         self._profile = self._make_profile()

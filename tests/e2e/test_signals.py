@@ -76,6 +76,38 @@ def test_sighup_keeps_queued_jobs_and_restarts_the_watcher_only_for_watch_change
         daemon.kill()
 
 
+def test_a_reload_between_jobs_applies_to_the_input_already_decoded_ahead(
+    tmp_path: Path,
+) -> None:
+    daemon, config, gate = gated_daemon(tmp_path)
+    album = tmp_path / "album"
+    make_tone(album / "a.wav", 6.0, frequency=300)
+    make_tone(album / "b.wav", 6.0, frequency=400)
+    daemon.start()
+    try:
+        daemon.wait_ready()
+        album.rename(tmp_path / "inbox" / "album")  # both queued before the first starts
+        wait_until((gate / "entered").exists, 60, "the first job in the model")
+        first, second = ("a", "b") if "album/a.wav: separating" in daemon.log() else ("b", "a")
+        # While the first is in the model, the second is decoded ahead under the
+        # old max_duration (2 h). A reload lowers it to 3 s before the second starts.
+        settings = yaml.safe_load(config.read_text())
+        settings["watch"]["max_duration"] = "3s"
+        write_config(config, settings)
+        daemon.signal(signal.SIGHUP)
+        wait_until(lambda: "configuration reloaded" in daemon.log(), 30, "the reload")
+        (gate / "open").touch()
+        wait_until(lambda: daemon.status()["counts"]["failed"] == 1, 60, "the second refused")
+        assert daemon.status()["counts"]["done"] == 1  # the first ran under its old config
+        log = daemon.log()
+        assert f"album/{first}.wav: stems in" in log
+        assert f"album/{second}.wav: 6s of audio is over watch.max_duration (3s)" in log
+        assert daemon.stop() == 0
+    finally:
+        (gate / "open").touch()
+        daemon.kill()
+
+
 def test_a_second_sigterm_cancels_the_running_job_at_once(tmp_path: Path) -> None:
     daemon, _config, gate = gated_daemon(tmp_path, shutdown_grace="10m")
     (gate / "open").touch()
