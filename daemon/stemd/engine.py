@@ -29,7 +29,7 @@ from demucs.apply import BagOfModels
 from demucs.htdemucs import HTDemucs
 from demucs.pretrained import get_model
 
-from stemd.batching import separate_batched
+from stemd.batching import model_valid_length, separate_batched
 from stemd.config import ModelConfig
 from stemd.errors import ConfigError, JobCancelled, ModelError
 
@@ -285,6 +285,29 @@ class Engine:
         self.model.to(self.device)  # `model` is it, or one of its bag
         self.info = replace(self.info, device="cpu")
         return self._run_on_device(model, batch)
+
+    def warm_up(self, stop: CancelCheck | None = None) -> float:
+        """One forward pass of silence through each model, at the size real chunks
+        have; the seconds it took.
+
+        A model's first pass costs far more than later ones (on CPU: oneDNN builds
+        its kernels and the allocator grows; on CUDA: cuDNN benchmarks its kernels,
+        and auto batch_size is measured). A preloaded model takes that cost when it
+        is loaded, not in the first track's separation.
+        """
+        started = time.monotonic()
+        batch = self.batch_size()
+        models: list[Any] = (
+            list(self.model.models) if isinstance(self.model, BagOfModels) else [self.model]
+        )
+        for model in models:
+            if stop is not None and stop():
+                break
+            segment = self.config.segment or float(model.segment)  # as plan_chunks has it
+            length = int(segment * self.info.samplerate)
+            valid = model_valid_length(model, length, self.config.segment)
+            self._forward(model, torch.zeros(batch, self.info.audio_channels, valid))
+        return time.monotonic() - started
 
     def separate(
         self,

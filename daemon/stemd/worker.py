@@ -284,6 +284,7 @@ class Worker(threading.Thread):
     def run(self) -> None:
         away = False
         try:
+            self._warm_up()
             self.dispose_leftovers()
             while not self.stop_requested.is_set():
                 self.beat()
@@ -315,6 +316,17 @@ class Worker(threading.Thread):
             self._decoder.shutdown(wait=False, cancel_futures=True)
             self._encoder.shutdown(wait=True)
 
+    def _warm_up(self) -> None:
+        """The model's costly first pass, before any job is timed by it."""
+        try:
+            seconds = self.engine.warm_up(stop=self.stop_requested.is_set)
+        except (RuntimeError, MemoryError) as err:  # a job would meet it too, and say so
+            log.warning("model %s: the warm-up pass failed: %s", self.engine.info.name, err)
+            return
+        finally:
+            self.beat()
+        log.info("model %s warmed up in %.1fs", self.engine.info.name, seconds)
+
     def _make_profile(self) -> tuple[str, dict[str, Any]]:
         params = profile_params(self.config, self.engine.info)
         return profile_key(params), params
@@ -333,6 +345,7 @@ class Worker(threading.Thread):
                 new = new.model_copy(update={"model": self.config.model})
             else:
                 self.engine = engine
+                self._warm_up()
         if self._ahead is not None:  # decoded under the old settings (rate, max_duration)
             self._ahead[2].cancel()
             self._ahead = None

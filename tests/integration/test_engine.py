@@ -152,3 +152,36 @@ def test_out_of_memory_halves_the_batch_and_keeps_going(
         "out of memory with 4 chunks per pass on cpu; using 2 from now on",
         "out of memory with 2 chunks per pass on cpu; using 1 from now on",
     ]
+
+
+def test_the_warm_up_runs_each_model_once_at_the_shape_of_real_chunks(
+    model_repo: tuple[Path, dict[str, str]],
+) -> None:
+    repo, names = model_repo
+    engine = Engine(ModelConfig(name=names["bag"], repo=repo, device="cpu", shifts=0))
+    assert isinstance(engine.model, BagOfModels)
+    shapes: dict[int, list[tuple[int, ...]]] = {i: [] for i in range(len(engine.model.models))}
+    for i, model in enumerate(engine.model.models):
+        model.register_forward_pre_hook(
+            lambda _m, args, i=i: shapes[i].append(tuple(args[0].shape))  # type: ignore[misc]
+        )
+    assert engine.warm_up() > 0
+    warm = {i: list(seen) for i, seen in shapes.items()}
+    assert all(len(seen) == 1 for seen in warm.values()), warm
+    engine.separate(mix(20.0))  # several full-length chunks per model
+    for i, seen in shapes.items():
+        assert seen[0] in seen[1:], f"model {i}: warmed at {seen[0]}, ran {seen[1:]}"
+
+
+def test_the_warm_up_finds_the_batch_that_fits_before_the_first_track(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    name = build_capped_repo(tmp_path)
+    monkeypatch.setenv("STEMD_TEST_MEMORY_CAP", "2")
+    engine = Engine(ModelConfig(name=name, repo=tmp_path, device="cpu", shifts=0, batch_size=4))
+    with caplog.at_level(logging.WARNING, logger="stemd"):
+        engine.warm_up()
+    assert engine.batch_size() == 2
+    assert [r.getMessage() for r in caplog.records] == [
+        "out of memory with 4 chunks per pass on cpu; using 2 from now on"
+    ]

@@ -3,6 +3,7 @@
 It is a real HTDemucs, saved into a local model repo and loaded by demucs' own
 code in the daemon. While the gate folder named by $STEMD_TEST_GATE has no
 `open` file in it, forward() marks `entered` and waits (bounded) for it to appear.
+Silence passes the gate: it is the daemon's warm-up pass, not a track.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ MAX_HANG_S = 600.0
 class GatedHTDemucs(HTDemucs):
     def forward(self, mix: torch.Tensor) -> torch.Tensor:
         gate = os.environ.get(GATE_ENV)
-        if gate:
+        if gate and bool(mix.any()):
             folder = Path(gate)
             deadline = time.monotonic() + MAX_HANG_S
             while not (folder / "open").exists() and time.monotonic() < deadline:
