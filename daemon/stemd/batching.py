@@ -158,7 +158,7 @@ def separate_batched(
         for k, weight in enumerate(weights):
             out[:, k, :, :] *= weight
             totals[k] += weight
-        estimates = out if estimates is None else estimates + out
+        estimates = out if estimates is None else estimates.add_(out)
     assert estimates is not None
     for k in range(estimates.shape[1]):
         estimates[:, k, :, :] /= totals[k]
@@ -229,7 +229,9 @@ def _apply_one(
                     averaged = out
                     continue
                 part = out[..., max_shift - offsets[chunk.shift] :]
-                averaged = part.clone() if averaged is None else averaged.add_(part)
+                # the first window's buffer becomes the sum (it is not read again): on
+                # a long track a copy would be one more full set of stems in memory
+                averaged = part if averaged is None else averaged.add_(part)
         counted(len(run))
     assert averaged is not None and not live
-    return averaged / len(offsets) if offsets else averaged
+    return averaged.div_(len(offsets)) if offsets else averaged

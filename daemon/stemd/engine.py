@@ -343,5 +343,5 @@ class Engine:
             segment=self.config.segment,
             on_batch=on_batch,
         )
-        out = out * std + mean
+        out.mul_(std).add_(mean)  # in place: a long track's stems are gigabytes
         return dict(zip(self.info.sources, out[0], strict=True))
