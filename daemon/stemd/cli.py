@@ -110,6 +110,9 @@ def use_model_cache(config: Config) -> None:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    from stemd.allocator import tune_for_model
+
+    malloc = tune_for_model()  # first: before any thread starts
     from stemd.logs import setup_logging
 
     config, path = _config(args)
@@ -118,6 +121,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     from stemd.service import Service
 
     log.info("stemd %s starting with %s", __version__, path)
+    if malloc is not None:
+        log.info("%s", malloc)
     return Service(config, path).run()
 
 
@@ -150,6 +155,9 @@ def _separate_overrides(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
 
 
 def cmd_separate(args: argparse.Namespace) -> int:
+    from stemd.allocator import tune_for_model
+
+    tune_for_model()  # as `stemd run` does: the model's passes reuse their memory
     from tqdm import tqdm
 
     from stemd.errors import InputError

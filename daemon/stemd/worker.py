@@ -28,6 +28,7 @@ from typing import Any
 import torch
 
 from stemd import __version__
+from stemd.allocator import release_free_memory
 from stemd.audio import StemFormat, decode, encode, probe, stems_to_write
 from stemd.config import Config
 from stemd.crash import crash_point
@@ -253,6 +254,7 @@ class Worker(threading.Thread):
         self._encoder = ThreadPoolExecutor(1, thread_name_prefix="stemd-encode")
         self._ahead: tuple[int, FileStat, Future[Loaded]] | None = None  # input id, version
         self._finishing: Future[None] | None = None
+        self._holding_memory = True  # the warm-up's, then each job's (see _release_memory)
         # attach-and-reuse (worker) vs complete-and-serve-copies (encoder): one at a
         # time, or an identical input attached in between could be served twice
         self._serve_lock = threading.RLock()
@@ -305,7 +307,9 @@ class Worker(threading.Thread):
                 if job is not None:
                     crash_point("claimed")
                     self._run_job(job)
+                    self._holding_memory = True
                     continue
+                self._release_memory()
                 self.wake.wait(IDLE_WAIT_S)
                 self.wake.clear()
             self._wait_finishing()  # the last job's stems are published before we stop
@@ -315,6 +319,16 @@ class Worker(threading.Thread):
         finally:
             self._decoder.shutdown(wait=False, cancel_futures=True)
             self._encoder.shutdown(wait=True)
+
+    def _release_memory(self) -> None:
+        """The queue is empty: once the last stems are written, hand the memory the
+        model's passes kept for reuse (stemd.allocator) back to the system."""
+        if not self._holding_memory:
+            return
+        self._wait_finishing()
+        self._holding_memory = False
+        if release_free_memory():
+            log.debug("idle: free memory handed back to the system")
 
     def _warm_up(self) -> None:
         """The model's costly first pass, before any job is timed by it."""
