@@ -206,6 +206,17 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def settled(pid: int, window: float = 2.0, share: float = 0.02, timeout: float = 300) -> None:
+    """Wait until a process uses under `share` of a core over `window` seconds."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        before = cpu_seconds(pid)
+        time.sleep(window)  # the measuring window itself
+        if cpu_seconds(pid) - before < share * window:
+            return
+    raise RuntimeError(f"pid {pid} still busy after {timeout:.0f}s")
+
+
 def idle_cpu(root: Path, mode: str, plan: Plan) -> float:
     """Percent of one core used by an idle daemon watching `plan.idle_files` files."""
     repo = root / "tiny-models"
@@ -225,7 +236,7 @@ def idle_cpu(root: Path, mode: str, plan: Plan) -> float:
         daemon.wait_ready(120)
         assert daemon.process is not None
         pid = daemon.process.pid
-        time.sleep(5)  # let the startup scan finish before measuring what idling costs
+        settled(pid)  # the startup scan and warm-up are done: measure idling alone
         before, started = cpu_seconds(pid), time.monotonic()
         time.sleep(plan.idle_seconds)
         used = cpu_seconds(pid) - before
