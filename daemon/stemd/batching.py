@@ -53,6 +53,11 @@ class Chunk:
     valid_length: int  # the padded input's length, as the model wants it
 
 
+def segment_length(model: Any, segment: float | None) -> int:
+    """A chunk's length in samples: `segment` seconds, or the model's own."""
+    return int(model.samplerate * (model.segment if segment is None else segment))
+
+
 def model_valid_length(model: Any, length: int, segment: float | None) -> int:
     """The input length apply_model pads a chunk of `length` to."""
     if isinstance(model, HTDemucs) and segment is not None:
@@ -87,13 +92,12 @@ def plan_chunks(
     overlap: float,
 ) -> list[Chunk]:
     """Every chunk of every window, in apply_model's order."""
-    segment_s = model.segment if segment is None else segment
-    segment_length = int(model.samplerate * segment_s)
-    stride = int((1 - overlap) * segment_length)
+    chunk_length = segment_length(model, segment)
+    stride = int((1 - overlap) * chunk_length)
     chunks = []
     for shift, (window_start, window_length) in enumerate(windows):
         for offset in range(0, window_length, stride):
-            length = min(window_length - offset, segment_length)
+            length = min(window_length - offset, chunk_length)
             valid = model_valid_length(model, length, segment)
             start = window_start + offset - (valid - length) // 2
             chunks.append(Chunk(shift, offset, length, start, valid))
@@ -197,8 +201,7 @@ def _apply_one(
     max_shift = int(0.5 * model.samplerate)
     # with shifts, apply_model's TensorChunk(mix).padded(length + 2 * max_shift)
     source = padded_slice(mix, -max_shift, length + 2 * max_shift) if offsets else mix
-    segment_s = model.segment if segment is None else segment
-    weight = triangle_weight(int(model.samplerate * segment_s))
+    weight = triangle_weight(segment_length(model, segment))
     shape = (1, len(model.sources), mix.shape[1])
     left = [0] * len(windows)  # chunks still to come, per window
     for chunk in chunks:

@@ -29,7 +29,7 @@ from demucs.apply import BagOfModels
 from demucs.htdemucs import HTDemucs
 from demucs.pretrained import get_model
 
-from stemd.batching import model_valid_length, separate_batched
+from stemd.batching import model_valid_length, segment_length, separate_batched
 from stemd.config import ModelConfig
 from stemd.errors import ConfigError, JobCancelled, ModelError
 
@@ -205,12 +205,6 @@ class Engine:
         """The model itself, or the first of a bag."""
         return self.model.models[0] if isinstance(self.model, BagOfModels) else self.model
 
-    def _segment_samples(self) -> int:
-        """Chunk length in samples, as apply_model computes it."""
-        if self.config.segment is not None:
-            return int(self.config.segment * self.info.samplerate)
-        return int(float(self._first_model().segment) * self.info.samplerate)
-
     @contextlib.contextmanager
     def _precision(self) -> Iterator[None]:
         dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(self.config.precision)
@@ -237,7 +231,8 @@ class Engine:
 
     def _measure_cuda_batch(self) -> int:
         """Run one chunk and see what it costs; fill a share of what is free."""
-        probe = torch.zeros(1, self.info.audio_channels, self._segment_samples())
+        length = segment_length(self._first_model(), self.config.segment)
+        probe = torch.zeros(1, self.info.audio_channels, length)
         torch.cuda.synchronize(self.device)
         torch.cuda.reset_peak_memory_stats(self.device)
         before = torch.cuda.memory_allocated(self.device)
@@ -303,8 +298,7 @@ class Engine:
         for model in models:
             if stop is not None and stop():
                 break
-            segment = self.config.segment or float(model.segment)  # as plan_chunks has it
-            length = int(segment * self.info.samplerate)
+            length = segment_length(model, self.config.segment)
             valid = model_valid_length(model, length, self.config.segment)
             self._forward(model, torch.zeros(batch, self.info.audio_channels, valid))
         return time.monotonic() - started
