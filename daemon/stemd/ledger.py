@@ -31,6 +31,8 @@ SCHEMA_VERSION = 1
 LEDGER_FILE = "ledger.sqlite"  # inside state_dir
 LOCK_FILE = "stemd.lock"  # inside state_dir: held by the one daemon using it
 BUSY_TIMEOUT_S = 10.0
+# the oldest queued job that is due: what the worker claims next
+NEXT_DUE_JOB = "SELECT * FROM jobs WHERE state = ? AND not_before <= ? ORDER BY id LIMIT 1"
 
 
 class JobState(StrEnum):
@@ -368,24 +370,17 @@ class Ledger:
             raise StateError(f"job {job_id} is not in the ledger")
         return _job(row)
 
-    def next_queued(self, exclude: int | None = None) -> JobRecord | None:
-        """The job `claim_next` would take next (but not `exclude`), unclaimed."""
+    def next_queued(self) -> JobRecord | None:
+        """The job `claim_next` would take now, left unclaimed."""
         with self._lock:
-            row = self._db.execute(
-                "SELECT * FROM jobs WHERE state = ? AND not_before <= ? AND id != ? "
-                "ORDER BY id LIMIT 1",
-                (JobState.QUEUED.value, time.time(), -1 if exclude is None else exclude),
-            ).fetchone()
+            row = self._db.execute(NEXT_DUE_JOB, (JobState.QUEUED.value, time.time())).fetchone()
         return _job(row) if row else None
 
     def claim_next(self, now: float | None = None) -> JobRecord | None:
         """Take the oldest queued job that is due: queued -> running, attempts + 1."""
         now = time.time() if now is None else now
         with self._tx() as db:
-            row = db.execute(
-                "SELECT * FROM jobs WHERE state = ? AND not_before <= ? ORDER BY id LIMIT 1",
-                (JobState.QUEUED.value, now),
-            ).fetchone()
+            row = db.execute(NEXT_DUE_JOB, (JobState.QUEUED.value, now)).fetchone()
             if row is None:
                 return None
             db.execute(

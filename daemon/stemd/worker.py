@@ -122,6 +122,15 @@ class Loaded:
     duration: float  # seconds
 
 
+@dataclass(frozen=True)
+class DecodedAhead:
+    """The next queued input, decoding on the decoder thread: this version of it."""
+
+    input_id: int
+    stat: FileStat
+    loaded: Future[Loaded]
+
+
 def load_track(
     info: ModelInfo, config: Config, path: Path, cancelled: CancelCheck | None = None
 ) -> Loaded:
@@ -252,7 +261,7 @@ class Worker(threading.Thread):
         self._space_waits: dict[int, int] = {}  # job id -> times it found the outbox full
         self._decoder = ThreadPoolExecutor(1, thread_name_prefix="stemd-decode")
         self._encoder = ThreadPoolExecutor(1, thread_name_prefix="stemd-encode")
-        self._ahead: tuple[int, FileStat, Future[Loaded]] | None = None  # input id, version
+        self._ahead: DecodedAhead | None = None
         self._finishing: Future[None] | None = None
         self._holding_memory = True  # the warm-up's, then each job's (see _release_memory)
         # attach-and-reuse (worker) vs complete-and-serve-copies (encoder): one at a
@@ -360,9 +369,7 @@ class Worker(threading.Thread):
             else:
                 self.engine = engine
                 self._warm_up()
-        if self._ahead is not None:  # decoded under the old settings (rate, max_duration)
-            self._ahead[2].cancel()
-            self._ahead = None
+        self._drop_ahead()  # decoded under the old settings (rate, max_duration)
         self.config = new
         self.outbox = Outbox(new.outbox, new.output)
         self._profile = self._make_profile()
@@ -503,7 +510,7 @@ class Worker(threading.Thread):
             )
             started = time.monotonic()
             loaded = self._decoded(source, info, config)
-            self._decode_ahead(job)  # the next job's input, while the model works
+            self._decode_ahead()  # the next job's input, while the model works
             check_room(info, outbox, config, loaded, source.relative)
             stems = self.engine.separate(
                 loaded.wav, progress=lambda f: self._progress(job, f), cancelled=self._cancelled
@@ -550,25 +557,31 @@ class Worker(threading.Thread):
 
     def _decoded(self, source: InputRecord, info: ModelInfo, config: Config) -> Loaded:
         """The source decoded: by the decode-ahead if it did this very version."""
-        ahead, self._ahead = self._ahead, None
-        if ahead is not None and ahead[:2] == (source.id, source.stat):
-            loaded: Loaded = self._wait(ahead[2])
+        ahead = self._ahead
+        if ahead is not None and (ahead.input_id, ahead.stat) == (source.id, source.stat):
+            self._ahead = None
+            loaded: Loaded = self._wait(ahead.loaded)
             return loaded
-        if ahead is not None:
-            ahead[2].cancel()  # another job came first (a retry, a reload): drop it
+        self._drop_ahead()  # another job came first (a retry, a reload)
         return load_track(info, config, source.path, self._cancelled)
 
-    def _decode_ahead(self, running: JobRecord) -> None:
+    def _decode_ahead(self) -> None:
         if self._ahead is not None:
             return
-        upcoming = self.ledger.next_queued(exclude=running.id)
+        upcoming = self.ledger.next_queued()  # the running job is claimed: not among them
         source = self._source_for(upcoming) if upcoming is not None else None
         if source is None:
             return
         future = self._decoder.submit(
             load_track, self.engine.info, self.config, source.path, self._cancelled
         )
-        self._ahead = (source.id, source.stat, future)
+        self._ahead = DecodedAhead(source.id, source.stat, future)
+
+    def _drop_ahead(self) -> None:
+        """Forget the input decoded ahead (if still queued, it is not started)."""
+        if self._ahead is not None:
+            self._ahead.loaded.cancel()
+            self._ahead = None
 
     def _finish_behind(self, done: Separated) -> None:
         """Hand the stems to the encoder thread; wait first for the one before, so
