@@ -14,8 +14,8 @@ free memory back to the system when the queue runs dry (`release_free_memory`),
 so an idle daemon is small again.
 
 Measured on the project's 2-core CPU, a full-size HTDemucs separating 15 s of
-audio: 10.0-11.7 s and 1.5-2.2 million faults with glibc's defaults; 7.9-8.7 s
-and under 40 000 faults tuned (tests/bench's floor uses the same setting).
+audio: 10.0-11.7 s and 1.5-2.2 million faults with glibc's defaults; 7.7-8.7 s
+and under 42 000 faults tuned (tests/bench's floor uses the same setting).
 
 Anyone who sets glibc's own knobs (MALLOC_ARENA_MAX, GLIBC_TUNABLES, ...) keeps
 them: stemd then changes nothing. On a libc without mallopt (musl) it is a no-op.
@@ -24,6 +24,7 @@ them: stemd then changes nothing. On a libc without mallopt (musl) it is a no-op
 from __future__ import annotations
 
 import ctypes
+import functools
 import os
 
 M_TRIM_THRESHOLD = -1  # glibc's malloc.h
@@ -39,6 +40,7 @@ USER_SETTINGS = (
 )
 
 
+@functools.cache
 def _libc() -> ctypes.CDLL | None:
     try:
         libc = ctypes.CDLL(None)  # the C library this process already uses
@@ -51,11 +53,8 @@ def _libc() -> ctypes.CDLL | None:
 
 def tune_for_model() -> str | None:
     """Apply the settings above; what was done, for the log (None: nothing)."""
-    chosen = [name for name in USER_SETTINGS if name in os.environ]
-    if chosen:
-        return None
     libc = _libc()
-    if libc is None:
+    if libc is None or any(name in os.environ for name in USER_SETTINGS):
         return None
     settings = ((M_ARENA_MAX, 1), (M_MMAP_MAX, 0), (M_TRIM_THRESHOLD, KEEP_FREE_BYTES))
     if not all(libc.mallopt(param, value) for param, value in settings):

@@ -13,6 +13,7 @@ import os
 import subprocess
 import sys
 import textwrap
+from typing import Any
 
 import pytest
 
@@ -52,7 +53,7 @@ print(json.dumps({"tuned": tuned, "faults": sum(faults), "kept_kib": kept,
 """
 
 
-def passes(tune: bool, env: dict[str, str] | None = None) -> dict[str, object]:
+def passes(tune: bool, env: dict[str, str] | None = None) -> dict[str, Any]:
     script = f"TUNE = {tune}\nPASS_MIB = {PASS_MIB}\n" + textwrap.dedent(PASSES)
     clean = {k: v for k, v in os.environ.items() if not k.startswith(("MALLOC_", "GLIBC_"))}
     done = subprocess.run(
@@ -63,7 +64,7 @@ def passes(tune: bool, env: dict[str, str] | None = None) -> dict[str, object]:
         timeout=120,
         check=True,
     )
-    result: dict[str, object] = json.loads(done.stdout)
+    result: dict[str, Any] = json.loads(done.stdout)
     return result
 
 
@@ -73,12 +74,11 @@ def test_tuned_passes_reuse_their_memory_and_idle_hands_it_back() -> None:
     tuned = passes(tune=True)
     assert tuned["tuned"], "glibc did not take the settings"
     # glibc's defaults: each pass maps its block afresh and faults in every page
-    assert isinstance(default["faults"], int) and default["faults"] > 0.9 * pages
+    assert default["faults"] > 0.9 * pages
     # tuned: the blocks come back from the heap (a few pages still move as glibc
-    # splits torch's aligned blocks; the real model settles at under 1 %)
-    assert isinstance(tuned["faults"], int) and tuned["faults"] < 0.2 * pages, tuned
+    # splits torch's aligned blocks; the real model settles at under 3 %)
+    assert tuned["faults"] < 0.2 * pages, tuned
     # the freed block stayed resident until the idle release handed it back
-    assert isinstance(tuned["kept_kib"], int) and isinstance(tuned["after_release_kib"], int)
     assert tuned["released"] is True
     assert tuned["kept_kib"] - tuned["after_release_kib"] > 0.9 * PASS_BYTES / 1024, tuned
 
