@@ -44,6 +44,7 @@ sys.path.insert(0, str(TESTS))
 from support.audio import make_tone  # noqa: E402
 from support.daemon import Daemon, service_config  # noqa: E402
 from support.models import SOURCES, build_repo, save_model  # noqa: E402
+from support.processes import stat_fields  # noqa: E402
 from support.waiting import wait_until  # noqa: E402
 
 MODEL = "htdemucs_random"
@@ -125,11 +126,12 @@ def run_cli_per_file(repo: Path, work: Path, tracks: list[Path]) -> float:
     return total
 
 
-def daemon_config(root: Path, repo: Path, **watch: str) -> Path:
+def daemon_config(root: Path, repo: Path, model: str = MODEL, **watch: str) -> Path:
+    """A CPU daemon in `root` on a model of `repo`, settle 1 s unless `watch` says."""
     root.mkdir(parents=True, exist_ok=True)
     return service_config(
         root,
-        model={"name": MODEL, "repo": str(repo), "device": "cpu"},
+        model={"name": model, "repo": str(repo), "device": "cpu"},
         watch={"settle": "1s", **watch},
     )
 
@@ -202,7 +204,7 @@ def pickup_latency(daemon: Daemon, root: Path, count: int) -> list[float]:
 
 
 def cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    fields = stat_fields(pid)
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
@@ -226,11 +228,7 @@ def idle_cpu(root: Path, mode: str, plan: Plan) -> float:
         folder = inbox / f"album{i // 100:03d}"  # poller stats each one all the same
         folder.mkdir(parents=True, exist_ok=True)
         (folder / f"notes{i:05d}.txt").write_text("liner notes\n")
-    config = service_config(
-        root,
-        model={"name": names["feather"], "repo": str(repo), "device": "cpu"},
-        watch={"mode": mode, "settle": "2s"},
-    )
+    config = daemon_config(root, repo, names["feather"], mode=mode, settle="2s")
     daemon = Daemon(config, root).start()
     try:
         daemon.wait_ready(120)
@@ -278,11 +276,7 @@ def vm_kib(pid: int, field: str) -> int:
 
 def stemd_peak_rss(root: Path, repo: Path, model: str, track: Path) -> tuple[int, int]:
     """(RSS once ready and warmed up, peak RSS after `track` is published), KiB."""
-    root.mkdir(parents=True)
-    config = service_config(
-        root, model={"name": model, "repo": str(repo), "device": "cpu"}, watch={"settle": "1s"}
-    )
-    daemon = Daemon(config, root).start()
+    daemon = Daemon(daemon_config(root, repo, model), root).start()
     try:
         daemon.wait_ready(600)
         wait_until(lambda: "warmed up in" in daemon.log(), 600, "the warm-up", 0.2)

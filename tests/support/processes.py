@@ -22,6 +22,12 @@ def slow_ffmpeg(folder: Path) -> dict[str, str]:
     return {"PATH": f"{folder}{os.pathsep}{os.environ['PATH']}"}
 
 
+def stat_fields(pid: int | str) -> list[str]:
+    """/proc/PID/stat after the command name (which may hold spaces and ")"):
+    [0] is the state, [1] the parent pid, [11] and [12] user and system ticks."""
+    return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+
+
 def ffmpeg_children(parent: int, name: str) -> list[int]:
     """Pids of ffmpeg processes of `parent` whose command line names `name`."""
     found = []
@@ -29,7 +35,7 @@ def ffmpeg_children(parent: int, name: str) -> list[int]:
         if not entry.name.isdigit():
             continue
         try:
-            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            fields = stat_fields(entry.name)
             cmdline = (entry / "cmdline").read_bytes().split(b"\0")
         except OSError:
             continue
