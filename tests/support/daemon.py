@@ -98,6 +98,12 @@ class Daemon:
 
         wait_until(ready, timeout, "stemd to be ready")
 
+    def wait_warm(self, timeout: float = 60) -> None:
+        """Ready and the model's first pass done: the steady state of a daemon
+        that has been running a while (the worker warms up after "ready")."""
+        self.wait_ready(timeout)
+        wait_until(lambda: "warmed up in" in self.log(), timeout, "the warm-up", 0.2)
+
     def status(self) -> dict[str, Any]:
         result = stemd("-c", str(self.config), "status", "--json", cwd=self.cwd)
         assert result.returncode == 0, result.stderr
