@@ -143,17 +143,21 @@ def daemon_config(root: Path, repo: Path, model: str = MODEL, **watch: str) -> P
     )
 
 
+def manifests(daemon: Daemon) -> list[Path]:
+    """The stemd.json of every stem set published (read in-process: a `stemd
+    status` subprocess each poll would take CPU from the daemon being measured)."""
+    return list((daemon.cwd / "outbox").glob("**/stemd.json"))
+
+
 def published(daemon: Daemon) -> int:
-    """Stem sets in the outbox (counted in-process: a `stemd status` subprocess
-    each poll would take CPU from the daemon being measured)."""
-    return sum(1 for _ in (daemon.cwd / "outbox").glob("**/stemd.json"))
+    return len(manifests(daemon))
 
 
 def separating_seconds(daemon: Daemon) -> float:
     """The daemon's own time spent separating (decode wait and model), summed over
-    the stem sets it published: each manifest's separation_seconds."""
-    manifests = (daemon.cwd / "outbox").glob("**/stemd.json")
-    return sum(float(json.loads(path.read_text())["separation_seconds"]) for path in manifests)
+    the stem sets it published."""
+    stem_sets = [json.loads(path.read_text()) for path in manifests(daemon)]
+    return sum(float(stem_set["separation_seconds"]) for stem_set in stem_sets)
 
 
 def run_stemd(repo: Path, root: Path, tracks: list[Path]) -> tuple[float, Daemon]:
