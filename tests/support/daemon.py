@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -89,20 +90,28 @@ class Daemon:
         data = self.log_path.read_bytes()[self._log_offset :]
         return data.decode(errors="replace")
 
-    def wait_ready(self, timeout: float = 60) -> None:
-        def ready() -> bool:
+    def _wait_logged(self, text: str, timeout: float, what: str) -> None:
+        """Until the log says `text`; fails at once if stemd exits first."""
+
+        def logged() -> bool:
             assert self.process is not None
             if self.process.poll() is not None:
                 raise AssertionError(f"stemd exited early:\n{self.log()}")
-            return "stemd ready" in self.log()
+            return text in self.log()
 
-        wait_until(ready, timeout, "stemd to be ready")
+        wait_until(logged, timeout, what)
+
+    def wait_ready(self, timeout: float = 60) -> None:
+        self._wait_logged("stemd ready", timeout, "stemd to be ready")
 
     def wait_warm(self, timeout: float = 60) -> None:
         """Ready and the model's first pass done: the steady state of a daemon
-        that has been running a while (the worker warms up after "ready")."""
+        that has been running a while. The worker starts warming up before the
+        service says ready, so either line can come first: both are waited for,
+        within one `timeout`."""
+        deadline = time.monotonic() + timeout
         self.wait_ready(timeout)
-        wait_until(lambda: "warmed up in" in self.log(), timeout, "the warm-up", 0.2)
+        self._wait_logged("warmed up in", max(0.0, deadline - time.monotonic()), "the warm-up")
 
     def status(self) -> dict[str, Any]:
         result = stemd("-c", str(self.config), "status", "--json", cwd=self.cwd)
