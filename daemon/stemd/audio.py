@@ -14,6 +14,7 @@ cancelled, and killed by `kill_children` when stemd shuts down.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
@@ -34,6 +35,7 @@ from stemd.errors import InputError, JobCancelled, StemdError
 FFMPEG_TIMEOUT_S = 900.0
 PROBE_TIMEOUT_S = 60.0
 CANCEL_POLL_S = 0.2  # how soon a cancelled job's ffmpeg is killed
+REAP_TIMEOUT_S = 5.0  # how long shutdown waits for killed children to be gone
 
 CancelCheck = Callable[[], bool]
 
@@ -41,12 +43,20 @@ _children: set[subprocess.Popen[bytes]] = set()
 _children_lock = threading.Lock()
 
 
-def kill_children() -> int:
-    """Kill every ffmpeg/ffprobe still running (at shutdown). Returns how many."""
+def kill_children(reap_timeout: float = REAP_TIMEOUT_S) -> int:
+    """Kill every ffmpeg/ffprobe still running (at shutdown) and reap it, so none
+    is left behind as a zombie or still holding its files. Returns how many."""
     with _children_lock:
         running = [child for child in _children if child.poll() is None]
     for child in running:
         child.kill()
+    deadline = time.monotonic() + reap_timeout
+    for child in running:
+        # SIGKILL cannot be ignored: the wait ends as soon as the kernel has torn
+        # the child down (a process stuck in uninterruptible I/O, e.g. on a hung
+        # NFS share, may take longer: then it is left for init to reap).
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            child.wait(max(0.0, deadline - time.monotonic()))
     return len(running)
 
 
