@@ -206,6 +206,11 @@ class Service:
             assert self.worker is not None
             self.worker.wake.set()
         if not self.watcher.stopped and not self.watcher.is_alive():
+            # A deleted inbox ends its emitter: take in what it said last, so the
+            # deletion is handled (and logged) as such, not as a watcher crash.
+            self.watcher.flush()
+            self._apply_changes()
+        if not self.watcher.stopped and not self.watcher.is_alive():
             log.warning("the inbox watcher stopped unexpectedly; starting it again")
             self.watcher.stop()
         if self.watcher.stopped and "inbox" not in self.folders.missing():

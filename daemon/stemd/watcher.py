@@ -10,6 +10,7 @@ import errno
 import logging
 import os
 import queue
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from enum import Enum
@@ -253,6 +254,20 @@ class InboxWatcher:
         if observer is None or not observer.is_alive():
             return False
         return all(emitter.is_alive() for emitter in observer.emitters)
+
+    def flush(self, timeout: float = 1.0) -> None:
+        """Wait (bounded) until the observer has handed on every event its emitters
+        queued: an emitter whose folder was deleted queues that event and dies,
+        and stopping the observer before it is dispatched would lose it."""
+        observer = self._observer
+        deadline = time.monotonic() + timeout
+        while (
+            observer is not None
+            and observer.is_alive()
+            and observer.event_queue.unfinished_tasks
+            and time.monotonic() < deadline
+        ):
+            time.sleep(0.01)  # watchdog offers no wait with a timeout for this
 
     def drain(self, limit: int = 10000) -> list[FsChange]:
         out: list[FsChange] = []
