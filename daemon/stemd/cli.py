@@ -11,6 +11,7 @@ import json
 import logging
 import os
 import sys
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -238,12 +239,25 @@ def cmd_status(args: argparse.Namespace) -> int:
 
     config, _ = _config(args)
     ledger = _open_ledger(config)
+    now = time.time()
     try:
         report = {
             "counts": ledger.counts(),
             "running": [
-                {"source": job.source, "progress": round(job.progress, 3)}
+                {"source": job.source, "progress": round(job.progress, 3), "attempts": job.attempts}
                 for job in ledger.jobs_in(JobState.RUNNING)
+            ],
+            # waiting jobs with their attempts used so far and, after a failed
+            # attempt or a full outbox, why they wait and for how much longer
+            "queued": [
+                {
+                    "source": job.source,
+                    "sha256": job.sha256,
+                    "attempts": job.attempts,
+                    "error": job.error,
+                    "retry_in": round(max(0.0, job.not_before - now), 1),
+                }
+                for job in ledger.jobs_in(JobState.QUEUED)
             ],
             "failed": ledger.failed_report(),
         }
@@ -257,7 +271,13 @@ def cmd_status(args: argparse.Namespace) -> int:
         "  ".join(f"{state} {counts[state]}" for state in ("queued", "running", "done", "failed"))
     )
     for job in report["running"]:
-        print(f"running: {job['source']} {job['progress']:.0%}")
+        print(f"running: {job['source']} {job['progress']:.0%} (attempt {job['attempts']})")
+    for job in report["queued"]:
+        if job["error"]:
+            print(
+                f"waiting: {job['source']} ({job['attempts']} attempt(s) used; "
+                f"next try in {job['retry_in']:.0f}s): {job['error']}"
+            )
     if report["failed"]:
         print("recent failures:")
         for item in report["failed"]:

@@ -151,6 +151,9 @@ class SourceConfig(_Section):
     after_failure: Literal["keep", "move"] = "keep"
     failed_dir: Path | None = None
     max_attempts: int = Field(default=3, ge=1, le=100)
+    # The pause before the first retry of a failed attempt; each further retry
+    # waits twice as long as the one before, up to an hour.
+    retry_delay: Duration = Field(default=10.0, gt=0)
 
 
 class LoggingConfig(_Section):

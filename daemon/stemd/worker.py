@@ -53,7 +53,6 @@ from stemd.profile import profile_key, profile_params
 
 log = logging.getLogger("stemd")
 
-RETRY_BASE_DELAY_S = 10.0
 RETRY_MAX_DELAY_S = 3600.0
 SPACE_WAIT_MAX_S = 300.0  # a full outbox is checked again at least this often
 IDLE_WAIT_S = 1.0
@@ -67,9 +66,9 @@ def job_event(level: int, name: Event, message: str, job: JobRecord, source: str
     event(level, name, message, job=job.id, sha256=job.sha256, source=source)
 
 
-def retry_delay(attempts: int) -> float:
-    """10s, 20s, 40s ... capped at an hour."""
-    return float(min(RETRY_MAX_DELAY_S, RETRY_BASE_DELAY_S * 2 ** max(0, attempts - 1)))
+def retry_delay(attempts: int, base: float) -> float:
+    """base, 2 x base, 4 x base ... (10s, 20s, 40s by default), capped at an hour."""
+    return float(min(RETRY_MAX_DELAY_S, base * 2 ** max(0, attempts - 1)))
 
 
 def stat_of(path: Path) -> FileStat:
@@ -651,7 +650,7 @@ class Worker(threading.Thread):
         the temp folder was discarded."""
         waits = self._space_waits.get(job.id, 0) + 1
         self._space_waits[job.id] = waits
-        delay = min(SPACE_WAIT_MAX_S, retry_delay(waits))
+        delay = min(SPACE_WAIT_MAX_S, retry_delay(waits, self.config.source.retry_delay))
         reason = str(err) if "outbox" in str(err) else f"the outbox is full ({err})"
         self.ledger.requeue(job.id, reason, delay=delay, count_attempt=False)
         job_event(
@@ -726,7 +725,7 @@ class Worker(threading.Thread):
         if job.attempts >= self.config.source.max_attempts:
             self._fail(job, f"{reason} (after {job.attempts} attempts)")
             return
-        delay = retry_delay(job.attempts)
+        delay = retry_delay(job.attempts, self.config.source.retry_delay)
         self.ledger.requeue(job.id, reason, delay=delay, count_attempt=True)
         job_event(
             logging.WARNING,
