@@ -5,6 +5,8 @@
 #   pkg-config        lets systemd-python's build find them
 #   systemd           the journald binary and journalctl the tests read back;
 #                     systemd-analyze, -sysusers, -tmpfiles for install-service
+#   bindfs, fuse      a FUSE mount standing in for a network share (tests)
+#   util-linux        unshare and setpriv (tests)
 set -euo pipefail
 
 missing=()
@@ -15,6 +17,9 @@ pkg-config --exists libsystemd 2>/dev/null || missing+=(libsystemd-dev)
 command -v journalctl >/dev/null 2>&1 || missing+=(systemd)
 command -v systemd-analyze >/dev/null 2>&1 || missing+=(systemd)
 command -v unshare >/dev/null 2>&1 || missing+=(util-linux)
+command -v setpriv >/dev/null 2>&1 || missing+=(util-linux)
+command -v bindfs >/dev/null 2>&1 || missing+=(bindfs)
+command -v fusermount >/dev/null 2>&1 || missing+=(fuse)
 
 if [ ${#missing[@]} -eq 0 ]; then
     exit 0

@@ -5,6 +5,7 @@ from pathlib import Path
 
 import pytest
 
+from support.instrumented_model import build_instrumented_repo
 from support.models import build_repo
 
 
@@ -14,3 +15,10 @@ def model_repo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path,
     repo = tmp_path_factory.mktemp("models")
     names = build_repo(repo)
     yield repo, names
+
+
+@pytest.fixture(scope="session")
+def instrumented_repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A local model repo with the models the tests watch and steer
+    (support.instrumented_model), built once per run."""
+    return build_instrumented_repo(tmp_path_factory.mktemp("instrumented"))

@@ -12,8 +12,8 @@ import signal
 from pathlib import Path
 
 from support.audio import make_tone
-from support.blocking_model import gated_daemon
 from support.daemon import Daemon, service_config
+from support.instrumented_model import gated_daemon
 from support.waiting import wait_until
 
 

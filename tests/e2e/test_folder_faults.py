@@ -12,13 +12,18 @@ import shutil
 from pathlib import Path
 
 from support.audio import make_tone
-from support.blocking_model import gated_daemon
 from support.daemon import Daemon
+from support.instrumented_model import gated_daemon, record_in
 from support.waiting import wait_until
+
+# Each track its own length, so the model's record tells them apart.
+SECONDS = {"a.wav": 1.0, "b.wav": 1.2, "c.wav": 1.4, "d.wav": 1.6, "before.wav": 1.0}
+SECONDS["during.wav"] = 1.3
 
 
 def drop(root: Path, name: str, pitch: int) -> None:
-    shutil.copyfile(make_tone(root / "staging" / name, 1.0, frequency=pitch), root / "inbox" / name)
+    tone = make_tone(root / "staging" / name, SECONDS[name], frequency=pitch)
+    shutil.copyfile(tone, root / "inbox" / name)
 
 
 def published(root: Path) -> dict[str, str]:
@@ -29,8 +34,13 @@ def published(root: Path) -> dict[str, str]:
     return out
 
 
-def separations(daemon: Daemon, name: str) -> int:
-    return daemon.log().count(f"{name}: separating (attempt")
+def separations(root: Path, name: str) -> int:
+    """How often the model itself saw the track."""
+    return record_in(root).count(SECONDS[name])
+
+
+def queued_attempts(daemon: Daemon) -> list[int]:
+    return [job["attempts"] for job in daemon.status()["queued"]]
 
 
 def test_an_inbox_that_goes_away_keeps_its_queued_jobs_until_it_is_back(tmp_path: Path) -> None:
@@ -57,7 +67,7 @@ def test_an_inbox_that_goes_away_keeps_its_queued_jobs_until_it_is_back(tmp_path
         wait_until(lambda: f"the inbox {inbox} is back" in daemon.log(), 30, "the inbox back")
         wait_until(lambda: daemon.status()["counts"]["done"] == 3, 60, "b and c")
         assert published(tmp_path) == {"a": "a.wav", "b": "b.wav", "c": "c.wav"}
-        assert [separations(daemon, n) for n in ("a.wav", "b.wav", "c.wav")] == [1, 1, 1]
+        assert [separations(tmp_path, n) for n in ("a.wav", "b.wav", "c.wav")] == [1, 1, 1]
 
         # Deleted and made anew: a different folder, watched afresh.
         shutil.rmtree(inbox)
@@ -100,13 +110,14 @@ def test_an_outbox_that_goes_away_is_not_recreated_and_the_job_waits_for_it(
         )
         assert not outbox.exists()  # never recreated on the disk beneath a mount point
         assert daemon.status()["counts"] == {"queued": 1, "running": 0, "done": 1, "failed": 0}
+        assert queued_attempts(daemon) == [0], "a missing outbox used up an attempt"
 
         away.rename(outbox)
         wait_until(lambda: daemon.status()["counts"]["done"] == 2, 60, "during.wav")
         assert published(tmp_path) == {"before": "before.wav", "during": "during.wav"}
-        assert separations(daemon, "before.wav") == 1  # finished work is not redone
+        assert separations(tmp_path, "before.wav") == 1  # finished work is not redone
         # the one separation that had nowhere to go ran once more
-        assert separations(daemon, "during.wav") == 2
+        assert separations(tmp_path, "during.wav") == 2
         assert not any((outbox / ".stemd-tmp").iterdir())
         assert daemon.stop() == 0
     finally:

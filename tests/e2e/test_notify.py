@@ -15,7 +15,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from support.audio import make_tone
-from support.blocking_model import gated_daemon
+from support.instrumented_model import gated_daemon
 from support.notify import Message, NotifySocket
 from support.waiting import wait_until
 

@@ -9,13 +9,13 @@ import shutil
 from pathlib import Path
 
 from support.audio import make_tone
-from support.blocking_model import gated_daemon
 from support.daemon import Daemon
+from support.instrumented_model import gated_daemon, record_in
 from support.mounts import needs_root, tmpfs
 from support.outbox_watch import TEMP_DIR, OutboxWatch
 from support.waiting import wait_until
 
-SECONDS = 2.0  # four 16-bit stereo stems: 1.4 MB
+SECONDS = {"mid": 2.0, "late": 1.5}  # four 16-bit stereo stems: 1.4 MB and 1.1 MB
 
 
 def fill(outbox: Path, leave: int) -> Path:
@@ -42,11 +42,16 @@ def counts(daemon: Daemon) -> dict[str, int]:
     return result
 
 
+def queued_attempts(daemon: Daemon) -> list[int]:
+    return [job["attempts"] for job in daemon.status()["queued"]]
+
+
 @needs_root
 def test_a_full_outbox_leaves_nothing_partial_and_the_job_finishes_when_space_is_freed(
     tmp_path: Path,
 ) -> None:
     daemon, _config, gate = gated_daemon(tmp_path)
+    record = record_in(tmp_path)
     with tmpfs(tmp_path / "outbox", size="8m") as outbox:
         daemon.start()
         try:
@@ -54,7 +59,7 @@ def test_a_full_outbox_leaves_nothing_partial_and_the_job_finishes_when_space_is
             with OutboxWatch(outbox, SECONDS) as watch:
                 # 1. The disk fills up while a track is being separated.
                 shutil.copyfile(
-                    make_tone(tmp_path / "staging" / "mid.wav", SECONDS),
+                    make_tone(tmp_path / "staging" / "mid.wav", SECONDS["mid"]),
                     tmp_path / "inbox" / "mid.wav",
                 )
                 wait_until((gate / "entered").exists, 60, "mid.wav to reach the model")
@@ -65,15 +70,15 @@ def test_a_full_outbox_leaves_nothing_partial_and_the_job_finishes_when_space_is
                 )
                 assert "No space left on device" in daemon.log()
                 assert counts(daemon) == {"queued": 1, "running": 0, "done": 0, "failed": 0}
+                assert queued_attempts(daemon) == [0], "a full outbox used up an attempt"
                 assert track_folders(outbox) == [] and not any((outbox / TEMP_DIR).iterdir())
                 filler.unlink()
                 wait_until(lambda: counts(daemon)["done"] == 1, 60, "mid.wav after freeing space")
 
                 # 2. Already full when a track arrives: refused before the separation.
                 filler = fill(outbox, leave=1_000_000)
-                (gate / "entered").unlink(missing_ok=True)
                 shutil.copyfile(
-                    make_tone(tmp_path / "staging" / "late.wav", SECONDS, frequency=660),
+                    make_tone(tmp_path / "staging" / "late.wav", SECONDS["late"], frequency=660),
                     tmp_path / "inbox" / "late.wav",
                 )
                 wait_until(
@@ -82,10 +87,13 @@ def test_a_full_outbox_leaves_nothing_partial_and_the_job_finishes_when_space_is
                     "the space check",
                 )
                 assert "MB needed for late.wav; free some space (the job waits)" in daemon.log()
-                assert not (gate / "entered").exists()  # no separation spent on it
                 assert counts(daemon) == {"queued": 1, "running": 0, "done": 1, "failed": 0}
+                assert queued_attempts(daemon) == [0], "a full outbox used up an attempt"
+                # the model never saw late.wav while the outbox was full
+                assert record.count(SECONDS["late"]) == 0
                 filler.unlink()
                 wait_until(lambda: counts(daemon)["done"] == 2, 60, "late.wav after freeing space")
+                assert record.count(SECONDS["late"]) == 1
             assert watch.problems == []
             assert track_folders(outbox) == ["late", "mid"]
             for name in ("mid", "late"):

@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from support.audio import make_tone
-from support.blocking_model import gated_daemon
+from support.instrumented_model import gated_daemon
 from support.processes import ffmpeg_children, slow_ffmpeg
 from support.waiting import wait_until
 

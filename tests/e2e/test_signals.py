@@ -12,8 +12,8 @@ from typing import Any
 import yaml
 
 from support.audio import make_tone
-from support.blocking_model import gated_daemon
 from support.daemon import write_config
+from support.instrumented_model import gated_daemon
 from support.waiting import wait_until
 
 
