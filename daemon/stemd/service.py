@@ -409,6 +409,11 @@ class Service:
                     break
             if worker.is_alive():
                 worker.request_cancel()
+                current = worker.current
+                if current is not None:
+                    log.info(
+                        "%s: cancelling at the next chunk; it will be requeued", current.source
+                    )
                 worker.join(WORKER_JOIN_AFTER_CANCEL_S)
                 if worker.is_alive():
                     log.error("the worker did not stop; exiting anyway")
