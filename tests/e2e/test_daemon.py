@@ -16,9 +16,16 @@ import yaml
 
 from support.audio import make_tone, probe, read_audio
 from support.daemon import Daemon, stemd, write_config
+from support.instrumented_model import (
+    GATE_AFTER_ENV,
+    GATED,
+    RECORDER,
+    instrumented_model,
+    model_env,
+)
 from support.waiting import wait_until
 
-MODEL = "demucs_unittest"
+MODEL = RECORDER  # demucs_unittest's architecture, recording what it separates
 STEMS = {"drums", "bass", "other", "vocals"}
 
 
@@ -28,7 +35,7 @@ def daemon_config(root: Path, **extra: Any) -> Path:
         "outbox": "outbox",
         "state_dir": "state",
         "watch": {"settle": "1s"},
-        "model": {"name": MODEL, "device": "cpu"},
+        "model": {"name": "demucs_unittest", "device": "cpu"},
         "logging": {"target": "stderr"},
         "service": {"shutdown_grace": "30s"},
     }
@@ -59,15 +66,12 @@ def assert_stems(folder: Path, source: Path) -> dict[str, Any]:
     return manifest
 
 
-def separations_of(log: str, name: str) -> int:
-    return log.count(f"{name}: separating")
-
-
 @pytest.mark.slow
-def test_dropped_files_become_stems_exactly_once(tmp_path: Path) -> None:
+def test_dropped_files_become_stems_exactly_once(tmp_path: Path, instrumented_repo: Path) -> None:
     staging = tmp_path / "staging"
     inbox = tmp_path / "inbox"
-    config = daemon_config(tmp_path)
+    config = daemon_config(tmp_path, model=instrumented_model(instrumented_repo))
+    env, record = model_env(tmp_path)
     sources = {
         "song.mp3": make_tone(staging / "song.mp3", 3.0, frequency=440),
         "album/track.flac": make_tone(staging / "track.flac", 2.5, frequency=330),
@@ -80,7 +84,7 @@ def test_dropped_files_become_stems_exactly_once(tmp_path: Path) -> None:
     text = staging / "notes.mp3"
     text.write_text("these are my lyrics, not audio\n" * 50)
 
-    daemon = Daemon(config, tmp_path).start()
+    daemon = Daemon(config, tmp_path, env=env).start()
     try:
         daemon.wait_ready()
         for relative, src in sources.items():
@@ -122,11 +126,12 @@ def test_dropped_files_become_stems_exactly_once(tmp_path: Path) -> None:
         for name in copy_manifest["stems"].values():
             original = track_dir(tmp_path, "song") / name
             assert (track_dir(tmp_path, "song copy") / name).stat().st_ino == original.stat().st_ino
-        assert separations_of(log, "song.mp3") == 1
-        assert separations_of(log, "song copy.mp3") == 0
+        # The model's own record: the only 3 s track (song.mp3 and its copy) and the
+        # only 4 s one (pieces.wav) were each separated once.
+        assert record.count(3.0, tolerance=0.1) == 1
 
         # The slow file was separated once, whole, after it stopped growing.
-        assert separations_of(log, "pieces.wav") == 1
+        assert record.count(4.0) == 1
         assert_stems(track_dir(tmp_path, "pieces"), pieces_src)
         assert not track_dir(tmp_path, "pieces (2)").exists()
 
@@ -144,14 +149,14 @@ def test_dropped_files_become_stems_exactly_once(tmp_path: Path) -> None:
         assert "stemd stopped" in daemon.log()
 
         # Dropped while stopped: processed after a restart, and nothing is redone.
-        shutil.copyfile(make_tone(staging / "late.mp3", 1.5, frequency=770), inbox / "late.mp3")
+        shutil.copyfile(make_tone(staging / "late.mp3", 1.75, frequency=770), inbox / "late.mp3")
         daemon.start()
         daemon.wait_ready()
         wait_until(lambda: published(tmp_path, "late"), 60, "the file dropped while stopped")
-        restarted_log = daemon.log()
-        assert separations_of(restarted_log, "late.mp3") == 1
-        for name in ("song.mp3", "hi.wav", "pieces.wav", "corrupt.mp3", "notes.mp3"):
-            assert separations_of(restarted_log, name) == 0, name
+        # after the restart, late.mp3 alone was separated: nothing done before again
+        assert daemon.process is not None
+        restarted = [p for p in record.passes() if p["pid"] == daemon.process.pid]
+        assert len(restarted) == 1 and abs(restarted[0]["seconds"] - 1.75) < 0.1, restarted
         folders = sorted(p.name for p in (tmp_path / "outbox" / MODEL).iterdir())
         assert folders == [
             "after",
@@ -222,10 +227,12 @@ def test_missing_weights_exit_69_and_say_how_to_provide_them(tmp_path: Path) -> 
     assert "model.repo" in result.stderr
 
 
-def test_sighup_applies_a_valid_config_and_keeps_the_old_one_when_invalid(tmp_path: Path) -> None:
-    config = daemon_config(tmp_path)
+def test_sighup_applies_a_valid_config_and_keeps_the_old_one_when_invalid(
+    tmp_path: Path, instrumented_repo: Path
+) -> None:
+    config = daemon_config(tmp_path, model=instrumented_model(instrumented_repo))
     inbox = tmp_path / "inbox"
-    daemon = Daemon(config, tmp_path).start()
+    daemon = Daemon(config, tmp_path, env=model_env(tmp_path)[0]).start()
     try:
         daemon.wait_ready()
         shutil.copyfile(make_tone(tmp_path / "one.wav", 1.0), inbox / "one.wav")
@@ -256,40 +263,55 @@ def test_sighup_applies_a_valid_config_and_keeps_the_old_one_when_invalid(tmp_pa
         daemon.kill()
 
 
+# A 2 s track fits the gated model's one chunk (4 s, advancing 3 s): one pass a
+# shift, so 4 passes a separation and progress 1/4 after the first.
+SHIFTS = 4
+
+
 @pytest.mark.slow
 def test_sigterm_mid_separation_requeues_the_job_and_a_restart_finishes_it_once(
-    tmp_path: Path, model_repo: tuple[Path, dict[str, str]]
+    tmp_path: Path, instrumented_repo: Path
 ) -> None:
-    repo, names = model_repo
     config = daemon_config(
         tmp_path,
-        model={"name": names["htdemucs"], "repo": str(repo), "device": "cpu", "shifts": 2},
+        model={**instrumented_model(instrumented_repo, GATED), "shifts": SHIFTS},
         service={"shutdown_grace": "0s"},
     )
-    daemon = Daemon(config, tmp_path).start()
+    env, record = model_env(tmp_path, gate=True)
+    gate = tmp_path / "gate"
+    # The first pass goes through; the model holds the second until the gate opens.
+    daemon = Daemon(config, tmp_path, env={**env, GATE_AFTER_ENV: "1"}).start()
     try:
         daemon.wait_ready()
-        long_track = make_tone(tmp_path / "long.wav", 40.0)
-        shutil.copyfile(long_track, tmp_path / "inbox" / "long.wav")
+        shutil.copyfile(make_tone(tmp_path / "s" / "song.wav", 2.0), tmp_path / "inbox/song.wav")
+        wait_until((gate / "entered").exists, 60, "the second pass to be held")
+        [running] = daemon.status()["running"]
+        assert running["source"] == "song.wav" and 0 < running["progress"] < 0.5, running
 
-        def separating() -> bool:
-            running = daemon.status()["running"]
-            return bool(running) and 0 < running[0]["progress"] < 0.5
-
-        wait_until(separating, 60, "the separation to be under way")
+        daemon.signal(signal.SIGTERM)
+        wait_until(
+            lambda: "song.wav: cancelling at the next chunk" in daemon.log(), 30, "the cancel"
+        )
+        (gate / "open").touch()  # the held pass ends; the job is cancelled before the next
         assert daemon.stop() == 0
-        assert "long.wav: interrupted; requeued" in daemon.log()
-        assert daemon.status()["counts"]["queued"] == 1
-        assert not (tmp_path / "outbox" / names["htdemucs"]).exists()
+        assert "song.wav: interrupted; requeued" in daemon.log()
+        status = daemon.status()
+        assert status["counts"]["queued"] == 1
+        assert [job["attempts"] for job in status["queued"]] == [0], "SIGTERM used an attempt"
+        assert not (tmp_path / "outbox" / GATED).exists()
+        first_run = len(record.passes())
+        assert first_run == 2
 
         daemon.start()
         daemon.wait_ready()
-        folder = tmp_path / "outbox" / names["htdemucs"] / "long"
+        folder = tmp_path / "outbox" / GATED / "song"
         wait_until(lambda: (folder / "stemd.json").is_file(), 120, "the requeued job")
-        assert separations_of(daemon.log(), "long.wav") == 1
+        # one whole separation after the restart: one pass per shift
+        assert len(record.passes()) - first_run == SHIFTS
         assert daemon.status()["counts"] == {"queued": 0, "running": 0, "done": 1, "failed": 0}
         data, rate = read_audio(folder / "vocals.wav")
-        assert abs(data.shape[1] / rate - 40.0) < 0.05
+        assert abs(data.shape[1] / rate - 2.0) < 0.05
         assert daemon.stop() == 0
     finally:
+        (gate / "open").touch()
         daemon.kill()
