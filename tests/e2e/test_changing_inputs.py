@@ -106,21 +106,29 @@ def open_by(pid: int, path: Path) -> bool:
     return False
 
 
+# A sparse file: no disk used, yet hashing reads every byte of it, which takes
+# seconds, a window the test cannot miss.
+SPARSE_SIZE = 8 << 30
+
+
 def test_a_file_rewritten_while_hashed_is_hashed_again_once_it_settles(tmp_path: Path) -> None:
-    config = service_config(tmp_path)
+    config = service_config(tmp_path, watch={"settle": "0.5s", "max_file_size": "16GiB"})
     daemon = Daemon(config, tmp_path).start()
-    # big enough that hashing takes a moment the test can catch (~100 MB)
-    big = make_tone(tmp_path / "s" / "big.wav", 600.0)
+    big = tmp_path / "s" / "big.wav"
+    big.parent.mkdir()
+    with open(big, "wb") as out:
+        out.truncate(SPARSE_SIZE)
     small = make_tone(tmp_path / "s" / "small.wav", 1.0, frequency=900)
     target = tmp_path / "inbox" / "track.wav"
     try:
         daemon.wait_ready()
         assert daemon.process is not None
         pid = daemon.process.pid
-        shutil.copyfile(big, target)
-        wait_until(lambda: open_by(pid, target), 60, "stemd to open track.wav", interval=0.001)
+        big.rename(target)
+        wait_until(lambda: open_by(pid, target), 60, "stemd to open track.wav", interval=0.05)
         daemon.signal(signal.SIGSTOP)  # frozen mid-hash
         try:
+            assert open_by(pid, target), "the hash ended before stemd was frozen"
             with open(target, "r+b") as out:  # rewritten in place by another client
                 out.write(small.read_bytes())
                 out.truncate()

@@ -19,7 +19,10 @@ from support.instrumented_model import gated_daemon
 from support.notify import Message, NotifySocket
 from support.waiting import wait_until
 
-WATCHDOG_USEC = 1_000_000  # systemd's WatchdogSec=1s: pings due every 0.5 s
+# systemd's WatchdogSec=3s: pings due every 1.5 s, so a ping may come 1.5 s late
+# (a busy machine) before systemd would act, as with the unit's 1 min and 30 s.
+WATCHDOG_USEC = 3_000_000
+PERIOD_S = WATCHDOG_USEC / 1e6
 HANG_TIMEOUT_S = 5.0  # well above one forward pass of the tiny model
 
 
@@ -54,10 +57,10 @@ def test_readiness_status_watchdog_reload_and_stop_as_systemd_sees_them(tmp_path
             # Healthy and idle: a ping at least every WATCHDOG_USEC/2 (+ slack for the tick).
             systemd.wait_for(has("STATUS"), 10, "the idle status", after=ready.at)
             start = time.monotonic()
-            wait_until(lambda: len(systemd.times_of("WATCHDOG", since=start)) >= 6, 10, "6 pings")
+            wait_until(lambda: len(systemd.times_of("WATCHDOG", since=start)) >= 4, 20, "4 pings")
             pings = systemd.times_of("WATCHDOG", since=start)
-            assert max(gaps(pings)) < WATCHDOG_USEC / 1e6, gaps(pings)
-            assert min(gaps(pings)) > 0.3, "pinging much faster than half the period"
+            assert max(gaps(pings)) < PERIOD_S, gaps(pings)
+            assert min(gaps(pings)) > PERIOD_S / 3, "pinging much faster than half the period"
             assert "idle, 0 done, 0 failed" in [m.fields.get("STATUS") for m in systemd.snapshot()]
 
             # A separation: STATUS follows its progress, then goes back to idle.
@@ -75,7 +78,7 @@ def test_readiness_status_watchdog_reload_and_stop_as_systemd_sees_them(tmp_path
             assert all(s.startswith("separating long.wav ") for s in during), during
             assert all(s.endswith(", 0 queued") for s in during), during
             pings = systemd.times_of("WATCHDOG", since=dropped)
-            assert max(gaps(pings)) < WATCHDOG_USEC / 1e6, "pings paused during a separation"
+            assert max(gaps(pings)) < PERIOD_S, "pings paused during a separation"
 
             # SIGHUP: RELOADING=1 stamped with CLOCK_MONOTONIC, then READY=1 again.
             sent = time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000
@@ -94,7 +97,7 @@ def test_readiness_status_watchdog_reload_and_stop_as_systemd_sees_them(tmp_path
             wait_until(lambda: "shown no progress" in daemon.log(), 15, "the hang to be noticed")
             noticed = time.monotonic()
             assert noticed - hung >= HANG_TIMEOUT_S - 0.5
-            silence_until = noticed + 3 * WATCHDOG_USEC / 1e6
+            silence_until = noticed + 2 * PERIOD_S
             wait_until(lambda: time.monotonic() >= silence_until, 10, "a silent stretch")
             assert systemd.times_of("WATCHDOG", since=noticed) == []
             assert daemon.process is not None and daemon.process.poll() is None
