@@ -147,6 +147,9 @@ class Engine:
         except (RuntimeError, torch.cuda.OutOfMemoryError) as exc:
             raise ModelError(f"cannot move model {config.name!r} to {self.device}: {exc}") from None
         self.model = model
+        # seconds spent in forward passes since the model was loaded, the warm-up
+        # included: a caller takes the difference around a separation
+        self.model_seconds = 0.0
         self._batch_size: int | None = None
         self._check_segment()
         if self.device.type == "cuda":
@@ -246,9 +249,14 @@ class Engine:
             batch = batch.pin_memory().to(self.device, non_blocking=True)
         else:
             batch = batch.to(self.device)
-        with torch.no_grad(), self._precision():
-            out: torch.Tensor = model(batch)
-        return out.float().to("cpu")  # the track's buffers stay on the host
+        started = time.perf_counter()
+        try:
+            with torch.no_grad(), self._precision():
+                out: torch.Tensor = model(batch)
+            # the copy to the host also waits for an asynchronous GPU to finish
+            return out.float().to("cpu")  # the track's buffers stay on the host
+        finally:
+            self.model_seconds += time.perf_counter() - started
 
     def _forward(self, model: torch.nn.Module, batch: torch.Tensor) -> torch.Tensor:
         """One forward pass. Out of (GPU) memory: halve the batch, down to 1 chunk;

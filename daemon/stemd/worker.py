@@ -98,6 +98,14 @@ class Rendered:
 
 
 @dataclass(frozen=True)
+class Timing:
+    """How long one track's separation took, as its manifest records it."""
+
+    separated: float  # seconds from the start of decoding to the end of separation
+    model: float  # of which the model's forward passes took this many
+
+
+@dataclass(frozen=True)
 class Separated:
     """A job's stems, handed to the encoder thread with what writing them needs
     (the model, outbox and config of the moment: a reload may replace them)."""
@@ -107,7 +115,7 @@ class Separated:
     request: RenderRequest
     stems: dict[str, torch.Tensor]
     duration: float  # seconds of audio
-    separated: float  # seconds from the start of decoding to the end of separation
+    timing: Timing
     info: ModelInfo
     outbox: Outbox
     config: Config
@@ -175,7 +183,7 @@ def write_stems(
     request: RenderRequest,
     stems: dict[str, torch.Tensor],
     duration: float,
-    separated: float,
+    timing: Timing,
     progress: ProgressHook | None = None,
     cancelled: CancelCheck | None = None,
 ) -> Rendered:
@@ -204,7 +212,8 @@ def write_stems(
                 stems=files,
                 samplerate=info.samplerate,
                 duration_seconds=round(duration, 3),
-                separation_seconds=round(separated, 3),
+                separation_seconds=round(timing.separated, 3),
+                model_seconds=round(timing.model, 3),
                 device=info.device,
                 stemd_version=__version__,
                 duplicate_of=None,
@@ -229,13 +238,13 @@ def render_track(
     The caller publishes it to `folder` (or discards it). Raises InputError for
     input that cannot be used, JobCancelled when `cancelled` turns true.
     """
-    started = time.monotonic()
+    started, model_before = time.monotonic(), engine.model_seconds
     loaded = load_track(engine.info, config, request.path, cancelled)
     check_room(engine.info, outbox, config, loaded, request.relative)
     stems = engine.separate(loaded.wav, progress=progress, cancelled=cancelled)
-    separated = time.monotonic() - started
+    timing = Timing(time.monotonic() - started, engine.model_seconds - model_before)
     return write_stems(
-        engine.info, outbox, config, request, stems, loaded.duration, separated, progress, cancelled
+        engine.info, outbox, config, request, stems, loaded.duration, timing, progress, cancelled
     )
 
 
@@ -507,7 +516,7 @@ class Worker(threading.Thread):
                 job,
                 source.relative,
             )
-            started = time.monotonic()
+            started, model_before = time.monotonic(), self.engine.model_seconds
             loaded = self._decoded(source, info, config)
             self._decode_ahead()  # the next job's input, while the model works
             check_room(info, outbox, config, loaded, source.relative)
@@ -521,7 +530,7 @@ class Worker(threading.Thread):
                     request,
                     stems,
                     loaded.duration,
-                    time.monotonic() - started,
+                    Timing(time.monotonic() - started, self.engine.model_seconds - model_before),
                     info,
                     outbox,
                     config,
@@ -613,7 +622,7 @@ class Worker(threading.Thread):
                 done.request,
                 done.stems,
                 done.duration,
-                done.separated,
+                done.timing,
                 progress=lambda _f: self.beat(),  # a stem written: alive
                 cancelled=self._cancelled,
             )
@@ -646,7 +655,7 @@ class Worker(threading.Thread):
 
     def _wait_for_space(self, job: JobRecord, err: BaseException) -> None:
         """Outbox full: requeue without counting an attempt, checking again after
-        10 s, 20 s, ... at most every SPACE_WAIT_MAX_S. Nothing partial is left:
+        source.retry_delay, twice that, ... at most every SPACE_WAIT_MAX_S. Nothing partial is left:
         the temp folder was discarded."""
         waits = self._space_waits.get(job.id, 0) + 1
         self._space_waits[job.id] = waits
@@ -798,6 +807,7 @@ class Worker(threading.Thread):
                 stems=files,
                 duplicate_of=job.output_dir,
                 separation_seconds=0.0,
+                model_seconds=0.0,
             )
             copy.pop("created", None)
             self.outbox.seal(temp, new_manifest(**copy))

@@ -118,11 +118,14 @@ def test_dropped_files_become_stems_exactly_once(tmp_path: Path, instrumented_re
         # the model's slow first pass was taken at start-up, not in a track's time
         assert log.index("warmed up in") < log.index(": separating")
         for relative, src in sources.items():
-            assert_stems(track_dir(tmp_path, relative.rsplit(".", 1)[0]), src)
+            manifest = assert_stems(track_dir(tmp_path, relative.rsplit(".", 1)[0]), src)
+            # the model's share of the separation's time, measured inside stemd
+            assert 0 < manifest["model_seconds"] <= manifest["separation_seconds"], manifest
 
         # The copy reuses the song's stems: hard links, no second separation.
         copy_manifest = assert_stems(track_dir(tmp_path, "song copy"), sources["song.mp3"])
         assert copy_manifest["duplicate_of"] == f"{MODEL}/song"
+        assert copy_manifest["separation_seconds"] == copy_manifest["model_seconds"] == 0
         for name in copy_manifest["stems"].values():
             original = track_dir(tmp_path, "song") / name
             assert (track_dir(tmp_path, "song copy") / name).stat().st_ino == original.stat().st_ino
