@@ -8,18 +8,23 @@ formats, and measures:
 
   a  `python -m demucs.separate` once per file (what a shell watch script does)
   b  `python -m demucs.separate` once with all the files
-  c  stemd: the daemon running, all files dropped at once, until every stem set
-     is published
+  c  stemd, warm: the daemon running and warmed up, all files dropped at once,
+     until every stem set is published
+  cold c  stemd from `stemd run` (files already in the inbox) to the last stems:
+     interpreter start, model load and first pass included, as b pays them
   d  the floor: the model's forward passes alone, for the same chunks, in one
      process
 
-a to d run twice each, in turn (once with --quick), and the fastest run of each
-counts; c also reports the share of its wall time that the daemon itself spent
-separating (its manifests' separation_seconds), which no drift between runs can move.
+Each round runs a, b, c, cold c and d in turn (3 rounds; 1 with --quick). The
+machine's speed drifts by 10 % and more over minutes, so ratios are taken within
+a round (a_i/c_i, b_i/c_i, c_i/d_i), and the table shows their median and the
+worst round. c also reports the share of its wall time that the model computed
+(the published manifests' model_seconds), which no drift can move.
 Then pickup latency, idle CPU with 10 000 files in the inbox (inotify and
-polling), peak RSS of b and c on the long track, and hashing throughput against
-`sha256sum`. Prints a Markdown table; writes everything to OUT/bench.json.
-Every number comes from this run: nothing is copied from elsewhere.
+polling, a periodic rescan inside the window), peak RSS of b and c on the long
+track, and hashing throughput against `sha256sum`. Prints a Markdown table;
+writes everything to OUT/bench.json. Every number comes from this run: nothing
+is copied from elsewhere.
 """
 
 from __future__ import annotations
@@ -47,6 +52,7 @@ sys.path.insert(0, str(TESTS))
 from support.audio import make_tone  # noqa: E402
 from support.daemon import Daemon, service_config  # noqa: E402
 from support.models import SOURCES, build_repo, save_model  # noqa: E402
+from support.outbox_watch import TEMP_DIR  # noqa: E402
 from support.processes import stat_fields  # noqa: E402
 from support.waiting import wait_until  # noqa: E402
 
@@ -71,14 +77,15 @@ class Plan:
     idle_files: int
     hash_bytes: int
     hour_seconds: float  # the memory measure's track (featherweight model)
-    # a, b, c and d each run this many times, in turn (a b c d a b c d ...), and the
-    # fastest run of each counts: this machine's speed drifts by 10 % and more over
-    # minutes, and a slow stretch in one measurement alone would move its ratios
+    # a, b, c, cold c and d each run this many times, in turn (a b c c' d a b ...),
+    # and each round gives its own ratios: this machine's speed drifts by 10 % and
+    # more over minutes, so only measurements side by side are compared
     rounds: int
+    rescan_interval: str  # within the idle window, so its cost is counted
 
 
-FULL = Plan(12, 15.0, 600.0, 10, 60.0, 10_000, 1 << 30, 3600.0, 2)
-QUICK = Plan(3, 15.0, 60.0, 5, 20.0, 10_000, 256 << 20, 600.0, 1)
+FULL = Plan(12, 15.0, 600.0, 10, 60.0, 10_000, 1 << 30, 3600.0, 3, "30s")
+QUICK = Plan(3, 15.0, 60.0, 5, 20.0, 10_000, 256 << 20, 600.0, 1, "10s")
 
 
 def build_model(repo: Path) -> None:
@@ -145,19 +152,38 @@ def daemon_config(root: Path, repo: Path, model: str = MODEL, **watch: str) -> P
 
 def manifests(daemon: Daemon) -> list[Path]:
     """The stemd.json of every stem set published (read in-process: a `stemd
-    status` subprocess each poll would take CPU from the daemon being measured)."""
-    return list((daemon.cwd / "outbox").glob("**/stemd.json"))
+    status` subprocess each poll would take CPU from the daemon being measured).
+    Manifests in the hidden temp folder are written before the stems are fsynced
+    and the folder renamed into place: those are not published yet."""
+    outbox = daemon.cwd / "outbox"
+    return [p for p in outbox.glob("**/stemd.json") if TEMP_DIR not in p.relative_to(outbox).parts]
 
 
 def published(daemon: Daemon) -> int:
     return len(manifests(daemon))
 
 
-def separating_seconds(daemon: Daemon) -> float:
-    """The daemon's own time spent separating (decode wait and model), summed over
-    the stem sets it published."""
+def model_seconds(daemon: Daemon) -> float:
+    """The model's forward passes, summed over the stem sets the daemon published
+    (each manifest's model_seconds, measured inside stemd)."""
     stem_sets = [json.loads(path.read_text()) for path in manifests(daemon)]
-    return sum(float(stem_set["separation_seconds"]) for stem_set in stem_sets)
+    return sum(float(stem_set["model_seconds"]) for stem_set in stem_sets)
+
+
+def run_stemd_cold(repo: Path, root: Path, tracks: list[Path]) -> float:
+    """cold c: the files are in the inbox, then `stemd run` starts; until every
+    stem set is published. Interpreter start, imports, model load, warm-up and
+    the startup scan are all inside, as they are in b."""
+    config = daemon_config(root, repo)
+    for track in tracks:
+        shutil.copyfile(track, root / "inbox" / track.name)
+    started = time.perf_counter()
+    daemon = Daemon(config, root).start()
+    try:
+        wait_until(lambda: published(daemon) == len(tracks), 7200, "cold stemd to publish", 0.1)
+        return time.perf_counter() - started
+    finally:
+        daemon.stop(600)
 
 
 def run_stemd(repo: Path, root: Path, tracks: list[Path]) -> tuple[float, Daemon]:
@@ -249,7 +275,14 @@ def idle_cpu(root: Path, mode: str, plan: Plan) -> float:
         folder = inbox / f"album{i // 100:03d}"  # poller stats each one all the same
         folder.mkdir(parents=True, exist_ok=True)
         (folder / f"notes{i:05d}.txt").write_text("liner notes\n")
-    config = daemon_config(root, repo, names["feather"], mode=mode, settle="2s")
+    config = daemon_config(
+        root,
+        repo,
+        names["feather"],
+        mode=mode,
+        settle="2s",
+        rescan_interval=plan.rescan_interval,
+    )
     daemon = Daemon(config, root).start()
     try:
         daemon.wait_ready(120)
@@ -257,7 +290,7 @@ def idle_cpu(root: Path, mode: str, plan: Plan) -> float:
         pid = daemon.process.pid
         settled(pid)  # the startup scan and warm-up are done: measure idling alone
         before, started = cpu_seconds(pid), time.monotonic()
-        time.sleep(plan.idle_seconds)
+        time.sleep(plan.idle_seconds)  # the window: it holds one rescan or more
         used = cpu_seconds(pid) - before
         return 100.0 * used / (time.monotonic() - started)
     finally:
@@ -329,6 +362,35 @@ def hour_memory(work: Path, seconds: float) -> dict[str, float]:
     }
 
 
+# Per-round ratios, and which way is worse for each: a/c and b/c should be high
+# (stemd faster), c/d low (stemd close to the floor), the model share high.
+RATIOS = {
+    "a/c": ("a", "c", min),
+    "b/c": ("b", "c", min),
+    "b/cold c": ("b", "c_cold", min),
+    "c/d": ("c", "d", max),
+    "model share of c": ("c_model", "c", min),
+}
+
+
+def per_round(runs: dict[str, list[float]]) -> dict[str, list[float]]:
+    """Each ratio, round by round: both sides measured minutes apart, never a
+    fast run of one side against a slow run of the other."""
+    return {
+        name: [top / bottom for top, bottom in zip(runs[num], runs[den], strict=True)]
+        for name, (num, den, _worst) in RATIOS.items()
+    }
+
+
+def summary(values: list[float], name: str) -> dict[str, float]:
+    worst = RATIOS[name][2]
+    return {
+        "median": statistics.median(values),
+        "worst": worst(values),
+        "spread": max(values) - min(values),
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="fewer and shorter tracks")
@@ -359,17 +421,17 @@ def main() -> None:
     audio_s = plan.short_tracks * plan.short_seconds
     say(f"{len(tracks)} tracks of {plan.short_seconds:g}s, and one of {plan.long_seconds:g}s")
 
-    runs: dict[str, list[float]] = {"a": [], "b": [], "c": [], "d": [], "c_separating": []}
+    runs: dict[str, list[float]] = {k: [] for k in ("a", "b", "c", "c_cold", "d", "c_model")}
     latencies: list[float] = []
     for n in range(1, plan.rounds + 1):
         say(f"round {n} of {plan.rounds}; a: demucs CLI once per file")
         runs["a"].append(run_cli_per_file(repo, work, work / f"a{n}", tracks))
         say(f"a: {runs['a'][-1]:.1f}s; b: demucs CLI once with all files")
         runs["b"].append(timed(demucs_cli(repo, work / f"b{n}", tracks), work)[0])
-        say(f"b: {runs['b'][-1]:.1f}s; c: stemd")
+        say(f"b: {runs['b'][-1]:.1f}s; c: stemd, warm")
         c_run, daemon = run_stemd(repo, work / f"c{n}", tracks)
         runs["c"].append(c_run)
-        runs["c_separating"].append(separating_seconds(daemon))
+        runs["c_model"].append(model_seconds(daemon))
         say(f"c: {c_run:.1f}s")
         try:
             if n == 1:
@@ -377,13 +439,14 @@ def main() -> None:
                 latencies = pickup_latency(daemon, work / f"c{n}", plan.pickups)
         finally:
             daemon.stop(600)
-        say("d: forward passes alone")
+        say("cold c: stemd from its start")
+        runs["c_cold"].append(run_stemd_cold(repo, work / f"c-cold{n}", tracks))
+        say(f"cold c: {runs['c_cold'][-1]:.1f}s; d: forward passes alone")
         runs["d"].append(floor_seconds(repo, tracks))
         say(f"d: {runs['d'][-1]:.1f}s")
-        shutil.rmtree(work / f"a{n}", ignore_errors=True)
-        shutil.rmtree(work / f"b{n}", ignore_errors=True)
-    a, b, c, d = (min(runs[k]) for k in "abcd")
-    fastest_c = runs["c"].index(c)
+        for folder in (f"a{n}", f"b{n}", f"c{n}", f"c-cold{n}"):
+            shutil.rmtree(work / folder, ignore_errors=True)
+    rounds = per_round(runs)
 
     say(f"peak RSS on the {plan.long_seconds:g}s track: demucs CLI")
     _seconds, rss_b = timed(demucs_cli(repo, work / "b-long", [long]), work)
@@ -398,11 +461,9 @@ def main() -> None:
     say("hashing")
     ours_mbs, sha256sum_mbs = hashing(work, plan.hash_bytes)
 
-    results["seconds"] = {"a_cli_per_file": a, "b_cli_all_files": b, "c_stemd": c, "d_floor": d}
     results["runs_seconds"] = runs
-    results["ratios"] = {"a/c": a / c, "b/c": b / c, "c/d": c / d}
-    # measured inside c itself, so the machine's drift between c and d cannot move it
-    results["c_separating_share"] = runs["c_separating"][fastest_c] / c
+    results["rounds"] = rounds
+    results["ratios"] = {name: summary(values, name) for name, values in rounds.items()}
     results["audio_seconds"] = audio_s
     results["pickup_latency_s"] = {
         "median": statistics.median(latencies),
@@ -415,6 +476,7 @@ def main() -> None:
         "poll": idle_poll,
         "files": plan.idle_files,
         "seconds": plan.idle_seconds,
+        "rescan_interval": plan.rescan_interval,
     }
     results["peak_rss_mib_long_track"] = {"b_cli": rss_b / 1024, "c_stemd": rss_c / 1024}
     results["stemd_memory_hour_track"] = hour
@@ -431,26 +493,42 @@ def main() -> None:
 
 
 def table(r: dict[str, Any]) -> str:
-    s, q = r["seconds"], r["ratios"]
+    runs, q = r["runs_seconds"], r["ratios"]
     p, i, m, h = r["pickup_latency_s"], r["idle_cpu_percent"], r["peak_rss_mib_long_track"], r[
         "hashing_mb_s"]  # fmt: skip
     hr = r["stemd_memory_hour_track"]
     plan = r["plan"]
+
+    def seconds(key: str) -> str:
+        return " / ".join(f"{value:.1f}" for value in runs[key]) + " s"
+
+    def ratio(name: str, fmt: str = "{:.2f}") -> str:
+        median, worst = q[name]["median"], q[name]["worst"]
+        return f"{fmt.format(median)} (worst round {fmt.format(worst)})"
+
     rows = [
-        ("a: demucs CLI, once per file", f"{s['a_cli_per_file']:.1f} s"),
-        ("b: demucs CLI, all files at once", f"{s['b_cli_all_files']:.1f} s"),
-        ("c: stemd, all files dropped", f"{s['c_stemd']:.1f} s"),
-        ("d: forward passes alone", f"{s['d_floor']:.1f} s"),
-        ("a/c (target >= 1.25)", f"{q['a/c']:.2f}"),
-        ("b/c (target >= 1.0)", f"{q['b/c']:.2f}"),
-        ("c/d (target <= 1.10)", f"{q['c/d']:.2f}"),
-        ("share of c that stemd spent separating", f"{r['c_separating_share']:.1%}"),
+        ("a: demucs CLI, once per file", seconds("a")),
+        ("b: demucs CLI, all files at once", seconds("b")),
+        ("c: stemd warm, all files dropped", seconds("c")),
+        ("cold c: stemd from `stemd run`, files waiting", seconds("c_cold")),
+        ("d: forward passes alone", seconds("d")),
+        ("a/c (target >= 1.25)", ratio("a/c")),
+        ("b/c (target >= 1.0)", ratio("b/c")),
+        ("b/cold c", ratio("b/cold c")),
+        ("c/d (target <= 1.10)", ratio("c/d")),
+        ("share of c the model computed", ratio("model share of c", "{:.1%}")),
         (
             f"pickup latency, median / p95 (settle {p['settle_s']:g} s)",
             f"{p['median']:.2f} s / {p['p95']:.2f} s",
         ),
-        (f"idle CPU, {i['files']} files, inotify", f"{i['inotify']:.2f} %"),
-        (f"idle CPU, {i['files']} files, polling", f"{i['poll']:.2f} %"),
+        (
+            f"idle CPU, {i['files']} files, inotify, rescan every {i['rescan_interval']}",
+            f"{i['inotify']:.2f} %",
+        ),
+        (
+            f"idle CPU, {i['files']} files, polling, rescan every {i['rescan_interval']}",
+            f"{i['poll']:.2f} %",
+        ),
         (f"peak RSS, {plan['long_seconds']:g} s track: demucs CLI", f"{m['b_cli']:.0f} MiB"),
         (f"peak RSS, {plan['long_seconds']:g} s track: stemd", f"{m['c_stemd']:.0f} MiB"),
         (
@@ -466,12 +544,19 @@ def table(r: dict[str, Any]) -> str:
     head = (
         f"{plan['short_tracks']} tracks x {plan['short_seconds']:g} s, "
         f"{r['machine']['cpus']} CPUs, torch {r['machine']['torch']}, "
-        f"{'CUDA' if r['machine']['cuda'] else 'no GPU'} ({r['mode']} run)"
+        f"{'CUDA' if r['machine']['cuda'] else 'no GPU'} ({r['mode']} run, "
+        f"{plan['rounds']} round(s): times are per round, ratios within a round)"
     )
-    if plan["rounds"] > 1:
-        head += f"; a, b, c, d: fastest of {plan['rounds']} runs each"
     lines = [head, "", "| measure | result |", "| --- | --- |"]
     lines += [f"| {name} | {value} |" for name, value in rows]
+    lines += ["", "| round | a/c | b/c | b/cold c | c/d | model share of c |", "| --- " * 6 + "|"]
+    rounds = r["rounds"]
+    for n in range(plan["rounds"]):
+        lines.append(
+            f"| {n + 1} | {rounds['a/c'][n]:.2f} | {rounds['b/c'][n]:.2f} | "
+            f"{rounds['b/cold c'][n]:.2f} | {rounds['c/d'][n]:.2f} | "
+            f"{rounds['model share of c'][n]:.1%} |"
+        )
     return "\n".join(lines)
 
 
