@@ -61,13 +61,13 @@ def test_a_ledger_moved_aside_does_not_get_the_stems_written_twice(
             file.rename(aside / file.name)
         daemon.start().wait_ready()
         wait_until(lambda: daemon.status()["counts"]["done"] == 1, 60, "song.wav recognised")
+        assert record.count(SECONDS) == 1  # separated once, before the ledger was lost
+        assert sorted(p.name for p in (tmp_path / "outbox" / RECORDER).iterdir()) == ["song"]
+        assert manifest(tmp_path, "song") == first  # not rewritten
         assert "song.wav: stems already in recorder/song" in daemon.log()
         assert daemon.stop() == 0
     finally:
         daemon.kill()
-    assert record.count(SECONDS) == 1  # separated once, before the ledger was lost
-    assert sorted(p.name for p in (tmp_path / "outbox" / RECORDER).iterdir()) == ["song"]
-    assert manifest(tmp_path, "song") == first  # not rewritten
 
 
 @needs_root
@@ -85,10 +85,10 @@ def test_an_inbox_on_a_fuse_mount_is_polled_and_sees_writes_behind_the_mount(
         )
         try:
             daemon.start().wait_ready()
-            assert f"watching {inbox} (poll" in daemon.log()
             shutil.copyfile(make_tone(tmp_path / "s" / "song.wav", SECONDS), backing / "song.wav")
             wait_until(lambda: published(tmp_path, "song"), 60, "a file written behind the mount")
             assert manifest(tmp_path, "song")["source"] == "song.wav"
+            assert f"watching {inbox} (poll" in daemon.log()
             assert daemon.stop() == 0
         finally:
             daemon.kill()
