@@ -94,13 +94,6 @@ def test_an_inbox_on_a_fuse_mount_is_polled_and_sees_writes_behind_the_mount(
             daemon.kill()
 
 
-def drop_twice(root: Path, first: str, second: str) -> None:
-    song = make_tone(root / "s" / "song.wav", SECONDS)
-    for name in (first, second):
-        (root / "inbox" / name).parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(song, root / "inbox" / name)
-
-
 @pytest.mark.parametrize("mode", ["copy", "skip"])
 def test_duplicates_copy_or_skip_as_configured(
     tmp_path: Path, instrumented_repo: Path, mode: str
