@@ -273,9 +273,13 @@ def settled(pid: int, window: float = 2.0, share: float = 0.02, timeout: float =
     raise RuntimeError(f"pid {pid} still busy after {timeout:.0f}s")
 
 
-def idle_cpu(root: Path, mode: str, plan: Plan, rescan_interval: float) -> float:
+def idle_cpu(
+    root: Path, mode: str, plan: Plan, rescan_interval: float, settled_share: float
+) -> float:
     """Percent of one core used by an idle daemon watching `plan.idle_files` files,
-    rescanning them every `rescan_interval` seconds."""
+    rescanning them every `rescan_interval` seconds. Measuring starts once the
+    daemon uses under `settled_share` of a core: with rescans every few seconds it
+    is never quiet, only no longer starting up."""
     repo = root / "tiny-models"
     names = build_repo(repo)
     inbox = root / "inbox"
@@ -296,9 +300,7 @@ def idle_cpu(root: Path, mode: str, plan: Plan, rescan_interval: float) -> float
         daemon.wait_ready(120)
         assert daemon.process is not None
         pid = daemon.process.pid
-        # the startup scan and warm-up are done: measure idling alone (with rescans
-        # every few seconds it is never quiet, only no longer starting up)
-        settled(pid, share=0.02 if rescan_interval >= NO_RESCAN_S else 0.6)
+        settled(pid, share=settled_share)  # the startup scan and warm-up are done
         before, started = cpu_seconds(pid), time.monotonic()
         time.sleep(plan.idle_seconds)  # the window
         used = cpu_seconds(pid) - before
@@ -468,8 +470,8 @@ def main() -> None:
     say("idle CPU")
     idle: dict[str, dict[str, float]] = {}
     for mode in ("inotify", "poll"):
-        quiet = idle_cpu(work / f"idle-{mode}-quiet", mode, plan, NO_RESCAN_S)
-        busy = idle_cpu(work / f"idle-{mode}-rescans", mode, plan, plan.rescan_interval)
+        quiet = idle_cpu(work / f"idle-{mode}-quiet", mode, plan, NO_RESCAN_S, 0.02)
+        busy = idle_cpu(work / f"idle-{mode}-rescans", mode, plan, plan.rescan_interval, 0.6)
         rescan_cpu = max(0.0, busy - quiet) / 100 * plan.rescan_interval
         idle[mode] = {
             "between_rescans": quiet,

@@ -5,15 +5,16 @@ and the version that ends up in the inbox is the one that counts."""
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import shutil
 import signal
 from pathlib import Path
+from typing import Any
 
 from support.audio import make_tone
 from support.daemon import Daemon, service_config
 from support.instrumented_model import gated_daemon
+from support.published import manifests_under
 from support.waiting import wait_until
 
 
@@ -21,8 +22,14 @@ def sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def manifests(outbox: Path) -> dict[str, dict[str, str]]:
-    return {m.parent.name: json.loads(m.read_text()) for m in outbox.glob("*/*/stemd.json")}
+def manifests(outbox: Path) -> dict[str, dict[str, Any]]:
+    """Published tracks of every model's folder, by track name."""
+    return {
+        track: manifest
+        for model_dir in outbox.iterdir()
+        if model_dir.is_dir()
+        for track, manifest in manifests_under(model_dir).items()
+    }
 
 
 def test_files_deleted_before_their_turn_end_with_the_reason(tmp_path: Path) -> None:

@@ -23,6 +23,7 @@ from support.instrumented_model import (
     instrumented_model,
     model_env,
 )
+from support.published import published
 from support.waiting import wait_until
 
 MODEL = RECORDER  # demucs_unittest's architecture, recording what it separates
@@ -48,8 +49,8 @@ def track_dir(root: Path, relative: str) -> Path:
     return root / "outbox" / MODEL / relative
 
 
-def published(root: Path, relative: str) -> bool:
-    return (track_dir(root, relative) / "stemd.json").is_file()
+def published_at(root: Path, relative: str) -> bool:
+    return published(track_dir(root, relative))
 
 
 def assert_stems(folder: Path, source: Path) -> dict[str, Any]:
@@ -111,7 +112,7 @@ def test_dropped_files_become_stems_exactly_once(tmp_path: Path, instrumented_re
             return counts["done"] == 6 and counts["failed"] == 2 and counts["queued"] == 0
 
         wait_until(all_settled, 120, "6 done and 2 failed jobs")
-        wait_until(lambda: published(tmp_path, "song copy"), 30, "the copy to be published")
+        wait_until(lambda: published_at(tmp_path, "song copy"), 30, "the copy to be published")
         assert (track_dir(tmp_path, "moved") / "stemd.json").is_file()
 
         log = daemon.log()
@@ -146,7 +147,7 @@ def test_dropped_files_become_stems_exactly_once(tmp_path: Path, instrumented_re
         assert not track_dir(tmp_path, "corrupt").exists()
         assert daemon.process is not None and daemon.process.poll() is None
         shutil.copyfile(make_tone(staging / "after.flac", 1.5, frequency=660), inbox / "after.flac")
-        wait_until(lambda: published(tmp_path, "after"), 60, "a file dropped after the failures")
+        wait_until(lambda: published_at(tmp_path, "after"), 60, "a file dropped after the failures")
 
         assert daemon.stop() == 0
         assert "stemd stopped" in daemon.log()
@@ -155,7 +156,7 @@ def test_dropped_files_become_stems_exactly_once(tmp_path: Path, instrumented_re
         shutil.copyfile(make_tone(staging / "late.mp3", 1.75, frequency=770), inbox / "late.mp3")
         daemon.start()
         daemon.wait_ready()
-        wait_until(lambda: published(tmp_path, "late"), 60, "the file dropped while stopped")
+        wait_until(lambda: published_at(tmp_path, "late"), 60, "the file dropped while stopped")
         # after the restart, late.mp3 alone was separated: nothing done before again
         assert daemon.process is not None
         restarted = [p for p in record.passes() if p["pid"] == daemon.process.pid]
@@ -239,7 +240,7 @@ def test_sighup_applies_a_valid_config_and_keeps_the_old_one_when_invalid(
     try:
         daemon.wait_ready()
         shutil.copyfile(make_tone(tmp_path / "one.wav", 1.0), inbox / "one.wav")
-        wait_until(lambda: published(tmp_path, "one"), 60, "one.wav")
+        wait_until(lambda: published_at(tmp_path, "one"), 60, "one.wav")
         assert (track_dir(tmp_path, "one") / "vocals.wav").exists()
 
         settings = yaml.safe_load(config.read_text())
@@ -248,7 +249,7 @@ def test_sighup_applies_a_valid_config_and_keeps_the_old_one_when_invalid(
         daemon.signal(signal.SIGHUP)
         wait_until(lambda: "configuration applied" in daemon.log(), 30, "the reload")
         shutil.copyfile(make_tone(tmp_path / "two.wav", 1.0, frequency=300), inbox / "two.wav")
-        wait_until(lambda: published(tmp_path, "two"), 60, "two.wav")
+        wait_until(lambda: published_at(tmp_path, "two"), 60, "two.wav")
         assert (track_dir(tmp_path, "two") / "vocals.flac").exists()
 
         config.write_text(config.read_text() + "bogus_key: 1\n")
@@ -259,7 +260,7 @@ def test_sighup_applies_a_valid_config_and_keeps_the_old_one_when_invalid(
             "the invalid reload to be rejected",
         )
         shutil.copyfile(make_tone(tmp_path / "three.wav", 1.0, frequency=500), inbox / "three.wav")
-        wait_until(lambda: published(tmp_path, "three"), 60, "three.wav under the old config")
+        wait_until(lambda: published_at(tmp_path, "three"), 60, "three.wav under the old config")
         assert (track_dir(tmp_path, "three") / "vocals.flac").exists()
         assert daemon.stop() == 0
     finally:

@@ -7,13 +7,13 @@ nothing lost, no finished job run again.
 
 from __future__ import annotations
 
-import json
 import shutil
 from pathlib import Path
 
 from support.audio import make_tone
 from support.daemon import Daemon
 from support.instrumented_model import gated_daemon, record_in
+from support.published import manifests_under
 from support.waiting import wait_until
 
 # Each track its own length, so the model's record tells them apart.
@@ -28,10 +28,10 @@ def drop(root: Path, name: str, pitch: int) -> None:
 
 def published(root: Path) -> dict[str, str]:
     """{track folder: source} for every complete stem set in the outbox."""
-    out: dict[str, str] = {}
-    for manifest in (root / "outbox" / "gated").glob("*/stemd.json"):
-        out[manifest.parent.name] = json.loads(manifest.read_text())["source"]
-    return out
+    return {
+        track: manifest["source"]
+        for track, manifest in manifests_under(root / "outbox" / "gated").items()
+    }
 
 
 def separations(root: Path, name: str) -> int:

@@ -3,10 +3,10 @@ unreadable files, each tried for real."""
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -14,6 +14,7 @@ from support.audio import make_tone
 from support.daemon import Daemon, service_config
 from support.instrumented_model import RECORDER, instrumented_model, model_env, record_in
 from support.mounts import bind_mount, fuse_share, needs_root
+from support.published import manifest_in, published
 from support.waiting import wait_until
 
 SECONDS = 1.0
@@ -24,13 +25,14 @@ def track(root: Path, relative: str) -> Path:
     return root / "outbox" / RECORDER / relative
 
 
-def published(root: Path, relative: str) -> bool:
-    return (track(root, relative) / "stemd.json").is_file()
+def published_at(root: Path, relative: str) -> bool:
+    return published(track(root, relative))
 
 
-def manifest(root: Path, relative: str) -> dict[str, object]:
-    data: dict[str, object] = json.loads((track(root, relative) / "stemd.json").read_text())
-    return data
+def manifest(root: Path, relative: str) -> dict[str, Any]:
+    found = manifest_in(track(root, relative))
+    assert found is not None, f"{relative} is not published"
+    return found
 
 
 def recorder_daemon(root: Path, repo: Path, **sections: object) -> Daemon:
@@ -50,7 +52,7 @@ def test_a_ledger_moved_aside_does_not_get_the_stems_written_twice(
     try:
         daemon.start().wait_ready()
         shutil.copyfile(song, tmp_path / "inbox" / "song.wav")
-        wait_until(lambda: published(tmp_path, "song"), 60, "song.wav")
+        wait_until(lambda: published_at(tmp_path, "song"), 60, "song.wav")
         first = manifest(tmp_path, "song")
         assert daemon.stop() == 0
 
@@ -86,7 +88,9 @@ def test_an_inbox_on_a_fuse_mount_is_polled_and_sees_writes_behind_the_mount(
         try:
             daemon.start().wait_ready()
             shutil.copyfile(make_tone(tmp_path / "s" / "song.wav", SECONDS), backing / "song.wav")
-            wait_until(lambda: published(tmp_path, "song"), 60, "a file written behind the mount")
+            wait_until(
+                lambda: published_at(tmp_path, "song"), 60, "a file written behind the mount"
+            )
             assert manifest(tmp_path, "song")["source"] == "song.wav"
             assert f"watching {inbox} (poll" in daemon.log()
             assert daemon.stop() == 0
@@ -103,7 +107,7 @@ def test_duplicates_copy_or_skip_as_configured(
     try:
         daemon.start().wait_ready()
         shutil.copyfile(make_tone(tmp_path / "s" / "song.wav", SECONDS), tmp_path / "inbox/a.wav")
-        wait_until(lambda: published(tmp_path, "a"), 60, "a.wav")
+        wait_until(lambda: published_at(tmp_path, "a"), 60, "a.wav")
         shutil.copyfile(tmp_path / "inbox/a.wav", tmp_path / "inbox/b.wav")
         wait_until(lambda: "b.wav: same" in daemon.log(), 60, "the copy to be recognised")
         assert daemon.stop() == 0
@@ -133,13 +137,13 @@ def test_stems_that_cannot_be_hard_linked_are_copied(
     try:
         daemon.start().wait_ready()
         shutil.copyfile(song, tmp_path / "inbox/old/song.wav")
-        wait_until(lambda: published(tmp_path, "old/song"), 60, "old/song.wav")
+        wait_until(lambda: published_at(tmp_path, "old/song"), 60, "old/song.wav")
         # The existing stems now live on another filesystem than the outbox's own
         # (a folder moved to a second disk): a hard link to them fails with EXDEV.
         with bind_mount(track(tmp_path, "old")):
             (tmp_path / "inbox" / "new").mkdir()
             shutil.copyfile(song, tmp_path / "inbox/new/song.wav")
-            wait_until(lambda: published(tmp_path, "new/song"), 60, "new/song.wav")
+            wait_until(lambda: published_at(tmp_path, "new/song"), 60, "new/song.wav")
             for name in STEMS:
                 original = track(tmp_path, "old/song") / name
                 copy = track(tmp_path, "new/song") / name
@@ -184,7 +188,7 @@ def test_an_unreadable_input_fails_with_the_reason_and_is_left_in_place(
         shutil.copyfile(good, tmp_path / "inbox" / "good.wav")
         shutil.move(locked, tmp_path / "inbox" / "locked.wav")
         wait_until(
-            lambda: published(tmp_path, "good") and daemon.status()["failed"],
+            lambda: published_at(tmp_path, "good") and daemon.status()["failed"],
             60,
             "good.wav published and locked.wav failed",
         )

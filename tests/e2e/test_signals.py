@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import shutil
 import signal
 import time
@@ -14,13 +13,12 @@ import yaml
 from support.audio import make_tone
 from support.daemon import write_config
 from support.instrumented_model import gated_daemon
+from support.published import manifest_in
 from support.waiting import wait_until
 
 
 def manifest(root: Path, track: str) -> dict[str, Any] | None:
-    path = root / "outbox" / "gated" / track / "stemd.json"
-    data: dict[str, Any] | None = json.loads(path.read_text()) if path.is_file() else None
-    return data
+    return manifest_in(root / "outbox" / "gated" / track)
 
 
 def drop(root: Path, name: str, seconds: float, pitch: int) -> None:
