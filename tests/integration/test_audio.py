@@ -176,7 +176,7 @@ def test_two_stems_writes_the_stem_and_the_sum_of_the_rest() -> None:
 
 
 def test_a_child_past_its_time_limit_is_killed(tmp_path: Path) -> None:
-    from stemd.audio import _run
+    from stemd.audio.children import run as _run
 
     pid_file = tmp_path / "pid"
     started = time.monotonic()
