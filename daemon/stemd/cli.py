@@ -155,6 +155,12 @@ def _separate_overrides(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
     return overrides
 
 
+def separate_cache_dir() -> Path:
+    """Where `stemd separate` without a config keeps its work files."""
+    cache = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(cache) / "stemd"
+
+
 def cmd_separate(args: argparse.Namespace) -> int:
     from stemd.allocator import tune_for_model
 
@@ -178,7 +184,8 @@ def cmd_separate(args: argparse.Namespace) -> int:
     setup_logging("stderr", config.logging.level)
     use_model_cache(config)
     from stemd.engine import Engine
-    from stemd.worker import RenderRequest, render_track
+    from stemd.track import RenderRequest, render_track
+    from stemd.workfiles import WorkArea
 
     engine = Engine(config.model)
     engine.check_stem(config.output.two_stems, "command line", "--two-stems")
@@ -186,6 +193,9 @@ def cmd_separate(args: argparse.Namespace) -> int:
     outbox = Outbox(config.outbox, config.output)
     params = profile_params(config, engine.info)
     key = profile_key(params)
+    # decoded mix and stems wait on local disk, never in memory: in state_dir
+    # when a config names one, else in the user's cache (not /tmp: often RAM)
+    work_area = WorkArea(config.state_dir if use_file else separate_cache_dir())
     failures = 0
     for file in args.files:
         if not file.is_file():
@@ -209,7 +219,8 @@ def cmd_separate(args: argparse.Namespace) -> int:
                     engine,
                     outbox,
                     config,
-                    RenderRequest(file, file.name, sha, key, params, "separate"),
+                    RenderRequest(file, file.name, sha, key, params, f"separate-{os.getpid()}"),
+                    work_area,
                     progress=advance,
                 )
             except InputError as err:

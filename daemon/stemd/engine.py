@@ -4,7 +4,9 @@ This is the only module that imports torch model code. Separation computes what
 `python -m demucs.separate` computes (demucs.api.Separator.separate_tensor): the
 mix is normalised by the mean and std of its mono reference, run through
 `demucs.apply.apply_model`'s arithmetic with the same shifts/overlap/segment
-(batched: stemd.batching), and scaled back.
+(batched and streamed: stemd.batching, stemd.streaming), and scaled back. A
+track is read from its work file a window at a time and its stems leave in
+regions, so memory does not grow with its length.
 
 On CUDA: inputs go through pinned host memory with non-blocking copies, cuDNN
 picks its fastest kernels (`cudnn.benchmark`), outputs come straight back to the
@@ -29,9 +31,18 @@ from demucs.apply import BagOfModels
 from demucs.htdemucs import HTDemucs
 from demucs.pretrained import get_model
 
-from stemd.batching import model_valid_length, segment_length, separate_batched
+from stemd.batching import model_valid_length, segment_length
 from stemd.config import ModelConfig
 from stemd.errors import ConfigError, JobCancelled, ModelError
+from stemd.streaming import (
+    MixSource,
+    NormalisedSource,
+    RawFrames,
+    RegionSink,
+    TensorSource,
+    separate_streamed,
+)
+from stemd.workfiles import MixStats
 
 log = logging.getLogger("stemd")
 
@@ -45,6 +56,9 @@ CancelCheck = Callable[[], bool]
 # AUTO_MAX_BATCH.
 AUTO_MAX_BATCH = 16
 AUTO_MEMORY_SHARE = 0.6
+# stems leave a streamed separation in regions of at least this much audio: few
+# enough writes, and a window of output a few chunks long
+SINK_REGION_SECONDS = 10.0
 
 
 def resolve_device(requested: str) -> torch.device:
@@ -317,11 +331,49 @@ class Engine:
         progress: ProgressHook | None = None,
         cancelled: CancelCheck | None = None,
     ) -> dict[str, torch.Tensor]:
-        """Separate a [channels, samples] mix at the model's rate into {stem: [C, T]}.
+        """Separate a [channels, samples] mix held in memory into {stem: [C, T]}
+        (short audio: tests, `separate_stream` for tracks)."""
+        ref = wav.mean(0)
+        mean = ref.mean()
+        std = ref.std() + 1e-8
+        regions: list[torch.Tensor] = []
+        self._separate(
+            TensorSource((wav.cpu() - mean) / std),
+            lambda _start, region: regions.append(region.mul_(std).add_(mean)),
+            progress,
+            cancelled,
+        )
+        out = torch.cat(regions, -1)
+        return dict(zip(self.info.sources, out, strict=True))
 
-        `progress` gets the fraction done after each forward pass; `cancelled` is
-        asked before each one and, when true, stops the separation with JobCancelled.
-        """
+    def separate_stream(
+        self,
+        mix: RawFrames,
+        stats: MixStats,
+        sink: RegionSink,
+        progress: ProgressHook | None = None,
+        cancelled: CancelCheck | None = None,
+    ) -> None:
+        """Separate a mix read from `mix` (its frames at the model's rate and
+        channels) into `sink`, which gets [sources, channels, n] regions in
+        order. `stats` are the mix's normalisation statistics."""
+        source = NormalisedSource(mix, stats)
+
+        def scaled_back(start: int, region: torch.Tensor) -> None:
+            sink(start, source.denormalise(region))
+
+        self._separate(source, scaled_back, progress, cancelled, SINK_REGION_SECONDS)
+
+    def _separate(
+        self,
+        source: MixSource,
+        sink: RegionSink,
+        progress: ProgressHook | None,
+        cancelled: CancelCheck | None,
+        region_seconds: float = 0.0,
+    ) -> None:
+        """`progress` gets the fraction done after each forward pass; `cancelled`
+        is asked before each one and, when true, stops with JobCancelled."""
 
         def forward(model: torch.nn.Module, batch: torch.Tensor) -> torch.Tensor:
             if cancelled is not None and cancelled():
@@ -332,18 +384,15 @@ class Engine:
             if progress is not None:
                 progress(done / total)
 
-        ref = wav.mean(0)
-        mean = ref.mean()
-        std = ref.std() + 1e-8
-        out = separate_batched(
+        separate_streamed(
             self.model,
-            ((wav.cpu() - mean) / std)[None],
+            source,
+            sink,
             forward,
             self.batch_size(),
             shifts=self.config.shifts,
             overlap=self.config.overlap,
             segment=self.config.segment,
             on_batch=on_batch,
+            min_region=int(region_seconds * self.info.samplerate),
         )
-        out.mul_(std).add_(mean)  # in place: a long track's stems are gigabytes
-        return dict(zip(self.info.sources, out[0], strict=True))

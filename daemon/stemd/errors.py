@@ -72,9 +72,18 @@ class OutboxError(StemdError):
     """Stems could not be written or published into the outbox."""
 
 
-class OutboxFull(OutboxError):
-    """The outbox has no room for a track's stems. Not the track's fault: the job
-    waits for space instead of using up its attempts."""
+class NoSpace(StemdError):
+    """A disk stemd writes to has no room. Not the track's fault: the job waits
+    for space instead of using up its attempts."""
+
+
+class OutboxFull(OutboxError, NoSpace):
+    """The outbox has no room for a track's stems."""
+
+
+class WorkAreaFull(NoSpace):
+    """The work area (state_dir/work, local disk) has no room for a track's work
+    files (its decoded mix and its stems before encoding)."""
 
 
 class JobCancelled(StemdError):

@@ -26,7 +26,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from stemd.config import OutputConfig
-from stemd.errors import ConfigError, OutboxError, OutboxFull
+from stemd.errors import ConfigError, NoSpace, OutboxError, OutboxFull
 from stemd.ledger import FileStat
 
 log = logging.getLogger("stemd")
@@ -58,7 +58,7 @@ def is_disk_full(err: BaseException) -> bool:
     """ENOSPC or EDQUOT anywhere in the error's chain (encoders wrap OSErrors)."""
     current: BaseException | None = err
     while current is not None:
-        if isinstance(current, OutboxFull):
+        if isinstance(current, NoSpace):
             return True
         if isinstance(current, OSError) and current.errno in (errno.ENOSPC, errno.EDQUOT):
             return True

@@ -9,8 +9,10 @@ the device never runs two jobs at once.
 Decoding and encoding overlap the model's work, each on a thread of its own with
 room for one track: while job N separates, the next queued job's input is
 decoded ("decode-ahead"), and job N-1's stems are encoded and published
-("finish-behind"). At most three tracks are in memory: the one decoded ahead,
-the one in the model, the one being written.
+("finish-behind"). The tracks themselves wait in work files on local disk
+(stemd.workfiles, one folder per job under state_dir/work), so memory holds a
+block per thread, not a track: at most three work folders exist, the one
+decoded ahead, the one in the model, the one being written.
 """
 
 from __future__ import annotations
@@ -19,21 +21,18 @@ import logging
 import os
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-import torch
-
-from stemd import __version__
 from stemd.allocator import release_free_memory
-from stemd.audio import StemFormat, decode, encode, probe, stems_to_write
 from stemd.config import Config
 from stemd.crash import crash_point
-from stemd.engine import CancelCheck, Engine, ModelInfo, ProgressHook
-from stemd.errors import InputError, JobCancelled, StemdError
+from stemd.engine import Engine, ModelInfo
+from stemd.errors import InputError, JobCancelled, NoSpace, StemdError
 from stemd.folders import SharedFolders
 from stemd.hashing import sha256_file
 from stemd.ledger import FileStat, InputRecord, InputState, JobRecord, JobState, Ledger
@@ -46,10 +45,20 @@ from stemd.outbox import (
     new_manifest,
     read_manifest,
     stem_filename,
-    stems_size_estimate,
     track_folder,
 )
 from stemd.profile import profile_key, profile_params
+from stemd.track import (
+    Loaded,
+    RenderRequest,
+    StemFiles,
+    Timing,
+    check_room,
+    decode_track,
+    separate_track,
+    write_stems,
+)
+from stemd.workfiles import WorkArea
 
 log = logging.getLogger("stemd")
 
@@ -57,8 +66,6 @@ RETRY_MAX_DELAY_S = 3600.0
 SPACE_WAIT_MAX_S = 300.0  # a full outbox is checked again at least this often
 IDLE_WAIT_S = 1.0
 PROGRESS_WRITE_INTERVAL_S = 1.0
-# Decoders may drop a frame at the end; more missing than this is a cut file.
-TRUNCATION_SLACK_S = 0.1
 
 
 def job_event(level: int, name: Event, message: str, job: JobRecord, source: str) -> None:
@@ -82,39 +89,16 @@ class Current:
 
 
 @dataclass(frozen=True)
-class RenderRequest:
-    path: Path
-    relative: str  # inbox-relative name: decides the track folder and file names
-    sha256: str
-    profile: str
-    params: dict[str, Any]
-    label: str  # names the temp folder
-
-
-@dataclass(frozen=True)
-class Rendered:
-    temp: Path  # the sealed work folder inside the outbox
-    folder: PurePosixPath  # the track folder the layout names for it
-
-
-@dataclass(frozen=True)
-class Timing:
-    """How long one track's separation took, as its manifest records it."""
-
-    separated: float  # seconds from the start of decoding to the end of separation
-    model: float  # of which the model's forward passes took this many
-
-
-@dataclass(frozen=True)
 class Separated:
-    """A job's stems, handed to the encoder thread with what writing them needs
-    (the model, outbox and config of the moment: a reload may replace them)."""
+    """A job's stems in their work files, handed to the encoder thread with what
+    writing them needs (the model, outbox and config of the moment: a reload may
+    replace them). The encoder thread removes the work folder."""
 
     job: JobRecord
     source: InputRecord
     request: RenderRequest
-    stems: dict[str, torch.Tensor]
-    duration: float  # seconds of audio
+    stems: StemFiles
+    loaded: Loaded
     timing: Timing
     info: ModelInfo
     outbox: Outbox
@@ -122,130 +106,14 @@ class Separated:
 
 
 @dataclass(frozen=True)
-class Loaded:
-    """An input decoded to the model's rate and channels, checked."""
-
-    wav: torch.Tensor
-    duration: float  # seconds
-
-
-@dataclass(frozen=True)
 class DecodedAhead:
-    """The next queued input, decoding on the decoder thread: this version of it."""
+    """The next queued input, decoding on the decoder thread into a work folder
+    of its own: this version of it."""
 
     input_id: int
     stat: FileStat
     loaded: Future[Loaded]
-
-
-def load_track(
-    info: ModelInfo, config: Config, path: Path, cancelled: CancelCheck | None = None
-) -> Loaded:
-    """Probe and decode; raises InputError for input that cannot be used."""
-    probe_info = probe(path)
-    max_duration = config.watch.max_duration
-    if probe_info.duration is not None and probe_info.duration > max_duration:
-        raise InputError(
-            path,
-            f"{probe_info.duration:.0f}s of audio is over watch.max_duration ({max_duration:g}s)",
-        )
-    wav = decode(path, info.samplerate, info.audio_channels, probe_info, cancelled)
-    duration = wav.shape[-1] / info.samplerate
-    if duration > max_duration:
-        raise InputError(path, f"{duration:.0f}s is over watch.max_duration")
-    announced = probe_info.duration
-    if probe_info.exact_duration and announced and duration < announced - TRUNCATION_SLACK_S:
-        raise InputError(
-            path,
-            f"truncated: it holds {duration:.1f}s of the {announced:.1f}s its header "
-            "announces (an interrupted copy?); copy it again",
-        )
-    return Loaded(wav, duration)
-
-
-def check_room(info: ModelInfo, outbox: Outbox, config: Config, loaded: Loaded, what: str) -> None:
-    """OutboxFull unless the stems fit. Asked before the separation, not after
-    it: a full share should not cost a separation that has nowhere to go."""
-    output = config.output
-    stem_count = 2 if output.two_stems else len(info.sources)
-    outbox.check_space(
-        stems_size_estimate(
-            output, loaded.duration, info.samplerate, info.audio_channels, stem_count
-        ),
-        what,
-    )
-
-
-def write_stems(
-    info: ModelInfo,
-    outbox: Outbox,
-    config: Config,
-    request: RenderRequest,
-    stems: dict[str, torch.Tensor],
-    duration: float,
-    timing: Timing,
-    progress: ProgressHook | None = None,
-    cancelled: CancelCheck | None = None,
-) -> Rendered:
-    """Encode separated stems into a sealed temp folder in the outbox."""
-    output = config.output
-    stems = stems_to_write(stems, output.two_stems)
-    fmt = StemFormat(output.format, output.sample_format, output.mp3_bitrate, output.clip)
-    names = TrackNames.for_input(info.folder, request.relative, request.sha256)
-    temp = outbox.new_temp(request.label)
-    try:
-        files: dict[str, str] = {}
-        for stem, data in stems.items():
-            filename = stem_filename(output.layout, names, stem, fmt.format)
-            encode(data, temp / filename, info.samplerate, fmt, cancelled)
-            files[stem] = filename
-            if progress is not None:
-                progress(1.0)  # a stem encoded: still alive (long tracks encode for minutes)
-        outbox.seal(
-            temp,
-            new_manifest(
-                source=request.relative,
-                sha256=request.sha256,
-                profile=request.profile,
-                model=info.name,
-                parameters=request.params,
-                stems=files,
-                samplerate=info.samplerate,
-                duration_seconds=round(duration, 3),
-                separation_seconds=round(timing.separated, 3),
-                model_seconds=round(timing.model, 3),
-                device=info.device,
-                stemd_version=__version__,
-                duplicate_of=None,
-            ),
-        )
-    except BaseException:
-        outbox.discard(temp)
-        raise
-    return Rendered(temp, track_folder(output.layout, names))
-
-
-def render_track(
-    engine: Engine,
-    outbox: Outbox,
-    config: Config,
-    request: RenderRequest,
-    progress: ProgressHook | None = None,
-    cancelled: CancelCheck | None = None,
-) -> Rendered:
-    """Decode, separate and encode one track into a sealed temp folder in the outbox.
-
-    The caller publishes it to `folder` (or discards it). Raises InputError for
-    input that cannot be used, JobCancelled when `cancelled` turns true.
-    """
-    started, model_before = time.monotonic(), engine.model_seconds
-    loaded = load_track(engine.info, config, request.path, cancelled)
-    check_room(engine.info, outbox, config, loaded, request.relative)
-    stems = engine.separate(loaded.wav, progress=progress, cancelled=cancelled)
-    timing = Timing(time.monotonic() - started, engine.model_seconds - model_before)
-    return write_stems(
-        engine.info, outbox, config, request, stems, loaded.duration, timing, progress, cancelled
-    )
+    dropped: threading.Event  # set: stop decoding (between blocks) and remove it
 
 
 class Worker(threading.Thread):
@@ -270,6 +138,8 @@ class Worker(threading.Thread):
         self._decoder = ThreadPoolExecutor(1, thread_name_prefix="stemd-decode")
         self._encoder = ThreadPoolExecutor(1, thread_name_prefix="stemd-encode")
         self._ahead: DecodedAhead | None = None
+        self.work_area = WorkArea(config.state_dir)  # state_dir never changes on reload
+        self._work_count = 0  # makes each work folder's name new
         self._finishing: Future[None] | None = None
         self._holding_memory = True  # the warm-up's, then each job's (see _release_memory)
         # attach-and-reuse (worker) vs complete-and-serve-copies (encoder): one at a
@@ -303,6 +173,7 @@ class Worker(threading.Thread):
     def run(self) -> None:
         away = False
         try:
+            self._clear_work_area()
             self._warm_up()
             self.dispose_leftovers()
             while not self.stop_requested.is_set():
@@ -334,8 +205,15 @@ class Worker(threading.Thread):
             self.failure = exc
             log.critical("the worker stopped on an unexpected error: %s", exc, exc_info=True)
         finally:
-            self._decoder.shutdown(wait=False, cancel_futures=True)
+            self._drop_ahead()  # stops between blocks, its folder removed when it ends
+            self._decoder.shutdown(wait=True, cancel_futures=True)
             self._encoder.shutdown(wait=True)
+
+    def _clear_work_area(self) -> None:
+        """Work files a crash left behind (no job is in hand yet)."""
+        freed = self.work_area.clear()
+        if freed:
+            log.info("removed %.1f MiB of work files left by an earlier run", freed / 2**20)
 
     def _release_memory(self) -> None:
         """The queue is empty: once the last stems are written, hand the memory the
@@ -517,25 +395,27 @@ class Worker(threading.Thread):
                 source.relative,
             )
             started, model_before = time.monotonic(), self.engine.model_seconds
-            loaded = self._decoded(source, info, config)
-            self._decode_ahead()  # the next job's input, while the model works
-            check_room(info, outbox, config, loaded, source.relative)
-            stems = self.engine.separate(
-                loaded.wav, progress=lambda f: self._progress(job, f), cancelled=self._cancelled
-            )
-            self._finish_behind(
-                Separated(
-                    job,
-                    source,
-                    request,
-                    stems,
-                    loaded.duration,
-                    Timing(time.monotonic() - started, self.engine.model_seconds - model_before),
-                    info,
-                    outbox,
+            loaded = self._decoded(job, source, info, config)
+            handed_on = False
+            try:
+                self._decode_ahead()  # the next job's input, while the model works
+                check_room(info, outbox, config, loaded, source.relative)
+                stems = separate_track(
+                    self.engine,
+                    loaded,
                     config,
+                    progress=lambda f: self._progress(job, f),
+                    cancelled=self._cancelled,
                 )
-            )
+                timing = Timing(
+                    time.monotonic() - started, self.engine.model_seconds - model_before
+                )
+                done = Separated(job, source, request, stems, loaded, timing, info, outbox, config)
+                self._finish_behind(done)
+                handed_on = True  # the encoder thread removes the work folder
+            finally:
+                if not handed_on:
+                    loaded.work.remove()
         except BaseException as err:
             if not self._job_failed(job, source.relative, err):
                 raise
@@ -563,33 +443,68 @@ class Worker(threading.Thread):
 
     # -- decode-ahead and finish-behind -------------------------------------------
 
-    def _decoded(self, source: InputRecord, info: ModelInfo, config: Config) -> Loaded:
-        """The source decoded: by the decode-ahead if it did this very version."""
+    def _decoded(
+        self, job: JobRecord, source: InputRecord, info: ModelInfo, config: Config
+    ) -> Loaded:
+        """The source decoded into a work folder: by the decode-ahead if it did
+        this very version. A failed decode leaves no folder behind."""
         ahead = self._ahead
         if ahead is not None and (ahead.input_id, ahead.stat) == (source.id, source.stat):
             self._ahead = None
-            loaded: Loaded = self._wait(ahead.loaded)
+            loaded: Loaded = self._wait(ahead.loaded)  # (it removed its folder if it failed)
             return loaded
         self._drop_ahead()  # another job came first (a retry, a reload)
-        return load_track(info, config, source.path, self._cancelled)
+        return self._decode_into_work(job.id, info, config, source.path, self._cancelled)
+
+    def _decode_into_work(
+        self,
+        job_id: int,
+        info: ModelInfo,
+        config: Config,
+        path: Path,
+        cancelled: Callable[[], bool],
+    ) -> Loaded:
+        self._work_count += 1
+        work = self.work_area.job(f"job{job_id}-{self._work_count}")
+        try:
+            return decode_track(info, config, path, work, cancelled)
+        except BaseException:
+            work.remove()
+            raise
 
     def _decode_ahead(self) -> None:
-        if self._ahead is not None:
+        if self._ahead is not None or self.stop_requested.is_set():
             return
         upcoming = self.ledger.next_queued()  # the running job is claimed: not among them
         source = self._source_for(upcoming) if upcoming is not None else None
-        if source is None:
+        if upcoming is None or source is None:
             return
+        dropped = threading.Event()
         future = self._decoder.submit(
-            load_track, self.engine.info, self.config, source.path, self._cancelled
+            self._decode_into_work,
+            upcoming.id,
+            self.engine.info,
+            self.config,
+            source.path,
+            lambda: dropped.is_set() or self.stop_requested.is_set(),
         )
-        self._ahead = DecodedAhead(source.id, source.stat, future)
+        self._ahead = DecodedAhead(source.id, source.stat, future, dropped)
 
     def _drop_ahead(self) -> None:
-        """Forget the input decoded ahead (if still queued, it is not started)."""
-        if self._ahead is not None:
-            self._ahead.loaded.cancel()
-            self._ahead = None
+        """Forget the input decoded ahead: stop it between blocks if it is
+        decoding, and remove its work folder once it is done."""
+        ahead, self._ahead = self._ahead, None
+        if ahead is None:
+            return
+        ahead.dropped.set()
+        if ahead.loaded.cancel():
+            return  # never started: no folder
+
+        def remove(future: Future[Loaded]) -> None:
+            if not future.cancelled() and future.exception() is None:
+                future.result().work.remove()
+
+        ahead.loaded.add_done_callback(remove)
 
     def _finish_behind(self, done: Separated) -> None:
         """Hand the stems to the encoder thread; wait first for the one before, so
@@ -621,7 +536,7 @@ class Worker(threading.Thread):
                 done.config,
                 done.request,
                 done.stems,
-                done.duration,
+                done.loaded.duration,
                 done.timing,
                 progress=lambda _f: self.beat(),  # a stem written: alive
                 cancelled=self._cancelled,
@@ -638,6 +553,8 @@ class Worker(threading.Thread):
         finally:
             if temp is not None:
                 outbox.discard(temp)
+            done.stems.close()
+            done.loaded.work.remove()
 
     def _requeue_if_folder_missing(self, job: JobRecord) -> bool:
         """A job that failed because the inbox or outbox went away is not at fault:
@@ -660,7 +577,7 @@ class Worker(threading.Thread):
         waits = self._space_waits.get(job.id, 0) + 1
         self._space_waits[job.id] = waits
         delay = min(SPACE_WAIT_MAX_S, retry_delay(waits, self.config.source.retry_delay))
-        reason = str(err) if "outbox" in str(err) else f"the outbox is full ({err})"
+        reason = str(err) if isinstance(err, NoSpace) else f"the outbox is full ({err})"
         self.ledger.requeue(job.id, reason, delay=delay, count_attempt=False)
         job_event(
             logging.WARNING,

@@ -22,7 +22,9 @@ worst round. c also reports the share of its wall time that the model computed
 (the published manifests' model_seconds), which no drift can move.
 Then pickup latency, idle CPU with 10 000 files in the inbox (inotify and
 polling, a periodic rescan inside the window), peak RSS of b and c on the long
-track, and hashing throughput against `sha256sum`. Prints a Markdown table;
+track (the full-size model), peak RSS of the daemon by track length (10, 60 and
+120 minutes, the featherweight model), and hashing throughput against
+`sha256sum`. Prints a Markdown table;
 writes everything to OUT/bench.json. Every number comes from this run: nothing
 is copied from elsewhere.
 """
@@ -80,7 +82,8 @@ class Plan:
     idle_seconds: float
     idle_files: int
     hash_bytes: int
-    hour_seconds: float  # the memory measure's track (featherweight model)
+    # memory vs length: the featherweight model's daemon on tracks this long
+    memory_seconds: tuple[float, ...]
     # a, b, c, cold c and d each run this many times, in turn (a b c c' d a b ...),
     # and each round gives its own ratios: this machine's speed drifts by 10 % and
     # more over minutes, so only measurements side by side are compared
@@ -91,8 +94,8 @@ class Plan:
     rescan_interval: float
 
 
-FULL = Plan(12, 15.0, 600.0, 10, 60.0, 10_000, 1 << 30, 3600.0, 3, 5.0)
-QUICK = Plan(3, 15.0, 60.0, 5, 20.0, 10_000, 256 << 20, 600.0, 1, 2.5)
+FULL = Plan(12, 15.0, 600.0, 10, 60.0, 10_000, 1 << 30, (600.0, 3600.0, 7200.0), 3, 5.0)
+QUICK = Plan(3, 15.0, 60.0, 5, 20.0, 10_000, 256 << 20, (120.0, 600.0), 1, 2.5)
 
 
 def build_model(repo: Path) -> None:
@@ -217,9 +220,9 @@ def floor_seconds(repo: Path, tracks: list[Path]) -> float:
     with stemd's malloc settings, so they do not count as stemd's gain either."""
     from stemd.allocator import tune_for_model
     from stemd.audio import decode
-    from stemd.batching import separate_batched
     from stemd.config import ModelConfig
     from stemd.engine import Engine
+    from stemd.streaming import TensorSource, separate_streamed
 
     tune_for_model()  # main thread here: the arena limit does not matter, the rest does
     engine = Engine(ModelConfig(name=MODEL, repo=repo, device="cpu"))
@@ -236,7 +239,9 @@ def floor_seconds(repo: Path, tracks: list[Path]) -> float:
 
     for track in tracks:
         wav = decode(track, engine.info.samplerate, engine.info.audio_channels)
-        separate_batched(engine.model, wav[None], forward, 1, shifts=1, overlap=0.25)
+        separate_streamed(
+            engine.model, TensorSource(wav), lambda _s, _r: None, forward, 1, shifts=1
+        )
     return spent
 
 
@@ -354,24 +359,30 @@ def stemd_peak_rss(root: Path, repo: Path, model: str, track: Path) -> tuple[int
         daemon.stop(600)
 
 
-def hour_memory(work: Path, seconds: float) -> dict[str, float]:
-    """Peak RSS of stemd on a long track. The featherweight model keeps the
-    separation to minutes on a CPU: the track's buffers (decoded mix, stems) do
-    not depend on the model, and the model's own share is the `ready` RSS."""
+def memory_by_length(work: Path, lengths: tuple[float, ...]) -> list[dict[str, float]]:
+    """Peak RSS of the running daemon (VmHWM, what `top` shows at its highest) on
+    tracks of each length. The featherweight model keeps the separations to
+    minutes on a CPU; a track's buffers do not depend on the model, and the
+    model's own share is the `ready` RSS."""
     repo = work / "tiny-models"
     names = build_repo(repo)
-    track = make_tone(work / "hour" / "hour.flac", seconds, frequency=220)
-    ready, peak = stemd_peak_rss(work / "c-hour", repo, names["feather"], track)
-    shutil.rmtree(work / "c-hour", ignore_errors=True)  # gigabytes of stems
-    mix_mib = seconds * 44100 * 2 * 4 / 2**20  # the decoded mix, float32 stereo
-    return {
-        "seconds": seconds,
-        "ready_mib": ready / 1024,
-        "peak_mib": peak / 1024,
-        "track_mib": (peak - ready) / 1024,
-        "mix_mib": mix_mib,
-        "track_over_mix": (peak - ready) / 1024 / mix_mib,
-    }
+    rows = []
+    for seconds in lengths:
+        track = make_tone(work / "lengths" / f"{seconds:g}.flac", seconds, frequency=220)
+        root = work / f"c-length-{seconds:g}"
+        ready, peak = stemd_peak_rss(root, repo, names["feather"], track)
+        shutil.rmtree(root, ignore_errors=True)  # gigabytes of stems
+        track.unlink()
+        mix_mib = seconds * 44100 * 2 * 4 / 2**20  # the decoded mix, float32 stereo
+        rows.append(
+            {
+                "seconds": seconds,
+                "ready_mib": ready / 1024,
+                "peak_mib": peak / 1024,
+                "mix_mib": mix_mib,
+            }
+        )
+    return rows
 
 
 # Per-round ratios, and which way is worse for each: a/c and b/c should be high
@@ -464,8 +475,8 @@ def main() -> None:
     _seconds, rss_b = timed(demucs_cli(repo, work / "b-long", [long]), work)
     say("peak RSS: stemd")
     _ready, rss_c = stemd_peak_rss(work / "c-long", repo, MODEL, long)
-    say(f"peak RSS: stemd on a {plan.hour_seconds:g}s track (featherweight model)")
-    hour = hour_memory(work, plan.hour_seconds)
+    say("peak RSS by track length (featherweight model)")
+    lengths = memory_by_length(work, plan.memory_seconds)
 
     say("idle CPU")
     idle: dict[str, dict[str, float]] = {}
@@ -501,7 +512,7 @@ def main() -> None:
         "default_rescan_interval_s": DEFAULT_RESCAN_S,
     }
     results["peak_rss_mib_long_track"] = {"b_cli": rss_b / 1024, "c_stemd": rss_c / 1024}
-    results["stemd_memory_hour_track"] = hour
+    results["stemd_memory_by_length"] = lengths
     results["hashing_mb_s"] = {
         "stemd": ours_mbs,
         "sha256sum": sha256sum_mbs,
@@ -518,7 +529,8 @@ def table(r: dict[str, Any]) -> str:
     runs, q = r["runs_seconds"], r["ratios"]
     p, i, m, h = r["pickup_latency_s"], r["idle_cpu_percent"], r["peak_rss_mib_long_track"], r[
         "hashing_mb_s"]  # fmt: skip
-    hr = r["stemd_memory_hour_track"]
+    lengths = r["stemd_memory_by_length"]
+    shortest = lengths[0]
     plan = r["plan"]
 
     def seconds(key: str) -> str:
@@ -556,10 +568,16 @@ def table(r: dict[str, Any]) -> str:
         ),
         (f"peak RSS, {plan['long_seconds']:g} s track: demucs CLI", f"{m['b_cli']:.0f} MiB"),
         (f"peak RSS, {plan['long_seconds']:g} s track: stemd", f"{m['c_stemd']:.0f} MiB"),
-        (
-            f"stemd, {hr['seconds'] / 60:g} min track (featherweight model): ready / peak RSS",
-            f"{hr['ready_mib']:.0f} / {hr['peak_mib']:.0f} MiB: the track took "
-            f"{hr['track_mib']:.0f} MiB, {hr['track_over_mix']:.1f}x its decoded mix",
+        *(
+            (
+                f"stemd, {row['seconds'] / 60:g} min track (featherweight model): "
+                "ready / peak RSS (target: peak <= 2.5 GiB, <= 1.2x the shortest's)",
+                f"{row['ready_mib']:.0f} / {row['peak_mib']:.0f} MiB, "
+                f"{row['peak_mib'] / shortest['peak_mib']:.2f}x the "
+                f"{shortest['seconds'] / 60:g} min track's peak (its decoded mix: "
+                f"{row['mix_mib']:.0f} MiB)",
+            )
+            for row in lengths
         ),
         (
             f"hashing {h['bytes'] >> 20} MiB: stemd / sha256sum",

@@ -1,4 +1,4 @@
-"""The batched engine computes what demucs.apply.apply_model computes.
+"""The streamed, batched separation computes what demucs.apply.apply_model computes.
 
 Real demucs models (random weights, loaded through demucs' own repo code), the
 same shift offsets, max absolute difference 1e-4.
@@ -11,6 +11,7 @@ draws. The test records the offsets apply_model draws and replays them.
 
 from __future__ import annotations
 
+import itertools
 import random
 from pathlib import Path
 
@@ -20,7 +21,8 @@ import torch
 from demucs.apply import apply_model
 from demucs.pretrained import get_model
 
-from stemd.batching import batches, plan_chunks, separate_batched
+from stemd.batching import batches, plan_chunks
+from stemd.streaming import TensorSource, separate_streamed
 
 TOLERANCE = 1e-4
 BATCH = 3  # batch 1: the engine tests' reference runs
@@ -58,46 +60,6 @@ def mix(seconds: float, seed: int = 0) -> torch.Tensor:
     return torch.randn(1, 2, int(44100 * seconds), generator=generator) * 0.3
 
 
-@pytest.mark.parametrize("kind", ["htdemucs", "hdemucs", "bag"])
-@pytest.mark.parametrize("shifts", [0, 2])
-def test_batched_equals_apply_model(
-    model_repo: tuple[Path, dict[str, str]],
-    monkeypatch: pytest.MonkeyPatch,
-    kind: str,
-    shifts: int,
-) -> None:
-    repo, names = model_repo
-    model = get_model(names[kind], repo=repo)
-    model.eval()
-    # HDemucs is trained on 40 s; a 2 s segment gives it several chunks too
-    segment = 2.0 if kind == "hdemucs" else None
-    track = mix(6.3)  # not a whole number of chunks: a shorter last one
-
-    recorder = Recorder(1234)
-    monkeypatch.setattr(demucs.apply, "random", recorder)
-    with torch.no_grad():
-        expected = apply_model(
-            model, track, shifts=shifts, split=True, overlap=0.25, segment=segment
-        )
-    assert len(recorder.drawn) == shifts * len(getattr(model, "models", [model]))
-    seen: list[tuple[int, int]] = []
-    got = separate_batched(
-        model,
-        track,
-        run_model,
-        batch_size=BATCH,
-        shifts=shifts,
-        overlap=0.25,
-        segment=segment,
-        on_batch=lambda done, total: seen.append((done, total)),
-        rng=Replay(recorder.drawn),
-    )
-    assert got.shape == expected.shape
-    assert float((got - expected).abs().max()) <= TOLERANCE
-    assert seen[-1][0] == seen[-1][1]  # progress ends at every chunk done
-    assert len(seen) < seen[-1][1]  # fewer forward passes than chunks
-
-
 def test_chunks_of_different_padded_length_never_share_a_batch(
     model_repo: tuple[Path, dict[str, str]],
 ) -> None:
@@ -108,3 +70,49 @@ def test_chunks_of_different_padded_length_never_share_a_batch(
     for run in batches(chunks, 4):
         assert len(run) <= 4 and len({c.valid_length for c in run}) == 1
     assert [c for run in batches(chunks, 4) for c in run] == chunks  # order kept
+
+
+@pytest.mark.parametrize("kind", ["htdemucs", "hdemucs", "bag"])
+@pytest.mark.parametrize("shifts", [0, 2])
+def test_streamed_equals_apply_model_region_by_region(
+    model_repo: tuple[Path, dict[str, str]],
+    monkeypatch: pytest.MonkeyPatch,
+    kind: str,
+    shifts: int,
+) -> None:
+    repo, names = model_repo
+    model = get_model(names[kind], repo=repo)
+    model.eval()
+    segment = 2.0 if kind == "hdemucs" else None
+    track = mix(6.3)  # not a whole number of chunks: a shorter last one
+
+    recorder = Recorder(99)
+    monkeypatch.setattr(demucs.apply, "random", recorder)
+    with torch.no_grad():
+        expected = apply_model(
+            model, track, shifts=shifts, split=True, overlap=0.25, segment=segment
+        )[0]
+    regions: list[tuple[int, torch.Tensor]] = []
+    seen: list[tuple[int, int]] = []
+    separate_streamed(
+        model,
+        TensorSource(track[0]),
+        lambda start, region: regions.append((start, region.clone())),
+        run_model,
+        batch_size=BATCH,
+        shifts=shifts,
+        overlap=0.25,
+        segment=segment,
+        on_batch=lambda done, total: seen.append((done, total)),
+        rng=Replay(recorder.drawn),
+    )
+    # regions arrive in order, back to back, and more than one: the output
+    # leaves while the separation runs, not at its end
+    starts = [start for start, _region in regions]
+    assert starts == sorted(starts) and starts[0] == 0 and len(regions) >= 2
+    for (start, region), (following, _next) in itertools.pairwise(regions):
+        assert start + region.shape[-1] == following
+    got = torch.cat([region for _start, region in regions], -1)
+    assert got.shape == expected.shape
+    assert float((got - expected).abs().max()) <= TOLERANCE
+    assert seen[-1][0] == seen[-1][1]

@@ -1,0 +1,274 @@
+"""One track's way from input file to a sealed temp folder in the outbox.
+
+    decode_track     input -> the job's work area: mix.f32 (+ its statistics)
+    separate_track   mix.f32 -> model, window by window -> stem-NAME.f32 files
+    write_stems      stem files -> encoders, block by block -> sealed temp folder
+
+Nothing here holds a whole track in memory: the work files (stemd.workfiles)
+carry it between the steps. The worker runs the steps on its threads (decode
+ahead, separate, finish behind); `stemd separate` runs them one after another
+(`render_track`). The caller owns the job's work folder and removes it.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+import torch
+
+from stemd import __version__
+from stemd.audio import Decoded, StemFormat, decode_to, encode_stem, probe
+from stemd.config import Config
+from stemd.engine import CancelCheck, Engine, ModelInfo, ProgressHook
+from stemd.errors import InputError
+from stemd.outbox import (
+    Outbox,
+    TrackNames,
+    new_manifest,
+    stem_filename,
+    stems_size_estimate,
+    track_folder,
+)
+from stemd.workfiles import JobWork, MixStats, MixWriter, RawAudio, WorkArea
+
+log = logging.getLogger("stemd")
+
+# Decoders may drop a frame at the end; more missing than this is a cut file.
+TRUNCATION_SLACK_S = 0.1
+
+
+@dataclass(frozen=True)
+class RenderRequest:
+    path: Path
+    relative: str  # inbox-relative name: decides the track folder and file names
+    sha256: str
+    profile: str
+    params: dict[str, Any]
+    label: str  # names the temp folder
+
+
+@dataclass(frozen=True)
+class Rendered:
+    temp: Path  # the sealed work folder inside the outbox
+    folder: PurePosixPath  # the track folder the layout names for it
+
+
+@dataclass(frozen=True)
+class Timing:
+    """How long one track's separation took, as its manifest records it."""
+
+    separated: float  # seconds from the start of decoding to the end of separation
+    model: float  # of which the model's forward passes took this many
+
+
+@dataclass(frozen=True)
+class Loaded:
+    """An input decoded into its job's work area, checked."""
+
+    work: JobWork
+    frames: int  # at the model's rate
+    stats: MixStats
+    duration: float  # seconds
+    decoded: Decoded
+
+
+def stem_names(info: ModelInfo, config: Config) -> list[str]:
+    """The stems written: the model's, or STEM and no_STEM (output.two_stems)."""
+    two = config.output.two_stems
+    return list(info.sources) if two is None else [two, f"no_{two}"]
+
+
+def decode_track(
+    info: ModelInfo,
+    config: Config,
+    path: Path,
+    work: JobWork,
+    cancelled: CancelCheck | None = None,
+) -> Loaded:
+    """Probe and decode into `work`; raises InputError for input that cannot be
+    used, WorkAreaFull when the work files would not fit."""
+    probe_info = probe(path)
+    max_duration = config.watch.max_duration
+    if probe_info.duration is not None and probe_info.duration > max_duration:
+        raise InputError(
+            path,
+            f"{probe_info.duration:.0f}s of audio is over watch.max_duration ({max_duration:g}s)",
+        )
+    files = 1 + len(stem_names(info, config))  # the mix and every stem
+    if probe_info.duration is not None:
+        frames = int(probe_info.duration * info.samplerate)
+        work.check_space(frames, info.audio_channels, files)
+    writer = MixWriter(work.mix_path, info.audio_channels)
+    try:
+        decoded = decode_to(
+            path, info.samplerate, info.audio_channels, writer, probe_info, cancelled
+        )
+    finally:
+        writer.close()
+    frames = decoded.frames
+    duration = frames / info.samplerate
+    if duration > max_duration:
+        raise InputError(path, f"{duration:.0f}s is over watch.max_duration")
+    announced = probe_info.duration
+    if probe_info.exact_duration and announced and duration < announced - TRUNCATION_SLACK_S:
+        raise InputError(
+            path,
+            f"truncated: it holds {duration:.1f}s of the {announced:.1f}s its header "
+            "announces (an interrupted copy?); copy it again",
+        )
+    work.check_space(frames, info.audio_channels, files - 1)  # the stems, beside the mix
+    return Loaded(work, frames, writer.stats.result(), duration, decoded)
+
+
+def check_room(info: ModelInfo, outbox: Outbox, config: Config, loaded: Loaded, what: str) -> None:
+    """OutboxFull unless the stems fit. Asked before the separation, not after
+    it: a full share should not cost a separation that has nowhere to go."""
+    output = config.output
+    outbox.check_space(
+        stems_size_estimate(
+            output,
+            loaded.duration,
+            info.samplerate,
+            info.audio_channels,
+            len(stem_names(info, config)),
+        ),
+        what,
+    )
+
+
+class StemFiles:
+    """A track's stems in work files, written region by region as the model
+    finishes them, then read back block by block by the encoders."""
+
+    def __init__(self, work: JobWork, info: ModelInfo, two_stems: str | None) -> None:
+        self.sources = info.sources
+        self.two_stems = two_stems
+        names = list(info.sources) if two_stems is None else [two_stems, f"no_{two_stems}"]
+        self.files = {name: RawAudio(work.stem_path(name), info.audio_channels) for name in names}
+
+    def write(self, _start: int, region: torch.Tensor) -> None:
+        """[sources, channels, n], following the region before."""
+        stems = dict(zip(self.sources, region, strict=True))
+        if self.two_stems is not None:  # as the demucs CLI does: the stem and the rest
+            rest = torch.zeros_like(stems[self.two_stems])
+            for name, wav in stems.items():
+                if name != self.two_stems:
+                    rest += wav
+            stems = {self.two_stems: stems[self.two_stems], f"no_{self.two_stems}": rest}
+        for name, wav in stems.items():
+            self.files[name].append(wav.numpy())
+
+    def close(self) -> None:
+        for raw in self.files.values():
+            raw.close()
+
+
+def separate_track(
+    engine: Engine,
+    loaded: Loaded,
+    config: Config,
+    progress: ProgressHook | None = None,
+    cancelled: CancelCheck | None = None,
+) -> StemFiles:
+    """The model over the mix's work file, into stem work files (open for the
+    encoders; close them when done)."""
+    stems = StemFiles(loaded.work, engine.info, config.output.two_stems)
+    try:
+        with RawAudio(loaded.work.mix_path, engine.info.audio_channels, create=False) as mix:
+            engine.separate_stream(mix, loaded.stats, stems.write, progress, cancelled)
+    except BaseException:
+        stems.close()
+        raise
+    return stems
+
+
+def write_stems(
+    info: ModelInfo,
+    outbox: Outbox,
+    config: Config,
+    request: RenderRequest,
+    stems: StemFiles,
+    duration: float,
+    timing: Timing,
+    progress: ProgressHook | None = None,
+    cancelled: CancelCheck | None = None,
+) -> Rendered:
+    """Encode the stem work files into a sealed temp folder in the outbox."""
+    output = config.output
+    fmt = StemFormat(output.format, output.sample_format, output.mp3_bitrate, output.clip)
+    names = TrackNames.for_input(info.folder, request.relative, request.sha256)
+    temp = outbox.new_temp(request.label)
+    try:
+        files: dict[str, str] = {}
+        for stem, raw in stems.files.items():
+            filename = stem_filename(output.layout, names, stem, fmt.format)
+            encode_stem(raw, temp / filename, info.samplerate, fmt, cancelled)
+            files[stem] = filename
+            if progress is not None:
+                progress(1.0)  # a stem encoded: still alive (long tracks encode for minutes)
+        outbox.seal(
+            temp,
+            new_manifest(
+                source=request.relative,
+                sha256=request.sha256,
+                profile=request.profile,
+                model=info.name,
+                parameters=request.params,
+                stems=files,
+                samplerate=info.samplerate,
+                duration_seconds=round(duration, 3),
+                separation_seconds=round(timing.separated, 3),
+                model_seconds=round(timing.model, 3),
+                device=info.device,
+                stemd_version=__version__,
+                duplicate_of=None,
+            ),
+        )
+    except BaseException:
+        outbox.discard(temp)
+        raise
+    return Rendered(temp, track_folder(output.layout, names))
+
+
+def render_track(
+    engine: Engine,
+    outbox: Outbox,
+    config: Config,
+    request: RenderRequest,
+    work_area: WorkArea,
+    progress: ProgressHook | None = None,
+    cancelled: CancelCheck | None = None,
+) -> Rendered:
+    """Decode, separate and encode one track into a sealed temp folder in the
+    outbox, through a work folder of its own that is gone afterwards.
+
+    The caller publishes it to `folder` (or discards it). Raises InputError for
+    input that cannot be used, JobCancelled when `cancelled` turns true.
+    """
+    started, model_before = time.monotonic(), engine.model_seconds
+    work = work_area.job(request.label)
+    try:
+        loaded = decode_track(engine.info, config, request.path, work, cancelled)
+        check_room(engine.info, outbox, config, loaded, request.relative)
+        stems = separate_track(engine, loaded, config, progress, cancelled)
+        try:
+            timing = Timing(time.monotonic() - started, engine.model_seconds - model_before)
+            return write_stems(
+                engine.info,
+                outbox,
+                config,
+                request,
+                stems,
+                loaded.duration,
+                timing,
+                progress,
+                cancelled,
+            )
+        finally:
+            stems.close()
+    finally:
+        work.remove()
