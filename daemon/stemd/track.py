@@ -21,7 +21,7 @@ from typing import Any
 import torch
 
 from stemd import __version__
-from stemd.audio import Decoded, StemFormat, decode_to, encode_stem, probe
+from stemd.audio import Decoded, Probe, StemFormat, decode_to, decoder_errors, encode_stem, probe
 from stemd.config import Config
 from stemd.engine import CancelCheck, Engine, ModelInfo, ProgressHook
 from stemd.errors import InputError
@@ -39,6 +39,11 @@ log = logging.getLogger("stemd")
 
 # Decoders may drop a frame at the end; more missing than this is a cut file.
 TRUNCATION_SLACK_S = 0.1
+# A file whose decoder reports errors is corrupt when it decodes to less than
+# this share of what it should hold (and more than CORRUPT_SLACK_S less); above
+# it, a few bad frames are a warning and the track is separated.
+CORRUPT_SHARE = 0.9
+CORRUPT_SLACK_S = 1.0
 
 
 @dataclass(frozen=True)
@@ -113,7 +118,11 @@ def decode_track(
     duration = frames / info.samplerate
     if duration > max_duration:
         raise InputError(path, f"{duration:.0f}s is over watch.max_duration")
+    if decoded.decoder == "sphn" and not probe_info.codec.startswith("pcm_"):
+        # sphn conceals bad frames without a word: ask ffmpeg what it finds
+        decoded.errors = decoder_errors(path, cancelled)
     announced = probe_info.duration
+    check_integrity(path, duration, probe_info, decoded.errors)
     if probe_info.exact_duration and announced and duration < announced - TRUNCATION_SLACK_S:
         raise InputError(
             path,
@@ -122,6 +131,33 @@ def decode_track(
         )
     work.check_space(frames, info.audio_channels, files - 1)  # the stems, beside the mix
     return Loaded(work, frames, writer.stats.result(), duration, decoded)
+
+
+def check_integrity(path: Path, duration: float, info: Probe, errors: list[str]) -> None:
+    """InputError for a file whose decoder reported errors and that decodes to
+    well short of what it should hold; a warning for a few bad frames."""
+    if not errors:
+        return
+    announced = info.duration
+    claim = "its header announces" if info.exact_duration else "its size and bitrate imply"
+    if (
+        announced
+        and duration < announced * CORRUPT_SHARE
+        and announced - duration > CORRUPT_SLACK_S
+    ):
+        raise InputError(
+            path,
+            f"corrupt: it decodes to {duration:.2f}s of the {announced:.1f}s {claim}, with "
+            f"{len(errors)} decoder error(s) (first: {errors[0]}); replace the file",
+        )
+    log.warning(
+        "%s: %d decoder error(s) (first: %s); separated anyway (%.1fs decoded of %s)",
+        path,
+        len(errors),
+        errors[0],
+        duration,
+        f"{announced:.1f}s" if announced else "an unknown length",
+    )
 
 
 def check_room(info: ModelInfo, outbox: Outbox, config: Config, loaded: Loaded, what: str) -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import errno
 import json
 import os
+import random
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -59,6 +60,17 @@ def build_inbox(staging: Path, inbox: Path, outside: Path) -> list[Case]:
     # A truncated mp3 has no length in its header: what is there is used.
     put(staging / "cut.mp3", "truncated.mp3", "done")
     put(staging / "cut.flac", "truncated.flac", "failed", "truncated")
+    # Garbage after the first frames: decodes, with errors, to a fraction of itself.
+    for ext, keep in (("mp3", 3000), ("flac", 20000)):
+        whole = tone(f"ten.{ext}", 10.0).read_bytes()
+        damaged = whole[:keep] + random.Random(keep).randbytes(len(whole) - keep)
+        (staging / f"corrupt.{ext}").write_bytes(damaged)
+        put(staging / f"corrupt.{ext}", f"corrupt.{ext}", "failed", "corrupt: it decodes to")
+    # One bad frame in a longer file: separated, with a warning.
+    frames = bytearray(tone("bad-frame.mp3", 14.0).read_bytes())
+    frames[len(frames) // 2 : len(frames) // 2 + 600] = random.Random(1).randbytes(600)
+    (staging / "bad-frame.mp3").write_bytes(bytes(frames))
+    put(staging / "bad-frame.mp3", "one bad frame.mp3", "done")
     put(tone("big.wav", 20.0), "big.wav", "failed", "watch.max_file_size")
     put(tone("long.wav", 16.0, rate=8000, channels=1), "long.wav", "failed", "watch.max_duration")
 
@@ -195,3 +207,7 @@ def test_hostile_inputs_end_as_expected_and_good_files_are_still_served(tmp_path
     assert wrong == [], "\n".join(wrong) + "\n" + log
     assert ended["after.wav"] == ("done", "")
     assert "Traceback" not in log
+    assert any(
+        "one bad frame.mp3" in line and "decoder error" in line and "separated anyway" in line
+        for line in log.splitlines()
+    ), "no warning about the bad frame"
