@@ -76,7 +76,7 @@ class WatchConfig(_Section):
     extensions: tuple[str, ...] = DEFAULT_EXTENSIONS
     ignore: tuple[str, ...] = ()
     max_file_size: Size = Field(default=2 * 1024**3, gt=0)
-    max_duration: Duration = Field(default=7200.0, gt=0)
+    max_duration: Duration = Field(default=21600.0, gt=0)  # 6 h: memory stays flat
 
     @field_validator("extensions", mode="after")
     @classmethod
