@@ -144,7 +144,7 @@ class Accumulator:
             weights[: self.size] = self.weights[: self.size]
             self.sums, self.weights = sums, weights
         a, b = start - self.lo, end - self.lo
-        self.sums[..., a:b] += weight * piece
+        self.sums[..., a:b].addcmul_(piece, weight)  # += weight * piece, no temporary
         self.weights[a:b] += weight
         self.size = max(self.size, b)
 
@@ -303,7 +303,7 @@ def _combine(members: list[Member], end: int, shifts: int) -> torch.Tensor:
             part = stream.accumulator.take(end)
             out = part if out is None else out.add_(part)
         assert out is not None
-        if shifts:
+        if shifts > 1:  # apply_model divides by shifts; by 1 changes nothing
             out.div_(len(member.streams))
         if member.weights is None:
             return out

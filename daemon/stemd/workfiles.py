@@ -73,8 +73,8 @@ class RawAudio:
         if block.shape[-1] == 0:
             return
         data = np.ascontiguousarray(block.T, dtype="<f4")
-        self.peak = max(self.peak, float(np.abs(data).max()))
-        view = memoryview(data.tobytes())
+        self.peak = max(self.peak, float(data.max()), -float(data.min()))  # no |x| copy
+        view = memoryview(data.data).cast("B")
         offset = self.frames * self.channels * SAMPLE_BYTES
         try:
             while view:  # pwrite may write less than asked (signals, large writes)
