@@ -91,21 +91,37 @@ class InstrumentedDemucs(Demucs):
         return out
 
 
+class PassthroughDemucs(Demucs):
+    """A Demucs whose forward pass is almost free: each stem is the chunk itself,
+    scaled by 1/4. For tests of what surrounds the model (memory on hours of
+    audio: decoding, work files, the streamed sums, encoding), where a real
+    network's arithmetic would only add minutes. Loaded by demucs' own code."""
+
+    def forward(self, mix: torch.Tensor) -> torch.Tensor:
+        _before_pass(mix, self.samplerate)
+        stems = mix[:, None].expand(-1, len(self.sources), -1, -1)
+        return stems / len(self.sources)
+
+
 # Model names in the repo that build_instrumented_repo makes.
 GATED = "gated"  # tiny HTDemucs (4 s chunks): long tracks take many passes
 RECORDER = "recorder"  # demucs_unittest's architecture (40 s chunks): one pass a track
 FEATHER = "feather"  # the featherweight Demucs of the load tests
+PASSTHROUGH = "passthrough"  # stems that cost nothing (10 s chunks): hours of audio
 
 
 def build_instrumented_repo(repo: Path) -> Path:
-    """A local model repo with the three instrumented models; returns it."""
+    """A local model repo with the instrumented models; returns it."""
     from support.models import FEATHER_DEMUCS, SOURCES, TINY_HTDEMUCS, save_model
 
     torch.manual_seed(0)
     save_model(InstrumentedHTDemucs(sources=SOURCES, **TINY_HTDEMUCS), repo, "9a8b7c6d")
     save_model(InstrumentedHDemucs(sources=SOURCES, channels=4), repo, "5e1f2a3b")
     save_model(InstrumentedDemucs(sources=SOURCES, **FEATHER_DEMUCS), repo, "fea7f1e5")
-    for name, signature in ((GATED, "9a8b7c6d"), (RECORDER, "5e1f2a3b"), (FEATHER, "fea7f1e5")):
+    passthrough = {**FEATHER_DEMUCS, "segment": 10}
+    save_model(PassthroughDemucs(sources=SOURCES, **passthrough), repo, "9a55c0de")
+    models = ((GATED, "9a8b7c6d"), (RECORDER, "5e1f2a3b"), (FEATHER, "fea7f1e5"))
+    for name, signature in (*models, (PASSTHROUGH, "9a55c0de")):
         (repo / f"{name}.yaml").write_text(f"models: ['{signature}']\n")
     return repo
 

@@ -1,0 +1,117 @@
+"""A two-hour mp3 goes through the running daemon in flat memory.
+
+The model is the passthrough test model (support.instrumented_model): its
+forward pass costs nothing, so the test takes minutes, not the hour a real
+network needs on two cores. What it measures surrounds the model and does not
+depend on it: decoding, the work files, the streamed sums over every chunk, the
+stems' encoding, which is what grew with the track's length before. The
+daemon's resident memory (VmRSS, what `top` shows) is sampled while it works,
+and its peak (VmHWM) is read at the end: both must stay under the target.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import threading
+from pathlib import Path
+
+import pytest
+
+from support.audio import probe
+from support.daemon import Daemon, service_config
+from support.instrumented_model import PASSTHROUGH, instrumented_model, model_env
+from support.published import manifest_in
+from support.waiting import wait_until
+
+TRACK_SECONDS = 2 * 3600
+RSS_LIMIT_MIB = 2.5 * 1024  # the issue's target for the featherweight model
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(1500)]
+
+
+def vm_mib(pid: int, field: str) -> float:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith(f"{field}:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass  # the process is gone
+    return 0.0
+
+
+class RssSampler:
+    """The highest VmRSS seen, sampled every `interval` seconds until stopped."""
+
+    def __init__(self, pid: int, interval: float = 0.5) -> None:
+        self.pid = pid
+        self.interval = interval
+        self.highest = 0.0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="rss-sampler", daemon=True)
+
+    def __enter__(self) -> RssSampler:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self._stop.set()
+        self._thread.join(10)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            self.highest = max(self.highest, vm_mib(self.pid, "VmRSS"))
+
+
+def two_hour_mp3(path: Path) -> Path:
+    """Two hours of a tone in noise; mono at 22.05 kHz keeps the encoding quick
+    (and the decoder then resamples to the model's rate, block by block)."""
+    graph = (
+        f"sine=frequency=330:sample_rate=22050:duration={TRACK_SECONDS}[a];"
+        f"anoisesrc=color=pink:amplitude=0.05:sample_rate=22050:duration={TRACK_SECONDS}[b];"
+        "[a][b]amix=inputs=2:normalize=0"
+    )
+    path.parent.mkdir(parents=True, exist_ok=True)
+    command = ["ffmpeg", "-nostdin", "-v", "error", "-y", "-f", "lavfi", "-i", graph]
+    subprocess.run(
+        # lame's fastest algorithm: the test is about stemd, not the encoder
+        [*command, "-ac", "1", "-b:a", "48k", "-compression_level", "9", str(path)],
+        check=True,
+        timeout=600,
+    )
+    return path
+
+
+def test_a_two_hour_mp3_is_published_whole_in_flat_memory(
+    tmp_path: Path, instrumented_repo: Path
+) -> None:
+    track = two_hour_mp3(tmp_path / "staging" / "dj set.mp3")
+    config = service_config(
+        tmp_path,
+        model=instrumented_model(instrumented_repo, PASSTHROUGH),
+        # two stems, not four: half the disk traffic (12 GB of work files
+        # otherwise), and the same streamed path
+        output={"format": "wav", "two_stems": "vocals"},
+    )
+    daemon = Daemon(config, tmp_path, env=model_env(tmp_path)[0]).start()
+    try:
+        daemon.wait_warm(300)
+        assert daemon.process is not None
+        pid = daemon.process.pid
+        (tmp_path / "inbox" / track.name).hardlink_to(track)
+        folder = tmp_path / "outbox" / PASSTHROUGH / "dj set"
+        with RssSampler(pid) as rss:
+            wait_until(lambda: manifest_in(folder) is not None, 900, "the two-hour track", 1.0)
+        peak = vm_mib(pid, "VmHWM")
+        work = tmp_path / "state" / "work"  # removed just after the publish
+        wait_until(lambda: not any(work.iterdir()), 60, "the job's work files to go")
+    finally:
+        daemon.stop(120)
+    manifest = manifest_in(folder)
+    assert manifest is not None
+    assert abs(manifest["duration_seconds"] - TRACK_SECONDS) < 1.0
+    assert set(manifest["stems"]) == {"vocals", "no_vocals"}
+    for stem in manifest["stems"].values():
+        info = probe(folder / stem)
+        assert abs(float(info["duration"]) - TRACK_SECONDS) < 1.0, stem
+    print(f"two-hour mp3: highest VmRSS sampled {rss.highest:.0f} MiB, VmHWM {peak:.0f} MiB")
+    assert rss.highest <= RSS_LIMIT_MIB
+    assert peak <= RSS_LIMIT_MIB
