@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 CONFIG ?= config/stemd.yaml
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test lint unit bench check-config clean system-deps
+.PHONY: run test lint unit bench gpu-check check-config clean system-deps
 
 system-deps:
 	@bash scripts/install-system-deps.sh
@@ -39,6 +39,13 @@ test: $(STAMP)
 # stdout, JSON in bench-results/bench.json.
 bench: $(STAMP)
 	$(BIN)/python tests/bench/bench.py $(BENCH_ARGS)
+
+# The prepared GPU run: a table on a CUDA machine, one line elsewhere. A bare GPU
+# machine has no .venv: scripts/gpu-wheels.sh prepares the wheels it needs, and
+# PYTHON=python3 runs it with that machine's torch.
+GPU_PYTHON := $(if $(wildcard $(BIN)/python),$(BIN)/python,$(PYTHON))
+gpu-check:
+	$(GPU_PYTHON) tests/gpu/gpu_check.py $(GPU_ARGS)
 
 unit: $(STAMP)
 	$(BIN)/python -m pytest tests/unit
