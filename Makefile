@@ -31,8 +31,11 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check daemon tests
 	$(BIN)/mypy
 
+# Two workers, a test file each at a time (a file's tests share fixtures and
+# sometimes order): the e2e tests wait on daemons more than they compute, so two
+# at once roughly halves the wall time on CI's two cores.
 test: $(STAMP)
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n 2 --dist loadfile
 	$(MAKE) --no-print-directory lint
 
 # stemd against the demucs CLI; BENCH_ARGS=--quick for a short run. Table on
