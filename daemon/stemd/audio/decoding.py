@@ -234,28 +234,7 @@ def _decode_ffmpeg(
     sink: BlockSink,
     cancelled: CancelCheck | None,
 ) -> Decoded:
-    command = [
-        "ffmpeg",
-        "-nostdin",
-        "-timelimit",  # CPU seconds: ends ffmpeg even if stemd is gone
-        str(int(FFMPEG_TIMEOUT_S)),
-        "-hide_banner",
-        "-loglevel",
-        "error",
-        "-protocol_whitelist",
-        "file,pipe",
-        "-i",
-        ffmpeg_input(path),
-        "-map",
-        "0:a:0",
-        "-threads",
-        "1",
-        "-f",
-        "f32le",
-        "-ar",
-        str(samplerate),
-        "pipe:1",
-    ]
+    command = _decode_command(path, "file,pipe", "-f", "f32le", "-ar", str(samplerate), "pipe:1")
     result = Decoded(decoder="ffmpeg")
     frame_bytes = FLOAT_BYTES * source_channels
     pending = bytearray()
@@ -289,6 +268,17 @@ def _run_decoder(
         return run(command, FFMPEG_TIMEOUT_S, cancelled, consume=consume)
     except subprocess.TimeoutExpired:
         raise InputError(path, f"ffmpeg took over {FFMPEG_TIMEOUT_S:.0f}s on it") from None
+
+
+def _decode_command(path: Path, protocols: str, *output: str) -> list[str]:
+    """ffmpeg decoding the file's first audio stream, one thread, errors only,
+    under a CPU-time limit (it ends even if stemd is gone), into `output`."""
+    return [
+        *("ffmpeg", "-nostdin", "-timelimit", str(int(FFMPEG_TIMEOUT_S))),
+        *("-hide_banner", "-loglevel", "error", "-protocol_whitelist", protocols),
+        *("-i", ffmpeg_input(path), "-map", "0:a:0", "-threads", "1"),
+        *output,
+    ]
 
 
 def _error_lines(stderr: bytes, path: Path) -> list[str]:
@@ -346,24 +336,5 @@ def decode(
 def decoder_errors(path: Path, cancelled: CancelCheck | None = None) -> list[str]:
     """What ffmpeg reports while decoding the whole file to nowhere: bad frames
     that sphn conceals or skips without a word. Empty for a clean file."""
-    command = [
-        "ffmpeg",
-        "-nostdin",
-        "-timelimit",
-        str(int(FFMPEG_TIMEOUT_S)),
-        "-hide_banner",
-        "-loglevel",
-        "error",
-        "-protocol_whitelist",
-        "file",
-        "-i",
-        ffmpeg_input(path),
-        "-map",
-        "0:a:0",
-        "-threads",
-        "1",
-        "-f",
-        "null",
-        "-",
-    ]
+    command = _decode_command(path, "file", "-f", "null", "-")
     return _error_lines(_run_decoder(command, path, cancelled).stderr, path)
