@@ -15,7 +15,7 @@ import pytest
 import yaml
 
 from support.audio import make_tone, probe, read_audio
-from support.daemon import Daemon, stemd, write_config
+from support.daemon import TEST_MODEL, Daemon, stemd, write_config
 from support.instrumented_model import (
     GATE_AFTER_ENV,
     GATED,
@@ -36,7 +36,7 @@ def daemon_config(root: Path, **extra: Any) -> Path:
         "outbox": "outbox",
         "state_dir": "state",
         "watch": {"settle": "1s"},
-        "model": {"name": "demucs_unittest", "device": "cpu"},
+        "model": dict(TEST_MODEL),
         "logging": {"target": "stderr"},
         "service": {"shutdown_grace": "30s"},
     }

@@ -21,6 +21,12 @@ def write_config(path: Path, config: dict[str, Any]) -> Path:
     return path
 
 
+# demucs' built-in test model, in 5 s chunks rather than its 40: every daemon's
+# warm-up pass runs one whole chunk of silence, and at 40 s that pass took 8-15 s
+# of CI's two cores per start. The tests' tracks are a few seconds long.
+TEST_MODEL: dict[str, Any] = {"name": "demucs_unittest", "device": "cpu", "segment": 5}
+
+
 def service_config(root: Path, **sections: Any) -> Path:
     """`root/stemd.yaml` for a daemon under test: inbox, outbox and state in `root`,
     the built-in test model, stderr logging, a 0.5 s settle. `sections` replace
@@ -31,7 +37,7 @@ def service_config(root: Path, **sections: Any) -> Path:
         "outbox": "outbox",
         "state_dir": "state",
         "watch": {"settle": "0.5s"},
-        "model": {"name": "demucs_unittest", "device": "cpu"},
+        "model": dict(TEST_MODEL),
         "logging": {"target": "stderr"},
     }
     config.update(sections)
