@@ -21,7 +21,16 @@ from typing import Any
 import torch
 
 from stemd import __version__
-from stemd.audio import Decoded, Probe, StemFormat, decode_to, decoder_errors, encode_stem, probe
+from stemd.audio import (
+    Decoded,
+    Probe,
+    StemFormat,
+    decode_to,
+    decoder_errors,
+    encode_stem,
+    probe,
+    stems_to_write,
+)
 from stemd.config import Config
 from stemd.engine import CancelCheck, Engine, ModelInfo, ProgressHook
 from stemd.errors import InputError
@@ -180,21 +189,17 @@ class StemFiles:
     """A track's stems in work files, written region by region as the model
     finishes them, then read back block by block by the encoders."""
 
-    def __init__(self, work: JobWork, info: ModelInfo, two_stems: str | None) -> None:
+    def __init__(self, work: JobWork, info: ModelInfo, config: Config) -> None:
         self.sources = info.sources
-        self.two_stems = two_stems
-        names = list(info.sources) if two_stems is None else [two_stems, f"no_{two_stems}"]
-        self.files = {name: RawAudio(work.stem_path(name), info.audio_channels) for name in names}
+        self.two_stems = config.output.two_stems
+        self.files = {
+            name: RawAudio(work.stem_path(name), info.audio_channels)
+            for name in stem_names(info, config)
+        }
 
     def write(self, _start: int, region: torch.Tensor) -> None:
         """[sources, channels, n], following the region before."""
-        stems = dict(zip(self.sources, region, strict=True))
-        if self.two_stems is not None:  # as the demucs CLI does: the stem and the rest
-            rest = torch.zeros_like(stems[self.two_stems])
-            for name, wav in stems.items():
-                if name != self.two_stems:
-                    rest += wav
-            stems = {self.two_stems: stems[self.two_stems], f"no_{self.two_stems}": rest}
+        stems = stems_to_write(dict(zip(self.sources, region, strict=True)), self.two_stems)
         for name, wav in stems.items():
             self.files[name].append(wav.numpy())
 
@@ -212,7 +217,7 @@ def separate_track(
 ) -> StemFiles:
     """The model over the mix's work file, into stem work files (open for the
     encoders; close them when done)."""
-    stems = StemFiles(loaded.work, engine.info, config.output.two_stems)
+    stems = StemFiles(loaded.work, engine.info, config)
     try:
         with RawAudio(loaded.work.mix_path, engine.info.audio_channels, create=False) as mix:
             engine.separate_stream(mix, loaded.stats, stems.write, progress, cancelled)

@@ -106,13 +106,6 @@ class RawAudio:
             )
         return out.T
 
-    def blocks(self, frames_per_block: int) -> list[tuple[int, int]]:
-        """(start, count) of consecutive blocks covering the file."""
-        return [
-            (start, min(frames_per_block, self.frames - start))
-            for start in range(0, self.frames, frames_per_block)
-        ]
-
 
 @dataclass(frozen=True)
 class MixStats:
