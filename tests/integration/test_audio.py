@@ -200,3 +200,14 @@ def test_a_flac_stem_that_takes_ffmpeg_a_while_is_written_whole(tmp_path: Path) 
     noise = torch.randn(2, 44100 * 120) * 0.1
     encode(noise, path, 44100, StemFormat("flac", "s16", 320, "rescale"))
     assert decode(path, 44100, 2).shape[1] == noise.shape[1]
+
+
+def test_a_file_that_is_not_audio_fails_in_words(tmp_path: Path) -> None:
+    fake = tmp_path / "fake.mp3"
+    fake.write_text("this is not music\n")
+    with pytest.raises(InputError) as caught:
+        probe(fake)
+    # not ffprobe's "(Invalid argument)"
+    assert str(caught.value) == (
+        f"{fake}: not a readable audio file: its bytes are in no audio format ffmpeg knows"
+    )

@@ -70,6 +70,29 @@ def last_line(data: bytes, path: Path) -> str:
     return line.replace(ffmpeg_input(path) + ": ", "")
 
 
+# What ffmpeg's (and the C library's) terse endings mean for the user's file.
+# ffprobe says "Invalid argument" of a file whose name promises a format its
+# bytes do not hold (a text file called .mp3).
+IN_WORDS = {
+    "Invalid data found when processing input": "its bytes are in no audio format ffmpeg knows",
+    "Invalid argument": "its bytes are in no audio format ffmpeg knows",
+    "End of file": "it ends before any audio",
+    "No such file or directory": "the file is gone",
+    "Permission denied": "stemd is not allowed to read it",
+    "Input/output error": "its disk or share failed to read it (an I/O error)",
+}
+
+
+def failure_in_words(failure: str, stderr: bytes, path: Path) -> str:
+    """`failure: what it means` for a message ffmpeg ends with that has a plain
+    meaning, else `failure (ffmpeg's own last line)`."""
+    line = last_line(stderr, path)
+    for ending, words in IN_WORDS.items():
+        if line.endswith(ending):
+            return f"{failure}: {words}"
+    return f"{failure} ({line})"
+
+
 @contextlib.contextmanager
 def running(
     command: list[str], stdin: int | None, stdout: int | None, stderr: IO[bytes]
@@ -227,5 +250,5 @@ def run_on_input(
     except subprocess.TimeoutExpired:
         raise InputError(path, f"{command[0]} took over {timeout:.0f}s on it") from None
     if result.returncode != 0:
-        raise InputError(path, f"{failure} ({last_line(result.stderr, path)})")
+        raise InputError(path, failure_in_words(failure, result.stderr, path))
     return result

@@ -33,7 +33,13 @@ import torch.nn.functional as F
 from demucs.audio import convert_audio_channels
 from julius.resample import ResampleFrac
 
-from stemd.audio.children import FFMPEG_TIMEOUT_S, CancelCheck, ffmpeg_input, last_line, run
+from stemd.audio.children import (
+    FFMPEG_TIMEOUT_S,
+    CancelCheck,
+    failure_in_words,
+    ffmpeg_input,
+    run,
+)
 from stemd.audio.probe import Probe, probe
 from stemd.errors import InputError, JobCancelled
 
@@ -252,7 +258,7 @@ def _decode_ffmpeg(
     done = _run_decoder(command, path, cancelled, consume)
     result.errors = _error_lines(done.stderr, path)
     if done.returncode != 0 and result.frames == 0:
-        raise InputError(path, f"ffmpeg cannot decode it ({last_line(done.stderr, path)})")
+        raise InputError(path, failure_in_words("ffmpeg cannot decode it", done.stderr, path))
     # decoding errors with audio decoded (ffmpeg then exits non-zero too): the
     # caller weighs what decoded against what the file should hold
     return result
