@@ -201,6 +201,7 @@ class Outbox:
         for entry in self.temp_root.iterdir():
             shutil.rmtree(entry, ignore_errors=True)
             count += 1
+        self.tidy_temp()
         return count
 
     def check_space(self, needed: int, what: str) -> None:
@@ -216,15 +217,28 @@ class Outbox:
             )
 
     def new_temp(self, label: str) -> Path:
-        # Never parents=True: a missing outbox may be an unmounted share, and
-        # recreating it would put stems on the disk beneath the mount point.
-        self.temp_root.mkdir(exist_ok=True)
         folder = self.temp_root / f"{label}-{uuid.uuid4().hex[:8]}"
-        folder.mkdir()
+        for _attempt in range(3):
+            # Never parents=True: a missing outbox may be an unmounted share, and
+            # recreating it would put stems on the disk beneath the mount point.
+            self.temp_root.mkdir(exist_ok=True)
+            try:
+                folder.mkdir()
+                return folder
+            except FileNotFoundError:
+                continue  # another process tidied the empty temp root away just now
+        folder.mkdir()  # a third miss: let its error speak
         return folder
 
     def discard(self, temp: Path) -> None:
         shutil.rmtree(temp, ignore_errors=True)
+        self.tidy_temp()
+
+    def tidy_temp(self) -> None:
+        """Remove the temp root once nothing is in it: users browse the outbox
+        (and `./separated`), where an empty `.stemd-tmp/` is litter."""
+        with contextlib.suppress(OSError):  # not empty (other work in it), or gone
+            self.temp_root.rmdir()
 
     # -- permissions --------------------------------------------------------
 
@@ -320,6 +334,7 @@ class Outbox:
                     raise OutboxError(f"{final}: appeared while publishing; will retry") from err
                 raise OutboxError(f"{final}: cannot publish: {err.strerror}") from err
         fsync_path(final.parent)
+        self.tidy_temp()
         return target
 
     def copy_stems(self, original: Path, temp: Path, names: Mapping[str, str], link: bool) -> None:
