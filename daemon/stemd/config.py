@@ -11,6 +11,7 @@ repository's inbox); `stemd check` prints them resolved.
 
 from __future__ import annotations
 
+import difflib
 import os
 import re
 import string
@@ -30,6 +31,7 @@ from pydantic import (
 )
 
 from stemd.errors import ConfigError, ConfigIssue
+from stemd.modelnames import unknown_name_problem
 from stemd.units import format_duration, format_size, parse_duration, parse_size
 
 DEFAULT_CONFIG_PATH = Path("/etc/stemd/stemd.yaml")
@@ -186,6 +188,26 @@ class Config(_Section):
         for key in ("file_mode", "dir_mode"):
             data["output"][key] = f"{getattr(self.output, key):04o}"
         return data
+
+
+def changed_keys(old: Config, new: Config) -> list[str]:
+    """`key: old -> new` for every dotted key whose value differs (for a reload's log)."""
+
+    def flat(data: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for key, value in data.items():
+            if isinstance(value, Mapping):
+                out.update(flat(value, f"{prefix}{key}."))
+            else:
+                out[f"{prefix}{key}"] = value
+        return out
+
+    before, after = flat(old.to_display()), flat(new.to_display())
+    return [
+        f"{key}: {before.get(key)!r} -> {after.get(key)!r}"
+        for key in sorted(before.keys() | after.keys())
+        if before.get(key) != after.get(key)
+    ]
 
 
 def check_layout(layout: str) -> None:
@@ -375,6 +397,9 @@ def _issue_from(source: str, error: Mapping[str, Any]) -> ConfigIssue:
     kind = error["type"]
     if kind == "extra_forbidden":
         message = "unknown key; check its spelling against the documented config"
+        close = _close_keys(key_parts)
+        if close:
+            message = f"unknown key; did you mean {' or '.join(close)}?"
     elif kind == "literal_error":
         expected = error.get("ctx", {}).get("expected", "")
         message = f"{error.get('input')!r} is not allowed; use one of {expected}"
@@ -383,6 +408,19 @@ def _issue_from(source: str, error: Mapping[str, Any]) -> ConfigIssue:
     else:
         message = f"{error['msg']} (got {error.get('input')!r})"
     return ConfigIssue(source, key, message)
+
+
+def _close_keys(key_parts: list[str]) -> list[str]:
+    """The documented keys spelled most like an unknown one (`watch.setle` ->
+    `settle`), looked up in the section it was written in."""
+    section: type[BaseModel] = Config
+    for part in key_parts[:-1]:
+        field = section.model_fields.get(part)
+        annotation = field.annotation if field is not None else None
+        if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
+            return []
+        section = annotation
+    return difflib.get_close_matches(key_parts[-1], list(section.model_fields), n=2, cutoff=0.6)
 
 
 def _raw_value(raw: Mapping[str, Any], key: str) -> Any:
@@ -427,8 +465,12 @@ def _inside(child: Path, parent: Path) -> bool:
 
 
 def _cross_check(config: Config, source: str) -> list[ConfigIssue]:
-    """Rules that span keys: folders that must not overlap, keys that need others."""
+    """Rules that span keys: folders that must not overlap, keys that need others,
+    a model name that model.repo (or demucs' own list) can provide."""
     issues: list[ConfigIssue] = []
+    problem = unknown_name_problem(config.model.name, config.model.repo)
+    if problem is not None:
+        issues.append(ConfigIssue(source, "model.name", problem))
     folders = {"inbox": config.inbox, "outbox": config.outbox, "state_dir": config.state_dir}
     names = list(folders)
     for i, first in enumerate(names):

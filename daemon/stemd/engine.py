@@ -19,7 +19,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import logging
-import os
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
@@ -34,6 +33,7 @@ from demucs.pretrained import get_model
 from stemd.batching import model_valid_length, segment_length
 from stemd.config import ModelConfig
 from stemd.errors import ConfigError, JobCancelled, ModelError
+from stemd.modelcache import check_reachable, model_caches
 from stemd.streaming import (
     MixSource,
     NormalisedSource,
@@ -88,14 +88,6 @@ def model_folder_name(name: str) -> str:
     return name.replace("hf://", "").replace("/", "_")
 
 
-def model_caches() -> tuple[Path, Path]:
-    """The Hugging Face and torch.hub caches demucs downloads into (model.cache sets both)."""
-    home = Path.home() / ".cache"
-    hf_home = Path(os.environ.get("HF_HOME", home / "huggingface"))
-    torch_home = Path(os.environ.get("TORCH_HOME", home / "torch"))
-    return hf_home, torch_home
-
-
 def missing_weights_help(name: str, repo: Path | None) -> str:
     hf_home, torch_home = model_caches()
     where = f"the model repo {repo}" if repo else f"the model cache ({hf_home}, {torch_home})"
@@ -109,10 +101,16 @@ def missing_weights_help(name: str, repo: Path | None) -> str:
     )
 
 
-def load_model(name: str, repo: Path | None) -> Any:
-    """demucs' own get_model, with its failures turned into a ModelError."""
+def load_model(name: str, repo: Path | None, fetching: bool = False) -> Any:
+    """demucs' own get_model, with its failures turned into a ModelError.
+
+    A name from the hub is looked up in the caches first, and the hub asked once
+    whether it can be reached: weights on disk load without it (no requests),
+    and missing ones fail at once with one message instead of the hub's retries.
+    """
     if repo is not None and not repo.is_dir():
         raise ModelError(f"model.repo {repo} is not a folder; create it or fix the path")
+    check_reachable(name, repo, fetching)
     try:
         model = get_model(name=name, repo=repo)
     except SystemExit as exc:  # demucs calls sys.exit through `fatal` on some failures

@@ -10,6 +10,8 @@ from pathlib import Path
 
 EX_OK = 0
 EX_SOFTWARE = 1  # anything unexpected
+EX_USAGE = 2  # the command line is incomplete (as argparse exits)
+EX_PIPE = 141  # the reader closed the pipe: what a process killed by SIGPIPE reports
 EX_UNAVAILABLE = 69  # model or device unavailable
 EX_CONFIG = 78  # configuration error
 
@@ -88,3 +90,13 @@ class WorkAreaFull(NoSpace):
 
 class JobCancelled(StemdError):
     """Raised inside a separation when the job must stop at the next chunk."""
+
+
+class OutputError(StemdError):
+    """A command's standard output cannot be written (a full disk, a closed
+    terminal): said in one line, not a traceback."""
+
+
+class OutputClosed(OutputError):
+    """Whoever read the output stopped reading (`stemd status | head -2`): the
+    command ends quietly, as other Unix tools do."""

@@ -143,15 +143,62 @@ def _systemd_running(root: Path) -> bool:
     return root == Path("/") and Path("/run/systemd/system").is_dir()
 
 
-def install(root: Path) -> InstallReport:
-    report = InstallReport()
-    command = stemd_command()
+# PrivateTmp=yes gives the service its own /tmp and /var/tmp: folders there are
+# not the ones the admin sees.
+PRIVATE_TMP = (Path("/tmp"), Path("/var/tmp"))
+
+
+def _place_config(root: Path, given: Path | None, report: InstallReport) -> Path:
+    """The service config: the one given with -c (copied into place when none is
+    there), else the one in place, else the packaged example."""
     config_file = _under(root, SERVICE_CONFIG)
-    if config_file.exists():
+    if given is None:
+        if config_file.exists():
+            report.kept.append(config_file)
+        else:
+            _write(config_file, _packaging_file("stemd.yaml"), report)
+        return config_file
+    load_config(given, absolute_paths=True)  # refused by key before anything is written
+    text = given.read_text()
+    if not config_file.exists():
+        _write(config_file, text, report)
+    elif config_file.read_text() == text:
         report.kept.append(config_file)
     else:
-        _write(config_file, _packaging_file("stemd.yaml"), report)
+        raise StemdError(
+            f"{config_file} exists and differs from {given}: install-service will not "
+            f"replace it. Edit {config_file} (then `systemctl reload stemd`), or move it "
+            "aside and run install-service -c again"
+        )
+    return config_file
+
+
+def _private_tmp_warnings(config: Config) -> list[str]:
+    folders = {
+        "inbox": config.inbox,
+        "outbox": config.outbox,
+        "state_dir": config.state_dir,
+        "source.archive_dir": config.source.archive_dir,
+        "source.failed_dir": config.source.failed_dir,
+        "model.cache": config.model.cache,
+    }
+    return [
+        f"{key} {path} is under {tmp}: the unit's PrivateTmp=yes gives the service a "
+        f"private {tmp}, so it would not see (or write) this folder; move it elsewhere"
+        for key, path in folders.items()
+        if path is not None
+        for tmp in PRIVATE_TMP
+        if path == tmp or tmp in path.parents
+    ]
+
+
+def install(root: Path, given_config: Path | None = None) -> InstallReport:
+    """Install for `given_config` (stemd -c), or the config already in place."""
+    report = InstallReport()
+    command = stemd_command()
+    config_file = _place_config(root, given_config, report)
     config = load_config(config_file, absolute_paths=True)
+    report.warnings += _private_tmp_warnings(config)
 
     unit, in_home = render_unit(config, command, SERVICE_CONFIG)
     _write(_under(root, UNIT), unit, report)

@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import errno
 import fcntl
+import json
+import logging
 import os
 import sqlite3
 import threading
@@ -26,6 +28,8 @@ from enum import StrEnum
 from pathlib import Path
 
 from stemd.errors import StateError
+
+log = logging.getLogger("stemd")
 
 SCHEMA_VERSION = 1
 LEDGER_FILE = "ledger.sqlite"  # inside state_dir
@@ -59,6 +63,16 @@ class InputState(StrEnum):
     DUPLICATE = "duplicate"  # stems reused from an identical earlier track
     SKIPPED = "skipped"  # nothing written, by configuration (on_conflict/duplicates: skip)
     FAILED = "failed"
+    # a failure off the list: `stemd dismiss`, or a later file at its path published
+    DISMISSED = "dismissed"
+
+
+# A failure is current while an input of it is still failed: a failed job with
+# such an input, or an input refused before it had a job.
+CURRENT_FAILED_JOB = (
+    f"jobs.state = '{JobState.FAILED.value}' AND EXISTS (SELECT 1 FROM inputs AS i "
+    f"WHERE i.job_id = jobs.id AND i.state = '{InputState.FAILED.value}')"
+)
 
 
 class TransitionError(StateError):
@@ -312,12 +326,24 @@ class Ledger:
         self, input_id: int, state: InputState, output_dir: str | None, error: str | None = None
     ) -> None:
         """Set an input's end state; `output_dir` None keeps what was recorded."""
+        now = time.time()
         with self._tx() as db:
             db.execute(
                 "UPDATE inputs SET state = ?, output_dir = coalesce(?, output_dir), error = ?, "
                 "updated_at = ? WHERE id = ?",
-                (state.value, output_dir, error, time.time(), input_id),
+                (state.value, output_dir, error, now, input_id),
             )
+            if state in (InputState.PUBLISHED, InputState.DUPLICATE):
+                self._supersede(db, input_id, now)
+
+    def _supersede(self, db: sqlite3.Connection, input_id: int, now: float) -> None:
+        """Stems now exist for this input's path: earlier failures at that path
+        (a bad file since replaced by good audio) are no longer current."""
+        db.execute(
+            "UPDATE inputs SET state = ?, updated_at = ? WHERE state = ? "
+            "AND relative = (SELECT relative FROM inputs WHERE id = ?)",
+            (InputState.DISMISSED.value, now, InputState.FAILED.value, input_id),
+        )
 
     def mark_disposed(self, input_id: int) -> None:
         with self._tx() as db:
@@ -428,6 +454,7 @@ class Ledger:
                 "UPDATE inputs SET state = ?, output_dir = ?, updated_at = ? WHERE id = ?",
                 (InputState.PUBLISHED.value, output_dir, now, owner_input),
             )
+            self._supersede(db, owner_input, now)
 
     def requeue(self, job_id: int, error: str | None, delay: float, count_attempt: bool) -> None:
         """running -> queued: interrupted, or failed with attempts left (after `delay`)."""
@@ -460,21 +487,17 @@ class Ledger:
         return [_input(r) for r in rows]
 
     def retry(self, sha256: str | None = None) -> int:
-        """failed -> queued for one content hash (any prefix of 6+ digits) or all.
+        """failed -> queued for one content hash (any prefix of 6+ digits) or all,
+        among the current failures (not dismissed ones).
 
         Attempts start over. Returns how many jobs were requeued.
         """
         now = time.time()
         with self._tx() as db:
-            if sha256 is None:
-                rows = db.execute(
-                    "SELECT id FROM jobs WHERE state = ?", (JobState.FAILED.value,)
-                ).fetchall()
-            else:
-                rows = db.execute(
-                    "SELECT id FROM jobs WHERE state = ? AND sha256 LIKE ?",
-                    (JobState.FAILED.value, sha256.lower() + "%"),
-                ).fetchall()
+            rows = db.execute(
+                f"SELECT id FROM jobs WHERE {CURRENT_FAILED_JOB} AND sha256 LIKE ?",
+                (_prefix_pattern(sha256),),
+            ).fetchall()
             for row in rows:
                 self._transition(
                     db, row["id"], JobState.QUEUED, attempts=0, not_before=0.0, error=None
@@ -485,6 +508,33 @@ class Ledger:
                     (InputState.ATTACHED.value, now, row["id"], InputState.FAILED.value),
                 )
         return len(rows)
+
+    def dismiss(self, sha256: str | None = None) -> int:
+        """Take current failures off the list: those of one content hash (any
+        prefix of 6+ digits), or all with None. Files and stems are untouched; the
+        same bytes dropped again fail again at once (`retry` tries them again).
+        Returns how many failures (as `failed_report` lists them) were dismissed."""
+        pattern = _prefix_pattern(sha256)
+        now = time.time()
+        with self._tx() as db:
+            jobs = [
+                row["id"]
+                for row in db.execute(
+                    f"SELECT id FROM jobs WHERE {CURRENT_FAILED_JOB} AND sha256 LIKE ?",
+                    (pattern,),
+                )
+            ]
+            refused = db.execute(
+                "UPDATE inputs SET state = ?, updated_at = ? WHERE state = ? "
+                "AND job_id IS NULL AND coalesce(sha256, '') LIKE ?",
+                (InputState.DISMISSED.value, now, InputState.FAILED.value, pattern),
+            ).rowcount
+            for job_id in jobs:
+                db.execute(
+                    "UPDATE inputs SET state = ?, updated_at = ? WHERE job_id = ? AND state = ?",
+                    (InputState.DISMISSED.value, now, job_id, InputState.FAILED.value),
+                )
+        return len(jobs) + refused
 
     def recover(self, max_attempts: int) -> tuple[int, int]:
         """At startup: jobs left running by a crash go back to queued (the attempt
@@ -513,7 +563,10 @@ class Ledger:
 
     def counts(self) -> dict[str, int]:
         with self._lock:
-            rows = self._db.execute("SELECT state, count(*) AS n FROM jobs GROUP BY state")
+            rows = self._db.execute(
+                f"SELECT state, count(*) AS n FROM jobs WHERE state != '{JobState.FAILED.value}' "
+                f"OR {CURRENT_FAILED_JOB} GROUP BY state"
+            )
             counts = {state.value: 0 for state in JobState}
             for row in rows:
                 counts[row["state"]] = row["n"]
@@ -531,6 +584,37 @@ class Ledger:
         counts[JobState.QUEUED.value] += pending
         return counts
 
+    def count_inputs(self, state: InputState) -> int:
+        """How many inputs are in `state`: DUPLICATE are the copies served from
+        stems that existed, PENDING those settled but not hashed yet."""
+        with self._lock:
+            row = self._db.execute(
+                "SELECT count(*) FROM inputs WHERE state = ?", (state.value,)
+            ).fetchone()
+        return int(row[0])
+
+    def set_settling(self, count: int, pid: int) -> None:
+        """The running daemon's count of files still being written or settling
+        (they are in its memory, not yet inputs), for `stemd status`. Advisory:
+        a ledger that cannot take the write (a full disk) loses only this."""
+        try:
+            with self._tx() as db:
+                db.execute(
+                    "INSERT OR REPLACE INTO meta (key, value) VALUES ('settling', ?)",
+                    (json.dumps({"count": count, "pid": pid}),),
+                )
+        except sqlite3.Error as err:
+            log.warning("%s: cannot record the settling count: %s", self.path, err)
+
+    def settling(self) -> tuple[int, int]:
+        """(count, pid of the daemon that reported it); (0, 0) if never reported."""
+        with self._lock:
+            row = self._db.execute("SELECT value FROM meta WHERE key = 'settling'").fetchone()
+        if row is None:
+            return 0, 0
+        value = json.loads(row[0])
+        return int(value["count"]), int(value["pid"])
+
     def jobs_in(self, state: JobState, limit: int = 50) -> list[JobRecord]:
         with self._lock:
             rows = self._db.execute(
@@ -540,16 +624,29 @@ class Ledger:
         return [_job(r) for r in rows]
 
     def failed_report(self, limit: int = 50) -> list[dict[str, object]]:
-        """Recent failures: failed jobs, and inputs refused before hashing."""
+        """Recent current failures: failed jobs, and inputs refused before hashing."""
         with self._lock:
             rows = self._db.execute(
-                "SELECT source, sha256, error, attempts, finished_at AS t FROM jobs "
-                "WHERE state = ? "
+                # a job under the name of its first input while that one is still
+                # failed, else of its latest failed one (the first may have been
+                # replaced by good audio since)
+                "SELECT coalesce("
+                "(SELECT relative FROM inputs AS i WHERE i.id = jobs.owner_input "
+                f"AND i.state = '{InputState.FAILED.value}'), "
+                "(SELECT relative FROM inputs AS i WHERE i.job_id = jobs.id "
+                f"AND i.state = '{InputState.FAILED.value}' ORDER BY i.id DESC LIMIT 1)), "
+                "sha256, error, attempts, finished_at AS t FROM jobs "
+                f"WHERE {CURRENT_FAILED_JOB} "
                 "UNION ALL SELECT relative, sha256, error, 0, updated_at FROM inputs "
                 "WHERE state = ? AND job_id IS NULL ORDER BY t DESC LIMIT ?",
-                (JobState.FAILED.value, InputState.FAILED.value, limit),
+                (InputState.FAILED.value, limit),
             ).fetchall()
         return [{"source": r[0], "sha256": r[1], "error": r[2], "attempts": r[3]} for r in rows]
+
+
+def _prefix_pattern(sha256: str | None) -> str:
+    """A LIKE pattern for a content hash prefix (hex digits only), or for any."""
+    return "%" if sha256 is None else sha256.lower() + "%"
 
 
 def _input(row: sqlite3.Row) -> InputRecord:

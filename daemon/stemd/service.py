@@ -16,7 +16,7 @@ from pathlib import Path, PurePath
 from types import FrameType
 
 from stemd.audio import kill_children
-from stemd.config import Config, load_config
+from stemd.config import Config, changed_keys, load_config
 from stemd.engine import Engine
 from stemd.errors import ConfigError, StemdError
 from stemd.folders import FolderEvent, SharedFolders
@@ -55,6 +55,7 @@ class Service:
         self._next_ping = 0.0
         self._worker_hung = False
         self._stopping = False
+        self._settling_shown = -1  # what the ledger says for `stemd status`
 
     # -- signals --------------------------------------------------------------
 
@@ -151,6 +152,7 @@ class Service:
             self._check_folders()
         if not self.watcher.stopped:  # stopped while the inbox is away
             self._take_in(now)
+        self._show_settling(len(self.settler))
         # The status line costs ledger queries: build it only for a listener.
         if self.notifier.enabled and now >= self._next_status:
             self._next_status = now + STATUS_INTERVAL_S
@@ -165,6 +167,13 @@ class Service:
             self._next_rescan = now + self.config.watch.rescan_interval
         for path in self.settler.poll():
             self._register(path)
+
+    def _show_settling(self, count: int) -> None:
+        """Files still being written or settling live in the settler, not the
+        ledger: tell `stemd status` how many, when that changes."""
+        if count != self._settling_shown and self.ledger is not None:
+            self.ledger.set_settling(count, os.getpid())
+            self._settling_shown = count
 
     def _handle_signals(self) -> None:
         while not self._stopping and self._handled_signals < len(self.signals):
@@ -353,6 +362,8 @@ class Service:
             )
         if new.logging != old.logging:
             setup_logging(new.logging.target, new.logging.level)
+        changes = changed_keys(old, new)
+        log.info("changed: %s", "; ".join(changes) if changes else "nothing (no key differs)")
         self.config = new
         if new.inbox != old.inbox or new.outbox != old.outbox:
             self.folders = SharedFolders(new.inbox, new.outbox)
@@ -421,6 +432,7 @@ class Service:
         if killed:
             log.warning("killed %d ffmpeg process(es) still running", killed)
         if self.ledger is not None:
+            self._show_settling(0)  # a stopped daemon is settling nothing
             self.ledger.close()
         if self.state_lock is not None:
             self.state_lock.release()

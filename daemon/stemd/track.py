@@ -242,6 +242,7 @@ def write_stems(
     output = config.output
     fmt = StemFormat(output.format, output.sample_format, output.mp3_bitrate, output.clip)
     names = TrackNames.for_input(info.folder, request.relative, request.sha256)
+    folder = track_folder(output.layout, names)
     temp = outbox.new_temp(request.label)
     try:
         files: dict[str, str] = {}
@@ -272,7 +273,12 @@ def write_stems(
     except BaseException:
         outbox.discard(temp)
         raise
-    return Rendered(temp, track_folder(output.layout, names))
+    return Rendered(temp, folder)
+
+
+def stems_folder(info: ModelInfo, config: Config, relative: str, sha256: str) -> PurePosixPath:
+    """The outbox folder a track's stems go to (before conflicts are resolved)."""
+    return track_folder(config.output.layout, TrackNames.for_input(info.folder, relative, sha256))
 
 
 def render_track(

@@ -221,10 +221,13 @@ def test_invalid_config_exits_78_naming_every_key(tmp_path: Path) -> None:
 
 
 def test_missing_weights_exit_69_and_say_how_to_provide_them(tmp_path: Path) -> None:
-    empty_repo = tmp_path / "models"
-    empty_repo.mkdir()
-    config = daemon_config(tmp_path, model={"name": "htdemucs", "repo": str(empty_repo)})
-    result = stemd("-c", str(config), "run", cwd=tmp_path)
+    config = daemon_config(tmp_path, model={"name": "htdemucs", "device": "cpu"})
+    offline = {  # no internet, empty caches
+        "HF_ENDPOINT": "http://127.0.0.1:9",
+        "HF_HOME": str(tmp_path / "hf"),
+        "TORCH_HOME": str(tmp_path / "torch"),
+    }
+    result = stemd("-c", str(config), "run", cwd=tmp_path, env=offline)
     assert result.returncode == 69, result.stderr
     assert "htdemucs" in result.stderr
     assert "stemd models fetch htdemucs" in result.stderr
@@ -248,6 +251,9 @@ def test_sighup_applies_a_valid_config_and_keeps_the_old_one_when_invalid(
         write_config(config, settings)
         daemon.signal(signal.SIGHUP)
         wait_until(lambda: "configuration applied" in daemon.log(), 30, "the reload")
+        # the log says what the reload changed, and only that
+        changed = [line for line in daemon.log().splitlines() if "stemd: INFO: changed: " in line]
+        assert changed == ["stemd: INFO: changed: output.format: 'wav' -> 'flac'"]
         shutil.copyfile(make_tone(tmp_path / "two.wav", 1.0, frequency=300), inbox / "two.wav")
         wait_until(lambda: published_at(tmp_path, "two"), 60, "two.wav")
         assert (track_dir(tmp_path, "two") / "vocals.flac").exists()

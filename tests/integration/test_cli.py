@@ -1,4 +1,5 @@
-"""The commands a user types, as subprocesses: check, status, retry, separate, models."""
+"""The commands a user types, as subprocesses: check, status, retry, dismiss, separate,
+models."""
 
 from __future__ import annotations
 
@@ -20,6 +21,15 @@ def test_check_prints_the_resolved_config(tmp_path: Path) -> None:
     assert shown["inbox"] == str(tmp_path / "in")
     assert shown["watch"]["settle"] == "1.5s" and shown["watch"]["rescan_interval"] == "10m"
     assert shown["output"]["file_mode"] == "0664"
+    # what it will take and what it never will, as comments after the YAML
+    comments = [line for line in result.stdout.splitlines() if line.startswith("# ")]
+    assert comments[1].startswith("# taken from the inbox: files ending in .mp3 .wav .flac")
+    assert comments[2].startswith("# never taken, built in (any part of the path")
+    assert "*.part" in comments[2] and "@eaDir" in comments[2]
+    assert comments[3] == "# never taken, watch.ignore: (none)"
+    ignoring = write_config(tmp_path / "i.yaml", {"watch": {"ignore": ["live/*.wav", "*.m3u"]}})
+    shown_ignore = stemd("-c", str(ignoring), "check", cwd=tmp_path).stdout
+    assert "# never taken, watch.ignore: live/*.wav *.m3u" in shown_ignore.splitlines()
 
 
 def test_the_config_comes_from_stemd_config_when_no_flag_is_given(tmp_path: Path) -> None:
@@ -61,17 +71,41 @@ def test_status_and_retry(tmp_path: Path) -> None:
     assert data["failed"][0]["sha256"] == "ab" * 32
 
     assert stemd("-c", str(config), "retry", "zz", cwd=tmp_path).returncode == 78
-    assert stemd("-c", str(config), "retry", "cdcdcd", cwd=tmp_path).returncode == 1
+    nothing = stemd("-c", str(config), "retry", "cdcdcd", cwd=tmp_path)
+    assert nothing.returncode == 1 and nothing.stdout == ""
+    assert "no current failure has a sha256 starting cdcdcd" in nothing.stderr
     result = stemd("-c", str(config), "retry", "ababab", cwd=tmp_path)
     assert result.returncode == 0 and "1 job(s)" in result.stdout
     ledger = Ledger(tmp_path / "state" / LEDGER_FILE)
     assert ledger.jobs_in(JobState.QUEUED)[0].source == "bad.mp3"
 
 
+def test_dismiss_takes_a_failure_off_the_list_and_leaves_its_file(tmp_path: Path) -> None:
+    config = failed_ledger(tmp_path)
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "bad.mp3").write_bytes(b"not audio")
+    assert stemd("-c", str(config), "dismiss", "zz", cwd=tmp_path).returncode == 78
+    nothing = stemd("-c", str(config), "dismiss", "cdcdcd", cwd=tmp_path)
+    assert nothing.returncode == 1 and "no current failure" in nothing.stderr
+    result = stemd("-c", str(config), "dismiss", "ABABAB", cwd=tmp_path)
+    assert result.returncode == 0 and "1 failure(s) dismissed" in result.stdout
+    data = json.loads(stemd("-c", str(config), "status", "--json", cwd=tmp_path).stdout)
+    assert data["counts"]["failed"] == 0 and data["failed"] == []
+    assert "recent failures" not in stemd("-c", str(config), "status", cwd=tmp_path).stdout
+    assert (tmp_path / "in" / "bad.mp3").read_bytes() == b"not audio"
+    again = stemd("-c", str(config), "dismiss", "--failed", cwd=tmp_path)
+    assert again.returncode == 0 and "0 failure(s)" in again.stdout
+
+
 def test_status_before_the_daemon_ever_ran_says_so(tmp_path: Path) -> None:
     config = write_config(tmp_path / "c.yaml", {"state_dir": "nowhere"})
     result = stemd("-c", str(config), "status", cwd=tmp_path)
     assert result.returncode == 69 and "stemd run" in result.stderr
+    as_json = stemd("-c", str(config), "status", "--json", cwd=tmp_path)
+    assert as_json.returncode == 0 and as_json.stderr == ""
+    report = json.loads(as_json.stdout)
+    assert report["counts"] == {"queued": 0, "running": 0, "done": 0, "failed": 0}
+    assert report["failed"] == [] and "has not run" in report["note"]
 
 
 def test_separate_without_a_config_writes_where_demucs_would(tmp_path: Path) -> None:
@@ -115,16 +149,32 @@ def test_separate_reports_a_bad_file_and_carries_on(tmp_path: Path) -> None:
     assert result.returncode == 1
     assert "bad.wav" in result.stderr and "missing.wav: no such file" in result.stderr
     assert (tmp_path / "out/demucs_unittest/good/vocals.wav").exists()
+    # each reason on a line of its own, never glued to a progress bar
+    lines = result.stderr.splitlines()
+    assert any(line.startswith(f"stemd: {bad}: not a readable audio file") for line in lines)
+    assert not any("%|" in line and "stemd:" in line for line in lines), lines
+    assert not (tmp_path / "out" / ".stemd-tmp").exists()  # no empty temp folder left
 
 
-def test_models_list_names_the_demucs_models_and_the_repo(
+def test_separate_reuses_stems_made_with_the_same_settings(
     tmp_path: Path, model_repo: tuple[Path, dict[str, str]]
 ) -> None:
-    repo, _names = model_repo
-    config = write_config(tmp_path / "c.yaml", {"model": {"name": "htdemucs", "repo": str(repo)}})
-    result = stemd("-c", str(config), "models", "list", cwd=tmp_path)
-    assert result.returncode == 0
-    assert "htdemucs  (configured)" in result.stdout and "tiny_bag" in result.stdout
+    # a model with fixed weights: demucs_unittest draws new ones at every load,
+    # so its stems are never the same settings twice
+    repo, names = model_repo
+    good = make_tone(tmp_path / "good.wav", 1.0)
+    command = ("separate", "--repo", str(repo), "--model", names["hdemucs"], "-o", "out")
+    first = stemd(*command, str(good), cwd=tmp_path)
+    assert first.returncode == 0, first.stderr
+    folder = tmp_path / "out" / names["hdemucs"] / "good"
+    assert first.stdout == f"{good}: stems in {folder}\n"
+
+    again = stemd(*command, str(good), cwd=tmp_path)
+    assert again.returncode == 0, again.stderr
+    assert again.stdout == f"{good}: reused the stems already in {folder}\n"
+    assert "%|" not in again.stderr  # nothing separated: no progress bar
+    assert sorted(p.name for p in folder.parent.iterdir()) == ["good"]
+    assert not (tmp_path / "out" / ".stemd-tmp").exists()
 
 
 def test_an_hf_model_that_is_not_cached_offline_exits_69(tmp_path: Path) -> None:

@@ -140,6 +140,46 @@ def test_reinstall_keeps_an_edited_config_and_follows_it(installed: Path) -> Non
     assert "/data/music/in " in tmpfiles and (installed / "data/music/in").is_dir()
 
 
+def test_install_with_c_installs_that_config_and_never_replaces_another(tmp_path: Path) -> None:
+    mine = tmp_path / "mine.yaml"
+    mine.write_text("inbox: /data/in\noutbox: /data/out\nstate_dir: /data/state\n")
+    root = tmp_path / "root"
+    result = install(root, "-c", str(mine))
+    assert result.returncode == 0, result.stderr
+    assert (root / SERVICE_CONFIG).read_text() == mine.read_text()
+    assert f"wrote   {root / SERVICE_CONFIG}" in result.stdout
+    assert unit_settings(root)["ReadWritePaths"] == ["-/data/in -/data/out -/data/state"]
+    assert (root / "data/in").is_dir() and (root / "data/out").is_dir()
+
+    # the same file again is fine; a different one is refused, the installed one kept
+    assert install(root, "-c", str(mine)).returncode == 0
+    other = tmp_path / "other.yaml"
+    other.write_text("inbox: /elsewhere/in\n")
+    refused = install(root, "-c", str(other))
+    assert refused.returncode == 1
+    assert f"{root / SERVICE_CONFIG} exists and differs from {other}" in refused.stderr
+    assert (root / SERVICE_CONFIG).read_text() == mine.read_text()
+
+
+def test_install_warns_of_folders_that_private_tmp_hides(tmp_path: Path) -> None:
+    config = tmp_path / "tmp.yaml"
+    config.write_text("inbox: /tmp/music-in\noutbox: /var/tmp/music-out\nstate_dir: /data/s\n")
+    result = install(tmp_path / "root", "-c", str(config))
+    assert result.returncode == 0, result.stderr
+    warnings = [line for line in result.stderr.splitlines() if "PrivateTmp=yes" in line]
+    assert len(warnings) == 2, result.stderr
+    assert warnings[0].startswith("stemd: warning: inbox /tmp/music-in is under /tmp")
+    assert warnings[1].startswith("stemd: warning: outbox /var/tmp/music-out is under /var/tmp")
+
+
+def test_install_help_says_which_config_it_installs(tmp_path: Path) -> None:
+    result = stemd("install-service", "--help", cwd=tmp_path)
+    assert result.returncode == 0
+    text = " ".join(result.stdout.split())
+    assert "The service reads /etc/stemd/stemd.yaml" in text
+    assert "-c CONFIG, --config CONFIG the config to install as /etc/stemd/stemd.yaml" in text
+
+
 def test_a_relative_path_in_the_service_config_is_refused_by_key(tmp_path: Path) -> None:
     root = tmp_path / "root"
     (root / "etc/stemd").mkdir(parents=True)

@@ -182,3 +182,58 @@ def test_a_damaged_ledger_is_a_clear_error(tmp_path: Path) -> None:
     path.write_bytes(b"this is not a database" * 100)
     with pytest.raises(StateError, match="move it aside"):
         Ledger(path)
+
+
+def fail_job(ledger: Ledger, name: str, sha: str, ino: int) -> int:
+    input_id = add(ledger, name, ino)
+    job = ledger.attach(input_id, sha, PROFILE, name)
+    claimed = ledger.claim_next()
+    assert claimed is not None and claimed.id == job.id
+    ledger.fail(job.id, "not audio")
+    return input_id
+
+
+def test_a_failure_is_no_longer_current_once_good_audio_at_its_path_is_published(
+    ledger: Ledger,
+) -> None:
+    fail_job(ledger, "song.mp3", SHA_A, 1)
+    assert ledger.counts()["failed"] == 1
+    # the user replaced the file with good audio (new content, same path)
+    good = add(ledger, "song.mp3", 2)
+    job = ledger.attach(good, SHA_B, PROFILE, "song.mp3")
+    assert ledger.claim_next() is not None
+    ledger.complete(job.id, good, "m/song")
+    assert ledger.counts() == {"queued": 0, "running": 0, "done": 1, "failed": 0}
+    assert ledger.failed_report() == []
+    assert ledger.retry(SHA_A[:8]) == 0  # nothing current to try again
+    # a copy of the old bad bytes elsewhere is a current failure, under its own name
+    other = add(ledger, "elsewhere.mp3", 3)
+    ledger.attach(other, SHA_A, PROFILE, "elsewhere.mp3")
+    ledger.fail_input(other, "not audio")
+    assert [item["source"] for item in ledger.failed_report()] == ["elsewhere.mp3"]
+
+
+def test_a_served_copy_at_a_failed_path_supersedes_the_failure(ledger: Ledger) -> None:
+    fail_job(ledger, "b.mp3", SHA_A, 1)
+    copy = add(ledger, "b.mp3", 2)
+    ledger.finish_input(copy, InputState.DUPLICATE, "m/a")
+    assert ledger.failed_report() == []
+
+
+def test_dismiss_by_prefix_or_all_takes_failures_off_the_list(ledger: Ledger) -> None:
+    fail_job(ledger, "a.mp3", SHA_A, 1)
+    fail_job(ledger, "b.mp3", SHA_B, 2)
+    ledger.fail_input(add(ledger, "huge.wav", 3), "over watch.max_file_size")  # no job
+    assert ledger.counts()["failed"] == 3
+    assert ledger.dismiss("cccccc") == 0
+    assert ledger.dismiss(SHA_A[:6]) == 1
+    assert sorted(item["source"] for item in ledger.failed_report()) == ["b.mp3", "huge.wav"]
+    assert ledger.dismiss(None) == 2
+    assert ledger.failed_report() == [] and ledger.counts()["failed"] == 0
+    assert ledger.retry(None) == 0  # dismissed failures are not tried again by --failed
+    # the same bad bytes dropped again are a current failure again
+    again = add(ledger, "a again.mp3", 4)
+    job = ledger.attach(again, SHA_A, PROFILE, "a again.mp3")
+    assert job.state is JobState.FAILED
+    ledger.fail_input(again, job.error or "")
+    assert [item["source"] for item in ledger.failed_report()] == ["a again.mp3"]

@@ -1,0 +1,70 @@
+"""The daemon's commands: run it, check its config, install it as a service."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+import yaml
+
+from stemd import __version__
+from stemd.cli.common import config_from, use_model_cache
+from stemd.errors import EX_OK
+from stemd.settle import BUILTIN_IGNORE
+
+log = logging.getLogger("stemd")
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from stemd.allocator import tune_for_model
+
+    malloc = tune_for_model()  # first: before any thread starts
+    from stemd.logs import setup_logging
+
+    config, path = config_from(args)
+    setup_logging(config.logging.target, config.logging.level)
+    use_model_cache(config)
+    from stemd.service import Service
+
+    log.info("stemd %s starting with %s", __version__, path)
+    if malloc is not None:
+        log.info("%s", malloc)
+    return Service(config, path).run()
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    config, path = config_from(args)
+    print(f"# {path}: valid")
+    print(yaml.safe_dump(config.to_display(), sort_keys=False, allow_unicode=True), end="")
+    # what reaches the worker, as comments: the output stays the YAML above
+    watch = config.watch
+    print(f"# taken from the inbox: files ending in {' '.join('.' + e for e in watch.extensions)}")
+    print(
+        "# never taken, built in (any part of the path, case-insensitive): "
+        + " ".join(BUILTIN_IGNORE)
+    )
+    configured = " ".join(watch.ignore) if watch.ignore else "(none)"
+    print(f"# never taken, watch.ignore: {configured}")
+    return EX_OK
+
+
+def cmd_install_service(args: argparse.Namespace) -> int:
+    from stemd.install import install, uninstall
+
+    root = args.root.resolve()
+    given = args.config.resolve() if args.config is not None else None
+    report = uninstall(root) if args.uninstall else install(root, given)
+    for path in report.written:
+        print(f"wrote   {path}")
+    for path in report.removed:
+        print(f"removed {path}")
+    for path in report.kept:
+        print(f"kept    {path}")
+    for warning in report.warnings:
+        print(f"stemd: warning: {warning}", file=sys.stderr)
+    if report.next_steps:
+        print("next:")
+        for step in report.next_steps:
+            print(f"  {step}")
+    return EX_OK

@@ -1,0 +1,78 @@
+"""`stemd models`: which models there are, which are on disk; fetching one."""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Sequence
+from pathlib import Path
+
+import yaml
+
+from stemd.cli.common import use_model_cache
+from stemd.config import Config, default_config_path, load_config
+from stemd.errors import EX_OK, ConfigError
+from stemd.modelnames import unknown_name_problem
+
+
+def _size(paths: Sequence[Path]) -> str:
+    total = sum(path.stat().st_size for path in paths)
+    return f"{total / 2**20:.1f} MiB" if total >= 2**20 else f"{total / 2**10:.0f} KiB"
+
+
+def _repo_files(repo: Path, name: str) -> list[Path]:
+    """A repo entry's files: a bag's yaml and its members' weights, or one model's."""
+    bag = repo / f"{name}.yaml"
+    members = yaml.safe_load(bag.read_text()).get("models", []) if bag.is_file() else [name]
+    weights = [path for m in members for path in repo.glob(f"{m}*.th")]
+    return ([bag] if bag.is_file() else []) + weights
+
+
+def _list_models(config: Config) -> int:
+    use_model_cache(config)
+    from stemd.modelcache import cached_files, model_caches
+    from stemd.modelnames import BUILT_IN, remote_bags, repo_names
+
+    configured = config.model.name
+    repo = config.model.repo
+
+    def mark(name: str) -> str:
+        return "  <- model.name" if name == configured else ""
+
+    if repo is not None:
+        # with model.repo set, demucs loads from there and nowhere else
+        print(f"in model.repo {repo}:")
+        if not repo.is_dir():
+            print("  (the folder does not exist)")
+        for name in repo_names(repo) if repo.is_dir() else []:
+            print(f"  {name:<24} {_size(_repo_files(repo, name)):>8}{mark(name)}")
+    else:
+        hf_home = model_caches()[0]
+        print(f"demucs models (their parts load by signature too); on disk in {hf_home}")
+        for name in remote_bags():
+            files = cached_files(name)
+            where = f"{_size(files):>8} on disk" if files else "       -  (fetched on first use)"
+            print(f"  {name:<24} {where}{mark(name)}")
+    print(f"  {BUILT_IN:<24} built in (tiny, random weights: for tests){mark(BUILT_IN)}")
+    if configured.startswith("hf://"):
+        print(f"  {configured}  <- model.name (from the hub)")
+    return EX_OK
+
+
+def cmd_models(args: argparse.Namespace) -> int:
+    path = default_config_path(args.config)
+    config = load_config(path if (args.config or path.exists()) else None)
+    if args.models_command == "list":
+        return _list_models(config)
+    problem = unknown_name_problem(args.name, None)
+    if problem is not None:
+        raise ConfigError.single("command line", "NAME", problem)
+    use_model_cache(config)
+    from stemd.modelcache import check_reachable, model_caches
+
+    check_reachable(args.name, None, fetching=True)  # before torch is imported
+    from stemd.engine import load_model
+
+    load_model(args.name, None, fetching=True)
+    hf_home, torch_home = model_caches()
+    print(f"{args.name}: fetched into the model cache ({hf_home}, {torch_home})")
+    return EX_OK

@@ -1,0 +1,50 @@
+"""Can the model hub be reached? Asked once, within a few seconds.
+
+Without this, a machine with no internet met huggingface_hub's retries (about
+25 s, five "Retrying in Ns" lines) and then demucs' fallback download before it
+learnt anything. A TCP connection to the hub (or to the proxy the environment
+names) answers the same question in milliseconds, or in PROBE_TIMEOUT_S at worst.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from urllib.parse import urlsplit
+
+PROBE_TIMEOUT_S = 3.0
+DEFAULT_ENDPOINT = "https://huggingface.co"
+
+
+def hub_endpoint() -> str:
+    return os.environ.get("HF_ENDPOINT") or DEFAULT_ENDPOINT
+
+
+def _proxy_for(scheme: str) -> str | None:
+    for name in (f"{scheme}_proxy", f"{scheme.upper()}_PROXY", "all_proxy", "ALL_PROXY"):
+        value = os.environ.get(name)
+        if value:
+            return value if "://" in value else f"http://{value}"
+    return None
+
+
+def unreachable_reason(timeout: float = PROBE_TIMEOUT_S) -> str | None:
+    """None if a connection to the hub (or its proxy) opens; else why not.
+    huggingface_hub's own offline switch counts as unreachable: no request."""
+    if os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on"):
+        return "HF_HUB_OFFLINE is set"
+    url = urlsplit(hub_endpoint())
+    target = urlsplit(_proxy_for(url.scheme) or url.geturl())
+    host = target.hostname
+    if not host:
+        return f"HF_ENDPOINT {hub_endpoint()!r} names no host"
+    port = target.port or (443 if target.scheme == "https" else 80)
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            return None
+    except socket.gaierror as err:
+        return f"cannot resolve {host} ({err.strerror})"
+    except TimeoutError:
+        return f"no answer from {host}:{port} within {timeout:g}s"
+    except OSError as err:
+        return f"{host}:{port}: {err.strerror or err}"
