@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import hashlib
 import json
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from stemd.config import Config
-from stemd.engine import ModelInfo
+
+if TYPE_CHECKING:  # engine imports torch; the profile only reads two fields
+    from stemd.engine import ModelInfo
 
 
 def profile_params(config: Config, model: ModelInfo) -> dict[str, Any]:
