@@ -16,13 +16,16 @@ from stemd.errors import EX_OK, EX_SOFTWARE, ConfigError, StateError
 
 
 def _alive(pid: int) -> bool:
+    """Whether the process that wrote the settling count still runs."""
+    if pid <= 0:  # never recorded (and kill(0, ...) would ask about our own group)
+        return False
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:
-        return True  # someone else's process: alive
-    return pid > 0
+        return True  # someone else's process (the service's user): alive
+    return True
 
 
 def _status_report(config: Config) -> dict[str, Any]:
