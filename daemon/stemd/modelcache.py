@@ -77,7 +77,7 @@ def offline_help(name: str, problem: str, fetching: bool) -> str:
         f"model {name!r} is not in the model cache ({hf_home}, {torch_home}) and {hub}. "
         f"Either run `stemd models fetch {name}` where there is internet and copy the "
         "cache folder here (model.cache), or put the model's files in a folder and set "
-        "model.repo to it (README: Models)."
+        "model.repo to it (README: Model weights offline)."
     )
 
 
