@@ -517,24 +517,19 @@ class Ledger:
         pattern = _prefix_pattern(sha256)
         now = time.time()
         with self._tx() as db:
-            jobs = [
-                row["id"]
-                for row in db.execute(
-                    f"SELECT id FROM jobs WHERE {CURRENT_FAILED_JOB} AND sha256 LIKE ?",
-                    (pattern,),
-                )
-            ]
-            refused = db.execute(
+            current = f"SELECT id FROM jobs WHERE {CURRENT_FAILED_JOB} AND sha256 LIKE ?"
+            jobs = db.execute(f"SELECT count(*) FROM ({current})", (pattern,)).fetchone()[0]
+            db.execute(  # the failed inputs of those jobs
+                "UPDATE inputs SET state = ?, updated_at = ? "
+                f"WHERE state = ? AND job_id IN ({current})",
+                (InputState.DISMISSED.value, now, InputState.FAILED.value, pattern),
+            )
+            refused = db.execute(  # inputs refused before they had a job
                 "UPDATE inputs SET state = ?, updated_at = ? WHERE state = ? "
                 "AND job_id IS NULL AND coalesce(sha256, '') LIKE ?",
                 (InputState.DISMISSED.value, now, InputState.FAILED.value, pattern),
             ).rowcount
-            for job_id in jobs:
-                db.execute(
-                    "UPDATE inputs SET state = ?, updated_at = ? WHERE job_id = ? AND state = ?",
-                    (InputState.DISMISSED.value, now, job_id, InputState.FAILED.value),
-                )
-        return len(jobs) + refused
+        return int(jobs) + refused
 
     def recover(self, max_attempts: int) -> tuple[int, int]:
         """At startup: jobs left running by a crash go back to queued (the attempt
@@ -577,9 +572,7 @@ class Ledger:
             ).fetchone()[0]
             # settled files the worker has not hashed yet (it hashes between jobs)
             # are waiting too: a user counts them as queued
-            pending = self._db.execute(
-                "SELECT count(*) FROM inputs WHERE state = ?", (InputState.PENDING.value,)
-            ).fetchone()[0]
+            pending = self.count_inputs(InputState.PENDING)
         counts[JobState.FAILED.value] += orphan
         counts[JobState.QUEUED.value] += pending
         return counts
