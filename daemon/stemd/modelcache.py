@@ -13,11 +13,10 @@ import os
 from pathlib import Path
 
 import huggingface_hub.constants
-import yaml
 
 from stemd.errors import ModelError
 from stemd.hub import hub_endpoint, unreachable_reason
-from stemd.modelnames import BUILT_IN, HUB_PREFIX, remote_files, remote_members
+from stemd.modelnames import BUILT_IN, HUB_PREFIX, bag_members, remote_files, remote_members
 
 log = logging.getLogger("stemd")
 
@@ -52,8 +51,9 @@ def cached_files(name: str) -> list[Path] | None:
     repo_id = f"{namespace}/{hf_repo_name(short)}"
     bag = try_to_load_from_cache(repo_id, f"{short}.yaml")
     if isinstance(bag, str):
-        members = yaml.safe_load(Path(bag).read_text()).get("models", [])
-        found = [try_to_load_from_cache(repo_id, f"{m}.safetensors") for m in members]
+        found = [
+            try_to_load_from_cache(repo_id, f"{m}.safetensors") for m in bag_members(Path(bag))
+        ]
         if all(isinstance(path, str) for path in found):
             return [Path(bag), *(Path(str(path)) for path in found)]
     files = remote_files()

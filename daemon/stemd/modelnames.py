@@ -41,21 +41,24 @@ def remote_files() -> dict[str, str]:
     files = folder / "files.txt" if folder is not None else None
     if files is None or not files.is_file():
         return {}
+    lines = (line.strip() for line in files.read_text().splitlines())
     return {
-        _signature(line.strip()): line.strip()
-        for line in files.read_text().splitlines()
-        if line.strip().endswith(".th") and not line.strip().startswith("#")
+        _signature(line): line
+        for line in lines
+        if line.endswith(".th") and not line.startswith("#")
     }
+
+
+def bag_members(bag: Path) -> list[str]:
+    """The signatures a bag file (`NAME.yaml`, demucs' format) lists."""
+    return [str(member) for member in yaml.safe_load(bag.read_text()).get("models", [])]
 
 
 def remote_members(name: str) -> list[str]:
     """The signatures a demucs name stands for: a bag's members, or itself."""
     folder = demucs_remote_folder()
     bag = folder / f"{name}.yaml" if folder is not None else None
-    if bag is not None and bag.is_file():
-        members = yaml.safe_load(bag.read_text()).get("models", [])
-        return [str(member) for member in members]
-    return [name]
+    return bag_members(bag) if bag is not None and bag.is_file() else [name]
 
 
 def remote_bags() -> list[str]:

@@ -14,7 +14,7 @@ from stemd.errors import StateError
 def config_from(args: argparse.Namespace, optional: bool = False) -> tuple[Config, Path | None]:
     path = default_config_path(args.config)
     if optional and args.config is None and not path.exists():
-        return load_config(None), None  # `separate` works with no config at all
+        return load_config(None), None  # `models` works with no config at all
     return load_config(path), path
 
 

@@ -6,12 +6,10 @@ import argparse
 from collections.abc import Sequence
 from pathlib import Path
 
-import yaml
-
-from stemd.cli.common import use_model_cache
-from stemd.config import Config, default_config_path, load_config
+from stemd.cli.common import config_from, use_model_cache
+from stemd.config import Config
 from stemd.errors import EX_OK, ConfigError
-from stemd.modelnames import unknown_name_problem
+from stemd.modelnames import bag_members, unknown_name_problem
 
 
 def _size(paths: Sequence[Path]) -> str:
@@ -22,7 +20,7 @@ def _size(paths: Sequence[Path]) -> str:
 def _repo_files(repo: Path, name: str) -> list[Path]:
     """A repo entry's files: a bag's yaml and its members' weights, or one model's."""
     bag = repo / f"{name}.yaml"
-    members = yaml.safe_load(bag.read_text()).get("models", []) if bag.is_file() else [name]
+    members = bag_members(bag) if bag.is_file() else [name]
     weights = [path for m in members for path in repo.glob(f"{m}*.th")]
     return ([bag] if bag.is_file() else []) + weights
 
@@ -59,8 +57,7 @@ def _list_models(config: Config) -> int:
 
 
 def cmd_models(args: argparse.Namespace) -> int:
-    path = default_config_path(args.config)
-    config = load_config(path if (args.config or path.exists()) else None)
+    config, _path = config_from(args, optional=True)  # `models` works without a config
     if args.models_command == "list":
         return _list_models(config)
     problem = unknown_name_problem(args.name, None)
