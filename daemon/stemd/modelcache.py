@@ -21,6 +21,8 @@ from stemd.modelnames import BUILT_IN, HUB_PREFIX, bag_members, remote_files, re
 log = logging.getLogger("stemd")
 
 DEFAULT_NAMESPACE = "adefossez"  # demucs.hf.DEFAULT_NAMESPACE
+# Names the hub was found reachable for, in this process: asked once per name.
+_reached_for: set[str] = set()
 
 
 def hf_repo_name(name: str) -> str:
@@ -88,8 +90,11 @@ def check_reachable(name: str, repo: Path | None, fetching: bool = False) -> Non
     message, instead of the hub's retries."""
     if repo is not None or name == BUILT_IN or huggingface_hub.constants.HF_HUB_OFFLINE:
         return  # offline already (the user's HF_HUB_OFFLINE, or an earlier call): the cache
+    if name in _reached_for:
+        return  # `separate` asks before importing torch, then the loader asks again
     problem = unreachable_reason()
     if problem is None:
+        _reached_for.add(name)
         return
     if cached_files(name.removeprefix(HUB_PREFIX)) is None:
         raise ModelError(offline_help(name, problem, fetching))
