@@ -12,6 +12,7 @@ repository's inbox); `stemd check` prints them resolved.
 from __future__ import annotations
 
 import difflib
+import ipaddress
 import os
 import re
 import string
@@ -60,6 +61,7 @@ PATH_KEYS = (
     "model.cache",
     "source.archive_dir",
     "source.failed_dir",
+    "http.token_file",
 )
 # lame's valid MPEG-1 layer III bitrates
 MP3_BITRATES = (32, 40, 48, 56, 64, 80, 96, 112, 128, 160, 192, 224, 256, 320)
@@ -171,6 +173,53 @@ class ServiceConfig(_Section):
     hang_timeout: Duration = Field(default=600.0, gt=0)
 
 
+DEFAULT_HTTP_PORT = 8750
+
+
+class HttpConfig(_Section):
+    # host:port; null turns the server off. Port 0 takes a free port (logged).
+    listen: str | None = f"127.0.0.1:{DEFAULT_HTTP_PORT}"
+    token_file: Path | None = None
+    # null: the same limit as watch.max_file_size
+    max_upload: Size | None = Field(default=None, gt=0)
+    # /predict's JSON body holds its files in base64, in memory: its own, lower cap
+    max_predict_body: Size = Field(default=256 * 1024**2, gt=0)
+    predict_timeout: Duration = Field(default=600.0, gt=0)
+    # more jobs queued than this: uploads are answered 503 with Retry-After
+    max_queue: int = Field(default=1000, ge=1)
+
+    @field_validator("listen")
+    @classmethod
+    def _check_listen(cls, value: str | None) -> str | None:
+        if value is not None:
+            listen_address(value)
+        return value
+
+
+def listen_address(value: str) -> tuple[str, int]:
+    """`host:port` (IPv6 in brackets: `[::1]:8750`) -> (host, port); ValueError if not."""
+    match = re.fullmatch(r"\[([0-9A-Fa-f:.]+)\]:(\d{1,5})|([^:\[\]]+):(\d{1,5})", value.strip())
+    if match is None:
+        raise ValueError(
+            f"{value!r} is not host:port; e.g. 127.0.0.1:{DEFAULT_HTTP_PORT}, "
+            f"0.0.0.0:{DEFAULT_HTTP_PORT} or [::1]:{DEFAULT_HTTP_PORT}"
+        )
+    host = match.group(1) or match.group(3)
+    port = int(match.group(2) or match.group(4))
+    if port > 65535:
+        raise ValueError(f"{value!r}: port {port} is over 65535")
+    return host, port
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False  # a host name: it may resolve to anything
+
+
 class Config(_Section):
     inbox: Path = Path("./inbox")
     outbox: Path = Path("./outbox")
@@ -181,6 +230,11 @@ class Config(_Section):
     source: SourceConfig = SourceConfig()
     logging: LoggingConfig = LoggingConfig()
     service: ServiceConfig = ServiceConfig()
+    http: HttpConfig = HttpConfig()
+
+    @property
+    def max_upload(self) -> int:
+        return self.http.max_upload or self.watch.max_file_size
 
     def to_display(self) -> dict[str, Any]:
         """The resolved config as plain YAML-friendly data, units written back."""
@@ -500,6 +554,18 @@ def _cross_check(config: Config, source: str) -> list[ConfigIssue]:
                     f"source.{key}",
                     f"{folder} must be outside the inbox and the outbox, "
                     "or moved files would be picked up again",
+                )
+            )
+    if config.http.listen is not None and config.http.token_file is None:
+        host, _port = listen_address(config.http.listen)
+        if not is_loopback(host):
+            issues.append(
+                ConfigIssue(
+                    source,
+                    "http.listen",
+                    f"{config.http.listen} is reachable from other machines: set "
+                    "http.token_file (create one with `stemd token new PATH`), or listen "
+                    "on 127.0.0.1 behind a reverse proxy",
                 )
             )
     fmt, sample = config.output.format, config.output.sample_format

@@ -183,3 +183,39 @@ def test_overrides_merge_into_sections(tmp_path: Path) -> None:
     config = load_config(path, {"model": {"name": "mdx"}, "outbox": "elsewhere"}, base_dir=tmp_path)
     assert config.model.name == "mdx" and config.model.shifts == 2
     assert config.outbox == tmp_path / "elsewhere"
+
+
+def test_http_defaults_to_loopback_and_can_be_turned_off(tmp_path: Path) -> None:
+    config = load(tmp_path, {"watch": {"max_file_size": "100MiB"}})
+    assert config.http.listen == "127.0.0.1:8750"
+    assert config.max_upload == 100 * 1024**2  # follows watch.max_file_size
+    assert load(tmp_path, {"http": {"max_upload": "5MiB"}}).max_upload == 5 * 1024**2
+    assert load(tmp_path, {"http": {"listen": None}}).http.listen is None
+    assert load(tmp_path, {"http": {"listen": "[::1]:0"}}).http.listen == "[::1]:0"
+    assert load(tmp_path, {"http": {"predict_timeout": "90s"}}).http.predict_timeout == 90
+
+
+def test_a_lan_listen_needs_a_token_file(tmp_path: Path) -> None:
+    found = issues(tmp_path, {"http": {"listen": "0.0.0.0:8750"}})
+    assert len(found) == 1
+    assert found[0].startswith("stemd.yaml: http.listen: 0.0.0.0:8750 is reachable")
+    assert "stemd token new" in found[0]
+    token = tmp_path / "token"
+    config = load(tmp_path, {"http": {"listen": "0.0.0.0:8750", "token_file": "token"}})
+    assert config.http.token_file == token  # resolved like every path key
+    assert issues(tmp_path, {"http": {"listen": "nas.local:8750"}})  # a name may be anything
+
+
+def test_bad_http_keys_are_named(tmp_path: Path) -> None:
+    found = issues(
+        tmp_path,
+        {"http": {"listen": "8750", "max_queue": 0, "predict_timeout": "soon", "port": 1}},
+    )
+    text = "\n".join(found)
+    assert "http.listen: '8750' is not host:port" in text
+    assert "http.max_queue" in text
+    assert "http.predict_timeout" in text
+    assert "http.port: unknown key" in text
+    assert "http.listen: '127.0.0.1:99999'" in "\n".join(
+        issues(tmp_path, {"http": {"listen": "127.0.0.1:99999"}})
+    )
