@@ -31,12 +31,22 @@ from stemd.errors import StateError
 
 log = logging.getLogger("stemd")
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+# Each step takes a ledger from version N to N + 1 (the key): older ledgers are
+# brought up to date when opened, in one transaction.
+MIGRATIONS: dict[int, str] = {
+    # 2: inputs remember where they came from (the inbox, or an HTTP upload)
+    1: "ALTER TABLE inputs ADD COLUMN origin TEXT NOT NULL DEFAULT 'inbox'",
+}
 LEDGER_FILE = "ledger.sqlite"  # inside state_dir
 LOCK_FILE = "stemd.lock"  # inside state_dir: held by the one daemon using it
 BUSY_TIMEOUT_S = 10.0
 # the oldest queued job that is due: what the worker claims next
 NEXT_DUE_JOB = "SELECT * FROM jobs WHERE state = ? AND not_before <= ? ORDER BY id LIMIT 1"
+
+
+ORIGIN_INBOX = "inbox"
+ORIGIN_HTTP = "http"  # uploaded to the HTTP API, spooled under state_dir/uploads
 
 
 class JobState(StrEnum):
@@ -108,6 +118,7 @@ class InputRecord:
     output_dir: str | None
     error: str | None
     disposed: bool
+    origin: str = ORIGIN_INBOX
 
 
 @dataclass(frozen=True)
@@ -123,6 +134,9 @@ class JobRecord:
     output_dir: str | None
     progress: float
     not_before: float
+    created_at: float = 0.0
+    started_at: float | None = None
+    finished_at: float | None = None
 
 
 _SCHEMA = """
@@ -160,6 +174,7 @@ CREATE TABLE IF NOT EXISTS inputs (
     error TEXT,
     disposed INTEGER NOT NULL DEFAULT 0,
     detected_at REAL NOT NULL,
+    origin TEXT NOT NULL DEFAULT 'inbox',
     updated_at REAL NOT NULL,
     UNIQUE (path, dev, ino, size, mtime_ns)
 );
@@ -219,12 +234,7 @@ class Ledger:
             self._db.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT_S * 1000)}")
             self._db.execute("PRAGMA journal_mode = WAL")
             self._db.execute("PRAGMA synchronous = FULL")
-            self._db.executescript(_SCHEMA)
-            self._db.execute(
-                "INSERT OR IGNORE INTO meta (key, value) VALUES ('schema', ?)",
-                (str(SCHEMA_VERSION),),
-            )
-            self._db.commit()
+            self._create_or_migrate()
         except sqlite3.OperationalError as err:
             if "locked" in str(err) or "busy" in str(err):
                 raise StateError(
@@ -243,6 +253,43 @@ class Ledger:
             ) from None
         except OSError as err:
             raise StateError(f"{path}: cannot create the ledger ({err.strerror})") from None
+
+    def _create_or_migrate(self) -> None:
+        db = self._db
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            fresh = (
+                db.execute(
+                    "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'jobs'"
+                ).fetchone()
+                is None
+            )
+            if fresh:
+                for statement in _SCHEMA.split(";"):
+                    if statement.strip():
+                        db.execute(statement)
+                db.execute(
+                    "INSERT INTO meta (key, value) VALUES ('schema', ?)", (str(SCHEMA_VERSION),)
+                )
+            else:
+                row = db.execute("SELECT value FROM meta WHERE key = 'schema'").fetchone()
+                version = int(row[0]) if row else 1
+                if version > SCHEMA_VERSION:
+                    raise StateError(
+                        f"{self.path}: the ledger is from a newer stemd (schema {version}, "
+                        f"this one knows {SCHEMA_VERSION}); upgrade stemd"
+                    )
+                for step in range(version, SCHEMA_VERSION):
+                    db.execute(MIGRATIONS[step])
+                    log.info("%s: ledger schema %d -> %d", self.path, step, step + 1)
+                db.execute(
+                    "INSERT OR REPLACE INTO meta (key, value) VALUES ('schema', ?)",
+                    (str(SCHEMA_VERSION),),
+                )
+        except BaseException:
+            db.rollback()
+            raise
+        db.commit()
 
     def close(self) -> None:
         with self._lock:
@@ -273,13 +320,15 @@ class Ledger:
             ).fetchone()
         return _input(row) if row else None
 
-    def add_input(self, path: Path, relative: str, stat: FileStat) -> InputRecord | None:
+    def add_input(
+        self, path: Path, relative: str, stat: FileStat, origin: str = ORIGIN_INBOX
+    ) -> InputRecord | None:
         """Register a settled file. None if this exact version is already known."""
         now = time.time()
         with self._tx() as db:
             cursor = db.execute(
                 "INSERT OR IGNORE INTO inputs (path, relative, dev, ino, size, mtime_ns, state, "
-                "detected_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                "detected_at, updated_at, origin) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     str(path),
                     relative,
@@ -290,6 +339,7 @@ class Ledger:
                     InputState.PENDING.value,
                     now,
                     now,
+                    origin,
                 ),
             )
             if cursor.rowcount == 0:
@@ -492,12 +542,14 @@ class Ledger:
 
         Attempts start over. Returns how many jobs were requeued.
         """
+        return self._retry_where(
+            f"{CURRENT_FAILED_JOB} AND sha256 LIKE ?", (_prefix_pattern(sha256),)
+        )
+
+    def _retry_where(self, condition: str, params: tuple[object, ...]) -> int:
         now = time.time()
         with self._tx() as db:
-            rows = db.execute(
-                f"SELECT id FROM jobs WHERE {CURRENT_FAILED_JOB} AND sha256 LIKE ?",
-                (_prefix_pattern(sha256),),
-            ).fetchall()
+            rows = db.execute(f"SELECT id FROM jobs WHERE {condition}", params).fetchall()
             for row in rows:
                 self._transition(
                     db, row["id"], JobState.QUEUED, attempts=0, not_before=0.0, error=None
@@ -608,6 +660,57 @@ class Ledger:
         value = json.loads(row[0])
         return int(value["count"]), int(value["pid"])
 
+    def uploads_in_use(self) -> set[Path]:
+        """Spool files of uploads that may still be read: not yet separated, or
+        failed (a retry reads them again)."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT path FROM inputs WHERE origin = ? AND state IN (?, ?, ?)",
+                (
+                    ORIGIN_HTTP,
+                    InputState.PENDING.value,
+                    InputState.ATTACHED.value,
+                    InputState.FAILED.value,
+                ),
+            ).fetchall()
+        return {Path(row[0]) for row in rows}
+
+    def find_job(self, sha256: str, profile: str) -> JobRecord | None:
+        """The job for this content under this output profile, if there is one."""
+        with self._lock:
+            row = self._db.execute(
+                "SELECT * FROM jobs WHERE sha256 = ? AND profile = ?", (sha256, profile)
+            ).fetchone()
+        return _job(row) if row else None
+
+    def queue_position(self, job: JobRecord) -> int | None:
+        """1 for the job the worker takes next (among those due), None unless queued."""
+        if job.state is not JobState.QUEUED:
+            return None
+        with self._lock:
+            row = self._db.execute(
+                "SELECT count(*) FROM jobs WHERE state = ? AND (not_before < ? "
+                "OR (not_before = ? AND id < ?))",
+                (JobState.QUEUED.value, job.not_before, job.not_before, job.id),
+            ).fetchone()
+        return int(row[0]) + 1
+
+    def recent_jobs(self, state: JobState | None = None, limit: int = 50) -> list[JobRecord]:
+        """The newest jobs first, all or in one state."""
+        if state is not None:
+            return self.jobs_in(state, limit)
+        with self._lock:
+            rows = self._db.execute("SELECT * FROM jobs ORDER BY id DESC LIMIT ?", (limit,))
+            return [_job(r) for r in rows.fetchall()]
+
+    def retry_job(self, job_id: int) -> bool:
+        """One failed job back to the queue, attempts from zero. False if it is
+        not failed (done, queued or running already)."""
+        job = self.get_job(job_id)
+        if job.state is not JobState.FAILED:
+            return False
+        return self._retry_where("jobs.id = ?", (job_id,)) > 0
+
     def jobs_in(self, state: JobState, limit: int = 50) -> list[JobRecord]:
         with self._lock:
             rows = self._db.execute(
@@ -654,6 +757,7 @@ def _input(row: sqlite3.Row) -> InputRecord:
         output_dir=row["output_dir"],
         error=row["error"],
         disposed=bool(row["disposed"]),
+        origin=row["origin"],
     )
 
 
@@ -670,4 +774,7 @@ def _job(row: sqlite3.Row) -> JobRecord:
         output_dir=row["output_dir"],
         progress=row["progress"],
         not_before=row["not_before"],
+        created_at=row["created_at"],
+        started_at=row["started_at"],
+        finished_at=row["finished_at"],
     )

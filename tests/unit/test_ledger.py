@@ -237,3 +237,85 @@ def test_dismiss_by_prefix_or_all_takes_failures_off_the_list(ledger: Ledger) ->
     assert job.state is JobState.FAILED
     ledger.fail_input(again, job.error or "")
     assert [item["source"] for item in ledger.failed_report()] == ["a again.mp3"]
+
+
+def test_a_version_1_ledger_is_migrated_and_keeps_its_rows(tmp_path: Path) -> None:
+    path = tmp_path / "ledger.sqlite"
+    old = sqlite3.connect(path)
+    old.executescript(
+        """
+        CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+        INSERT INTO meta VALUES ('schema', '1');
+        CREATE TABLE jobs (id INTEGER PRIMARY KEY, sha256 TEXT NOT NULL, profile TEXT NOT NULL,
+            state TEXT NOT NULL, attempts INTEGER NOT NULL DEFAULT 0, error TEXT,
+            source TEXT NOT NULL, owner_input INTEGER, output_dir TEXT,
+            progress REAL NOT NULL DEFAULT 0, not_before REAL NOT NULL DEFAULT 0,
+            created_at REAL NOT NULL, started_at REAL, finished_at REAL,
+            UNIQUE (sha256, profile));
+        CREATE TABLE inputs (id INTEGER PRIMARY KEY, path TEXT NOT NULL, relative TEXT NOT NULL,
+            dev INTEGER NOT NULL, ino INTEGER NOT NULL, size INTEGER NOT NULL,
+            mtime_ns INTEGER NOT NULL, sha256 TEXT, state TEXT NOT NULL,
+            job_id INTEGER REFERENCES jobs (id), output_dir TEXT, error TEXT,
+            disposed INTEGER NOT NULL DEFAULT 0, detected_at REAL NOT NULL,
+            updated_at REAL NOT NULL, UNIQUE (path, dev, ino, size, mtime_ns));
+        INSERT INTO inputs (path, relative, dev, ino, size, mtime_ns, state, detected_at,
+            updated_at) VALUES ('/inbox/old.wav', 'old.wav', 1, 1, 100, 5, 'pending', 0, 0);
+        """
+    )
+    old.commit()
+    old.close()
+    ledger = Ledger(path)
+    (record,) = ledger.pending_inputs()
+    assert record.relative == "old.wav" and record.origin == "inbox"
+    upload = ledger.add_input(Path("/s/u.wav"), "uploads/u.wav", FileStat(1, 2, 3, 4), "http")
+    assert upload is not None and upload.origin == "http"
+    ledger.close()
+    db = sqlite3.connect(path)
+    assert db.execute("SELECT value FROM meta WHERE key = 'schema'").fetchone()[0] == "2"
+
+
+def test_a_ledger_from_a_newer_stemd_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "ledger.sqlite"
+    Ledger(path).close()
+    db = sqlite3.connect(path)
+    db.execute("UPDATE meta SET value = '99' WHERE key = 'schema'")
+    db.commit()
+    db.close()
+    with pytest.raises(StateError, match="newer stemd"):
+        Ledger(path)
+
+
+def test_queue_position_retry_job_and_recent_jobs(ledger: Ledger) -> None:
+    first = ledger.attach(add(ledger, "one.wav", 1), SHA_A, PROFILE, "one.wav")
+    second = ledger.attach(add(ledger, "two.wav", 2), SHA_B, PROFILE, "two.wav")
+    assert ledger.queue_position(first) == 1
+    assert ledger.queue_position(second) == 2
+    claimed = ledger.claim_next()
+    assert claimed is not None and claimed.id == first.id
+    assert ledger.queue_position(ledger.get_job(first.id)) is None
+    assert ledger.queue_position(ledger.get_job(second.id)) == 1
+    assert ledger.retry_job(first.id) is False  # running: nothing to retry
+    ledger.fail(first.id, "broken")
+    assert ledger.retry_job(first.id) is True
+    again = ledger.get_job(first.id)
+    assert again.state is JobState.QUEUED and again.attempts == 0 and again.error is None
+    assert [j.id for j in ledger.recent_jobs()] == [second.id, first.id]
+    assert [j.id for j in ledger.recent_jobs(JobState.QUEUED, 1)] == [second.id]
+    assert ledger.find_job(SHA_B, PROFILE) == ledger.get_job(second.id)
+    assert ledger.find_job(SHA_B, "other") is None
+
+
+def test_uploads_in_use_are_those_a_job_may_still_read(ledger: Ledger) -> None:
+    def upload(name: str, ino: int) -> int:
+        record = ledger.add_input(Path(f"/spool/{name}"), name, FileStat(1, ino, 1, 1), "http")
+        assert record is not None
+        return record.id
+
+    waiting, failed, done = upload("w", 1), upload("f", 2), upload("d", 3)
+    ledger.attach(waiting, SHA_A, PROFILE, "w")
+    ledger.fail_input(failed, "not audio")
+    ledger.finish_input(done, InputState.PUBLISHED, "x/d")
+    add(ledger, "inbox.wav", 9)  # the inbox's files are not the spool's
+    assert ledger.uploads_in_use() == {Path("/spool/w"), Path("/spool/f")}
+    ledger.dismiss()
+    assert ledger.uploads_in_use() == {Path("/spool/w")}
