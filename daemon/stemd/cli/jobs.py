@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
-import time
 from collections.abc import Callable
 from typing import Any
 
@@ -15,67 +13,16 @@ from stemd.config import Config
 from stemd.errors import EX_OK, EX_SOFTWARE, ConfigError, StateError
 
 
-def _alive(pid: int) -> bool:
-    """Whether the process that wrote the settling count still runs."""
-    if pid <= 0:  # never recorded (and kill(0, ...) would ask about our own group)
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True  # someone else's process (the service's user): alive
-    return True
-
-
 def _status_report(config: Config) -> dict[str, Any]:
-    """What `status` shows. The contract's keys (counts, running, failed) come
-    first; the rest was added without changing them."""
-    from stemd.ledger import LEDGER_FILE, InputState, JobState
+    """What `status` shows: the ledger's report, or a note that there is none yet."""
+    from stemd.ledger import LEDGER_FILE
+    from stemd.report import no_ledger_report, status_report
 
     if not (config.state_dir / LEDGER_FILE).exists():
-        return {
-            "counts": {state.value: 0 for state in JobState},
-            "running": [],
-            "queued": [],
-            "failed": [],
-            "intake": {"settling": 0, "waiting_for_hash": 0},
-            "copies": 0,
-            "note": f"no ledger in {config.state_dir} yet: the daemon has not run with it",
-        }
+        return no_ledger_report(config.state_dir)
     ledger = open_ledger(config)
-    now = time.time()
     try:
-        settling, pid = ledger.settling()
-        return {
-            # queued includes files waiting to be hashed (intake.waiting_for_hash)
-            "counts": ledger.counts(),
-            "running": [
-                {"source": job.source, "progress": round(job.progress, 3), "attempts": job.attempts}
-                for job in ledger.jobs_in(JobState.RUNNING)
-            ],
-            # waiting jobs with their attempts used so far and, after a failed
-            # attempt or a full outbox, why they wait and for how much longer
-            "queued": [
-                {
-                    "source": job.source,
-                    "sha256": job.sha256,
-                    "attempts": job.attempts,
-                    "error": job.error,
-                    "retry_in": round(max(0.0, job.not_before - now), 1),
-                }
-                for job in ledger.jobs_in(JobState.QUEUED)
-            ],
-            "failed": ledger.failed_report(),
-            # files the daemon has seen but not taken in yet: still being written
-            # or settling (its memory), or settled and waiting to be hashed
-            "intake": {
-                "settling": settling if _alive(pid) else 0,
-                "waiting_for_hash": ledger.count_inputs(InputState.PENDING),
-            },
-            # inputs served from stems that existed already (identical content)
-            "copies": ledger.count_inputs(InputState.DUPLICATE),
-        }
+        return status_report(ledger)
     finally:
         ledger.close()
 
