@@ -23,6 +23,7 @@ LOGGER_NAME = "stemd"
 # Where sd_journal_send() writes; systemd-python has no way to point it elsewhere.
 JOURNAL_SOCKET = "/run/systemd/journal/socket"
 STDERR_FORMAT = "stemd: %(levelname)s: %(message)s"
+OUTPUT_MARK = "stemd_output"  # set on the handlers setup_logging installs
 
 log = logging.getLogger(LOGGER_NAME)
 
@@ -37,9 +38,12 @@ def event(
     job: int | None = None,
     sha256: str | None = None,
     source: str | None = None,
+    audio_seconds: float | None = None,
+    elapsed: float | None = None,
     exc_info: bool = False,
 ) -> None:
-    """Log one job event with its structured fields."""
+    """Log one job event with its structured fields (a separation's `done` also
+    carries the track's length and the wall time it took, in seconds)."""
     fields: dict[str, object] = {"STEMD_EVENT": name}
     if job is not None:
         fields["STEMD_JOB"] = str(job)
@@ -47,6 +51,10 @@ def event(
         fields["STEMD_SHA256"] = sha256
     if source is not None:
         fields["STEMD_SOURCE"] = source
+    if audio_seconds is not None:
+        fields["STEMD_AUDIO_SECONDS"] = f"{audio_seconds:.3f}"
+    if elapsed is not None:
+        fields["STEMD_ELAPSED"] = f"{elapsed:.3f}"
     log.log(level, message, extra=fields, exc_info=exc_info)
 
 
@@ -117,7 +125,7 @@ def _fallback_notice(reason: str) -> logging.LogRecord:
 
 
 # Libraries whose warnings a user must see where stemd's own go (the journal).
-LIBRARY_LOGGERS = ("watchdog",)
+LIBRARY_LOGGERS = ("watchdog", "uvicorn")
 
 
 class _Forward(logging.Handler):
@@ -139,27 +147,36 @@ def _forward_libraries() -> None:
 def setup_logging(target: str, level: str) -> str:
     """Route stemd's records to the journal or stderr. Returns where they go.
 
-    Safe to call again (on reload): the previous handler is replaced, so no
-    record is logged twice.
+    Safe to call again (on reload): the previous output handler is replaced, so
+    no record is logged twice; in-process listeners (the HTTP server's event
+    stream) stay. The level applies to the output: job events (info) still
+    reach the listeners when the log shows warnings only.
     """
     for handler in list(log.handlers):
-        log.removeHandler(handler)
-        handler.close()
-    log.setLevel(level.upper())
+        if getattr(handler, OUTPUT_MARK, False):
+            log.removeHandler(handler)
+            handler.close()
+    configured = logging.getLevelNamesMapping()[level.upper()]
+    log.setLevel(min(configured, logging.INFO))
     log.propagate = False
     _forward_libraries()
+
+    def install(handler: logging.Handler) -> None:
+        handler.setLevel(configured)
+        setattr(handler, OUTPUT_MARK, True)
+        log.addHandler(handler)
 
     fallback_reason: str | None = None
     if target == "journal" or (target == "auto" and stderr_is_journal()):
         fallback_reason = journal_unreachable()
         if fallback_reason is None:
             try:
-                log.addHandler(_journal_handler())
+                install(_journal_handler())
                 return "journal"
             except ImportError as err:
                 fallback_reason = f"systemd-python is not installed ({err})"
         fallback_reason = f"journald unavailable: {fallback_reason}"
-    log.addHandler(_stderr_handler())
+    install(_stderr_handler())
     if fallback_reason is not None:
         log.handle(_fallback_notice(fallback_reason))
     return "stderr"
