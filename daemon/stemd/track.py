@@ -96,6 +96,21 @@ def stem_names(info: ModelInfo, config: Config) -> list[str]:
     return list(info.sources) if two is None else [two, f"no_{two}"]
 
 
+def check_input(path: Path, config: Config) -> Probe:
+    """What the file says about itself, if it is audio stemd will take: an
+    InputError with the reason if not (inbox files and uploads alike)."""
+    probe_info = probe(path)
+    if probe_info.channels < 1:
+        raise InputError(path, "the audio stream has no channels")
+    max_duration = config.watch.max_duration
+    if probe_info.duration is not None and probe_info.duration > max_duration:
+        raise InputError(
+            path,
+            f"{probe_info.duration:.0f}s of audio is over watch.max_duration ({max_duration:g}s)",
+        )
+    return probe_info
+
+
 def decode_track(
     info: ModelInfo,
     config: Config,
@@ -105,13 +120,8 @@ def decode_track(
 ) -> Loaded:
     """Probe and decode into `work`; raises InputError for input that cannot be
     used, WorkAreaFull when the work files would not fit."""
-    probe_info = probe(path)
+    probe_info = check_input(path, config)
     max_duration = config.watch.max_duration
-    if probe_info.duration is not None and probe_info.duration > max_duration:
-        raise InputError(
-            path,
-            f"{probe_info.duration:.0f}s of audio is over watch.max_duration ({max_duration:g}s)",
-        )
     files = 1 + len(stem_names(info, config))  # the mix and every stem
     if probe_info.duration is not None:
         frames = int(probe_info.duration * info.samplerate)

@@ -35,7 +35,15 @@ from stemd.engine import Engine, ModelInfo
 from stemd.errors import InputError, JobCancelled, NoSpace, StemdError
 from stemd.folders import SharedFolders
 from stemd.hashing import sha256_file
-from stemd.ledger import FileStat, InputRecord, InputState, JobRecord, JobState, Ledger
+from stemd.ledger import (
+    ORIGIN_HTTP,
+    FileStat,
+    InputRecord,
+    InputState,
+    JobRecord,
+    JobState,
+    Ledger,
+)
 from stemd.logs import Event, event
 from stemd.outbox import (
     Outbox,
@@ -86,6 +94,7 @@ def stat_of(path: Path) -> FileStat:
 class Current:
     source: str
     progress: float
+    job_id: int = 0
 
 
 @dataclass(frozen=True)
@@ -146,6 +155,7 @@ class Worker(threading.Thread):
         # time, or an identical input attached in between could be served twice
         self._serve_lock = threading.RLock()
         self.failure: BaseException | None = None
+        self.warm_up_seconds: float | None = None  # for /metrics
         # time.monotonic() of the last sign of life, read by the service's watchdog
         self.heartbeat = time.monotonic()
 
@@ -234,7 +244,25 @@ class Worker(threading.Thread):
             return
         finally:
             self.beat()
+        self.warm_up_seconds = seconds
         log.info("model %s warmed up in %.1fs", self.engine.info.name, seconds)
+
+    @property
+    def profile(self) -> str:
+        """The output profile key new jobs are made under (changes on reload)."""
+        return self._profile[0]
+
+    def take_upload(self, path: Path, relative: str, digest: str) -> int:
+        """An upload the HTTP server spooled and hashed: registered and attached as
+        a hashed inbox file is (dedup, copies of finished stems included). Called
+        from the server's threads; returns the new input's id."""
+        record = self.ledger.add_input(path, relative, stat_of(path), origin=ORIGIN_HTTP)
+        if record is None:  # a new spool file is a new (path, inode): never known
+            raise StemdError(f"{path}: this upload is already in the ledger")
+        with self._serve_lock:
+            self._attach(record, digest)
+        self.wake.set()
+        return record.id
 
     def _make_profile(self) -> tuple[str, dict[str, Any]]:
         params = profile_params(self.config, self.engine.info)
@@ -378,7 +406,7 @@ class Worker(threading.Thread):
                 return
             self._fail(job, "the source file is gone or changed before it was separated")
             return
-        self.current = Current(source.relative, 0.0)
+        self.current = Current(source.relative, 0.0, job.id)
         info, outbox, config = self.engine.info, self.outbox, self.config
         key, params = self._profile
         request = RenderRequest(
@@ -546,7 +574,7 @@ class Worker(threading.Thread):
             target = outbox.publish(rendered.temp, rendered.folder, job.sha256, job.profile)
             temp = None
             crash_point("renamed")
-            self._complete(job, source, rendered.folder, target)
+            self._complete(job, source, rendered.folder, target, done)
         except BaseException as err:
             if not self._job_failed(job, source.relative, err):
                 raise
@@ -611,8 +639,10 @@ class Worker(threading.Thread):
         source: InputRecord,
         folder: PurePosixPath,
         target: PurePosixPath | None,
+        separated: Separated | None = None,
     ) -> None:
-        """The stems are in place (or skipped): commit, dispose, serve the copies."""
+        """The stems are in place (or skipped): commit, dispose, serve the copies.
+        `separated` is None for stems adopted after a restart (nothing was timed)."""
         with self._serve_lock:
             if target is None:
                 self.ledger.complete(job.id, source.id, "")
@@ -627,12 +657,15 @@ class Worker(threading.Thread):
                 )
             else:
                 self.ledger.complete(job.id, source.id, target.as_posix())
-                job_event(
+                event(
                     logging.INFO,
                     "done",
                     f"{source.relative}: stems in {target}",
-                    job,
-                    source.relative,
+                    job=job.id,
+                    sha256=job.sha256,
+                    source=source.relative,
+                    audio_seconds=separated.loaded.duration if separated else None,
+                    elapsed=separated.timing.separated if separated else None,
                 )
             crash_point("committed")
             self._dispose(source, success=True)
@@ -751,6 +784,19 @@ class Worker(threading.Thread):
     # -- sources ---------------------------------------------------------------
 
     def _dispose(self, record: InputRecord, success: bool) -> None:
+        if record.origin == ORIGIN_HTTP:
+            # Our own spool file: gone once its stems exist, kept after a failure
+            # so a retry has its source.
+            if success:
+                try:
+                    record.path.unlink(missing_ok=True)
+                except OSError as err:
+                    log.error(
+                        "%s: cannot remove the upload %s: %s", record.relative, record.path, err
+                    )
+                    return
+            self.ledger.mark_disposed(record.id)
+            return
         src = self.config.source
         action = src.after_success if success else src.after_failure
         folder = src.archive_dir if success else src.failed_dir

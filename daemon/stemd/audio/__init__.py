@@ -4,20 +4,24 @@
   cancellation, reaping, `file:` inputs);
 - `probe`: what a file says about itself;
 - `decoding`: any input to the model's rate and channels, in blocks;
-- `encoding`: stems to wav, flac or mp3, in blocks.
+- `encoding`: stems to wav, flac or mp3, in blocks;
+- `transcode`: a finished stem file into another format (HTTP answers).
 """
 
 from stemd.audio.children import kill_children
 from stemd.audio.decoding import BlockSink, Decoded, decode, decode_to, decoder_errors
 from stemd.audio.encoding import StemFormat, StemReader, encode, encode_stem, stems_to_write
 from stemd.audio.probe import Probe, probe
+from stemd.audio.transcode import MP3_320, answer_format, transcode
 
 __all__ = [
+    "MP3_320",
     "BlockSink",
     "Decoded",
     "Probe",
     "StemFormat",
     "StemReader",
+    "answer_format",
     "decode",
     "decode_to",
     "decoder_errors",
@@ -26,4 +30,5 @@ __all__ = [
     "kill_children",
     "probe",
     "stems_to_write",
+    "transcode",
 ]
