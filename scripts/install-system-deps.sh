@@ -7,6 +7,9 @@
 #                     systemd-analyze, -sysusers, -tmpfiles for install-service
 #   bindfs, fuse      a FUSE mount standing in for a network share (tests)
 #   util-linux        unshare and setpriv (tests)
+#   chromium, chromium-driver
+#                     the browser test of the web page (selenium drives Debian's
+#                     chromedriver; nothing is downloaded)
 set -euo pipefail
 
 missing=()
@@ -20,6 +23,8 @@ command -v unshare >/dev/null 2>&1 || missing+=(util-linux)
 command -v setpriv >/dev/null 2>&1 || missing+=(util-linux)
 command -v bindfs >/dev/null 2>&1 || missing+=(bindfs)
 command -v fusermount >/dev/null 2>&1 || missing+=(fuse)
+[ -x /usr/bin/chromium ] || missing+=(chromium)
+[ -x /usr/bin/chromedriver ] || missing+=(chromium-driver)
 
 if [ ${#missing[@]} -eq 0 ]; then
     exit 0

@@ -14,6 +14,7 @@ import stat
 import time
 from pathlib import Path, PurePath
 from types import FrameType
+from typing import TYPE_CHECKING
 
 from stemd.audio import kill_children
 from stemd.config import Config, changed_keys, load_config
@@ -28,12 +29,18 @@ from stemd.settle import Settler, ignore_reason
 from stemd.watcher import Change, InboxWatcher
 from stemd.worker import Worker, stat_of
 
+if TYPE_CHECKING:
+    from stemd.http.server import HttpServer
+
 log = logging.getLogger("stemd")
 
 TICK_S = 0.1
 STATUS_INTERVAL_S = 1.0
 FOLDER_CHECK_INTERVAL_S = 1.0
 WORKER_JOIN_AFTER_CANCEL_S = 120.0
+# /ping fails when the main loop has not ticked for this long (a scan of a big
+# inbox takes a second or two)
+MAIN_LOOP_STALL_S = 10.0
 
 
 class Service:
@@ -49,6 +56,10 @@ class Service:
         self.watcher: InboxWatcher | None = None
         self.settler: Settler | None = None
         self.folders: SharedFolders | None = None
+        self.http: HttpServer | None = None
+        self.started_at = time.time()
+        self.model_load_seconds: float | None = None
+        self._last_tick = time.monotonic()
         self._next_folder_check = 0.0
         self._next_rescan = 0.0
         self._next_status = 0.0
@@ -93,17 +104,53 @@ class Service:
         if removed:
             log.info("removed %d unfinished work folder(s) from the outbox", removed)
         self.notifier.status(f"loading model {config.model.name}")
+        self._bind_http(config)  # a taken port fails now, not after a long model load
+        loading = time.monotonic()
         with self.notifier.keep_alive():  # a first download can take minutes
             engine = Engine(config.model)
+        self.model_load_seconds = time.monotonic() - loading
         engine.check_stem(config.output.two_stems, "config", "output.two_stems")
         self.folders = SharedFolders(config.inbox, config.outbox)
         self.worker = Worker(self.ledger, config, engine, self.folders)
         self.worker.start()
         self._start_watcher(config)
+        if self.http is not None:
+            self.http.start(self.ledger)  # the model is ready: serve
         self.notifier.ready()
         if self.notifier.watchdog_interval is not None:
             log.info("systemd watchdog: pinging every %.1fs", self.notifier.watchdog_interval)
         log.info("stemd ready: inbox %s, outbox %s", config.inbox, config.outbox)
+
+    def _bind_http(self, config: Config) -> None:
+        if config.http.listen is None:
+            log.info("http: off (http.listen is null)")
+            return
+        from stemd.http.server import HttpServer  # FastAPI and uvicorn load only when used
+
+        self.http = HttpServer(self, config)  # binds; serves from start()
+
+    @property
+    def stopping(self) -> bool:
+        return self._stopping
+
+    def health(self) -> list[str]:
+        """What is wrong, empty when healthy: the systemd watchdog's rule (the main
+        loop ticks, the worker lives and shows progress) for /ping."""
+        problems: list[str] = []
+        now = time.monotonic()
+        if self._stopping:
+            problems.append("stemd is stopping")
+        if now - self._last_tick > MAIN_LOOP_STALL_S:
+            problems.append(f"the main loop has not run for {now - self._last_tick:.0f}s")
+        worker = self.worker
+        if worker is None or not worker.is_alive():
+            problems.append("the worker is not running")
+        elif now - worker.heartbeat > self.config.service.hang_timeout:
+            problems.append(
+                f"the worker has shown no progress for {now - worker.heartbeat:.0f}s "
+                f"(service.hang_timeout {self.config.service.hang_timeout:.0f}s)"
+            )
+        return problems
 
     def _prepare_folders(self, config: Config) -> None:
         for name, folder in (
@@ -136,6 +183,7 @@ class Service:
             time.sleep(TICK_S)
 
     def tick(self) -> None:
+        self._last_tick = time.monotonic()
         self._handle_signals()
         if self._stopping:
             return
@@ -143,6 +191,10 @@ class Service:
         assert self.worker is not None
         if not self.worker.is_alive():
             log.critical("the worker thread died; stopping")
+            self._stopping = True
+            return
+        if self.http is not None and not self.http.is_alive():
+            log.critical("the HTTP server stopped; stopping (systemd restarts stemd)")
             self._stopping = True
             return
         now = time.monotonic()
@@ -362,6 +414,9 @@ class Service:
             )
         if new.logging != old.logging:
             setup_logging(new.logging.target, new.logging.level)
+        if new.http != old.http:
+            log.warning("http changes need a restart; keeping the running server's settings")
+            new = new.model_copy(update={"http": old.http})
         changes = changed_keys(old, new)
         log.info("changed: %s", "; ".join(changes) if changes else "nothing (no key differs)")
         self.config = new
@@ -401,9 +456,12 @@ class Service:
     # -- shutdown -----------------------------------------------------------------
 
     def shutdown(self) -> None:
+        self._stopping = True  # /predict waiters and event streams end, /ping says 503
         self.notifier.stopping()
         if self.watcher is not None:
             self.watcher.stop()
+        if self.http is not None:
+            self.http.stop()  # no new uploads while the worker finishes
         worker = self.worker
         if worker is not None and worker.is_alive():
             worker.request_stop()

@@ -16,6 +16,7 @@ import yaml
 
 from support.audio import make_tone, probe, read_audio
 from support.daemon import TEST_MODEL, Daemon, stemd, write_config
+from support.http import listening_ports
 from support.instrumented_model import (
     GATE_AFTER_ENV,
     GATED,
@@ -39,6 +40,7 @@ def daemon_config(root: Path, **extra: Any) -> Path:
         "model": dict(TEST_MODEL),
         "logging": {"target": "stderr"},
         "service": {"shutdown_grace": "30s"},
+        "http": {"listen": None},  # tests/e2e/test_http.py serves; these need no port
     }
     config.update(extra)
     (root / "inbox").mkdir(exist_ok=True)
@@ -180,11 +182,13 @@ def test_dropped_files_become_stems_exactly_once(tmp_path: Path, instrumented_re
         daemon.kill()
 
 
-def test_sigint_stops_cleanly(tmp_path: Path) -> None:
-    config = daemon_config(tmp_path)
+def test_sigint_stops_cleanly_and_listen_null_opens_no_port(tmp_path: Path) -> None:
+    config = daemon_config(tmp_path)  # http.listen: null
     daemon = Daemon(config, tmp_path).start()
     try:
         daemon.wait_ready()
+        assert listening_ports(daemon.pid) == []
+        assert "http: off" in daemon.log()
         daemon.signal(signal.SIGINT)
         assert daemon.process is not None
         assert daemon.process.wait(30) == 0

@@ -352,6 +352,7 @@ def daemon_end_to_end(work: Path, repo: Path, device: str) -> list[Row]:
         "model": {"name": "tiny_ht", "repo": str(repo), "device": device},
         "output": {"format": "wav"},
         "logging": {"target": "stderr"},
+        "http": {"listen": None},
     }
     (root / "stemd.yaml").write_text(yaml.safe_dump(config))
     env = {

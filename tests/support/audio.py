@@ -79,3 +79,27 @@ def read_audio(path: Path) -> tuple[np.ndarray, int]:
     """[channels, samples] float32 and the sample rate, decoded by sphn."""
     data, rate = sphn.read(str(path))
     return np.asarray(data, dtype=np.float32), int(rate)
+
+
+def make_mix(path: Path, seconds: float = 3.0, codec_args: tuple[str, ...] = ()) -> Path:
+    """A short real mix, as the seed's sample request held: a bass line, a lead,
+    a kick on the beat and hiss, at 44.1 kHz stereo (mp3 when `path` says so)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    graph = (
+        f"sine=frequency=55:sample_rate=44100:duration={seconds}[bass];"
+        f"sine=frequency=660:sample_rate=44100:duration={seconds},volume=0.3[lead];"
+        "aevalsrc='0.8*sin(2*PI*60*t)*exp(-20*mod(t,0.5))':s=44100:d="
+        f"{seconds}[kick];"
+        f"anoisesrc=color=pink:amplitude=0.03:sample_rate=44100:duration={seconds}:seed=3[hiss];"
+        "[bass][lead][kick][hiss]amix=inputs=4:normalize=0,volume=0.5"
+    )
+    subprocess.run(
+        [
+            *("ffmpeg", "-nostdin", "-v", "error", "-y", "-f", "lavfi", "-i", graph, "-ac", "2"),
+            *codec_args,
+            str(path),
+        ],
+        check=True,
+        timeout=60,
+    )
+    return path

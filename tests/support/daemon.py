@@ -29,8 +29,9 @@ TEST_MODEL: dict[str, Any] = {"name": "demucs_unittest", "device": "cpu", "segme
 
 def service_config(root: Path, **sections: Any) -> Path:
     """`root/stemd.yaml` for a daemon under test: inbox, outbox and state in `root`,
-    the built-in test model, stderr logging, a 0.5 s settle. `sections` replace
-    whole top-level keys."""
+    the built-in test model, stderr logging, a 0.5 s settle, no HTTP server (the
+    default port would be shared by every test; HTTP tests pass `http=`).
+    `sections` replace whole top-level keys."""
     (root / "inbox").mkdir(exist_ok=True)
     config: dict[str, Any] = {
         "inbox": "inbox",
@@ -39,6 +40,7 @@ def service_config(root: Path, **sections: Any) -> Path:
         "watch": {"settle": "0.5s"},
         "model": dict(TEST_MODEL),
         "logging": {"target": "stderr"},
+        "http": {"listen": None},
     }
     config.update(sections)
     return write_config(root / "stemd.yaml", config)
@@ -90,6 +92,11 @@ class Daemon:
         )
         log.close()
         return self
+
+    @property
+    def pid(self) -> int:
+        assert self.process is not None
+        return self.process.pid
 
     def log(self) -> str:
         """What this run has logged so far."""

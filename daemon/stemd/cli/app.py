@@ -15,6 +15,7 @@ from stemd.cli.daemon import cmd_check, cmd_install_service, cmd_run
 from stemd.cli.jobs import cmd_dismiss, cmd_retry, cmd_status
 from stemd.cli.models import cmd_models
 from stemd.cli.separate import cmd_separate
+from stemd.cli.token import cmd_token
 from stemd.errors import EX_PIPE, EX_USAGE, ConfigError, OutputClosed, OutputError, StemdError
 from stemd.stdout import discard, guard_stdout
 
@@ -89,6 +90,14 @@ def build_parser() -> argparse.ArgumentParser:
     fetch = models_sub.add_parser("fetch", help="download a model into the local cache")
     fetch.add_argument("name")
 
+    token = sub.add_parser("token", help="make an access token for the HTTP server")
+    _add_config_flag(token, top=False)
+    token_sub = token.add_subparsers(dest="token_command", required=True, metavar="ACTION")
+    new = token_sub.add_parser("new", help="write a random token to PATH (mode 0600), and print it")
+    new.add_argument(
+        "path", nargs="?", type=Path, metavar="PATH", help="default: the config's http.token_file"
+    )
+
     service = sub.add_parser(
         "install-service",
         help="install (or --uninstall) the systemd unit, user and folders",
@@ -115,6 +124,7 @@ COMMANDS = {
     "retry": cmd_retry,
     "dismiss": cmd_dismiss,
     "models": cmd_models,
+    "token": cmd_token,
     "install-service": cmd_install_service,
 }
 

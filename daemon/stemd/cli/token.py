@@ -1,0 +1,40 @@
+"""`stemd token new [PATH]`: a fresh access token for the HTTP server."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from stemd.cli.common import config_from
+from stemd.errors import EX_OK, ConfigError
+
+
+def cmd_token(args: argparse.Namespace) -> int:
+    from stemd.http.auth import new_token_file
+
+    path: Path | None = args.path
+    if path is None:
+        config, _ = config_from(args)
+        path = config.http.token_file
+        if path is None:
+            raise ConfigError.single(
+                "config",
+                "http.token_file",
+                "not set: give a PATH (`stemd token new /etc/stemd/token`) and set "
+                "http.token_file to it",
+            )
+    try:
+        token = new_token_file(path)
+    except OSError as err:
+        raise ConfigError.single(
+            "command line", "PATH", f"cannot write {path}: {err.strerror}"
+        ) from None
+    # The token alone on stdout (TOKEN=$(stemd token new PATH)); the rest on stderr.
+    print(token)
+    print(
+        f"stemd: wrote a new token to {path} (mode 0600). Set http.token_file to it and "
+        "restart stemd; clients send it as `Authorization: Bearer TOKEN` or `curl -u :TOKEN`.",
+        file=sys.stderr,
+    )
+    return EX_OK

@@ -1,0 +1,295 @@
+"""The jobs API under /api/v1: upload, look, listen, download, retry."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import json
+import time
+import zipfile
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path, PurePosixPath
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, HTTPException, Query, Request
+from fastapi.responses import FileResponse, JSONResponse, StreamingResponse
+
+from stemd.http.context import API, Context, answered_at_once, context
+from stemd.http.events import CLOSED
+from stemd.http.spool import Spooled, UploadRejected
+from stemd.ledger import JobState
+from stemd.report import status_report
+
+Ctx = Annotated[Context, Depends(context)]
+
+MULTIPART_SLACK = 1 << 20  # a form's boundaries and headers around the file
+DRAIN_MAX = 16 << 20  # read past this much of a refused body so the client hears why
+PROGRESS_INTERVAL_S = 0.5
+KEEPALIVE_S = 15.0
+MEDIA_TYPES = {".wav": "audio/wav", ".flac": "audio/flac", ".mp3": "audio/mpeg"}
+
+router = APIRouter(prefix=API, tags=["jobs"])
+
+UPLOAD_BODY: dict[str, Any] = {
+    "requestBody": {
+        "required": True,
+        "description": "The audio file: a multipart form field `file`, or the raw bytes "
+        "with `?filename=`.",
+        "content": {
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "properties": {"file": {"type": "string", "format": "binary"}},
+                    "required": ["file"],
+                }
+            },
+            "application/octet-stream": {"schema": {"type": "string", "format": "binary"}},
+        },
+    }
+}
+
+
+async def receive_upload(request: Request, ctx: Context, filename: str | None) -> Spooled:
+    """The request's file spooled to disk, or the HTTP error that says why not."""
+    limit = ctx.config.max_upload
+    content_type = request.headers.get("content-type", "")
+    multipart = content_type.lower().startswith("multipart/form-data")
+    length = request.headers.get("content-length", "")
+    if length.isdigit() and int(length) > limit + (MULTIPART_SLACK if multipart else 0):
+        raise HTTPException(413, f"{length} bytes is over http.max_upload ({limit} bytes)")
+    try:
+        if multipart:
+            return await ctx.spool.from_multipart(request.stream(), content_type, limit)
+        return await ctx.spool.from_stream(request.stream(), filename, limit)
+    except UploadRejected as err:
+        await _drain(request)
+        raise HTTPException(err.status, err.message) from None
+
+
+async def _drain(request: Request) -> None:
+    """Read (and drop) a little more of a refused body: a client still sending
+    hears the answer instead of a reset connection. Bounded."""
+    read = 0
+    try:
+        async for chunk in request.stream():
+            read += len(chunk)
+            if read > DRAIN_MAX:
+                break
+    except Exception:  # the stream is already consumed or gone: nothing to drain
+        return
+
+
+@router.post(
+    "/jobs",
+    status_code=202,
+    openapi_extra=UPLOAD_BODY,
+    summary="Upload a file to separate",
+    responses={
+        200: {"description": "The content was known: the job as it stands (done or failed)"},
+        202: {"description": "Queued"},
+        413: {"description": "Over http.max_upload"},
+        422: {"description": "Not audio stemd can take, with the reason"},
+        503: {"description": "The queue is past http.max_queue (see Retry-After)"},
+    },
+)
+async def create_job(
+    request: Request, ctx: Ctx, filename: Annotated[str | None, Query(max_length=4096)] = None
+) -> JSONResponse:
+    ctx.check_queue()
+    spooled = await receive_upload(request, ctx, filename)
+    await ctx.check(spooled)
+    job, record = await ctx.take(spooled)
+    known = answered_at_once(record) or job.state in (JobState.DONE, JobState.FAILED)
+    body = ctx.job_json(job)
+    body["upload"] = {"name": spooled.name, "bytes": spooled.size, "state": record.state.value}
+    return JSONResponse(body, status_code=200 if known else 202, headers={"Location": body["url"]})
+
+
+@router.get("/jobs", summary="Jobs, newest first")
+def list_jobs(
+    ctx: Ctx,
+    state: JobState | None = None,
+    limit: Annotated[int, Query(ge=1, le=500)] = 50,
+) -> dict[str, Any]:
+    return {"jobs": [ctx.job_json(job) for job in ctx.ledger.recent_jobs(state, limit)]}
+
+
+@router.get("/jobs/{job_id}", summary="One job: state, progress, queue position, stems")
+def get_job(job_id: int, ctx: Ctx) -> dict[str, Any]:
+    return ctx.job_json(ctx.job(job_id))
+
+
+@router.get(
+    "/jobs/{job_id}/stems/{stem}",
+    summary="One stem's file (Range requests work, for players)",
+    response_class=FileResponse,
+)
+def get_stem(job_id: int, stem: str, ctx: Ctx) -> FileResponse:
+    job = ctx.job(job_id)
+    files = ctx.stem_files(job)
+    if not files:
+        raise HTTPException(404, f"job {job_id} has no stems ({job.state.value})")
+    path = files.get(stem)
+    if path is None or not path.is_file():
+        known = ", ".join(sorted(files))
+        raise HTTPException(404, f"job {job_id} has no stem {stem!r}; it has {known}")
+    return FileResponse(
+        path,
+        media_type=MEDIA_TYPES.get(path.suffix, "application/octet-stream"),
+        filename=path.name,
+        content_disposition_type="inline",
+    )
+
+
+@router.get(
+    "/jobs/{job_id}/stems.zip",
+    summary="Every stem in one zip, streamed",
+    response_class=StreamingResponse,
+)
+def get_zip(job_id: int, ctx: Ctx) -> StreamingResponse:
+    job = ctx.job(job_id)
+    files = ctx.stem_files(job)
+    if not files:
+        raise HTTPException(404, f"job {job_id} has no stems ({job.state.value})")
+    track = PurePosixPath(job.source).stem or f"job{job.id}"
+    name = f"{track} - stems.zip"
+    return StreamingResponse(
+        zip_stream({path.name: path for path in files.values()}),
+        media_type="application/zip",
+        headers={"Content-Disposition": _attachment(name)},
+    )
+
+
+@router.post("/jobs/{job_id}/retry", summary="Queue a failed job again")
+def retry_job(job_id: int, ctx: Ctx) -> dict[str, Any]:
+    job = ctx.job(job_id)
+    if not ctx.ledger.retry_job(job.id):
+        raise HTTPException(409, f"job {job_id} is {job.state.value}, not failed: nothing to retry")
+    ctx.worker.wake.set()
+    return ctx.job_json(ctx.job(job_id))
+
+
+@router.get("/status", summary="What `stemd status --json` prints")
+def get_status(ctx: Ctx) -> dict[str, Any]:
+    return status_report(ctx.ledger)
+
+
+@router.get("/info", summary="Model, device, outbox space, workers")
+def get_info(ctx: Ctx) -> dict[str, Any]:
+    from stemd import __version__
+
+    worker = ctx.worker
+    info = worker.engine.info
+    current = worker.current
+    return {
+        "version": __version__,
+        "model": info.name,
+        "device": info.device,
+        "stems": list(info.sources),
+        "format": ctx.config.output.format,
+        "outbox": str(ctx.config.outbox),
+        "outbox_free_bytes": ctx.outbox_free(),
+        "uptime_s": round(time.time() - ctx.daemon.started_at, 1),
+        "workers": [
+            {
+                "name": worker.name,
+                "device": info.device,
+                "job": current.job_id if current else None,
+                "source": current.source if current else None,
+                "progress": round(current.progress, 4) if current else None,
+            }
+        ],
+    }
+
+
+@router.get(
+    "/events",
+    summary="Server-sent events: progress, done, failed, ...",
+    response_class=StreamingResponse,
+)
+async def events(ctx: Ctx) -> StreamingResponse:
+    return StreamingResponse(
+        event_stream(ctx),
+        media_type="text/event-stream",
+        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+    )
+
+
+async def event_stream(ctx: Context) -> AsyncIterator[str]:
+    subscription = ctx.hub.subscribe()
+    last_progress: tuple[int, float] | None = None
+    last_sent = time.monotonic()
+    try:
+        yield "retry: 2000\n\n"
+        while True:
+            try:
+                item = await asyncio.wait_for(subscription.queue.get(), PROGRESS_INTERVAL_S)
+            except TimeoutError:
+                item = None
+            if item is CLOSED or ctx.daemon.stopping:
+                return
+            if subscription.overflowed:
+                subscription.overflowed = False
+                yield _sse("resync", {"reason": "events were dropped; fetch the jobs again"})
+            if item is not None:
+                yield _sse(item["event"], item)
+                last_sent = time.monotonic()
+            worker = ctx.daemon.worker
+            current = worker.current if worker is not None else None
+            if current is not None:
+                now = (current.job_id, round(current.progress, 3))
+                if now != last_progress:
+                    last_progress = now
+                    yield _sse(
+                        "progress",
+                        {"job": now[0], "source": current.source, "progress": now[1]},
+                    )
+                    last_sent = time.monotonic()
+            if time.monotonic() - last_sent > KEEPALIVE_S:
+                yield ": keep-alive\n\n"
+                last_sent = time.monotonic()
+    finally:
+        ctx.hub.unsubscribe(subscription)
+
+
+def _sse(name: str, data: dict[str, Any]) -> str:
+    return f"event: {name}\ndata: {json.dumps(data, ensure_ascii=False)}\n\n"
+
+
+def _attachment(name: str) -> str:
+    from urllib.parse import quote
+
+    ascii_name = name.encode("ascii", "replace").decode().replace('"', "'")
+    return f"attachment; filename=\"{ascii_name}\"; filename*=UTF-8''{quote(name)}"
+
+
+class _Pipe(io.RawIOBase):
+    """An unseekable sink that zipfile writes into and the response drains."""
+
+    def __init__(self) -> None:
+        self.chunks: list[bytes] = []
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, data: Any) -> int:
+        self.chunks.append(bytes(data))
+        return len(data)
+
+    def take(self) -> bytes:
+        data = b"".join(self.chunks)
+        self.chunks.clear()
+        return data
+
+
+def zip_stream(files: dict[str, Path], block: int = 1 << 20) -> Iterator[bytes]:
+    """A zip of `files` (name in the archive -> path), made as it is sent: stored,
+    not compressed (the stems are audio), a block of memory at a time."""
+    pipe = _Pipe()
+    with zipfile.ZipFile(pipe, "w", compression=zipfile.ZIP_STORED) as archive:
+        for arcname, path in files.items():
+            with open(path, "rb") as source, archive.open(arcname, "w", force_zip64=True) as entry:
+                while data := source.read(block):
+                    entry.write(data)
+                    yield pipe.take()
+    yield pipe.take()

@@ -1,0 +1,135 @@
+"""The FastAPI application: routes, the token check and request metrics."""
+
+from __future__ import annotations
+
+import os
+from importlib import resources
+
+from fastapi import FastAPI
+from fastapi.responses import HTMLResponse, JSONResponse, Response
+from fastapi.staticfiles import StaticFiles
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from starlette.datastructures import Headers
+from starlette.types import Message, Receive, Scope, Send
+
+from stemd import __version__
+from stemd.http.api import router as api_router
+from stemd.http.auth import OPEN_PATHS, authorized
+from stemd.http.context import Context
+from stemd.http.predict import predict_router
+
+# The routes the seed also served where its platform told it to
+PREDICT_ROUTE_ENV = "AIP_PREDICT_ROUTE"
+HEALTH_ROUTE_ENV = "AIP_HEALTH_ROUTE"
+STATIC = resources.files("stemd.http") / "static"
+
+
+def create_app(ctx: Context) -> Guard:
+    app = FastAPI(
+        title="stemd",
+        version=__version__,
+        description="Stem separation: the seed's /predict, a jobs API, health and metrics.",
+        # Swagger's page loads its scripts from a CDN: an offline NAS would show a
+        # blank page. /openapi.json is the description.
+        docs_url=None,
+        redoc_url=None,
+    )
+    app.state.stemd = ctx
+    app.include_router(api_router)
+    predict_routes = {"/predict", os.environ.get(PREDICT_ROUTE_ENV) or "/predict"}
+    for route in sorted(predict_routes):
+        app.include_router(predict_router(route))
+    health_routes = {"/health", os.environ.get(HEALTH_ROUTE_ENV) or "/health"}
+    for route in sorted(health_routes):
+        app.add_api_route(
+            route,
+            lambda: health(ctx),
+            methods=["GET"],
+            tags=["operations"],
+            summary='The seed\'s health check: {"status": "healthy"}',
+        )
+    app.add_api_route(
+        "/ping",
+        lambda: ping(ctx),
+        methods=["GET"],
+        tags=["operations"],
+        summary="200 while the main loop and worker are healthy, else 503 (open)",
+    )
+    app.add_api_route(
+        "/metrics",
+        lambda: metrics(ctx),
+        methods=["GET"],
+        tags=["operations"],
+        summary="Prometheus metrics",
+        response_class=Response,
+    )
+    app.add_api_route(
+        "/", page, methods=["GET"], include_in_schema=False, response_class=HTMLResponse
+    )
+    app.mount("/static", StaticFiles(directory=str(STATIC)), name="static")
+    return Guard(app, ctx)
+
+
+def ping(ctx: Context) -> JSONResponse:
+    problems = ctx.daemon.health()
+    if problems:
+        return JSONResponse({"status": "unhealthy", "problems": problems}, status_code=503)
+    return JSONResponse({"status": "ok"})
+
+
+def health(ctx: Context) -> JSONResponse:
+    problems = ctx.daemon.health()
+    if problems:
+        return JSONResponse({"status": "unhealthy", "problems": problems}, status_code=503)
+    return JSONResponse({"status": "healthy"})
+
+
+def metrics(ctx: Context) -> Response:
+    return Response(generate_latest(ctx.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+
+def page() -> HTMLResponse:
+    return HTMLResponse((STATIC / "index.html").read_text(encoding="utf-8"))
+
+
+class Guard:
+    """ASGI middleware: the token on every route but /ping, and a count of every
+    answer by route template and status code. Plain ASGI, not a Starlette
+    BaseHTTPMiddleware, so streamed answers (events, zips) pass through as they are."""
+
+    def __init__(self, app: FastAPI, ctx: Context) -> None:
+        self.app = app
+        self.ctx = ctx
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        status = 500
+
+        async def send_counted(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            header = Headers(scope=scope).get("authorization")
+            if scope["path"] not in OPEN_PATHS and not authorized(self.ctx.token, header):
+                refusal = JSONResponse(
+                    {
+                        "detail": "a token is needed: Authorization: Bearer TOKEN, or HTTP Basic "
+                        "with the token as password (curl -u :TOKEN)"
+                    },
+                    status_code=401,
+                    headers={"WWW-Authenticate": 'Basic realm="stemd", charset="UTF-8"'},
+                )
+                await refusal(scope, receive, send_counted)
+                return
+            await self.app(scope, receive, send_counted)
+        finally:
+            route = scope.get("route")
+            template = getattr(route, "path", None) or (
+                "/static" if scope["path"].startswith("/static/") else "unmatched"
+            )
+            self.ctx.metrics.requests.labels(template, str(status)).inc()

@@ -1,0 +1,158 @@
+"""The state every route shares: the daemon, the spool, events, metrics, the
+token; and the job as the API shows it."""
+
+from __future__ import annotations
+
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from fastapi import HTTPException, Request
+from starlette.concurrency import run_in_threadpool
+
+from stemd.config import Config
+from stemd.errors import InputError, StemdError
+from stemd.http.events import EventHub
+from stemd.http.metrics import Metrics
+from stemd.http.spool import Spool, Spooled
+from stemd.http.view import DaemonView
+from stemd.ledger import InputRecord, InputState, JobRecord, JobState, Ledger
+from stemd.outbox import read_manifest
+from stemd.track import check_input
+from stemd.worker import Worker
+
+API = "/api/v1"
+RETRY_AFTER_S = 30  # what a 503 tells a client to wait
+
+
+@dataclass
+class Context:
+    daemon: DaemonView
+    spool: Spool
+    hub: EventHub
+    metrics: Metrics
+    token: str | None
+
+    # -- the daemon's parts, or 503 while it has none ---------------------------
+
+    @property
+    def config(self) -> Config:
+        return self.daemon.config
+
+    @property
+    def ledger(self) -> Ledger:
+        ledger = self.daemon.ledger
+        if ledger is None or self.daemon.stopping:
+            raise unavailable("stemd is stopping")
+        return ledger
+
+    @property
+    def worker(self) -> Worker:
+        worker = self.daemon.worker
+        if worker is None or self.daemon.stopping:
+            raise unavailable("stemd is stopping")
+        return worker
+
+    # -- jobs ---------------------------------------------------------------
+
+    def job(self, job_id: int) -> JobRecord:
+        try:
+            return self.ledger.get_job(job_id)
+        except StemdError:
+            raise HTTPException(404, f"no job {job_id}; list them at {API}/jobs") from None
+
+    def stem_files(self, job: JobRecord, folder: str | None = None) -> dict[str, Path]:
+        """stem name -> its file, from the manifest of the job's folder (or `folder`)."""
+        where = folder or job.output_dir
+        if job.state is not JobState.DONE or not where:
+            return {}
+        root = self.config.outbox / where
+        manifest = read_manifest(root)
+        if manifest is None:
+            return {}
+        stems: dict[str, str] = manifest.get("stems", {})
+        return {stem: root / name for stem, name in stems.items()}
+
+    def job_json(self, job: JobRecord) -> dict[str, Any]:
+        url = f"{API}/jobs/{job.id}"
+        stems = self.stem_files(job)
+        current = self.daemon.worker.current if self.daemon.worker else None
+        progress = job.progress
+        if current is not None and current.job_id == job.id and job.state is JobState.RUNNING:
+            progress = current.progress  # fresher than the ledger's (written once a second)
+        return {
+            "id": job.id,
+            "state": job.state.value,
+            "progress": round(progress, 4),
+            "queue_position": self.ledger.queue_position(job),
+            "source": job.source,
+            "sha256": job.sha256,
+            "attempts": job.attempts,
+            "error": job.error,
+            "created": job.created_at,
+            "started": job.started_at,
+            "finished": job.finished_at,
+            "output_dir": job.output_dir or None,
+            "url": url,
+            "stems": {stem: f"{url}/stems/{stem}" for stem in stems},
+            "zip": f"{url}/stems.zip" if stems else None,
+        }
+
+    # -- uploads --------------------------------------------------------------
+
+    def check_queue(self) -> None:
+        """503 with Retry-After while more jobs wait than http.max_queue."""
+        limit = self.config.http.max_queue
+        queued = self.ledger.counts()[JobState.QUEUED.value]
+        if queued >= limit:
+            raise unavailable(
+                f"{queued} jobs are queued (http.max_queue is {limit}); try again later"
+            )
+
+    async def check(self, spooled: Spooled) -> None:
+        """Refuse (422, with the reason) what the inbox would refuse; the spool
+        file goes with a refusal."""
+        try:
+            if spooled.size == 0:
+                raise HTTPException(422, f"{spooled.name}: the file is empty")
+            try:
+                await run_in_threadpool(check_input, spooled.path, self.config)
+            except InputError as err:
+                raise HTTPException(422, f"{spooled.name}: {err.reason}") from None
+        except BaseException:
+            spooled.discard()
+            raise
+
+    async def take(self, spooled: Spooled) -> tuple[JobRecord, InputRecord]:
+        """Hand a checked upload to the worker's intake: its job, and its input."""
+        try:
+            input_id = await run_in_threadpool(
+                self.worker.take_upload, spooled.path, spooled.relative, spooled.sha256
+            )
+        except BaseException:
+            spooled.discard()
+            raise
+        record = self.ledger.get_input(input_id)
+        assert record.job_id is not None  # take_upload attached it
+        return self.ledger.get_job(record.job_id), record
+
+    def outbox_free(self) -> int | None:
+        try:
+            return shutil.disk_usage(self.config.outbox).free
+        except OSError:
+            return None
+
+
+def answered_at_once(record: InputRecord) -> bool:
+    """The upload's content was separated before: its stems are there already."""
+    return record.state in (InputState.PUBLISHED, InputState.DUPLICATE, InputState.SKIPPED)
+
+
+def unavailable(message: str) -> HTTPException:
+    return HTTPException(503, message, headers={"Retry-After": str(RETRY_AFTER_S)})
+
+
+def context(request: Request) -> Context:
+    ctx: Context = request.app.state.stemd
+    return ctx

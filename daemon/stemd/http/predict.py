@@ -1,0 +1,229 @@
+"""The seed's endpoint: `POST /predict`, base64 audio in, base64 stems out.
+
+Clients written for the REST service stemd grew from post
+`{"instances": [{"b64": "<base64 audio file>"}], "parameters": {...}}` and get
+back `{"drums": "<base64 mp3>", ...}` for one instance, or
+`{"predictions": [one such object per instance]}` for several (the convention of
+the prediction containers whose `$AIP_PREDICT_ROUTE` the seed honoured). The
+files go through the same pipeline as uploads and inbox files: spooled,
+deduplicated, one model queue, published under `uploads/`. The answer is made
+from the published stems, transcoded when the outbox holds another format: a
+track is never separated twice for its answer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import json
+import tempfile
+import time
+from pathlib import Path
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, HTTPException, Request
+from fastapi.responses import JSONResponse
+from starlette.concurrency import run_in_threadpool
+
+from stemd.audio import answer_format, transcode
+from stemd.http.context import API, Context, context, unavailable
+from stemd.http.spool import Spooled
+from stemd.ledger import JobRecord, JobState
+
+Ctx = Annotated[Context, Depends(context)]
+FORMATS = ("mp3", "wav", "flac")
+DEFAULT_FORMAT = "mp3"  # what the seed answered, at 320 kbps: its web client plays data:audio/mp3
+WAIT_POLL_S = 0.25
+
+PREDICT_BODY: dict[str, Any] = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "application/json": {
+                "schema": {
+                    "type": "object",
+                    "required": ["instances"],
+                    "properties": {
+                        "instances": {
+                            "type": "array",
+                            "minItems": 1,
+                            "items": {
+                                "type": "object",
+                                "required": ["b64"],
+                                "properties": {"b64": {"type": "string", "format": "byte"}},
+                            },
+                        },
+                        "parameters": {
+                            "type": "object",
+                            "properties": {"format": {"type": "string", "enum": list(FORMATS)}},
+                        },
+                    },
+                },
+                "example": {"instances": [{"b64": "<base64 of an audio file>"}]},
+            }
+        },
+    }
+}
+
+
+def predict_router(route: str) -> APIRouter:
+    """The endpoint at `route` (/predict, and $AIP_PREDICT_ROUTE when set)."""
+    router = APIRouter(tags=["seed-compatible"])
+    router.add_api_route(
+        route,
+        predict,
+        methods=["POST"],
+        summary="Separate base64 files; answer base64 stems (the seed's shape)",
+        openapi_extra=PREDICT_BODY,
+        responses={
+            200: {"description": "stem name -> base64 file; several: {predictions: [...]}"},
+            400: {"description": "Not JSON, not the shape, or invalid base64"},
+            413: {"description": "Over http.max_predict_body or http.max_upload"},
+            422: {"description": "Not audio stemd can take, with the reason"},
+            504: {"description": "Not done within http.predict_timeout: poll the job ids"},
+        },
+    )
+    return router
+
+
+async def predict(request: Request, ctx: Ctx) -> JSONResponse:
+    ctx.check_queue()
+    instances, fmt = parse_body(await read_body(request, ctx.config.http.max_predict_body))
+    limit = ctx.config.max_upload
+    for index, data in enumerate(instances):
+        if len(data) > limit:
+            raise HTTPException(
+                413, f"instances[{index}]: {len(data)} bytes is over http.max_upload ({limit})"
+            )
+    # Every instance spooled and checked before any is taken: a request refused
+    # for one bad file leaves no job behind for the others.
+    spooled: list[Spooled] = []
+    try:
+        for index, data in enumerate(instances):
+            spooled.append(await run_in_threadpool(ctx.spool.from_bytes, data, _name(data)))
+            try:
+                await ctx.check(spooled[-1])
+            except HTTPException as err:
+                raise HTTPException(err.status_code, f"instances[{index}]: {err.detail}") from None
+    except BaseException:
+        for upload in spooled:
+            upload.discard()
+        raise
+    jobs: list[tuple[JobRecord, str | None]] = []
+    for upload in spooled:
+        job, record = await ctx.take(upload)
+        jobs.append((job, record.output_dir))
+    del instances  # the request's copies of the files: the spool has them now
+    done = await wait_for(ctx, [job.id for job, _ in jobs])
+    answers = []
+    for (_job, own_folder), finished in zip(jobs, done, strict=True):
+        answers.append(await run_in_threadpool(encode_answer, ctx, finished, own_folder, fmt))
+    return JSONResponse(answers[0] if len(answers) == 1 else {"predictions": answers})
+
+
+async def read_body(request: Request, cap: int) -> bytes:
+    length = request.headers.get("content-length", "")
+    if length.isdigit() and int(length) > cap:
+        raise HTTPException(413, f"{length} bytes is over http.max_predict_body ({cap} bytes)")
+    parts: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > cap:
+            raise HTTPException(413, f"the body is over http.max_predict_body ({cap} bytes)")
+        parts.append(chunk)
+    return b"".join(parts)
+
+
+def parse_body(body: bytes) -> tuple[list[bytes], str]:
+    """The instances' files and the answer's format, or a 400 naming what is wrong."""
+    try:
+        payload = json.loads(body)
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise HTTPException(400, f"the body is not JSON: {err}") from None
+    if not isinstance(payload, dict) or not isinstance(payload.get("instances"), list):
+        raise HTTPException(400, 'expected {"instances": [{"b64": "<base64 audio>"}, ...]}')
+    instances = payload["instances"]
+    if not instances:
+        raise HTTPException(400, "instances is empty: send at least one file")
+    files: list[bytes] = []
+    for index, instance in enumerate(instances):
+        b64 = instance.get("b64") if isinstance(instance, dict) else None
+        if not isinstance(b64, str):
+            raise HTTPException(400, f'instances[{index}]: expected {{"b64": "<base64 audio>"}}')
+        try:
+            files.append(base64.b64decode(b64, validate=True))
+        except (binascii.Error, ValueError) as err:
+            raise HTTPException(400, f"instances[{index}].b64 is not valid base64: {err}") from None
+    parameters = payload.get("parameters") or {}
+    if not isinstance(parameters, dict):
+        raise HTTPException(400, 'parameters must be an object, e.g. {"format": "wav"}')
+    unknown = sorted(set(parameters) - {"format"})
+    if unknown:
+        raise HTTPException(400, f"unknown parameter(s) {unknown}; known: format")
+    fmt = parameters.get("format", DEFAULT_FORMAT)
+    if fmt not in FORMATS:
+        raise HTTPException(400, f"parameters.format {fmt!r}: use one of {list(FORMATS)}")
+    return files, str(fmt)
+
+
+def _name(data: bytes) -> str:
+    """Uploads without a name are published as `uploads/predict-<hash>`."""
+    import hashlib
+
+    return f"predict-{hashlib.sha256(data).hexdigest()[:12]}"
+
+
+async def wait_for(ctx: Context, job_ids: list[int]) -> list[JobRecord]:
+    """Until every job is done (failed: 500 with its reason), without holding the
+    server: past http.predict_timeout, 504 with the ids to poll."""
+    deadline = time.monotonic() + ctx.config.http.predict_timeout
+    while True:
+        jobs = [ctx.job(job_id) for job_id in job_ids]
+        failed = [job for job in jobs if job.state is JobState.FAILED]
+        if failed:
+            job = failed[0]
+            raise HTTPException(
+                500,
+                f"separating {job.source} failed: {job.error}; see {API}/jobs/{job.id}",
+            )
+        if all(job.state is JobState.DONE for job in jobs):
+            return jobs
+        if ctx.daemon.stopping:
+            raise unavailable(f"stemd is stopping; the job(s) {job_ids} stay queued: poll them")
+        if time.monotonic() >= deadline:
+            raise HTTPException(
+                504,
+                {
+                    "error": f"not done within http.predict_timeout "
+                    f"({ctx.config.http.predict_timeout:g}s); the jobs continue",
+                    "jobs": job_ids,
+                    "poll": [f"{API}/jobs/{job_id}" for job_id in job_ids],
+                },
+            )
+        await asyncio.sleep(WAIT_POLL_S)
+
+
+def encode_answer(ctx: Context, job: JobRecord, own_folder: str | None, fmt: str) -> dict[str, str]:
+    """stem name -> base64 of that stem in `fmt`. The published file as it is
+    when the outbox holds that format (mp3: at 320 kbps), else transcoded."""
+    files = ctx.stem_files(job, own_folder) or ctx.stem_files(job)
+    if not files:
+        raise HTTPException(
+            500, f"job {job.id} is done but its stems are not in the outbox ({job.output_dir!r})"
+        )
+    output = ctx.config.output
+    as_is = output.format == fmt and (fmt != "mp3" or output.mp3_bitrate == 320)
+    answer: dict[str, str] = {}
+    with tempfile.TemporaryDirectory(prefix="answer-", dir=ctx.spool.root) as scratch:
+        for stem, path in files.items():
+            if as_is:
+                data = path.read_bytes()
+            else:
+                target = Path(scratch) / f"{stem}.{fmt}"
+                transcode(path, target, answer_format(fmt))
+                data = target.read_bytes()
+                target.unlink()
+            answer[stem] = base64.b64encode(data).decode("ascii")
+    return answer

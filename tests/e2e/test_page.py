@@ -1,0 +1,134 @@
+"""The page in a real browser: Debian's chromium, driven by selenium through
+Debian's chromedriver (scripts/install-system-deps.sh installs both; selenium is
+given the driver's path, so it never downloads one)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from selenium import webdriver
+from selenium.webdriver.chrome.service import Service
+from selenium.webdriver.common.by import By
+from selenium.webdriver.remote.webdriver import WebDriver
+from selenium.webdriver.remote.webelement import WebElement
+from selenium.webdriver.support.ui import WebDriverWait
+
+from support.audio import make_tone
+from support.daemon import Daemon, service_config
+from support.http import EPHEMERAL, http_url
+from support.instrumented_model import (
+    FAIL_ENV,
+    GATE_AFTER_ENV,
+    GATED,
+    build_instrumented_repo,
+    instrumented_model,
+    model_env,
+)
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMEDRIVER = "/usr/bin/chromedriver"
+WAIT_S = 90
+
+
+@pytest.fixture
+def browser() -> Iterator[WebDriver]:
+    for needed in (CHROMIUM, CHROMEDRIVER):
+        assert Path(needed).exists(), f"{needed} is missing: run scripts/install-system-deps.sh"
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    for argument in (
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-dev-shm-usage",
+        "--window-size=1200,1600",
+        "--autoplay-policy=no-user-gesture-required",
+    ):
+        options.add_argument(argument)
+    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
+    driver.set_page_load_timeout(30)
+    driver.set_script_timeout(30)
+    try:
+        yield driver
+    finally:
+        driver.quit()
+
+
+def row(driver: WebDriver, section: str, name: str) -> WebElement | None:
+    for item in driver.find_elements(By.CSS_SELECTOR, f"#{section} li.job"):
+        if item.find_element(By.CSS_SELECTOR, ".title").text == name:
+            return item
+    return None
+
+
+def test_the_page_uploads_shows_progress_plays_and_retries(
+    tmp_path: Path, browser: WebDriver
+) -> None:
+    repo = build_instrumented_repo(tmp_path / "models")
+    env, _record = model_env(tmp_path, gate=True)
+    gate = tmp_path / "gate"
+    fail = tmp_path / "fail"
+    env[GATE_AFTER_ENV] = "2"  # two passes go through, then the model waits at the gate
+    env[FAIL_ENV] = str(fail)
+    config = service_config(
+        tmp_path,
+        model=instrumented_model(repo, GATED),
+        source={"max_attempts": 1},
+        http=EPHEMERAL,
+    )
+    daemon = Daemon(config, tmp_path, env=env).start()
+    try:
+        url = http_url(daemon)
+        daemon.wait_warm()
+        browser.get(url)
+        wait = WebDriverWait(browser, WAIT_S)
+        wait.until(lambda d: d.find_element(By.ID, "model").text == GATED)
+        assert browser.find_element(By.ID, "device").text == "cpu"
+        assert browser.find_element(By.ID, "free").text.endswith("B")
+        wait.until(lambda d: d.find_element(By.ID, "live").text == "connected")
+
+        # A long track through the file input: its bar moves, then it is done.
+        song = make_tone(tmp_path / "long song.wav", 12.0, frequency=330)
+        browser.find_element(By.ID, "file-input").send_keys(str(song))
+        bar = wait.until(
+            lambda d: (
+                (r := row(d, "running", "long song.wav"))
+                and r.find_element(By.TAG_NAME, "progress")
+            )
+        )
+        moved = wait.until(lambda _d: float(bar.get_attribute("value") or 0) > 0 and bar)
+        held_at = float(moved.get_attribute("value") or 0)
+        assert 0 < held_at < 1  # held at the gate, part of the way
+        (gate / "open").touch()
+        done = wait.until(lambda d: row(d, "done", "long song.wav"))
+        players = done.find_elements(By.TAG_NAME, "audio")
+        assert len(players) == 4
+        assert len(done.find_elements(By.LINK_TEXT, "download")) == 4
+        assert done.find_element(By.CSS_SELECTOR, "a.zip").get_attribute("href")
+        duration = wait.until(
+            lambda d: d.execute_script(
+                "const a = arguments[0]; return a.readyState >= 1 ? a.duration : 0;", players[3]
+            )
+        )
+        assert abs(duration - 12.0) < 0.2
+        browser.execute_script("return arguments[0].play()", players[3])
+
+        # A file the model fails on: its reason and a retry button; retried, done.
+        fail.touch()
+        short = make_tone(tmp_path / "short.wav", 2.0, frequency=550)
+        browser.find_element(By.ID, "file-input").send_keys(str(short))
+        failed = wait.until(lambda d: row(d, "failed", "short.wav"))
+        assert "fails on request" in failed.find_element(By.CSS_SELECTOR, ".reason").text
+        fail.unlink()
+        failed.find_element(By.CSS_SELECTOR, "button.retry").click()
+        retried = wait.until(lambda d: row(d, "done", "short.wav"))
+        assert len(retried.find_elements(By.TAG_NAME, "audio")) == 4
+        assert row(browser, "failed", "short.wav") is None
+
+        shot = tmp_path / "page.png"
+        assert browser.save_screenshot(str(shot))
+        assert shot.stat().st_size > 10_000
+    finally:
+        (gate / "open").touch()
+        assert daemon.stop() == 0, daemon.log()
