@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import hashlib
 import json
 import tempfile
 import time
@@ -170,8 +171,6 @@ def parse_body(body: bytes) -> tuple[list[bytes], str]:
 
 def _name(data: bytes) -> str:
     """Uploads without a name are published as `uploads/predict-<hash>`."""
-    import hashlib
-
     return f"predict-{hashlib.sha256(data).hexdigest()[:12]}"
 
 
