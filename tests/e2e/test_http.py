@@ -429,10 +429,13 @@ def test_token_guards_everything_but_ping(tmp_path: Path) -> None:
     assert token_file.read_text().strip() == token and len(token) >= 32
     assert stat.S_IMODE(token_file.stat().st_mode) == 0o600
 
-    config = service_config(tmp_path, http={**EPHEMERAL, "token_file": str(token_file)})
+    config = service_config(
+        tmp_path, http={**EPHEMERAL, "token_file": str(token_file), "max_upload": "1GiB"}
+    )
     daemon = Daemon(config, tmp_path).start()
     try:
         url = http_url(daemon)
+        daemon.wait_warm()  # the warm-up's peak is behind us before memory is compared
         assert "token required" in daemon.log()
         with client(url) as anonymous:
             assert anonymous.get("/ping").status_code == 200
@@ -447,8 +450,30 @@ def test_token_guards_everything_but_ping(tmp_path: Path) -> None:
         with client(url, token=token) as bearer:
             assert bearer.get("/api/v1/status").status_code == 200
             assert bearer.post("/predict", json={"instances": []}).status_code == 400
+
+            # An upload streams onto disk: 400 MB through the daemon (refused in
+            # the end: zeros are not audio) leave its peak memory where it was.
+            peak_before = peak_rss(daemon.pid)
+
+            def zeros() -> Iterator[bytes]:
+                for _ in range(400):
+                    yield bytes(1_000_000)
+
+            refused = bearer.post("/api/v1/jobs", params={"filename": "z.wav"}, content=zeros())
+            assert refused.status_code == 422, refused.text
+            grown = peak_rss(daemon.pid) - peak_before
+            assert grown < 64 * 2**20, f"peak RSS grew {grown / 2**20:.0f} MiB"
+            assert spool_files(tmp_path) == []
     finally:
         assert daemon.stop() == 0, daemon.log()
+
+
+def peak_rss(pid: int) -> int:
+    """The process's peak resident memory so far (VmHWM), in bytes."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) * 1024
+    raise AssertionError(f"no VmHWM for {pid}")
 
 
 def test_listen_on_a_lan_without_token_is_a_config_error(tmp_path: Path) -> None:
@@ -481,7 +506,7 @@ def set_http(config: Path, **http: Any) -> None:
 
 
 def test_queue_limit_sigterm_in_flight_and_predict_timeout(tmp_path: Path) -> None:
-    daemon, config, gate = gated_daemon(tmp_path, shutdown_grace="2s")
+    daemon, config, gate = gated_daemon(tmp_path, shutdown_grace="2s", hang_timeout="3s")
     set_http(config, max_queue=3, predict_timeout="60s")
     tracks = [make_tone(tmp_path / f"t{i}.wav", 1.0, frequency=300 + 50 * i) for i in range(5)]
 
@@ -527,6 +552,12 @@ def test_queue_limit_sigterm_in_flight_and_predict_timeout(tmp_path: Path) -> No
         assert full.status_code == 503
         assert full.headers["retry-after"].isdigit() and "max_queue" in full.json()["detail"]
 
+        # The held pass outlasts service.hang_timeout: /ping says so, as the
+        # systemd watchdog would (it stops pinging).
+        wait_until(lambda: http.get("/ping").status_code == 503, 30, "/ping to turn 503")
+        problems = http.get("/ping").json()["problems"]
+        assert any("no progress" in problem for problem in problems), problems
+
         daemon.signal(signal.SIGTERM)
         # the grace ends with a cancel the held pass cannot see until it returns
         wait_until(lambda: "cancelling at the next chunk" in daemon.log(), 30, "the cancel")
@@ -568,6 +599,7 @@ def test_queue_limit_sigterm_in_flight_and_predict_timeout(tmp_path: Path) -> No
 
             wait_until(all_done, 120, "the five accepted jobs to finish")
             assert again.get("/api/v1/status").json()["counts"]["failed"] == 0
+            assert again.get("/ping").json() == {"status": "ok"}  # moving again
         assert spool_files(tmp_path) == []
     finally:
         (gate / "open").touch()
