@@ -4,6 +4,7 @@
 - `app`: the FastAPI app and its guard (token, request metrics);
 - `api`: /api/v1 (jobs, stems, zip, retry, status, info, events);
 - `predict`: the seed-compatible /predict;
+- `ops`: /ping, /health, /metrics;
 - `spool`: uploads onto local disk as they stream in;
 - `context`: what every route shares, and the job as the API shows it;
 - `events`: job events from the log, fanned out to streams and metrics;

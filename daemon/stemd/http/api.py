@@ -10,10 +10,12 @@ import zipfile
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path, PurePosixPath
 from typing import Annotated, Any
+from urllib.parse import quote
 
 from fastapi import APIRouter, Depends, HTTPException, Query, Request
 from fastapi.responses import FileResponse, JSONResponse, StreamingResponse
 
+from stemd import __version__
 from stemd.http.context import API, Context, answered_at_once, context
 from stemd.http.events import CLOSED
 from stemd.http.spool import Spooled, UploadRejected
@@ -176,8 +178,6 @@ def get_status(ctx: Ctx) -> dict[str, Any]:
 
 @router.get("/info", summary="Model, device, outbox space, workers")
 def get_info(ctx: Ctx) -> dict[str, Any]:
-    from stemd import __version__
-
     worker = ctx.worker
     info = worker.engine.info
     current = worker.current
@@ -257,8 +257,6 @@ def _sse(name: str, data: dict[str, Any]) -> str:
 
 
 def _attachment(name: str) -> str:
-    from urllib.parse import quote
-
     ascii_name = name.encode("ascii", "replace").decode().replace('"', "'")
     return f"attachment; filename=\"{ascii_name}\"; filename*=UTF-8''{quote(name)}"
 

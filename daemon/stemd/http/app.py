@@ -6,13 +6,13 @@ import os
 from importlib import resources
 
 from fastapi import FastAPI
-from fastapi.responses import HTMLResponse, JSONResponse, Response
+from fastapi.responses import HTMLResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.datastructures import Headers
 from starlette.types import Message, Receive, Scope, Send
 
 from stemd import __version__
+from stemd.http import ops
 from stemd.http.api import router as api_router
 from stemd.http.auth import OPEN_PATHS, authorized
 from stemd.http.context import Context
@@ -39,53 +39,20 @@ def create_app(ctx: Context) -> Guard:
     predict_routes = {"/predict", os.environ.get(PREDICT_ROUTE_ENV) or "/predict"}
     for route in sorted(predict_routes):
         app.include_router(predict_router(route))
-    health_routes = {"/health", os.environ.get(HEALTH_ROUTE_ENV) or "/health"}
-    for route in sorted(health_routes):
+    app.include_router(ops.router)
+    for route in sorted({"/health", os.environ.get(HEALTH_ROUTE_ENV) or "/health"}):
         app.add_api_route(
             route,
-            lambda: health(ctx),
+            ops.health,
             methods=["GET"],
             tags=["operations"],
             summary='The seed\'s health check: {"status": "healthy"}',
         )
     app.add_api_route(
-        "/ping",
-        lambda: ping(ctx),
-        methods=["GET"],
-        tags=["operations"],
-        summary="200 while the main loop and worker are healthy, else 503 (open)",
-    )
-    app.add_api_route(
-        "/metrics",
-        lambda: metrics(ctx),
-        methods=["GET"],
-        tags=["operations"],
-        summary="Prometheus metrics",
-        response_class=Response,
-    )
-    app.add_api_route(
         "/", page, methods=["GET"], include_in_schema=False, response_class=HTMLResponse
     )
     app.mount("/static", StaticFiles(directory=str(STATIC)), name="static")
     return Guard(app, ctx)
-
-
-def ping(ctx: Context) -> JSONResponse:
-    problems = ctx.daemon.health()
-    if problems:
-        return JSONResponse({"status": "unhealthy", "problems": problems}, status_code=503)
-    return JSONResponse({"status": "ok"})
-
-
-def health(ctx: Context) -> JSONResponse:
-    problems = ctx.daemon.health()
-    if problems:
-        return JSONResponse({"status": "unhealthy", "problems": problems}, status_code=503)
-    return JSONResponse({"status": "healthy"})
-
-
-def metrics(ctx: Context) -> Response:
-    return Response(generate_latest(ctx.metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
 
 def page() -> HTMLResponse:

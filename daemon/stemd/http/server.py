@@ -9,6 +9,7 @@ Service keeps its own.
 
 from __future__ import annotations
 
+import errno
 import logging
 import socket
 import threading
@@ -55,7 +56,7 @@ def bind(listen: str) -> socket.socket:
         sock.close()
         hint = (
             "another program (or another stemd) listens there: pick another port"
-            if err.errno == 98
+            if err.errno == errno.EADDRINUSE
             else "check the address"
         )
         raise ConfigError.single(

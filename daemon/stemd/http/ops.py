@@ -1,0 +1,38 @@
+"""Operations: /ping for health checks, the seed's /health, /metrics."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Depends
+from fastapi.responses import JSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from stemd.http.context import Context, context
+
+Ctx = Annotated[Context, Depends(context)]
+
+router = APIRouter(tags=["operations"])
+
+
+def health_answer(ctx: Context, healthy: str) -> JSONResponse:
+    """`{"status": healthy}`, or 503 with what is wrong: the watchdog's rule."""
+    problems = ctx.daemon.health()
+    if problems:
+        return JSONResponse({"status": "unhealthy", "problems": problems}, status_code=503)
+    return JSONResponse({"status": healthy})
+
+
+@router.get("/ping", summary="200 while the main loop and worker are healthy, else 503 (open)")
+def ping(ctx: Ctx) -> JSONResponse:
+    return health_answer(ctx, "ok")
+
+
+def health(ctx: Ctx) -> JSONResponse:
+    """The seed's health check (at /health, and $AIP_HEALTH_ROUTE when set)."""
+    return health_answer(ctx, "healthy")
+
+
+@router.get("/metrics", summary="Prometheus metrics", response_class=Response)
+def metrics(ctx: Ctx) -> Response:
+    return Response(generate_latest(ctx.metrics.registry), media_type=CONTENT_TYPE_LATEST)
