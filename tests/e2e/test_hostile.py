@@ -9,7 +9,6 @@ outside the inbox may be read.
 from __future__ import annotations
 
 import errno
-import json
 import os
 import random
 import shutil
@@ -21,6 +20,7 @@ import pytest
 
 from support.audio import make_tone
 from support.daemon import Daemon, service_config
+from support.published import published_manifests
 from support.waiting import wait_until
 
 LONG_NAME = "a" * 251 + ".wav"  # 255 bytes, the most a name can have
@@ -141,8 +141,8 @@ def fifo_has_reader(fifo: Path) -> bool:
 def outcomes(root: Path, daemon: Daemon) -> dict[str, tuple[str, str]]:
     """source -> (done | failed, reason) from the outbox manifests and `stemd status`."""
     found: dict[str, tuple[str, str]] = {}
-    for manifest in (root / "outbox").rglob("stemd.json"):
-        found[json.loads(manifest.read_text())["source"]] = ("done", "")
+    for manifest in published_manifests(root / "outbox"):  # (racing the daemon's work)
+        found[manifest["source"]] = ("done", "")
     for failure in daemon.status()["failed"]:
         found[failure["source"]] = ("failed", failure["error"])
     return found

@@ -15,9 +15,7 @@ from collections.abc import Collection, Mapping
 from pathlib import Path
 
 from support.audio import read_audio
-from support.published import MANIFEST
-
-TEMP_DIR = ".stemd-tmp"
+from support.published import MANIFEST, TEMP_DIR
 
 AUDIO_SUFFIXES = (".wav", ".flac", ".mp3")
 STEMS = ("bass", "drums", "other", "vocals")

@@ -4,10 +4,12 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any
 
 MANIFEST = "stemd.json"
+TEMP_DIR = ".stemd-tmp"  # stemd's work in progress inside the outbox
 
 
 def manifest_in(folder: Path) -> dict[str, Any] | None:
@@ -29,4 +31,18 @@ def manifests_under(model_dir: Path, pattern: str = "*") -> dict[str, dict[str, 
     found: dict[str, dict[str, Any]] = {}
     for path in sorted(model_dir.glob(f"{pattern}/{MANIFEST}")):
         found[path.parent.name] = json.loads(path.read_text())
+    return found
+
+
+def published_manifests(outbox: Path) -> list[dict[str, Any]]:
+    """Every published track's manifest anywhere in the outbox. Work in progress
+    (`.stemd-tmp/`, created and removed while we look) is not published: it is
+    skipped, and a folder that vanishes mid-walk is passed over, not an error."""
+    found = []
+    for folder, subfolders, files in os.walk(outbox):
+        subfolders[:] = [name for name in subfolders if name != TEMP_DIR]
+        if MANIFEST in files:
+            data = manifest_in(Path(folder))
+            if data is not None:
+                found.append(data)
     return found
