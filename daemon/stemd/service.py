@@ -21,13 +21,15 @@ from stemd.config import Config, changed_keys, load_config
 from stemd.engine import Engine
 from stemd.errors import ConfigError, StemdError
 from stemd.folders import FolderEvent, SharedFolders
+from stemd.intake import Intake, stat_of
 from stemd.ledger import LEDGER_FILE, FileStat, JobState, Ledger, StateDirLock
 from stemd.logs import event, setup_logging
 from stemd.notify import Notifier
 from stemd.outbox import Outbox
+from stemd.profile import profile_key, profile_params
 from stemd.settle import Settler, ignore_reason
 from stemd.watcher import Change, InboxWatcher
-from stemd.worker import Worker, stat_of
+from stemd.worker import Worker
 
 if TYPE_CHECKING:
     from stemd.http.server import HttpServer
@@ -52,6 +54,7 @@ class Service:
         self._handled_signals = 0
         self.state_lock: StateDirLock | None = None
         self.ledger: Ledger | None = None
+        self.intake: Intake | None = None
         self.worker: Worker | None = None
         self.watcher: InboxWatcher | None = None
         self.settler: Settler | None = None
@@ -111,7 +114,9 @@ class Service:
         self.model_load_seconds = time.monotonic() - loading
         engine.check_stem(config.output.two_stems, "config", "output.two_stems")
         self.folders = SharedFolders(config.inbox, config.outbox)
-        self.worker = Worker(self.ledger, config, engine, self.folders)
+        profile = profile_key(profile_params(config, engine.info))
+        self.intake = Intake(self.ledger, config, self.folders, engine.info.folder, profile)
+        self.worker = Worker(self.ledger, config, engine, self.intake)
         self.worker.start()
         self._start_watcher(config)
         if self.http is not None:
@@ -422,8 +427,8 @@ class Service:
         self.config = new
         if new.inbox != old.inbox or new.outbox != old.outbox:
             self.folders = SharedFolders(new.inbox, new.outbox)
-            assert self.worker is not None
-            self.worker.folders = self.folders
+            assert self.intake is not None
+            self.intake.folders = self.folders
         if new.inbox != old.inbox or new.watch != old.watch:
             # Queued jobs live in the ledger and are kept; files still settling are
             # found again by the new watcher's startup scan.

@@ -1,10 +1,10 @@
-"""The worker thread: identifies settled inputs and runs jobs, one at a time.
+"""The worker thread: runs jobs on the model, one at a time.
 
-For each pending input: hash it (streaming), attach it to the job for (sha256,
-profile), and if that job is already done, give it the existing stems. For each
-queued job: decode -> separate -> encode into a temp folder -> publish -> ledger
-commit -> dispose of the source. The model is only ever used from this thread, so
-the device never runs two jobs at once.
+Between jobs it lets intake (stemd.intake) hash and attach the inputs that have
+settled. For each queued job: decode -> separate -> encode into a temp folder ->
+publish -> ledger commit -> intake disposes of the source and serves the copies
+waiting for it. The model is only ever used from this thread, so the device never
+runs two jobs at once.
 
 Decoding and encoding overlap the model's work, each on a thread of its own with
 room for one track: while job N separates, the next queued job's input is
@@ -18,7 +18,6 @@ decoded ahead, the one in the model, the one being written.
 from __future__ import annotations
 
 import logging
-import os
 import threading
 import time
 from collections.abc import Callable
@@ -34,25 +33,19 @@ from stemd.crash import crash_point
 from stemd.engine import Engine, ModelInfo
 from stemd.errors import InputError, JobCancelled, NoSpace, StemdError
 from stemd.folders import SharedFolders
-from stemd.hashing import sha256_file
+from stemd.intake import Intake, job_event, stat_of
 from stemd.ledger import (
-    ORIGIN_HTTP,
     FileStat,
     InputRecord,
     InputState,
     JobRecord,
-    JobState,
     Ledger,
 )
-from stemd.logs import Event, event
+from stemd.logs import event
 from stemd.outbox import (
     Outbox,
     TrackNames,
-    dispose_source,
     is_disk_full,
-    new_manifest,
-    read_manifest,
-    stem_filename,
     track_folder,
 )
 from stemd.profile import profile_key, profile_params
@@ -76,18 +69,9 @@ IDLE_WAIT_S = 1.0
 PROGRESS_WRITE_INTERVAL_S = 1.0
 
 
-def job_event(level: int, name: Event, message: str, job: JobRecord, source: str) -> None:
-    """Log a job event with its journal fields (STEMD_JOB, STEMD_SHA256, STEMD_SOURCE)."""
-    event(level, name, message, job=job.id, sha256=job.sha256, source=source)
-
-
 def retry_delay(attempts: int, base: float) -> float:
     """base, 2 x base, 4 x base ... (10s, 20s, 40s by default), capped at an hour."""
     return float(min(RETRY_MAX_DELAY_S, base * 2 ** max(0, attempts - 1)))
-
-
-def stat_of(path: Path) -> FileStat:
-    return FileStat.of(os.lstat(path))
 
 
 @dataclass
@@ -126,12 +110,10 @@ class DecodedAhead:
 
 
 class Worker(threading.Thread):
-    def __init__(
-        self, ledger: Ledger, config: Config, engine: Engine, folders: SharedFolders
-    ) -> None:
+    def __init__(self, ledger: Ledger, config: Config, engine: Engine, intake: Intake) -> None:
         super().__init__(name="stemd-worker", daemon=True)
         self.ledger = ledger
-        self.folders = folders  # replaced by the service when a reload moves them
+        self.intake = intake
         self.config = config
         self.engine = engine
         self.outbox = Outbox(config.outbox, config.output)
@@ -151,13 +133,15 @@ class Worker(threading.Thread):
         self._work_count = 0  # makes each work folder's name new
         self._finishing: Future[None] | None = None
         self._holding_memory = True  # the warm-up's, then each job's (see _release_memory)
-        # attach-and-reuse (worker) vs complete-and-serve-copies (encoder): one at a
-        # time, or an identical input attached in between could be served twice
-        self._serve_lock = threading.RLock()
         self.failure: BaseException | None = None
         self.warm_up_seconds: float | None = None  # for /metrics
         # time.monotonic() of the last sign of life, read by the service's watchdog
         self.heartbeat = time.monotonic()
+        intake.on_arrival(self.wake.set)
+
+    @property
+    def folders(self) -> SharedFolders:
+        return self.intake.folders
 
     # -- control from the service thread ------------------------------------
 
@@ -185,7 +169,7 @@ class Worker(threading.Thread):
         try:
             self._clear_work_area()
             self._warm_up()
-            self.dispose_leftovers()
+            self.intake.dispose_leftovers()
             while not self.stop_requested.is_set():
                 self.beat()
                 self._apply_new_config()
@@ -198,8 +182,8 @@ class Worker(threading.Thread):
                     continue
                 if away:  # back: move/delete the sources that could not be reached
                     away = False
-                    self.dispose_leftovers()
-                if self._identify_pending():
+                    self.intake.dispose_leftovers()
+                if self.intake.identify_pending(self.stop_requested.is_set, self.beat):
                     continue
                 job = self.ledger.claim_next()
                 if job is not None:
@@ -247,23 +231,6 @@ class Worker(threading.Thread):
         self.warm_up_seconds = seconds
         log.info("model %s warmed up in %.1fs", self.engine.info.name, seconds)
 
-    @property
-    def profile(self) -> str:
-        """The output profile key new jobs are made under (changes on reload)."""
-        return self._profile[0]
-
-    def take_upload(self, path: Path, relative: str, digest: str) -> int:
-        """An upload the HTTP server spooled and hashed: registered and attached as
-        a hashed inbox file is (dedup, copies of finished stems included). Called
-        from the server's threads; returns the new input's id."""
-        record = self.ledger.add_input(path, relative, stat_of(path), origin=ORIGIN_HTTP)
-        if record is None:  # a new spool file is a new (path, inode): never known
-            raise StemdError(f"{path}: this upload is already in the ledger")
-        with self._serve_lock:
-            self._attach(record, digest)
-        self.wake.set()
-        return record.id
-
     def _make_profile(self) -> tuple[str, dict[str, Any]]:
         params = profile_params(self.config, self.engine.info)
         return profile_key(params), params
@@ -287,92 +254,8 @@ class Worker(threading.Thread):
         self.config = new
         self.outbox = Outbox(new.outbox, new.output)
         self._profile = self._make_profile()
+        self.intake.configure(new, self.engine.info.folder, self._profile[0])
         log.info("configuration applied")
-
-    # -- identify: hash and deduplicate ---------------------------------------
-
-    def _identify_pending(self) -> bool:
-        pending = self.ledger.pending_inputs(limit=20)
-        for record in pending:
-            if self.stop_requested.is_set() or self.folders.missing():
-                return True
-            self.beat()
-            self._identify(record)
-        return bool(pending)
-
-    def _identify(self, record: InputRecord) -> None:
-        try:
-            now = stat_of(record.path)
-        except FileNotFoundError:
-            if self.folders.missing():
-                return  # the whole inbox is away: the file waits with it
-            self.ledger.finish_input(
-                record.id, InputState.SKIPPED, None, "vanished before it was read"
-            )
-            event(
-                logging.INFO,
-                "ignored",
-                f"{record.relative}: vanished before it was read",
-                source=record.relative,
-            )
-            return
-        if now != record.stat:
-            # Written again since it settled: the watcher registers the new version.
-            self.ledger.finish_input(
-                record.id, InputState.SKIPPED, None, "changed after it settled"
-            )
-            return
-        limit = self.config.watch.max_file_size
-        if record.stat.size > limit:
-            self._refuse(record, f"{record.stat.size} bytes is over watch.max_file_size ({limit})")
-            return
-        if record.stat.size == 0:
-            self._refuse(record, "the file is empty")
-            return
-        try:
-            digest = sha256_file(record.path)
-            after = stat_of(record.path)
-        except OSError as err:
-            self._refuse(record, f"cannot read it: {err.strerror or err}")
-            return
-        if after != record.stat:
-            self.ledger.finish_input(record.id, InputState.SKIPPED, None, "changed while hashed")
-            log.info("%s changed while it was hashed; waiting for it to settle", record.relative)
-            return
-        with self._serve_lock:
-            self._attach(record, digest)
-
-    def _attach(self, record: InputRecord, digest: str) -> None:
-        key, _params = self._profile
-        job = self.ledger.attach(record.id, digest, key, record.relative)
-        crash_point("hashed")
-        job_event(
-            logging.INFO,
-            "detected",
-            f"{record.relative}: new input, sha256 {digest[:12]}",
-            job,
-            record.relative,
-        )
-        if job.state is JobState.DONE:
-            self._reuse(record.id, job)
-        elif job.state is JobState.FAILED:
-            reason = f"identical content failed before: {job.error}"
-            self.ledger.fail_input(record.id, reason)
-            job_event(
-                logging.ERROR,
-                "failed",
-                f"{record.relative}: {reason}",
-                job,
-                record.relative,
-            )
-            self._dispose(record, success=False)
-        elif job.owner_input != record.id:
-            log.info("%s: same content as %s; waiting for that job", record.relative, job.source)
-
-    def _refuse(self, record: InputRecord, reason: str) -> None:
-        self.ledger.fail_input(record.id, reason)
-        event(logging.ERROR, "failed", f"{record.relative}: {reason}", source=record.relative)
-        self._dispose(record, success=False)
 
     # -- run a job ------------------------------------------------------------
 
@@ -643,7 +526,7 @@ class Worker(threading.Thread):
     ) -> None:
         """The stems are in place (or skipped): commit, dispose, serve the copies.
         `separated` is None for stems adopted after a restart (nothing was timed)."""
-        with self._serve_lock:
+        with self.intake.serve_lock:
             if target is None:
                 self.ledger.complete(job.id, source.id, "")
                 self.ledger.finish_input(
@@ -668,17 +551,17 @@ class Worker(threading.Thread):
                     elapsed=separated.timing.separated if separated else None,
                 )
             crash_point("committed")
-            self._dispose(source, success=True)
+            self.intake.dispose(source, success=True)
             published = self.ledger.get_job(job.id)  # now with its output folder
             for other in self.ledger.inputs_of(job.id):
                 if other.state is InputState.ATTACHED:
-                    self._reuse(other.id, published)
+                    self.intake.reuse(other.id, published)
 
     def _fail(self, job: JobRecord, reason: str) -> None:
         failed_inputs = self.ledger.fail(job.id, reason)
         job_event(logging.ERROR, "failed", f"{job.source}: {reason}", job, job.source)
         for record in failed_inputs:
-            self._dispose(record, success=False)
+            self.intake.dispose(record, success=False)
 
     def _retry_or_fail(self, job: JobRecord, reason: str) -> None:
         if job.attempts >= self.config.source.max_attempts:
@@ -694,124 +577,3 @@ class Worker(threading.Thread):
             job,
             job.source,
         )
-
-    # -- duplicates ------------------------------------------------------------
-
-    def _reuse(self, input_id: int, job: JobRecord) -> None:
-        """Give an input the stems of an identical, already separated track."""
-        record = self.ledger.get_input(input_id)
-        if not job.output_dir:
-            self.ledger.finish_input(
-                input_id,
-                InputState.SKIPPED,
-                None,
-                "identical track was not written (on_conflict: skip)",
-            )
-            self._dispose(record, success=True)
-            return
-        original = self.outbox.root / job.output_dir
-        manifest = read_manifest(original)
-        mode = self.config.output.duplicates
-        if mode == "skip":
-            self.ledger.finish_input(
-                input_id,
-                InputState.SKIPPED,
-                job.output_dir,
-                f"same content as {job.output_dir} (duplicates: skip)",
-            )
-            job_event(
-                logging.INFO,
-                "duplicate",
-                f"{record.relative}: same as {job.output_dir}; "
-                "not written (output.duplicates: skip)",
-                job,
-                record.relative,
-            )
-            self._dispose(record, success=True)
-            return
-        if manifest is None:
-            self.ledger.finish_input(
-                input_id,
-                InputState.FAILED,
-                None,
-                f"the stems of the identical track in {job.output_dir} "
-                "are gone; `stemd retry` cannot help, drop it again "
-                "after removing it from the ledger",
-            )
-            log.error("%s: stems in %s are missing", record.relative, job.output_dir)
-            return
-        names = TrackNames.for_input(self.engine.info.folder, record.relative, job.sha256)
-        folder = track_folder(self.config.output.layout, names)
-        stems: dict[str, str] = manifest.get("stems", {})
-        files = {
-            stem: stem_filename(self.config.output.layout, names, stem, name.rsplit(".", 1)[-1])
-            for stem, name in stems.items()
-        }
-        temp = self.outbox.new_temp(f"dup{input_id}")
-        try:
-            renamed = {name: files[stem] for stem, name in stems.items()}
-            self.outbox.copy_stems(original, temp, renamed, link=mode == "link")
-            copy = dict(manifest)
-            copy.update(
-                source=record.relative,
-                stems=files,
-                duplicate_of=job.output_dir,
-                separation_seconds=0.0,
-                model_seconds=0.0,
-            )
-            copy.pop("created", None)
-            self.outbox.seal(temp, new_manifest(**copy))
-            target = self.outbox.publish(temp, folder, job.sha256, job.profile)
-        except OSError as err:
-            self.outbox.discard(temp)
-            self.ledger.finish_input(
-                input_id, InputState.FAILED, None, f"cannot reuse stems of {job.output_dir}: {err}"
-            )
-            log.error("%s: cannot reuse stems of %s: %s", record.relative, job.output_dir, err)
-            return
-        # the same name dropped again resolves to job.output_dir itself: nothing new written
-        where = target.as_posix() if target else None
-        self.ledger.finish_input(input_id, InputState.DUPLICATE, where)
-        job_event(
-            logging.INFO,
-            "duplicate",
-            f"{record.relative}: same content as {job.source}; stems reused in {where}",
-            job,
-            record.relative,
-        )
-        self._dispose(record, success=True)
-
-    # -- sources ---------------------------------------------------------------
-
-    def _dispose(self, record: InputRecord, success: bool) -> None:
-        if record.origin == ORIGIN_HTTP:
-            # Our own spool file: gone once its stems exist, kept after a failure
-            # so a retry has its source.
-            if success:
-                try:
-                    record.path.unlink(missing_ok=True)
-                except OSError as err:
-                    log.error(
-                        "%s: cannot remove the upload %s: %s", record.relative, record.path, err
-                    )
-                    return
-            self.ledger.mark_disposed(record.id)
-            return
-        src = self.config.source
-        action = src.after_success if success else src.after_failure
-        folder = src.archive_dir if success else src.failed_dir
-        if self.folders.missing():
-            return  # left undisposed; done when the folders are back
-        try:
-            done = dispose_source(record.path, record.relative, record.stat, action, folder)
-        except OSError as err:
-            log.error("%s: cannot %s the source: %s", record.relative, action, err)
-            return
-        self.ledger.mark_disposed(record.id)
-        if done != "kept":
-            log.info("%s: source %s", record.relative, done)
-
-    def dispose_leftovers(self) -> None:
-        """Finish dispositions a crash interrupted (committed, not yet moved/deleted)."""
-        for record in self.ledger.undisposed_inputs():
-            self._dispose(record, success=record.state is not InputState.FAILED)

@@ -17,6 +17,7 @@ from stemd.http.events import EventHub
 from stemd.http.metrics import Metrics
 from stemd.http.spool import Spool, Spooled
 from stemd.http.view import DaemonView
+from stemd.intake import Intake
 from stemd.ledger import InputRecord, InputState, JobRecord, JobState, Ledger
 from stemd.outbox import read_manifest
 from stemd.track import check_input
@@ -53,6 +54,13 @@ class Context:
         if worker is None or self.daemon.stopping:
             raise unavailable("stemd is stopping")
         return worker
+
+    @property
+    def intake(self) -> Intake:
+        intake = self.daemon.intake
+        if intake is None or self.daemon.stopping:
+            raise unavailable("stemd is stopping")
+        return intake
 
     # -- jobs ---------------------------------------------------------------
 
@@ -128,7 +136,7 @@ class Context:
         """Hand a checked upload to the worker's intake: its job, and its input."""
         try:
             input_id = await run_in_threadpool(
-                self.worker.take_upload, spooled.path, spooled.relative, spooled.sha256
+                self.intake.take_upload, spooled.path, spooled.relative, spooled.sha256
             )
         except BaseException:
             spooled.discard()

@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, Protocol
 
 if TYPE_CHECKING:
     from stemd.config import Config
+    from stemd.intake import Intake
     from stemd.ledger import Ledger
     from stemd.worker import Worker
 
@@ -17,6 +18,9 @@ class DaemonView(Protocol):
 
     @property
     def ledger(self) -> Ledger | None: ...
+
+    @property
+    def intake(self) -> Intake | None: ...
 
     @property
     def worker(self) -> Worker | None: ...

@@ -1,0 +1,293 @@
+"""Intake: inputs become jobs. Shared by the worker and the HTTP server.
+
+A settled inbox file is hashed (streaming) and attached to the job for its
+(sha256, output profile); an HTTP upload arrives hashed. Content whose job is
+done gets a copy of the existing stems (link, copy or skip, as configured),
+content that failed before fails again at once, and anything else waits for its
+job. Intake also disposes of sources once they are finished with: the inbox's
+as source.after_success/after_failure say, an upload's spool file itself.
+
+Attaching (here) and completing a job then serving its copies (the worker's
+encoder thread) happen under one lock, `serve_lock`: otherwise an identical input
+attached in between could be served twice or not at all.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from collections.abc import Callable
+from pathlib import Path
+
+from stemd.config import Config
+from stemd.crash import crash_point
+from stemd.errors import StemdError
+from stemd.folders import SharedFolders
+from stemd.hashing import sha256_file
+from stemd.ledger import ORIGIN_HTTP, FileStat, InputRecord, InputState, JobRecord, JobState, Ledger
+from stemd.logs import Event, event
+from stemd.outbox import (
+    Outbox,
+    TrackNames,
+    dispose_source,
+    new_manifest,
+    read_manifest,
+    stem_filename,
+    track_folder,
+)
+
+log = logging.getLogger("stemd")
+
+
+def job_event(level: int, name: Event, message: str, job: JobRecord, source: str) -> None:
+    """Log a job event with its journal fields (STEMD_JOB, STEMD_SHA256, STEMD_SOURCE)."""
+    event(level, name, message, job=job.id, sha256=job.sha256, source=source)
+
+
+def stat_of(path: Path) -> FileStat:
+    return FileStat.of(os.lstat(path))
+
+
+class Intake:
+    def __init__(
+        self,
+        ledger: Ledger,
+        config: Config,
+        folders: SharedFolders,
+        model_folder: str,
+        profile: str,
+    ) -> None:
+        self.ledger = ledger
+        self.folders = folders  # replaced by the service when a reload moves them
+        self.serve_lock = threading.RLock()
+        self._wakers: list[Callable[[], None]] = []  # told when an upload arrives
+        self.configure(config, model_folder, profile)
+
+    def on_arrival(self, wake: Callable[[], None]) -> None:
+        """Call `wake()` whenever an upload is attached (a worker's wake-up)."""
+        self._wakers.append(wake)
+
+    def configure(self, config: Config, model_folder: str, profile: str) -> None:
+        """The settings new inputs are taken under (the worker calls this when
+        it applies a reload): config, the {model} folder and the output profile."""
+        self.config = config
+        self.outbox = Outbox(config.outbox, config.output)
+        self.model_folder = model_folder
+        self.profile = profile
+
+    # -- identify: hash and deduplicate ---------------------------------------
+
+    def identify_pending(self, stop: Callable[[], bool], beat: Callable[[], None]) -> bool:
+        """Hash and attach up to 20 settled inputs; True if there were any (or
+        `stop()` or a missing folder cut the round short)."""
+        pending = self.ledger.pending_inputs(limit=20)
+        for record in pending:
+            if stop() or self.folders.missing():
+                return True
+            beat()
+            self.identify(record)
+        return bool(pending)
+
+    def identify(self, record: InputRecord) -> None:
+        try:
+            now = stat_of(record.path)
+        except FileNotFoundError:
+            if self.folders.missing():
+                return  # the whole inbox is away: the file waits with it
+            self.ledger.finish_input(
+                record.id, InputState.SKIPPED, None, "vanished before it was read"
+            )
+            event(
+                logging.INFO,
+                "ignored",
+                f"{record.relative}: vanished before it was read",
+                source=record.relative,
+            )
+            return
+        if now != record.stat:
+            # Written again since it settled: the watcher registers the new version.
+            self.ledger.finish_input(
+                record.id, InputState.SKIPPED, None, "changed after it settled"
+            )
+            return
+        limit = self.config.watch.max_file_size
+        if record.stat.size > limit:
+            self.refuse(record, f"{record.stat.size} bytes is over watch.max_file_size ({limit})")
+            return
+        if record.stat.size == 0:
+            self.refuse(record, "the file is empty")
+            return
+        try:
+            digest = sha256_file(record.path)
+            after = stat_of(record.path)
+        except OSError as err:
+            self.refuse(record, f"cannot read it: {err.strerror or err}")
+            return
+        if after != record.stat:
+            self.ledger.finish_input(record.id, InputState.SKIPPED, None, "changed while hashed")
+            log.info("%s changed while it was hashed; waiting for it to settle", record.relative)
+            return
+        with self.serve_lock:
+            self.attach(record, digest)
+
+    def attach(self, record: InputRecord, digest: str) -> None:
+        job = self.ledger.attach(record.id, digest, self.profile, record.relative)
+        crash_point("hashed")
+        job_event(
+            logging.INFO,
+            "detected",
+            f"{record.relative}: new input, sha256 {digest[:12]}",
+            job,
+            record.relative,
+        )
+        if job.state is JobState.DONE:
+            self.reuse(record.id, job)
+        elif job.state is JobState.FAILED:
+            reason = f"identical content failed before: {job.error}"
+            self.ledger.fail_input(record.id, reason)
+            job_event(
+                logging.ERROR,
+                "failed",
+                f"{record.relative}: {reason}",
+                job,
+                record.relative,
+            )
+            self.dispose(record, success=False)
+        elif job.owner_input != record.id:
+            log.info("%s: same content as %s; waiting for that job", record.relative, job.source)
+
+    def refuse(self, record: InputRecord, reason: str) -> None:
+        self.ledger.fail_input(record.id, reason)
+        event(logging.ERROR, "failed", f"{record.relative}: {reason}", source=record.relative)
+        self.dispose(record, success=False)
+
+    def take_upload(self, path: Path, relative: str, digest: str) -> int:
+        """An upload the HTTP server spooled and hashed: registered and attached as
+        a hashed inbox file is (dedup, copies of finished stems included). Called
+        from the server's threads; returns the new input's id."""
+        record = self.ledger.add_input(path, relative, stat_of(path), origin=ORIGIN_HTTP)
+        if record is None:  # a new spool file is a new (path, inode): never known
+            raise StemdError(f"{path}: this upload is already in the ledger")
+        with self.serve_lock:
+            self.attach(record, digest)
+        for wake in self._wakers:
+            wake()
+        return record.id
+
+    def reuse(self, input_id: int, job: JobRecord) -> None:
+        """Give an input the stems of an identical, already separated track."""
+        record = self.ledger.get_input(input_id)
+        if not job.output_dir:
+            self.ledger.finish_input(
+                input_id,
+                InputState.SKIPPED,
+                None,
+                "identical track was not written (on_conflict: skip)",
+            )
+            self.dispose(record, success=True)
+            return
+        original = self.outbox.root / job.output_dir
+        manifest = read_manifest(original)
+        mode = self.config.output.duplicates
+        if mode == "skip":
+            self.ledger.finish_input(
+                input_id,
+                InputState.SKIPPED,
+                job.output_dir,
+                f"same content as {job.output_dir} (duplicates: skip)",
+            )
+            job_event(
+                logging.INFO,
+                "duplicate",
+                f"{record.relative}: same as {job.output_dir}; "
+                "not written (output.duplicates: skip)",
+                job,
+                record.relative,
+            )
+            self.dispose(record, success=True)
+            return
+        if manifest is None:
+            self.ledger.finish_input(
+                input_id,
+                InputState.FAILED,
+                None,
+                f"the stems of the identical track in {job.output_dir} "
+                "are gone; `stemd retry` cannot help, drop it again "
+                "after removing it from the ledger",
+            )
+            log.error("%s: stems in %s are missing", record.relative, job.output_dir)
+            return
+        names = TrackNames.for_input(self.model_folder, record.relative, job.sha256)
+        folder = track_folder(self.config.output.layout, names)
+        stems: dict[str, str] = manifest.get("stems", {})
+        files = {
+            stem: stem_filename(self.config.output.layout, names, stem, name.rsplit(".", 1)[-1])
+            for stem, name in stems.items()
+        }
+        temp = self.outbox.new_temp(f"dup{input_id}")
+        try:
+            renamed = {name: files[stem] for stem, name in stems.items()}
+            self.outbox.copy_stems(original, temp, renamed, link=mode == "link")
+            copy = dict(manifest)
+            copy.update(
+                source=record.relative,
+                stems=files,
+                duplicate_of=job.output_dir,
+                separation_seconds=0.0,
+                model_seconds=0.0,
+            )
+            copy.pop("created", None)
+            self.outbox.seal(temp, new_manifest(**copy))
+            target = self.outbox.publish(temp, folder, job.sha256, job.profile)
+        except OSError as err:
+            self.outbox.discard(temp)
+            self.ledger.finish_input(
+                input_id, InputState.FAILED, None, f"cannot reuse stems of {job.output_dir}: {err}"
+            )
+            log.error("%s: cannot reuse stems of %s: %s", record.relative, job.output_dir, err)
+            return
+        # the same name dropped again resolves to job.output_dir itself: nothing new written
+        where = target.as_posix() if target else None
+        self.ledger.finish_input(input_id, InputState.DUPLICATE, where)
+        job_event(
+            logging.INFO,
+            "duplicate",
+            f"{record.relative}: same content as {job.source}; stems reused in {where}",
+            job,
+            record.relative,
+        )
+        self.dispose(record, success=True)
+
+    def dispose(self, record: InputRecord, success: bool) -> None:
+        if record.origin == ORIGIN_HTTP:
+            # Our own spool file: gone once its stems exist, kept after a failure
+            # so a retry has its source.
+            if success:
+                try:
+                    record.path.unlink(missing_ok=True)
+                except OSError as err:
+                    log.error(
+                        "%s: cannot remove the upload %s: %s", record.relative, record.path, err
+                    )
+                    return
+            self.ledger.mark_disposed(record.id)
+            return
+        src = self.config.source
+        action = src.after_success if success else src.after_failure
+        folder = src.archive_dir if success else src.failed_dir
+        if self.folders.missing():
+            return  # left undisposed; done when the folders are back
+        try:
+            done = dispose_source(record.path, record.relative, record.stat, action, folder)
+        except OSError as err:
+            log.error("%s: cannot %s the source: %s", record.relative, action, err)
+            return
+        self.ledger.mark_disposed(record.id)
+        if done != "kept":
+            log.info("%s: source %s", record.relative, done)
+
+    def dispose_leftovers(self) -> None:
+        """Finish dispositions a crash interrupted (committed, not yet moved/deleted)."""
+        for record in self.ledger.undisposed_inputs():
+            self.dispose(record, success=record.state is not InputState.FAILED)
