@@ -19,6 +19,7 @@ import os
 import threading
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from stemd.config import Config
 from stemd.crash import crash_point
@@ -36,6 +37,10 @@ from stemd.outbox import (
     stem_filename,
     track_folder,
 )
+from stemd.profile import profile_key, profile_params
+
+if TYPE_CHECKING:  # the model's description only: intake needs no torch
+    from stemd.engine import ModelInfo
 
 log = logging.getLogger("stemd")
 
@@ -55,26 +60,27 @@ class Intake:
         ledger: Ledger,
         config: Config,
         folders: SharedFolders,
-        model_folder: str,
-        profile: str,
+        model: ModelInfo,
     ) -> None:
         self.ledger = ledger
         self.folders = folders  # replaced by the service when a reload moves them
         self.serve_lock = threading.RLock()
         self._wakers: list[Callable[[], None]] = []  # told when an upload arrives
-        self.configure(config, model_folder, profile)
+        self.configure(config, model)
 
     def on_arrival(self, wake: Callable[[], None]) -> None:
         """Call `wake()` whenever an upload is attached (a worker's wake-up)."""
         self._wakers.append(wake)
 
-    def configure(self, config: Config, model_folder: str, profile: str) -> None:
+    def configure(self, config: Config, model: ModelInfo) -> None:
         """The settings new inputs are taken under (the worker calls this when
-        it applies a reload): config, the {model} folder and the output profile."""
+        it applies a reload), and the output profile they make: its key (jobs
+        are keyed by it) and its parameters (the worker renders with them)."""
         self.config = config
         self.outbox = Outbox(config.outbox, config.output)
-        self.model_folder = model_folder
-        self.profile = profile
+        self.model_folder = model.folder
+        self.profile_params = profile_params(config, model)
+        self.profile = profile_key(self.profile_params)
 
     # -- identify: hash and deduplicate ---------------------------------------
 

@@ -26,7 +26,6 @@ from stemd.ledger import LEDGER_FILE, FileStat, JobState, Ledger, StateDirLock
 from stemd.logs import event, setup_logging
 from stemd.notify import Notifier
 from stemd.outbox import Outbox
-from stemd.profile import profile_key, profile_params
 from stemd.settle import Settler, ignore_reason
 from stemd.watcher import Change, InboxWatcher
 from stemd.worker import Worker
@@ -114,8 +113,7 @@ class Service:
         self.model_load_seconds = time.monotonic() - loading
         engine.check_stem(config.output.two_stems, "config", "output.two_stems")
         self.folders = SharedFolders(config.inbox, config.outbox)
-        profile = profile_key(profile_params(config, engine.info))
-        self.intake = Intake(self.ledger, config, self.folders, engine.info.folder, profile)
+        self.intake = Intake(self.ledger, config, self.folders, engine.info)
         self.worker = Worker(self.ledger, config, engine, self.intake)
         self.worker.start()
         self._start_watcher(config)

@@ -48,7 +48,6 @@ from stemd.outbox import (
     is_disk_full,
     track_folder,
 )
-from stemd.profile import profile_key, profile_params
 from stemd.track import (
     Loaded,
     RenderRequest,
@@ -123,7 +122,6 @@ class Worker(threading.Thread):
         self.current: Current | None = None
         self._new_config: Config | None = None
         self._config_lock = threading.Lock()
-        self._profile = self._make_profile()
         self._last_progress_write = 0.0
         self._space_waits: dict[int, int] = {}  # job id -> times it found the outbox full
         self._decoder = ThreadPoolExecutor(1, thread_name_prefix="stemd-decode")
@@ -231,10 +229,6 @@ class Worker(threading.Thread):
         self.warm_up_seconds = seconds
         log.info("model %s warmed up in %.1fs", self.engine.info.name, seconds)
 
-    def _make_profile(self) -> tuple[str, dict[str, Any]]:
-        params = profile_params(self.config, self.engine.info)
-        return profile_key(params), params
-
     def _apply_new_config(self) -> None:
         with self._config_lock:
             new, self._new_config = self._new_config, None
@@ -253,8 +247,7 @@ class Worker(threading.Thread):
         self._drop_ahead()  # decoded under the old settings (rate, max_duration)
         self.config = new
         self.outbox = Outbox(new.outbox, new.output)
-        self._profile = self._make_profile()
-        self.intake.configure(new, self.engine.info.folder, self._profile[0])
+        self.intake.configure(new, self.engine.info)
         log.info("configuration applied")
 
     # -- run a job ------------------------------------------------------------
@@ -291,7 +284,7 @@ class Worker(threading.Thread):
             return
         self.current = Current(source.relative, 0.0, job.id)
         info, outbox, config = self.engine.info, self.outbox, self.config
-        key, params = self._profile
+        key, params = self.intake.profile, self.intake.profile_params
         request = RenderRequest(
             source.path, source.relative, job.sha256, key, params, f"job{job.id}"
         )
