@@ -6,7 +6,7 @@ from __future__ import annotations
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from fastapi import HTTPException, Request
 from starlette.concurrency import run_in_threadpool
@@ -24,6 +24,7 @@ from stemd.track import check_input
 from stemd.worker import Worker
 
 API = "/api/v1"
+T = TypeVar("T")
 RETRY_AFTER_S = 30  # what a 503 tells a client to wait
 
 
@@ -41,26 +42,22 @@ class Context:
     def config(self) -> Config:
         return self.daemon.config
 
+    def _running(self, part: T | None) -> T:
+        if part is None or self.daemon.stopping:
+            raise unavailable("stemd is stopping")
+        return part
+
     @property
     def ledger(self) -> Ledger:
-        ledger = self.daemon.ledger
-        if ledger is None or self.daemon.stopping:
-            raise unavailable("stemd is stopping")
-        return ledger
+        return self._running(self.daemon.ledger)
 
     @property
     def worker(self) -> Worker:
-        worker = self.daemon.worker
-        if worker is None or self.daemon.stopping:
-            raise unavailable("stemd is stopping")
-        return worker
+        return self._running(self.daemon.worker)
 
     @property
     def intake(self) -> Intake:
-        intake = self.daemon.intake
-        if intake is None or self.daemon.stopping:
-            raise unavailable("stemd is stopping")
-        return intake
+        return self._running(self.daemon.intake)
 
     # -- jobs ---------------------------------------------------------------
 
