@@ -10,6 +10,8 @@
 #   chromium, chromium-driver
 #                     the browser test of the web page (selenium drives Debian's
 #                     chromedriver; nothing is downloaded)
+#   postgresql        the shared ledger's tests start a private server (initdb,
+#                     pg_ctl) in a temp folder; nothing system-wide is started
 set -euo pipefail
 
 missing=()
@@ -25,6 +27,7 @@ command -v bindfs >/dev/null 2>&1 || missing+=(bindfs)
 command -v fusermount >/dev/null 2>&1 || missing+=(fuse)
 [ -x /usr/bin/chromium ] || missing+=(chromium)
 [ -x /usr/bin/chromedriver ] || missing+=(chromium-driver)
+compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null || missing+=(postgresql)
 
 if [ ${#missing[@]} -eq 0 ]; then
     exit 0
