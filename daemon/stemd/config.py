@@ -62,6 +62,7 @@ PATH_KEYS = (
     "source.archive_dir",
     "source.failed_dir",
     "http.token_file",
+    "ledger.password_file",
 )
 # lame's valid MPEG-1 layer III bitrates
 MP3_BITRATES = (32, 40, 48, 56, 64, 80, 96, 112, 128, 160, 192, 224, 256, 320)
@@ -94,7 +95,11 @@ class WatchConfig(_Section):
 class ModelConfig(_Section):
     name: str = Field(default="htdemucs", min_length=1)
     repo: Path | None = None
-    device: str = "auto"
+    # one device, a list of them (a worker on each), or all: every CUDA device,
+    # else the CPU
+    device: str | tuple[str, ...] = "auto"
+    # workers (model instances) per device; on the CPU they share the cores
+    workers: int = Field(default=1, ge=1, le=16)
     shifts: int = Field(default=1, ge=0, le=20)
     overlap: float = Field(default=0.25, ge=0, lt=1)
     segment: float | None = Field(default=None, gt=0)
@@ -106,10 +111,30 @@ class ModelConfig(_Section):
 
     @field_validator("device")
     @classmethod
-    def _check_device(cls, value: str) -> str:
-        if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", value):
-            raise ValueError(f"{value!r} is not a device; use auto, cpu, cuda or cuda:N")
+    def _check_device(cls, value: str | tuple[str, ...]) -> str | tuple[str, ...]:
+        names = (value,) if isinstance(value, str) else value
+        if not names:
+            raise ValueError("an empty list; name devices, e.g. [cuda:0, cuda:1], or all")
+        for name in names:
+            if not re.fullmatch(r"auto|all|cpu|cuda(:\d+)?", name):
+                raise ValueError(
+                    f"{name!r} is not a device; use auto, all, cpu, cuda, cuda:N, "
+                    "or a list such as [cuda:0, cuda:1]"
+                )
+        if not isinstance(value, str):
+            if {"auto", "all"} & set(names):
+                raise ValueError("auto and all stand alone, not in a list")
+            if len(set(names)) != len(names):
+                raise ValueError(
+                    f"{list(names)} names a device twice; use model.workers for more "
+                    "workers on one device"
+                )
         return value
+
+    @property
+    def devices(self) -> tuple[str, ...]:
+        """The device names as written (auto and all are resolved by the engine)."""
+        return (self.device,) if isinstance(self.device, str) else self.device
 
 
 class OutputConfig(_Section):
@@ -220,6 +245,36 @@ def is_loopback(host: str) -> bool:
         return False  # a host name: it may resolve to anything
 
 
+class LedgerConfig(_Section):
+    # absent: SQLite in state_dir (one daemon); postgresql://user@host/db: a
+    # database several daemons (hosts) share. No password here: password_file.
+    url: str | None = None
+    password_file: Path | None = None
+    # how long a claimed job stays a worker's without a sign of life from it;
+    # then another worker takes it over
+    lease: Duration = Field(default=30.0, ge=1)
+
+    @field_validator("url")
+    @classmethod
+    def _check_url(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        from urllib.parse import urlsplit
+
+        parts = urlsplit(value)
+        if parts.scheme not in ("postgresql", "postgres"):
+            raise ValueError(
+                f"{parts.scheme or value!r} is not a ledger stemd knows; use "
+                "postgresql://user@host/database, or leave ledger.url out for SQLite in state_dir"
+            )
+        if parts.password:
+            raise ValueError(
+                "holds a password; put it in a file named by ledger.password_file "
+                "(mode 0600) instead, so the YAML can be read by others"
+            )
+        return value
+
+
 class Config(_Section):
     inbox: Path = Path("./inbox")
     outbox: Path = Path("./outbox")
@@ -231,6 +286,7 @@ class Config(_Section):
     logging: LoggingConfig = LoggingConfig()
     service: ServiceConfig = ServiceConfig()
     http: HttpConfig = HttpConfig()
+    ledger: LedgerConfig = LedgerConfig()
 
     @property
     def max_upload(self) -> int:

@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import logging
+import os
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
@@ -59,6 +60,32 @@ AUTO_MEMORY_SHARE = 0.6
 # stems leave a streamed separation in regions of at least this much audio: few
 # enough writes, and a window of output a few chunks long
 SINK_REGION_SECONDS = 10.0
+
+
+def worker_devices(config: ModelConfig) -> list[str]:
+    """One device name per worker: model.device expanded (all = every CUDA
+    device, else the CPU), each taken model.workers times. Unknown or missing
+    devices are refused when a worker's engine resolves its own."""
+    names: list[str] = []
+    for name in config.devices:
+        if name == "all":
+            count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+            names.extend([f"cuda:{i}" for i in range(count)] or ["cpu"])
+        else:
+            names.append(name)
+    return [name for name in names for _ in range(config.workers)]
+
+
+def share_cpu(devices: list[str]) -> int | None:
+    """Workers on the CPU split its cores: each forward pass gets its share of
+    threads (torch's intra-op pool; each worker thread runs its own team).
+    Returns the threads per worker, or None when one worker (or none) is there."""
+    on_cpu = sum(1 for name in devices if resolve_device(name).type == "cpu")
+    if on_cpu < 2:
+        return None
+    threads = max(1, (os.cpu_count() or 1) // on_cpu)
+    torch.set_num_threads(threads)
+    return threads
 
 
 def resolve_device(requested: str) -> torch.device:
@@ -148,9 +175,11 @@ class ModelInfo:
 class Engine:
     """One preloaded model on one device."""
 
-    def __init__(self, config: ModelConfig) -> None:
+    def __init__(self, config: ModelConfig, device: str | None = None) -> None:
+        """`device`: this engine's own (a worker's, from worker_devices);
+        None takes model.device's first."""
         self.config = config
-        self.device = resolve_device(config.device)
+        self.device = resolve_device(device or config.devices[0])
         started = time.monotonic()
         model = load_model(config.name, config.repo)
         model.eval()

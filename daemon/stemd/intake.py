@@ -45,9 +45,12 @@ if TYPE_CHECKING:  # the model's description only: intake needs no torch
 log = logging.getLogger("stemd")
 
 
-def job_event(level: int, name: Event, message: str, job: JobRecord, source: str) -> None:
-    """Log a job event with its journal fields (STEMD_JOB, STEMD_SHA256, STEMD_SOURCE)."""
-    event(level, name, message, job=job.id, sha256=job.sha256, source=source)
+def job_event(
+    level: int, name: Event, message: str, job: JobRecord, source: str, worker: str | None = None
+) -> None:
+    """Log a job event with its journal fields (STEMD_JOB, STEMD_SHA256,
+    STEMD_SOURCE, and STEMD_WORKER when a worker did it)."""
+    event(level, name, message, job=job.id, sha256=job.sha256, source=source, worker=worker)
 
 
 def stat_of(path: Path) -> FileStat:
@@ -61,10 +64,17 @@ class Intake:
         config: Config,
         folders: SharedFolders,
         model: ModelInfo,
+        node_gone: float = 60.0,
     ) -> None:
+        """`node_gone`: seconds after which a daemon sharing the ledger that is
+        not heard from is gone (its unhashed inputs and undisposed sources are
+        taken on here)."""
         self.ledger = ledger
         self.folders = folders  # replaced by the service when a reload moves them
+        self.node_gone = node_gone
         self.serve_lock = threading.RLock()
+        # one worker hashes at a time: the others run jobs meanwhile
+        self._identifying = threading.Lock()
         self._wakers: list[Callable[[], None]] = []  # told when an upload arrives
         self.configure(config, model)
 
@@ -86,14 +96,20 @@ class Intake:
 
     def identify_pending(self, stop: Callable[[], bool], beat: Callable[[], None]) -> bool:
         """Hash and attach up to 20 settled inputs; True if there were any (or
-        `stop()` or a missing folder cut the round short)."""
-        pending = self.ledger.pending_inputs(limit=20)
-        for record in pending:
-            if stop() or self.folders.missing():
-                return True
-            beat()
-            self.identify(record)
-        return bool(pending)
+        `stop()` or a missing folder cut the round short). False at once while
+        another worker is at it."""
+        if not self._identifying.acquire(blocking=False):
+            return False
+        try:
+            pending = self.ledger.pending_inputs(limit=20, stale_after=self.node_gone)
+            for record in pending:
+                if stop() or self.folders.missing():
+                    return True
+                beat()
+                self.identify(record)
+            return bool(pending)
+        finally:
+            self._identifying.release()
 
     def identify(self, record: InputRecord) -> None:
         try:
@@ -268,8 +284,9 @@ class Intake:
     def dispose(self, record: InputRecord, success: bool) -> None:
         if record.origin == ORIGIN_HTTP:
             # Our own spool file: gone once its stems exist, kept after a failure
-            # so a retry has its source.
-            if success:
+            # so a retry has its source. Another node's is in its state_dir: it
+            # removes it (Spool.tidy) once the ledger says it is done.
+            if success and record.node in (None, self.ledger.node):
                 try:
                     record.path.unlink(missing_ok=True)
                 except OSError as err:
@@ -295,5 +312,5 @@ class Intake:
 
     def dispose_leftovers(self) -> None:
         """Finish dispositions a crash interrupted (committed, not yet moved/deleted)."""
-        for record in self.ledger.undisposed_inputs():
+        for record in self.ledger.undisposed_inputs(stale_after=self.node_gone):
             self.dispose(record, success=record.state is not InputState.FAILED)

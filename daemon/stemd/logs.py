@@ -40,6 +40,7 @@ def event(
     source: str | None = None,
     audio_seconds: float | None = None,
     elapsed: float | None = None,
+    worker: str | None = None,
     exc_info: bool = False,
 ) -> None:
     """Log one job event with its structured fields (a separation's `done` also
@@ -55,6 +56,8 @@ def event(
         fields["STEMD_AUDIO_SECONDS"] = f"{audio_seconds:.3f}"
     if elapsed is not None:
         fields["STEMD_ELAPSED"] = f"{elapsed:.3f}"
+    if worker is not None:
+        fields["STEMD_WORKER"] = worker
     log.log(level, message, extra=fields, exc_info=exc_info)
 
 

@@ -2,14 +2,18 @@
 
 Modelled on uvicorn's Server: signal handlers only record the signal; the main
 loop, ticking a few times a second, acts on it. The main loop owns the watcher
-and the settle bookkeeping; the worker thread owns the model.
+and the settle bookkeeping, renews the leases of the jobs the workers hold and
+reports this daemon (a node) to the ledger; each worker thread owns a model
+instance (stemd.workers).
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import signal
+import socket
 import stat
 import time
 from pathlib import Path, PurePath
@@ -18,17 +22,25 @@ from typing import TYPE_CHECKING
 
 from stemd.audio import kill_children
 from stemd.config import Config, changed_keys, load_config
-from stemd.engine import Engine
+from stemd.engine import Engine, share_cpu, worker_devices
 from stemd.errors import ConfigError, StemdError
 from stemd.folders import FolderEvent, SharedFolders
 from stemd.intake import Intake, stat_of
-from stemd.ledger import LEDGER_FILE, FileStat, JobState, Ledger, StateDirLock
+from stemd.ledger import (
+    FileStat,
+    JobState,
+    Ledger,
+    LedgerUnavailable,
+    StateDirLock,
+    connect,
+    node_id,
+)
 from stemd.logs import event, setup_logging
 from stemd.notify import Notifier
 from stemd.outbox import Outbox
 from stemd.settle import Settler, ignore_reason
 from stemd.watcher import Change, InboxWatcher
-from stemd.worker import Worker
+from stemd.workers import Workers
 
 if TYPE_CHECKING:
     from stemd.http.server import HttpServer
@@ -42,6 +54,12 @@ WORKER_JOIN_AFTER_CANCEL_S = 120.0
 # /ping fails when the main loop has not ticked for this long (a scan of a big
 # inbox takes a second or two)
 MAIN_LOOP_STALL_S = 10.0
+# this daemon tells the ledger it is alive (and what its workers do) this often;
+# one not heard from for NODE_GONE_S is gone: its unhashed inputs and
+# undisposed sources are taken on by the others
+NODE_REPORT_S = 2.0
+NODE_GONE_S = 10.0
+LEDGER_RETRY_MAX_S = 10.0  # at startup, an unreachable ledger is tried this often
 
 
 class Service:
@@ -54,7 +72,8 @@ class Service:
         self.state_lock: StateDirLock | None = None
         self.ledger: Ledger | None = None
         self.intake: Intake | None = None
-        self.worker: Worker | None = None
+        self.workers: Workers | None = None
+        self.node = ""
         self.watcher: InboxWatcher | None = None
         self.settler: Settler | None = None
         self.folders: SharedFolders | None = None
@@ -66,9 +85,10 @@ class Service:
         self._next_rescan = 0.0
         self._next_status = 0.0
         self._next_ping = 0.0
+        self._next_node_report = 0.0
+        self._next_renewal = 0.0
         self._worker_hung = False
         self._stopping = False
-        self._settling_shown = -1  # what the ledger says for `stemd status`
 
     # -- signals --------------------------------------------------------------
 
@@ -88,15 +108,18 @@ class Service:
             self.main_loop()
         finally:
             self.shutdown()
-        if self.worker is not None and self.worker.failure is not None:
-            raise StemdError(f"the worker failed: {self.worker.failure}")
+        failure = self.workers.failure() if self.workers is not None else None
+        if failure is not None:
+            raise StemdError(f"a worker failed: {failure}")
         return 0
 
     def startup(self) -> None:
         config = self.config
         self._prepare_folders(config)
         self.state_lock = StateDirLock(config.state_dir)
-        self.ledger = Ledger(config.state_dir / LEDGER_FILE)
+        self.node = node_id(config.state_dir)
+        self.ledger = self._connect_ledger(config)
+        self._report_node()  # before anything else: other nodes see us at once
         requeued, failed = self.ledger.recover(config.source.max_attempts)
         if requeued or failed:
             log.warning(
@@ -107,22 +130,67 @@ class Service:
             log.info("removed %d unfinished work folder(s) from the outbox", removed)
         self.notifier.status(f"loading model {config.model.name}")
         self._bind_http(config)  # a taken port fails now, not after a long model load
+        self.folders = SharedFolders(config.inbox, config.outbox)
+        devices = worker_devices(config.model)
+        threads = share_cpu(devices)
+        if threads is not None:
+            log.info("%d workers on the CPU: %d threads each", len(devices), threads)
+        engines: list[Engine] = []
         loading = time.monotonic()
         with self.notifier.keep_alive():  # a first download can take minutes
-            engine = Engine(config.model)
-        self.model_load_seconds = time.monotonic() - loading
-        engine.check_stem(config.output.two_stems, "config", "output.two_stems")
-        self.folders = SharedFolders(config.inbox, config.outbox)
-        self.intake = Intake(self.ledger, config, self.folders, engine.info)
-        self.worker = Worker(self.ledger, config, engine, self.intake)
-        self.worker.start()
+            for device in devices:  # a model instance per worker
+                engines.append(Engine(config.model, device))
+                if len(engines) == 1:  # the model is checked, and timed, once
+                    self.model_load_seconds = time.monotonic() - loading
+                    engines[0].check_stem(config.output.two_stems, "config", "output.two_stems")
+        self.intake = Intake(self.ledger, config, self.folders, engines[0].info, NODE_GONE_S)
+        self.workers = Workers(self.ledger, config, self.intake, engines)
+        self.workers.start()
         self._start_watcher(config)
         if self.http is not None:
             self.http.start(self.ledger)  # the model is ready: serve
         self.notifier.ready()
         if self.notifier.watchdog_interval is not None:
             log.info("systemd watchdog: pinging every %.1fs", self.notifier.watchdog_interval)
-        log.info("stemd ready: inbox %s, outbox %s", config.inbox, config.outbox)
+        log.info(
+            "stemd ready: inbox %s, outbox %s, %d worker(s), ledger %s (node %s)",
+            config.inbox,
+            config.outbox,
+            len(self.workers.all),
+            self.ledger.where,
+            self.node,
+        )
+
+    def _connect_ledger(self, config: Config) -> Ledger:
+        """The configured ledger; a database that cannot be reached yet (it is
+        starting too, the network is not up) is waited for, until a signal."""
+        delay = 0.5
+        told = False
+        with self.notifier.keep_alive():
+            while True:
+                try:
+                    ledger = connect(
+                        config.state_dir,
+                        config.ledger.url,
+                        config.ledger.password_file,
+                        self.node,
+                    )
+                except LedgerUnavailable as err:
+                    if not told:
+                        log.error("%s; waiting for it", err)
+                        self.notifier.status(f"waiting for the ledger: {err}")
+                        told = True
+                    deadline = time.monotonic() + delay
+                    while time.monotonic() < deadline:
+                        self._handle_signals()
+                        if self._stopping:
+                            raise
+                        time.sleep(TICK_S)
+                    delay = min(LEDGER_RETRY_MAX_S, delay * 2)
+                    continue
+                if told:
+                    log.warning("the ledger at %s is reachable; starting", ledger.where)
+                return ledger
 
     def _bind_http(self, config: Config) -> None:
         if config.http.listen is None:
@@ -145,15 +213,34 @@ class Service:
             problems.append("stemd is stopping")
         if now - self._last_tick > MAIN_LOOP_STALL_S:
             problems.append(f"the main loop has not run for {now - self._last_tick:.0f}s")
-        worker = self.worker
-        if worker is None or not worker.is_alive():
-            problems.append("the worker is not running")
-        elif now - worker.heartbeat > self.config.service.hang_timeout:
+        workers = self.workers
+        if not self.ledger_reachable:
+            problems.append(f"the ledger at {self.ledger_where} is unreachable")
+        if workers is None:
+            problems.append("the workers are not running")
+            return problems
+        for worker in workers.dead():
+            problems.append(f"worker {worker.worker_name} is not running")
+        silent, worker = workers.silent_for(now)
+        if silent > self.config.service.hang_timeout and self.ledger_reachable:
             problems.append(
-                f"the worker has shown no progress for {now - worker.heartbeat:.0f}s "
+                f"worker {worker.worker_name} has shown no progress for {silent:.0f}s "
                 f"(service.hang_timeout {self.config.service.hang_timeout:.0f}s)"
             )
         return problems
+
+    def _the_workers(self) -> str:
+        """How messages name the workers: one is "the worker" (as ever)."""
+        one = self.workers is None or len(self.workers.all) == 1
+        return "worker is" if one else "workers are"
+
+    @property
+    def ledger_reachable(self) -> bool:
+        return self.ledger is None or self.ledger.reachable
+
+    @property
+    def ledger_where(self) -> str:
+        return self.ledger.where if self.ledger is not None else "(none)"
 
     def _prepare_folders(self, config: Config) -> None:
         for name, folder in (
@@ -191,9 +278,10 @@ class Service:
         if self._stopping:
             return
         assert self.watcher is not None and self.settler is not None
-        assert self.worker is not None
-        if not self.worker.is_alive():
-            log.critical("the worker thread died; stopping")
+        assert self.workers is not None
+        dead = self.workers.dead()
+        if dead:
+            log.critical("worker %s died; stopping", ", ".join(w.worker_name for w in dead))
             self._stopping = True
             return
         if self.http is not None and not self.http.is_alive():
@@ -205,9 +293,14 @@ class Service:
         if now >= self._next_folder_check:
             self._next_folder_check = now + FOLDER_CHECK_INTERVAL_S
             self._check_folders()
-        if not self.watcher.stopped:  # stopped while the inbox is away
-            self._take_in(now)
-        self._show_settling(len(self.settler))
+        try:
+            self._keep_leases(now)
+            if not self.watcher.stopped:  # stopped while the inbox is away
+                self._take_in(now)
+            if now >= self._next_node_report:
+                self._report_node()
+        except LedgerUnavailable:
+            pass  # said once by the ledger; the workers wait, the main loop goes on
         # The status line costs ledger queries: build it only for a listener.
         if self.notifier.enabled and now >= self._next_status:
             self._next_status = now + STATUS_INTERVAL_S
@@ -223,12 +316,26 @@ class Service:
         for path in self.settler.poll():
             self._register(path)
 
-    def _show_settling(self, count: int) -> None:
-        """Files still being written or settling live in the settler, not the
-        ledger: tell `stemd status` how many, when that changes."""
-        if count != self._settling_shown and self.ledger is not None:
-            self.ledger.set_settling(count, os.getpid())
-            self._settling_shown = count
+    def _keep_leases(self, now: float) -> None:
+        """Renew the leases of the jobs the workers hold, a few times a lease."""
+        if now < self._next_renewal or self.workers is None:
+            return
+        lease = self.config.ledger.lease
+        self._next_renewal = now + lease / 4
+        self.workers.renew_leases(lease, self.config.service.hang_timeout)
+
+    def _report_node(self) -> None:
+        """This daemon is alive: its host, workers and files settling (which live
+        in the settler, not the ledger), for `stemd status` and the other nodes."""
+        assert self.ledger is not None
+        self._next_node_report = time.monotonic() + NODE_REPORT_S
+        self.ledger.report_node(
+            socket.gethostname(),
+            os.getpid(),
+            self.started_at,
+            len(self.settler) if self.settler is not None and not self._stopping else 0,
+            self.workers.report() if self.workers is not None else [],
+        )
 
     def _handle_signals(self) -> None:
         while not self._stopping and self._handled_signals < len(self.signals):
@@ -267,8 +374,8 @@ class Service:
                 log.warning("the %s %s %s; resuming", change.name, change.path, how)
             if change.name == "inbox":
                 self.watcher.stop()  # its watches belong to the old folder
-            assert self.worker is not None
-            self.worker.wake.set()
+            assert self.workers is not None
+            self.workers.wake()
         if not self.watcher.stopped and not self.watcher.is_alive():
             # A deleted inbox ends its emitter: take in what it said last, so the
             # deletion is handled (and logged) as such, not as a watcher crash.
@@ -286,15 +393,16 @@ class Service:
     # -- watchdog -------------------------------------------------------------------
 
     def worker_hung(self, now: float) -> bool:
-        """No sign of life from the worker for service.hang_timeout (logged once)."""
-        assert self.worker is not None
-        silent = now - self.worker.heartbeat
-        hung = silent > self.config.service.hang_timeout
+        """No sign of life from a worker for service.hang_timeout (logged once).
+        Workers waiting for an unreachable ledger are waiting, not hung."""
+        assert self.workers is not None
+        silent, worker = self.workers.silent_for(now)
+        hung = silent > self.config.service.hang_timeout and self.ledger_reachable
         if hung and not self._worker_hung:
-            doing = self.worker.current.source if self.worker.current else "between jobs"
+            doing = worker.current.source if worker.current else "between jobs"
             log.critical(
-                "the worker has shown no progress for %.0fs (%s; service.hang_timeout is "
-                "%.0fs): %s",
+                "worker %s has shown no progress for %.0fs (%s; service.hang_timeout is %.0fs): %s",
+                worker.worker_name,
                 silent,
                 doing,
                 self.config.service.hang_timeout,
@@ -303,7 +411,7 @@ class Service:
                 else "restart stemd if it does not recover",
             )
         elif self._worker_hung and not hung:
-            log.warning("the worker is making progress again")
+            log.warning("the %s making progress again", self._the_workers())
         self._worker_hung = hung
         return hung
 
@@ -361,11 +469,14 @@ class Service:
                     continue  # seen before, unchanged: no rehash
             except OSError:
                 continue
+            except LedgerUnavailable:
+                self._next_rescan = time.monotonic() + NODE_GONE_S  # try again soon
+                raise
             self.settler.found(path)
 
     def _register(self, path: Path) -> None:
         """A settled path: refuse it with a reason, or record it for the worker."""
-        assert self.ledger is not None and self.worker is not None
+        assert self.ledger is not None and self.workers is not None
         relative = PurePath(os.path.relpath(path, self.config.inbox))
         if relative.parts and relative.parts[0] == "..":
             return
@@ -386,10 +497,15 @@ class Service:
                 source=relative.as_posix(),
             )
             return
-        record = self.ledger.add_input(path, relative.as_posix(), FileStat.of(info))
+        try:
+            record = self.ledger.add_input(path, relative.as_posix(), FileStat.of(info))
+        except LedgerUnavailable:
+            assert self.settler is not None
+            self.settler.found(path)  # registered once the ledger is back
+            raise
         if record is not None:
             log.debug("settled: %s", relative)
-            self.worker.wake.set()
+            self.workers.wake()
 
     # -- reload ---------------------------------------------------------------
 
@@ -420,6 +536,13 @@ class Service:
         if new.http != old.http:
             log.warning("http changes need a restart; keeping the running server's settings")
             new = new.model_copy(update={"http": old.http})
+        if new.ledger != old.ledger:
+            log.warning("ledger changes need a restart; keeping %s", self.ledger_where)
+            new = new.model_copy(update={"ledger": old.ledger})
+        if (new.model.device, new.model.workers) != (old.model.device, old.model.workers):
+            log.warning("model.device and model.workers changes need a restart")
+            kept = {"device": old.model.device, "workers": old.model.workers}
+            new = new.model_copy(update={"model": new.model.model_copy(update=kept)})
         changes = changed_keys(old, new)
         log.info("changed: %s", "; ".join(changes) if changes else "nothing (no key differs)")
         self.config = new
@@ -434,12 +557,15 @@ class Service:
             log.info("inbox or watch settings changed; restarting the watcher")
             self.watcher.stop()
             self._start_watcher(new)
-        assert self.worker is not None
-        self.worker.request_reload(new)
-        running = self.worker.current
+        assert self.workers is not None
+        self.workers.request_reload(new)
+        running = [worker.current.source for worker in self.workers.busy() if worker.current]
         log.info(
             "configuration reloaded%s",
-            f"; {running.source} finishes under the old one" if running else "",
+            f"; {', '.join(running)} {'finishes' if len(running) == 1 else 'finish'} "
+            "under the old one"
+            if running
+            else "",
         )
         self._next_status = 0.0  # say what we do now, not "reloading"
         self.notifier.ready()
@@ -447,13 +573,16 @@ class Service:
     # -- status -----------------------------------------------------------------
 
     def status_line(self) -> str:
-        assert self.ledger is not None and self.worker is not None
-        counts = self.ledger.counts()
+        assert self.ledger is not None and self.workers is not None
+        try:
+            counts = self.ledger.counts()
+        except LedgerUnavailable:
+            return f"waiting for the ledger at {self.ledger.where} (unreachable)"
         queued = counts[JobState.QUEUED.value]
-        current = self.worker.current
-        if current is not None:
-            name = PurePath(current.source).name
-            return f"separating {name} {current.progress:.0%}, {queued} queued"
+        busy = [w.current for w in self.workers.busy() if w.current is not None]
+        if busy:
+            doing = ", ".join(f"{PurePath(c.source).name} {c.progress:.0%}" for c in busy)
+            return f"separating {doing}, {queued} queued"
         return f"idle, {counts[JobState.DONE.value]} done, {counts[JobState.FAILED.value]} failed"
 
     # -- shutdown -----------------------------------------------------------------
@@ -465,36 +594,52 @@ class Service:
             self.watcher.stop()
         if self.http is not None:
             self.http.stop()  # no new uploads while the worker finishes
-        worker = self.worker
-        if worker is not None and worker.is_alive():
-            worker.request_stop()
-            grace = self.config.service.shutdown_grace
-            deadline = time.monotonic() + grace
-            if worker.current is not None:
-                log.info("waiting up to %.0fs for %s to finish", grace, worker.current.source)
-                self.notifier.status(f"stopping: finishing {worker.current.source}")
-            while worker.is_alive() and time.monotonic() < deadline:
-                worker.join(TICK_S)
-                self._feed_watchdog(time.monotonic())
-                if self._stop_signal_pending():
-                    log.info("second signal: cancelling the running job now")
-                    break
-            if worker.is_alive():
-                worker.request_cancel()
-                current = worker.current
-                if current is not None:
-                    log.info(
-                        "%s: cancelling at the next chunk; it will be requeued", current.source
-                    )
-                worker.join(WORKER_JOIN_AFTER_CANCEL_S)
-                if worker.is_alive():
-                    log.error("the worker did not stop; exiting anyway")
+        workers = self.workers
+        if workers is not None and workers.alive():
+            self._stop_workers(workers)
         killed = kill_children()  # none unless the worker is stuck: it kills its own
         if killed:
             log.warning("killed %d ffmpeg process(es) still running", killed)
         if self.ledger is not None:
-            self._show_settling(0)  # a stopped daemon is settling nothing
+            # a stopped daemon is no node, settling nothing (if the ledger is
+            # unreachable, the others see it gone once it is not heard from)
+            with contextlib.suppress(LedgerUnavailable):
+                self.ledger.leave()
             self.ledger.close()
         if self.state_lock is not None:
             self.state_lock.release()
         log.info("stemd stopped")
+
+    def _stop_workers(self, workers: Workers) -> None:
+        """Let the running jobs finish within service.shutdown_grace (the leases
+        kept meanwhile), then cancel them at the next chunk (they are requeued)."""
+        workers.request_stop()
+        grace = self.config.service.shutdown_grace
+        deadline = time.monotonic() + grace
+        running = [w.current.source for w in workers.busy() if w.current is not None]
+        if running:
+            log.info("waiting up to %.0fs for %s to finish", grace, ", ".join(running))
+            self.notifier.status(f"stopping: finishing {', '.join(running)}")
+        while workers.alive() and time.monotonic() < deadline:
+            workers.alive()[0].join(TICK_S)
+            now = time.monotonic()
+            self._feed_watchdog(now)
+            with contextlib.suppress(LedgerUnavailable):
+                self._keep_leases(now)
+            if self._stop_signal_pending():
+                log.info(
+                    "second signal: cancelling the running %s now",
+                    "job" if len(workers.all) == 1 else "jobs",
+                )
+                break
+        if workers.alive():
+            workers.request_cancel()
+            for worker in workers.busy():
+                if worker.current is not None:
+                    log.info(
+                        "%s: cancelling at the next chunk; it will be requeued",
+                        worker.current.source,
+                    )
+            workers.join(WORKER_JOIN_AFTER_CANCEL_S)
+            if workers.alive():
+                log.error("a worker did not stop; exiting anyway")

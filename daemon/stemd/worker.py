@@ -1,10 +1,12 @@
-"""The worker thread: runs jobs on the model, one at a time.
+"""A worker thread: runs jobs on its own model instance, one at a time.
 
-Between jobs it lets intake (stemd.intake) hash and attach the inputs that have
-settled. For each queued job: decode -> separate -> encode into a temp folder ->
-publish -> ledger commit -> intake disposes of the source and serves the copies
-waiting for it. The model is only ever used from this thread, so the device never
-runs two jobs at once.
+A daemon has one worker per device and model.workers (stemd.workers starts
+them). Between jobs a worker lets intake (stemd.intake, shared) hash and attach
+the inputs that have settled. It claims a job under a lease (the ledger), then:
+decode -> separate -> encode into a temp folder -> check the lease is still
+ours -> publish -> commit (stemd.outcomes) -> intake disposes of the source and
+serves the copies waiting for it. Its model is only used from this thread, so
+its device never runs two of its jobs at once.
 
 Decoding and encoding overlap the model's work, each on a thread of its own with
 room for one track: while job N separates, the next queued job's input is
@@ -20,41 +22,40 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import Any
 
 from stemd.allocator import release_free_memory
 from stemd.config import Config
 from stemd.crash import crash_point
+from stemd.decodeahead import DecodeAhead
 from stemd.engine import Engine, ModelInfo
-from stemd.errors import InputError, JobCancelled, NoSpace, StemdError
+from stemd.errors import StemdError
 from stemd.folders import SharedFolders
 from stemd.intake import Intake, job_event, stat_of
 from stemd.ledger import (
-    FileStat,
     InputRecord,
     InputState,
     JobRecord,
+    LeaseLost,
     Ledger,
+    LedgerUnavailable,
 )
-from stemd.logs import event
 from stemd.outbox import (
     Outbox,
     TrackNames,
-    is_disk_full,
     track_folder,
 )
+from stemd.outcomes import Outcomes
 from stemd.track import (
     Loaded,
     RenderRequest,
     StemFiles,
     Timing,
     check_room,
-    decode_track,
     separate_track,
     write_stems,
 )
@@ -62,15 +63,8 @@ from stemd.workfiles import WorkArea
 
 log = logging.getLogger("stemd")
 
-RETRY_MAX_DELAY_S = 3600.0
-SPACE_WAIT_MAX_S = 300.0  # a full outbox is checked again at least this often
 IDLE_WAIT_S = 1.0
 PROGRESS_WRITE_INTERVAL_S = 1.0
-
-
-def retry_delay(attempts: int, base: float) -> float:
-    """base, 2 x base, 4 x base ... (10s, 20s, 40s by default), capped at an hour."""
-    return float(min(RETRY_MAX_DELAY_S, base * 2 ** max(0, attempts - 1)))
 
 
 @dataclass
@@ -97,20 +91,21 @@ class Separated:
     config: Config
 
 
-@dataclass(frozen=True)
-class DecodedAhead:
-    """The next queued input, decoding on the decoder thread into a work folder
-    of its own: this version of it."""
-
-    input_id: int
-    stat: FileStat
-    loaded: Future[Loaded]
-    dropped: threading.Event  # set: stop decoding (between blocks) and remove it
-
-
 class Worker(threading.Thread):
-    def __init__(self, ledger: Ledger, config: Config, engine: Engine, intake: Intake) -> None:
-        super().__init__(name="stemd-worker", daemon=True)
+    def __init__(
+        self,
+        name: str,
+        ledger: Ledger,
+        config: Config,
+        engine: Engine,
+        intake: Intake,
+        device: str | None = None,
+    ) -> None:
+        """`name` (w0, w1 ...) names it in leases and status; `device` is its
+        own (None: model.device's first)."""
+        super().__init__(name=f"stemd-worker-{name}", daemon=True)
+        self.worker_name = name
+        self.device_name = device
         self.ledger = ledger
         self.intake = intake
         self.config = config
@@ -123,12 +118,15 @@ class Worker(threading.Thread):
         self._new_config: Config | None = None
         self._config_lock = threading.Lock()
         self._last_progress_write = 0.0
-        self._space_waits: dict[int, int] = {}  # job id -> times it found the outbox full
-        self._decoder = ThreadPoolExecutor(1, thread_name_prefix="stemd-decode")
+        # jobs it has claimed and not yet ended (the one separating, the one
+        # finishing behind), whose leases the daemon renews while it beats
+        self._held: dict[int, JobRecord] = {}
+        self._lost: set[int] = set()  # held jobs whose lease ran out: dropped
+        self._held_lock = threading.Lock()
+        self.outcomes = Outcomes(name, ledger, intake, self._release)
         self._encoder = ThreadPoolExecutor(1, thread_name_prefix="stemd-encode")
-        self._ahead: DecodedAhead | None = None
-        self.work_area = WorkArea(config.state_dir)  # state_dir never changes on reload
-        self._work_count = 0  # makes each work folder's name new
+        # state_dir never changes on reload; the service clears it before workers start
+        self.ahead = DecodeAhead(WorkArea(config.state_dir), name)
         self._finishing: Future[None] | None = None
         self._holding_memory = True  # the warm-up's, then each job's (see _release_memory)
         self.failure: BaseException | None = None
@@ -157,15 +155,46 @@ class Worker(threading.Thread):
         self.cancel_requested.set()
         self.wake.set()
 
+    # -- leases -----------------------------------------------------------------
+
+    def held_claims(self) -> dict[int, int]:
+        """{job id: claim} of the jobs whose leases are this worker's to renew."""
+        with self._held_lock:
+            return {job_id: job.claim for job_id, job in self._held.items()}
+
+    def leases_lost(self, job_ids: set[int]) -> None:
+        """The daemon could not renew these (taken over while we were away, a
+        SIGSTOP, a long network cut): stop them at the next chunk, write nothing."""
+        with self._held_lock:
+            for job_id in job_ids:
+                if self._held.pop(job_id, None) is not None:
+                    self._lost.add(job_id)
+
+    def _hold(self, job: JobRecord) -> None:
+        with self._held_lock:
+            self._held[job.id] = job
+
+    def _release(self, job_id: int) -> None:
+        with self._held_lock:
+            self._held.pop(job_id, None)
+            self._lost.discard(job_id)
+
+    def _keep_waiting(self) -> bool:
+        """While the ledger is unreachable: wait, unless stemd must stop now."""
+        return not self.cancel_requested.is_set()
+
     # -- thread body ---------------------------------------------------------
 
     def beat(self) -> None:
         self.heartbeat = time.monotonic()
 
     def run(self) -> None:
+        with self.ledger.wait_here(self._keep_waiting):
+            self._run()
+
+    def _run(self) -> None:
         away = False
         try:
-            self._clear_work_area()
             self._warm_up()
             self.intake.dispose_leftovers()
             while not self.stop_requested.is_set():
@@ -183,8 +212,9 @@ class Worker(threading.Thread):
                     self.intake.dispose_leftovers()
                 if self.intake.identify_pending(self.stop_requested.is_set, self.beat):
                     continue
-                job = self.ledger.claim_next()
+                job = self.ledger.claim_next(self.worker_name, self.config.ledger.lease)
                 if job is not None:
+                    self._hold(job)
                     crash_point("claimed")
                     self._run_job(job)
                     self._holding_memory = True
@@ -193,19 +223,16 @@ class Worker(threading.Thread):
                 self.wake.wait(IDLE_WAIT_S)
                 self.wake.clear()
             self._wait_finishing()  # the last job's stems are published before we stop
+        except LedgerUnavailable as err:
+            # only raised once stemd must stop: what is in hand stays running in
+            # the ledger, and is taken over (or recovered here) when its lease runs out
+            log.warning("stopping while the ledger is unreachable (%s)", err)
         except BaseException as exc:  # the service sees this and stops with an error
             self.failure = exc
             log.critical("the worker stopped on an unexpected error: %s", exc, exc_info=True)
         finally:
-            self._drop_ahead()  # stops between blocks, its folder removed when it ends
-            self._decoder.shutdown(wait=True, cancel_futures=True)
+            self.ahead.shutdown()  # stops between blocks, its folder removed when it ends
             self._encoder.shutdown(wait=True)
-
-    def _clear_work_area(self) -> None:
-        """Work files a crash left behind (no job is in hand yet)."""
-        freed = self.work_area.clear()
-        if freed:
-            log.info("removed %.1f MiB of work files left by an earlier run", freed / 2**20)
 
     def _release_memory(self) -> None:
         """The queue is empty: once the last stems are written, hand the memory the
@@ -237,14 +264,14 @@ class Worker(threading.Thread):
         if new.model != self.config.model:
             log.info("model settings changed; loading %s", new.model.name)
             try:
-                engine = Engine(new.model)
+                engine = Engine(new.model, self.device_name)
             except StemdError as err:
                 log.error("reload: keeping model %s: %s", self.config.model.name, err)
                 new = new.model_copy(update={"model": self.config.model})
             else:
                 self.engine = engine
                 self._warm_up()
-        self._drop_ahead()  # decoded under the old settings (rate, max_duration)
+        self.ahead.drop()  # decoded under the old settings (rate, max_duration)
         self.config = new
         self.outbox = Outbox(new.outbox, new.output)
         self.intake.configure(new, self.engine.info)
@@ -259,7 +286,7 @@ class Worker(threading.Thread):
             self.current.progress = fraction
         if time.monotonic() - self._last_progress_write >= PROGRESS_WRITE_INTERVAL_S:
             self._last_progress_write = time.monotonic()
-            self.ledger.set_progress(job.id, fraction)
+            self.ledger.set_progress(job, fraction)
 
     def _source_for(self, job: JobRecord) -> InputRecord | None:
         """The owner input if its file is still there unchanged, else another copy."""
@@ -276,11 +303,19 @@ class Worker(threading.Thread):
         return None
 
     def _run_job(self, job: JobRecord) -> None:
+        max_lost = self.config.source.max_attempts
+        if job.lost >= max_lost:
+            self._end_without_running(
+                job,
+                f"its worker was lost {job.lost} times while separating it (hosts that died "
+                "or were cut off, or a track that makes stemd crash)",
+            )
+            return
         source = self._source_for(job)
         if source is None:
-            if self._requeue_if_folder_missing(job):
-                return
-            self._fail(job, "the source file is gone or changed before it was separated")
+            self._end_without_running(
+                job, "the source file is gone or changed before it was separated"
+            )
             return
         self.current = Current(source.relative, 0.0, job.id)
         info, outbox, config = self.engine.info, self.outbox, self.config
@@ -294,9 +329,11 @@ class Worker(threading.Thread):
             job_event(
                 logging.INFO,
                 "started",
-                f"{source.relative}: separating (attempt {job.attempts})",
+                f"{source.relative}: separating (attempt {job.attempts}, worker "
+                f"{self.worker_name} on {info.device})",
                 job,
                 source.relative,
+                self.worker_name,
             )
             started, model_before = time.monotonic(), self.engine.model_seconds
             loaded = self._decoded(job, source, info, config)
@@ -321,29 +358,25 @@ class Worker(threading.Thread):
                 if not handed_on:
                     loaded.work.remove()
         except BaseException as err:
-            if not self._job_failed(job, source.relative, err):
+            if not self.outcomes.failed(job, source.relative, self._why(job, err), config):
                 raise
         finally:
             self.current = None
             self.cancel_requested.clear()
 
-    def _job_failed(self, job: JobRecord, relative: str, err: BaseException) -> bool:
-        """Requeue, retry or fail a job after `err`; False for errors nobody expects."""
-        if isinstance(err, JobCancelled):
-            self.ledger.requeue(job.id, None, delay=0.0, count_attempt=False)
-            log.info("%s: interrupted; requeued", relative)
-        elif isinstance(err, InputError):
-            self._fail(job, err.reason)
-        elif isinstance(err, StemdError | OSError | RuntimeError | ValueError | MemoryError):
-            if self._requeue_if_folder_missing(job):
-                pass
-            elif is_disk_full(err):
-                self._wait_for_space(job, err)
-            else:
-                self._retry_or_fail(job, f"{type(err).__name__}: {err}")
-        else:
-            return False
-        return True
+    def _why(self, job: JobRecord, err: BaseException) -> BaseException:
+        """A job stopped because its lease was lost is LeaseLost, not cancelled."""
+        with self._held_lock:
+            lost = job.id in self._lost
+        return LeaseLost(job.id, job.claim) if lost else err
+
+    def _end_without_running(self, job: JobRecord, reason: str) -> None:
+        try:
+            if not self.outcomes.requeue_if_folder_missing(job):
+                self.outcomes.fail(job, reason)
+        except LeaseLost:
+            self.outcomes.lost(job, job.source)
+        self._release(job.id)
 
     # -- decode-ahead and finish-behind -------------------------------------------
 
@@ -352,63 +385,22 @@ class Worker(threading.Thread):
     ) -> Loaded:
         """The source decoded into a work folder: by the decode-ahead if it did
         this very version. A failed decode leaves no folder behind."""
-        ahead = self._ahead
-        if ahead is not None and (ahead.input_id, ahead.stat) == (source.id, source.stat):
-            self._ahead = None
-            loaded: Loaded = self._wait(ahead.loaded)  # (it removed its folder if it failed)
+        ahead = self.ahead.take(source)
+        if ahead is not None:
+            loaded: Loaded = self._wait(ahead)
             return loaded
-        self._drop_ahead()  # another job came first (a retry, a reload)
-        return self._decode_into_work(job.id, info, config, source.path, self._cancelled)
-
-    def _decode_into_work(
-        self,
-        job_id: int,
-        info: ModelInfo,
-        config: Config,
-        path: Path,
-        cancelled: Callable[[], bool],
-    ) -> Loaded:
-        self._work_count += 1
-        work = self.work_area.job(f"job{job_id}-{self._work_count}")
-        try:
-            return decode_track(info, config, path, work, cancelled)
-        except BaseException:
-            work.remove()
-            raise
+        return self.ahead.decode(job.id, info, config, source.path, self._cancelled)
 
     def _decode_ahead(self) -> None:
-        if self._ahead is not None or self.stop_requested.is_set():
+        if self.ahead.busy or self.stop_requested.is_set():
             return
         upcoming = self.ledger.next_queued()  # the running job is claimed: not among them
         source = self._source_for(upcoming) if upcoming is not None else None
         if upcoming is None or source is None:
             return
-        dropped = threading.Event()
-        future = self._decoder.submit(
-            self._decode_into_work,
-            upcoming.id,
-            self.engine.info,
-            self.config,
-            source.path,
-            lambda: dropped.is_set() or self.stop_requested.is_set(),
+        self.ahead.start(
+            upcoming.id, source, self.engine.info, self.config, self.stop_requested.is_set
         )
-        self._ahead = DecodedAhead(source.id, source.stat, future, dropped)
-
-    def _drop_ahead(self) -> None:
-        """Forget the input decoded ahead: stop it between blocks if it is
-        decoding, and remove its work folder once it is done."""
-        ahead, self._ahead = self._ahead, None
-        if ahead is None:
-            return
-        ahead.dropped.set()
-        if ahead.loaded.cancel():
-            return  # never started: no folder
-
-        def remove(future: Future[Loaded]) -> None:
-            if not future.cancelled() and future.exception() is None:
-                future.result().work.remove()
-
-        ahead.loaded.add_done_callback(remove)
 
     def _finish_behind(self, done: Separated) -> None:
         """Hand the stems to the encoder thread; wait first for the one before, so
@@ -431,6 +423,10 @@ class Worker(threading.Thread):
 
     def _finish(self, done: Separated) -> None:
         """On the encoder thread: write, publish, commit, dispose."""
+        with self.ledger.wait_here(self._keep_waiting):
+            self._write_and_publish(done)
+
+    def _write_and_publish(self, done: Separated) -> None:
         job, source, outbox = done.job, done.source, done.outbox
         temp: Path | None = None
         try:
@@ -443,53 +439,33 @@ class Worker(threading.Thread):
                 done.loaded.duration,
                 done.timing,
                 progress=lambda _f: self.beat(),  # a stem written: alive
-                cancelled=self._cancelled,
+                cancelled=lambda: self._job_stopped(job.id),
             )
             temp = rendered.temp
             crash_point("written")
+            # fencing: a worker that was away past its lease publishes nothing
+            # (the lease, renewed here, covers the rename)
+            if not self.ledger.holds(job, done.config.ledger.lease):
+                raise LeaseLost(job.id, job.claim)
             target = outbox.publish(rendered.temp, rendered.folder, job.sha256, job.profile)
             temp = None
             crash_point("renamed")
-            self._complete(job, source, rendered.folder, target, done)
+            self.outcomes.complete(
+                job,
+                source,
+                rendered.folder,
+                target,
+                done.loaded.duration,
+                done.timing.separated,
+            )
         except BaseException as err:
-            if not self._job_failed(job, source.relative, err):
+            if not self.outcomes.failed(job, source.relative, self._why(job, err), done.config):
                 raise
         finally:
             if temp is not None:
                 outbox.discard(temp)
             done.stems.close()
             done.loaded.work.remove()
-
-    def _requeue_if_folder_missing(self, job: JobRecord) -> bool:
-        """A job that failed because the inbox or outbox went away is not at fault:
-        it goes back to the queue, its attempt not counted, to run when they return."""
-        missing = self.folders.missing()
-        if not missing:
-            return False
-        self.ledger.requeue(job.id, None, delay=0.0, count_attempt=False)
-        log.warning(
-            "%s: interrupted, the %s is gone; requeued until it is back",
-            job.source,
-            " and ".join(missing),
-        )
-        return True
-
-    def _wait_for_space(self, job: JobRecord, err: BaseException) -> None:
-        """Outbox full: requeue without counting an attempt, checking again after
-        source.retry_delay, twice that, ... at most every SPACE_WAIT_MAX_S. Nothing partial is left:
-        the temp folder was discarded."""
-        waits = self._space_waits.get(job.id, 0) + 1
-        self._space_waits[job.id] = waits
-        delay = min(SPACE_WAIT_MAX_S, retry_delay(waits, self.config.source.retry_delay))
-        reason = str(err) if isinstance(err, NoSpace) else f"the outbox is full ({err})"
-        self.ledger.requeue(job.id, reason, delay=delay, count_attempt=False)
-        job_event(
-            logging.WARNING,
-            "retried",
-            f"{job.source}: {reason}; trying again in {delay:.0f}s",
-            job,
-            job.source,
-        )
 
     def _published_before_crash(self, job: JobRecord, source: InputRecord) -> bool:
         """A crash between the folder rename and the ledger commit leaves finished
@@ -500,73 +476,18 @@ class Worker(threading.Thread):
         if target is None:
             return False
         log.info("%s: stems already in %s (published before a restart)", source.relative, target)
-        self._complete(job, source, folder, target)
+        self.outcomes.complete(job, source, folder, target)
         return True
 
     def _cancelled(self) -> bool:
         """Asked before each chunk: also a sign of life, so the longest silence
-        while separating is one forward pass."""
+        while separating is one forward pass. A lost lease stops the job too."""
+        current = self.current
+        return self._job_stopped(current.job_id if current is not None else None)
+
+    def _job_stopped(self, job_id: int | None) -> bool:
         self.beat()
-        return self.cancel_requested.is_set()
-
-    def _complete(
-        self,
-        job: JobRecord,
-        source: InputRecord,
-        folder: PurePosixPath,
-        target: PurePosixPath | None,
-        separated: Separated | None = None,
-    ) -> None:
-        """The stems are in place (or skipped): commit, dispose, serve the copies.
-        `separated` is None for stems adopted after a restart (nothing was timed)."""
-        with self.intake.serve_lock:
-            if target is None:
-                self.ledger.complete(job.id, source.id, "")
-                self.ledger.finish_input(
-                    source.id,
-                    InputState.SKIPPED,
-                    None,
-                    f"{folder} exists and output.on_conflict is skip",
-                )
-                log.warning(
-                    "%s: %s exists; not written (output.on_conflict: skip)", source.relative, folder
-                )
-            else:
-                self.ledger.complete(job.id, source.id, target.as_posix())
-                event(
-                    logging.INFO,
-                    "done",
-                    f"{source.relative}: stems in {target}",
-                    job=job.id,
-                    sha256=job.sha256,
-                    source=source.relative,
-                    audio_seconds=separated.loaded.duration if separated else None,
-                    elapsed=separated.timing.separated if separated else None,
-                )
-            crash_point("committed")
-            self.intake.dispose(source, success=True)
-            published = self.ledger.get_job(job.id)  # now with its output folder
-            for other in self.ledger.inputs_of(job.id):
-                if other.state is InputState.ATTACHED:
-                    self.intake.reuse(other.id, published)
-
-    def _fail(self, job: JobRecord, reason: str) -> None:
-        failed_inputs = self.ledger.fail(job.id, reason)
-        job_event(logging.ERROR, "failed", f"{job.source}: {reason}", job, job.source)
-        for record in failed_inputs:
-            self.intake.dispose(record, success=False)
-
-    def _retry_or_fail(self, job: JobRecord, reason: str) -> None:
-        if job.attempts >= self.config.source.max_attempts:
-            self._fail(job, f"{reason} (after {job.attempts} attempts)")
-            return
-        delay = retry_delay(job.attempts, self.config.source.retry_delay)
-        self.ledger.requeue(job.id, reason, delay=delay, count_attempt=True)
-        job_event(
-            logging.WARNING,
-            "retried",
-            f"{job.source}: {reason}; retrying in {delay:.0f}s "
-            f"(attempt {job.attempts} of {self.config.source.max_attempts})",
-            job,
-            job.source,
-        )
+        if self.cancel_requested.is_set():
+            return True
+        with self._held_lock:
+            return job_id in self._lost

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import yaml
 
-from stemd.ledger import LEDGER_FILE, FileStat, JobState, Ledger
+from stemd.ledger import LEDGER_FILE, FileStat, JobState, sqlite_ledger
 from support.audio import make_tone
 from support.daemon import stemd, write_config
 
@@ -51,12 +51,13 @@ def test_the_config_comes_from_stemd_config_when_no_flag_is_given(tmp_path: Path
 
 def failed_ledger(tmp_path: Path) -> Path:
     state = tmp_path / "state"
-    ledger = Ledger(state / LEDGER_FILE)
+    ledger = sqlite_ledger(state / LEDGER_FILE)
     record = ledger.add_input(tmp_path / "in/bad.mp3", "bad.mp3", FileStat(1, 1, 10, 1))
     assert record is not None
-    job = ledger.attach(record.id, "ab" * 32, "p", "bad.mp3")
-    ledger.claim_next()
-    ledger.fail(job.id, "cannot decode audio")
+    ledger.attach(record.id, "ab" * 32, "p", "bad.mp3")
+    job = ledger.claim_next()
+    assert job is not None
+    ledger.fail(job, "cannot decode audio")
     ledger.close()
     return write_config(tmp_path / "c.yaml", {"inbox": "in", "outbox": "out", "state_dir": "state"})
 
@@ -76,7 +77,7 @@ def test_status_and_retry(tmp_path: Path) -> None:
     assert "no current failure has a sha256 starting cdcdcd" in nothing.stderr
     result = stemd("-c", str(config), "retry", "ababab", cwd=tmp_path)
     assert result.returncode == 0 and "1 job(s)" in result.stdout
-    ledger = Ledger(tmp_path / "state" / LEDGER_FILE)
+    ledger = sqlite_ledger(tmp_path / "state" / LEDGER_FILE)
     assert ledger.jobs_in(JobState.QUEUED)[0].source == "bad.mp3"
 
 

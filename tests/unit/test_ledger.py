@@ -1,8 +1,13 @@
-"""The ledger on a real SQLite file: dedup keys, state transitions, recovery, retry."""
+"""The ledger's operations, run against both backends: a real SQLite file and a
+real PostgreSQL database (a private server, tests/support/postgres.py). Dedup
+keys, state transitions, leases and fencing, recovery, retry, migrations."""
 
 from __future__ import annotations
 
 import sqlite3
+import threading
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -13,18 +18,48 @@ from stemd.ledger import (
     FileStat,
     InputState,
     JobState,
+    LeaseLost,
     Ledger,
+    LedgerUnavailable,
     TransitionError,
+    connect,
+    sqlite_ledger,
 )
+from stemd.ledger.schema import BASE_SCHEMA
+from support.postgres import PostgresServer
+from support.waiting import wait_until
 
 SHA_A = "a" * 64
 SHA_B = "b" * 64
 PROFILE = "p1"
 
+Opener = Callable[..., Ledger]  # opener(node="") -> another connection to one ledger
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def opener(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Opener]:
+    """Opens connections to one fresh ledger of each backend; closes them after."""
+    opened: list[Ledger] = []
+    if request.param == "sqlite":
+        state = tmp_path / "state"
+        url = None
+    else:
+        server: PostgresServer = request.getfixturevalue("postgres")
+        state, url = tmp_path, server.new_database()
+
+    def open_ledger(node: str = "") -> Ledger:
+        ledger = connect(state, url, None, node)
+        opened.append(ledger)
+        return ledger
+
+    yield open_ledger
+    for ledger in opened:
+        ledger.close()
+
 
 @pytest.fixture
-def ledger(tmp_path: Path) -> Ledger:
-    return Ledger(tmp_path / "state" / "ledger.sqlite")
+def ledger(opener: Opener) -> Ledger:
+    return opener()
 
 
 def add(ledger: Ledger, name: str, ino: int = 1) -> int:
@@ -33,7 +68,8 @@ def add(ledger: Ledger, name: str, ino: int = 1) -> int:
     return record.id
 
 
-def test_the_file_is_sqlite_in_wal_mode(ledger: Ledger) -> None:
+def test_the_file_is_sqlite_in_wal_mode(tmp_path: Path) -> None:
+    ledger = sqlite_ledger(tmp_path / "ledger.sqlite")
     db = sqlite3.connect(ledger.path)
     assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
 
@@ -63,7 +99,7 @@ def test_claim_complete_and_counts(ledger: Ledger) -> None:
     job = ledger.claim_next()
     assert job is not None and job.state is JobState.RUNNING and job.attempts == 1
     assert ledger.claim_next() is None  # one job, already running
-    ledger.complete(job.id, input_id, "htdemucs/a")
+    ledger.complete(job, input_id, "htdemucs/a")
     assert ledger.get_job(job.id).state is JobState.DONE
     assert ledger.get_input(input_id).state is InputState.PUBLISHED
     assert ledger.counts() == {"queued": 0, "running": 0, "done": 1, "failed": 0}
@@ -80,30 +116,30 @@ def test_forbidden_transitions_are_refused(
     job = ledger.attach(input_id, SHA_A, PROFILE, "a.mp3")
     # drive the job to `start` through allowed steps
     if start is not JobState.QUEUED:
-        ledger.claim_next()
+        claimed = ledger.claim_next()
+        assert claimed is not None
+        job = claimed
     if start is JobState.DONE:
-        ledger.complete(job.id, input_id, "x")
+        ledger.complete(job, input_id, "x")
     elif start is JobState.FAILED:
-        ledger.fail(job.id, "boom")
-    with pytest.raises(TransitionError):
-        if wanted is JobState.RUNNING:
-            with ledger._tx() as db:  # the claim path only takes queued jobs
-                ledger._transition(db, job.id, JobState.RUNNING)
-        elif wanted is JobState.DONE:
-            ledger.complete(job.id, input_id, "x")
-        elif wanted is JobState.FAILED:
-            ledger.fail(job.id, "again")
+        ledger.fail(job, "boom")
+    job = ledger.get_job(job.id)
+    # the checks a worker's write meets (holding a claim) come first: without one
+    with pytest.raises(TransitionError), ledger._write() as db:
+        if wanted is JobState.RUNNING:  # the claim path only takes queued jobs
+            ledger._transition(db, job.id, JobState.RUNNING)
         else:
-            ledger.requeue(job.id, None, 0.0, count_attempt=False)
+            ledger._transition(db, job.id, wanted)
     assert ledger.get_job(job.id).state is start
 
 
 def test_failure_fails_every_waiting_input_with_the_reason(ledger: Ledger) -> None:
     first, second = add(ledger, "a.mp3", 1), add(ledger, "b.mp3", 2)
-    job = ledger.attach(first, SHA_A, PROFILE, "a.mp3")
+    ledger.attach(first, SHA_A, PROFILE, "a.mp3")
     ledger.attach(second, SHA_A, PROFILE, "b.mp3")
-    ledger.claim_next()
-    failed = ledger.fail(job.id, "cannot decode audio")
+    claimed = ledger.claim_next()
+    assert claimed is not None
+    failed = ledger.fail(claimed, "cannot decode audio")
     assert {r.id for r in failed} == {first, second}
     assert all(r.error == "cannot decode audio" for r in failed)
     report = ledger.failed_report()
@@ -115,31 +151,36 @@ def test_failure_fails_every_waiting_input_with_the_reason(ledger: Ledger) -> No
 def test_requeue_with_backoff_and_attempt_accounting(ledger: Ledger) -> None:
     input_id = add(ledger, "a.mp3")
     job = ledger.attach(input_id, SHA_A, PROFILE, "a.mp3")
-    ledger.claim_next(now=100.0)
-    ledger.requeue(job.id, "flaky", delay=30.0, count_attempt=True)
+    claimed = ledger.claim_next()
+    assert claimed is not None
+    ledger.requeue(claimed, "flaky", delay=30.0, count_attempt=True)
     queued = ledger.get_job(job.id)
     assert queued.state is JobState.QUEUED and queued.attempts == 1 and queued.error == "flaky"
-    assert ledger.claim_next(now=queued.not_before - 1) is None, "claimed before its backoff"
-    again = ledger.claim_next(now=queued.not_before + 1)
+    assert queued.not_before - (claimed.started_at or 0) == pytest.approx(30.0, abs=5.0)
+    assert ledger.claim_next() is None, "claimed before its backoff"
+    # the backoff runs out (moved back, rather than waited for): claimable again
+    with ledger._write() as db:
+        db.execute("UPDATE jobs SET not_before = not_before - 30 WHERE id = ?", (job.id,))
+    again = ledger.claim_next()
     assert again is not None and again.attempts == 2
     # an interruption (shutdown) does not use up an attempt
-    ledger.requeue(job.id, None, delay=0.0, count_attempt=False)
+    ledger.requeue(again, None, delay=0.0, count_attempt=False)
     assert ledger.get_job(job.id).attempts == 1
 
 
-def test_recovery_requeues_interrupted_jobs_and_fails_the_exhausted(tmp_path: Path) -> None:
-    path = tmp_path / "ledger.sqlite"
-    ledger = Ledger(path)
+def test_recovery_requeues_interrupted_jobs_and_fails_the_exhausted(opener: Opener) -> None:
+    ledger = opener("node1")
     fresh = ledger.attach(add(ledger, "a.mp3", 1), SHA_A, PROFILE, "a.mp3")
     worn = ledger.attach(add(ledger, "b.mp3", 2), SHA_B, PROFILE, "b.mp3")
     ledger.claim_next()
-    for _ in range(3):  # b crashed the process three times
-        ledger.claim_next()
-        with ledger._tx() as db:
-            db.execute("UPDATE jobs SET attempts = 3 WHERE id = ?", (worn.id,))
+    ledger.claim_next()  # b crashed the process three times
+    with ledger._write() as db:
+        db.execute("UPDATE jobs SET attempts = 3 WHERE id = ?", (worn.id,))
     ledger.close()  # the "crash": nothing else is written
 
-    reopened = Ledger(path)
+    other = opener("node2")  # another daemon's jobs are its own, until their leases run out
+    assert other.recover(max_attempts=3) == (0, 0)
+    reopened = opener("node1")
     assert reopened.recover(max_attempts=3) == (1, 1)
     assert reopened.get_job(fresh.id).state is JobState.QUEUED
     assert reopened.get_job(fresh.id).attempts == 1
@@ -152,7 +193,7 @@ def test_retry_requeues_failed_jobs_by_hash_prefix_or_all(ledger: Ledger) -> Non
     a = ledger.attach(add(ledger, "a.mp3", 1), SHA_A, PROFILE, "a.mp3")
     b = ledger.attach(add(ledger, "b.mp3", 2), SHA_B, PROFILE, "b.mp3")
     for job in (a, b):
-        ledger.fail(job.id, "bad")
+        ledger.fail(job, "bad")
     assert ledger.retry("aaaaaa") == 1
     retried = ledger.get_job(a.id)
     assert retried.state is JobState.QUEUED and retried.attempts == 0 and retried.error is None
@@ -168,20 +209,19 @@ def test_refused_inputs_without_a_job_count_as_failed(ledger: Ledger) -> None:
     assert ledger.failed_report()[0]["source"] == "huge.wav"
 
 
-def test_state_survives_reopening(tmp_path: Path) -> None:
-    path = tmp_path / "ledger.sqlite"
-    first = Ledger(path)
+def test_state_survives_reopening(opener: Opener) -> None:
+    first = opener()
     input_id = add(first, "a.mp3")
     job = first.attach(input_id, SHA_A, PROFILE, "a.mp3")
     first.close()
-    assert Ledger(path).get_job(job.id).sha256 == SHA_A
+    assert opener().get_job(job.id).sha256 == SHA_A
 
 
 def test_a_damaged_ledger_is_a_clear_error(tmp_path: Path) -> None:
     path = tmp_path / "ledger.sqlite"
     path.write_bytes(b"this is not a database" * 100)
     with pytest.raises(StateError, match="move it aside"):
-        Ledger(path)
+        sqlite_ledger(path)
 
 
 def fail_job(ledger: Ledger, name: str, sha: str, ino: int) -> int:
@@ -189,7 +229,7 @@ def fail_job(ledger: Ledger, name: str, sha: str, ino: int) -> int:
     job = ledger.attach(input_id, sha, PROFILE, name)
     claimed = ledger.claim_next()
     assert claimed is not None and claimed.id == job.id
-    ledger.fail(job.id, "not audio")
+    ledger.fail(claimed, "not audio")
     return input_id
 
 
@@ -200,9 +240,10 @@ def test_a_failure_is_no_longer_current_once_good_audio_at_its_path_is_published
     assert ledger.counts()["failed"] == 1
     # the user replaced the file with good audio (new content, same path)
     good = add(ledger, "song.mp3", 2)
-    job = ledger.attach(good, SHA_B, PROFILE, "song.mp3")
-    assert ledger.claim_next() is not None
-    ledger.complete(job.id, good, "m/song")
+    ledger.attach(good, SHA_B, PROFILE, "song.mp3")
+    claimed = ledger.claim_next()
+    assert claimed is not None
+    ledger.complete(claimed, good, "m/song")
     assert ledger.counts() == {"queued": 0, "running": 0, "done": 1, "failed": 0}
     assert ledger.failed_report() == []
     assert ledger.retry(SHA_A[:8]) == 0  # nothing current to try again
@@ -264,25 +305,25 @@ def test_a_version_1_ledger_is_migrated_and_keeps_its_rows(tmp_path: Path) -> No
     )
     old.commit()
     old.close()
-    ledger = Ledger(path)
+    ledger = sqlite_ledger(path)
     (record,) = ledger.pending_inputs()
     assert record.relative == "old.wav" and record.origin == "inbox"
     upload = ledger.add_input(Path("/s/u.wav"), "uploads/u.wav", FileStat(1, 2, 3, 4), "http")
     assert upload is not None and upload.origin == "http"
     ledger.close()
     db = sqlite3.connect(path)
-    assert db.execute("SELECT value FROM meta WHERE key = 'schema'").fetchone()[0] == "2"
+    assert db.execute("SELECT value FROM meta WHERE key = 'schema'").fetchone()[0] == "3"
 
 
 def test_a_ledger_from_a_newer_stemd_is_refused(tmp_path: Path) -> None:
     path = tmp_path / "ledger.sqlite"
-    Ledger(path).close()
+    sqlite_ledger(path).close()
     db = sqlite3.connect(path)
     db.execute("UPDATE meta SET value = '99' WHERE key = 'schema'")
     db.commit()
     db.close()
     with pytest.raises(StateError, match="newer stemd"):
-        Ledger(path)
+        sqlite_ledger(path)
 
 
 def test_queue_position_retry_job_and_recent_jobs(ledger: Ledger) -> None:
@@ -295,7 +336,7 @@ def test_queue_position_retry_job_and_recent_jobs(ledger: Ledger) -> None:
     assert ledger.queue_position(ledger.get_job(first.id)) is None
     assert ledger.queue_position(ledger.get_job(second.id)) == 1
     assert ledger.retry_job(first.id) is False  # running: nothing to retry
-    ledger.fail(first.id, "broken")
+    ledger.fail(claimed, "broken")
     assert ledger.retry_job(first.id) is True
     again = ledger.get_job(first.id)
     assert again.state is JobState.QUEUED and again.attempts == 0 and again.error is None
@@ -319,3 +360,205 @@ def test_uploads_in_use_are_those_a_job_may_still_read(ledger: Ledger) -> None:
     assert ledger.uploads_in_use() == {Path("/spool/w"), Path("/spool/f")}
     ledger.dismiss()
     assert ledger.uploads_in_use() == {Path("/spool/w")}
+
+
+# -- several workers and hosts: leases, fencing, nodes ------------------------------
+
+
+def test_concurrent_claims_take_every_job_once(opener: Opener) -> None:
+    setup = opener("setup")
+    for n in range(40):
+        setup.attach(add(setup, f"{n}.wav", n + 1), f"{n:064x}", PROFILE, f"{n}.wav")
+    taken: dict[str, list[int]] = {}
+    ledgers = [opener(f"node{i}") for i in range(4)]
+    start = threading.Barrier(len(ledgers))
+
+    def drain(ledger: Ledger) -> None:
+        start.wait(timeout=10)
+        mine = taken.setdefault(ledger.node, [])
+        while (job := ledger.claim_next("w0", lease=60)) is not None:
+            mine.append(job.id)
+
+    threads = [threading.Thread(target=drain, args=(ledger,)) for ledger in ledgers]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    claimed = [job_id for ids in taken.values() for job_id in ids]
+    assert sorted(claimed) == sorted(set(claimed)) and len(claimed) == 40
+    assert setup.counts()["running"] == 40
+
+
+def test_a_lease_that_runs_out_is_taken_over_and_the_late_worker_is_fenced_off(
+    opener: Opener,
+) -> None:
+    first, second = opener("host-a"), opener("host-b")
+    input_id = add(first, "a.wav")
+    first.attach(input_id, SHA_A, PROFILE, "a.wav")
+    held = first.claim_next("w0", lease=0.5)
+    assert held is not None and held.lease_owner == "host-a/w0" and held.attempts == 1
+    assert second.claim_next("w0", lease=30) is None, "taken while its lease ran"
+    taken = wait_until(lambda: second.claim_next("w0", lease=30), 10, "the lease to run out")
+    assert taken.id == held.id and taken.claim == held.claim + 1
+    assert taken.attempts == 1 and taken.lost == 1, "a lost host is not a failed attempt"
+    assert taken.lease_owner == "host-b/w0"
+    # the first worker wakes up late: every write it tries for the job is refused
+    assert not first.holds(held, lease=30)
+    assert first.renew({held.id: held.claim}, lease=30) == {held.id}
+    first.set_progress(held, 0.9)
+    for write in (
+        lambda: first.complete(held, input_id, "late/a"),
+        lambda: first.requeue(held, "late", 0.0, count_attempt=True),
+        lambda: first.fail(held, "late"),
+    ):
+        with pytest.raises(LeaseLost):
+            write()
+    assert second.get_job(held.id).progress == 0.0
+    assert second.holds(taken, lease=30)
+    second.complete(taken, input_id, "b/a")
+    done = first.get_job(held.id)
+    assert done.state is JobState.DONE and done.output_dir == "b/a" and done.lease_owner is None
+
+
+def test_renewed_leases_are_kept(opener: Opener) -> None:
+    first, second = opener("host-a"), opener("host-b")
+    first.attach(add(first, "a.wav"), SHA_A, PROFILE, "a.wav")
+    held = first.claim_next("w0", lease=1.0)
+    assert held is not None
+    deadline = time.monotonic() + 2.5  # past two and a half leases
+    while time.monotonic() < deadline:
+        assert first.renew({held.id: held.claim}, lease=1.0) == set()
+        assert second.claim_next("w0", lease=30) is None
+        time.sleep(0.2)  # a heartbeat's interval, not a synchronisation
+
+
+def test_each_daemon_hashes_its_own_inputs_until_it_is_gone(opener: Opener) -> None:
+    first, second = opener("host-a"), opener("host-b")
+    for ledger in (first, second):
+        ledger.report_node("h", 1, 0.0, 0, [])
+    mine = add(first, "a.wav", 1)
+    assert [r.id for r in first.pending_inputs()] == [mine]
+    assert second.pending_inputs(stale_after=60) == []
+    # host-a stops reporting: after stale_after its pending inputs are adopted
+    adopted = wait_until(lambda: second.pending_inputs(stale_after=0.3), 10, "adoption")
+    assert [r.id for r in adopted] == [mine] and adopted[0].node == "host-b"
+    assert [n.node for n in second.nodes()] == ["host-a", "host-b"]
+    first.leave()
+    assert [n.node for n in second.nodes()] == ["host-b"]
+
+
+def test_a_job_for_an_upload_runs_only_where_the_upload_is(opener: Opener) -> None:
+    first, second = opener("host-a"), opener("host-b")
+    upload = first.add_input(Path("/spool/u.wav"), "uploads/u.wav", FileStat(1, 7, 1, 1), "http")
+    assert upload is not None
+    first.attach(upload.id, SHA_A, PROFILE, "uploads/u.wav")
+    assert second.claim_next("w0") is None
+    claimed = first.claim_next("w0")
+    assert claimed is not None and claimed.pinned == "host-a"
+
+
+def two_hosts(postgres: PostgresServer) -> tuple[Ledger, Ledger]:
+    """Two daemons' connections to one PostgreSQL ledger (SQLite is one host's)."""
+    url = postgres.new_database()
+    return connect(Path("/a"), url, None, "host-a"), connect(Path("/b"), url, None, "host-b")
+
+
+def test_every_write_uses_the_databases_clock(
+    postgres: PostgresServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    first, second = two_hosts(postgres)
+    first.attach(add(first, "a.wav"), SHA_A, PROFILE, "a.wav")
+    held = first.claim_next("w0", lease=30)
+    assert held is not None
+    # host-b's clock runs an hour ahead: it must not see host-a's lease as run out
+    monkeypatch.setattr(time, "time", lambda: time.monotonic() + 10**9)
+    assert second.claim_next("w0", lease=30) is None
+    assert held.lease_until is not None and held.started_at is not None
+    assert held.lease_until - held.started_at == pytest.approx(30.0)
+
+
+def test_a_shared_ledger_knows_a_file_by_path_and_inode_not_device(
+    postgres: PostgresServer,
+) -> None:
+    first, second = two_hosts(postgres)
+    path = Path("/share/inbox/a.wav")
+    assert first.add_input(path, "a.wav", FileStat(41, 5, 100, 7)) is not None
+    # the same file on the share, as another host (or a remount) numbers it
+    again = second.add_input(path, "a.wav", FileStat(63, 5, 100, 7))
+    assert second.known(path, FileStat(63, 5, 100, 7)) is not None
+    assert again is None
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+def test_both_backends_migrate_a_version_1_ledger(
+    backend: str, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    """The version 1 tables, made by hand, brought up to date by the migrations."""
+    if backend == "sqlite":
+        url = None
+        raw = sqlite3.connect(tmp_path / "ledger.sqlite")
+        run = raw.execute
+        id_column = "INTEGER PRIMARY KEY"
+    else:
+        import psycopg
+
+        url = request.getfixturevalue("postgres").new_database()
+        raw = psycopg.connect(url, autocommit=True)
+        run = raw.execute
+        id_column = "BIGINT GENERATED BY DEFAULT AS IDENTITY PRIMARY KEY"
+    for statement in BASE_SCHEMA:
+        run(statement.format(id=id_column))
+    run("INSERT INTO meta (key, value) VALUES ('schema', '1')")
+    run(
+        "INSERT INTO inputs (path, relative, dev, ino, size, mtime_ns, state, detected_at, "
+        "updated_at) VALUES ('/inbox/old.wav', 'old.wav', 1, 1, 100, 5, 'pending', 0, 0)"
+    )
+    raw.commit()
+    raw.close()
+    ledger = connect(tmp_path, url, None, "node")
+    (record,) = ledger.pending_inputs()
+    assert record.relative == "old.wav" and record.origin == "inbox"
+    job = ledger.attach(record.id, SHA_A, PROFILE, "old.wav")
+    claimed = ledger.claim_next("w0", lease=30)
+    assert claimed is not None and claimed.id == job.id and claimed.claim == 1
+    ledger.close()
+
+
+def test_an_unreachable_database_is_waited_out_by_those_who_wait() -> None:
+    server = PostgresServer()  # its own: this test stops it
+    try:
+        url = server.new_database()
+        ledger = connect(Path("/nonexistent"), url, None, "node")
+        ledger.attach(add(ledger, "a.wav"), SHA_A, PROFILE, "a.wav")
+        server.stop()
+        with pytest.raises(LedgerUnavailable, match="PostgreSQL"):
+            ledger.counts()  # a thread that does not wait: told at once
+        assert not ledger.reachable
+        result: list[object] = []
+
+        def worker() -> None:
+            with ledger.wait_here(lambda: True):
+                result.append(ledger.claim_next("w0", lease=30))
+
+        thread = threading.Thread(target=worker)
+        thread.start()
+        thread.join(timeout=1.0)
+        assert thread.is_alive(), "the waiting thread gave up while the server was down"
+        server.start()
+        thread.join(timeout=30)
+        assert not thread.is_alive()
+        (claimed,) = result
+        assert claimed is not None and ledger.reachable
+        assert ledger.counts()["running"] == 1
+        ledger.close()
+    finally:
+        server.close()
+
+
+def test_a_wrong_database_name_is_a_config_error_naming_ledger_url(
+    postgres: PostgresServer,
+) -> None:
+    from stemd.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"ledger\.url.*does not exist"):
+        connect(Path("/x"), postgres.url("no_such_db"), None, "node")

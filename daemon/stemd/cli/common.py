@@ -30,10 +30,20 @@ def use_model_cache(config: Config) -> None:
         os.environ["TORCH_HOME"] = str(cache / "torch")
 
 
-def open_ledger(config: Config) -> Any:
-    from stemd.ledger import LEDGER_FILE, Ledger
+def has_ledger(config: Config) -> bool:
+    """Whether there is a ledger to read: a shared one always is (the server
+    makes it), a local one once the daemon has run."""
+    from stemd.ledger import LEDGER_FILE
 
-    path = config.state_dir / LEDGER_FILE
-    if not path.exists():
+    return config.ledger.url is not None or (config.state_dir / LEDGER_FILE).exists()
+
+
+def open_ledger(config: Config) -> Any:
+    """The configured ledger, for a command: it does not wait for a database
+    that cannot be reached (LedgerUnavailable says so)."""
+    from stemd.ledger import LEDGER_FILE, connect
+
+    if not has_ledger(config):
+        path = config.state_dir / LEDGER_FILE
         raise StateError(f"{path}: no ledger yet; start the daemon (stemd run) first")
-    return Ledger(path)
+    return connect(config.state_dir, config.ledger.url, config.ledger.password_file)

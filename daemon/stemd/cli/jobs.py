@@ -8,17 +8,16 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
-from stemd.cli.common import config_from, open_ledger
+from stemd.cli.common import config_from, has_ledger, open_ledger
 from stemd.config import Config
 from stemd.errors import EX_OK, EX_SOFTWARE, ConfigError, StateError
 
 
 def _status_report(config: Config) -> dict[str, Any]:
     """What `status` shows: the ledger's report, or a note that there is none yet."""
-    from stemd.ledger import LEDGER_FILE
     from stemd.report import no_ledger_report, status_report
 
-    if not (config.state_dir / LEDGER_FILE).exists():
+    if not has_ledger(config):
         return no_ledger_report(config.state_dir)
     ledger = open_ledger(config)
     try:

@@ -167,7 +167,7 @@ def retry_job(job_id: int, ctx: Ctx) -> dict[str, Any]:
     job = ctx.job(job_id)
     if not ctx.ledger.retry_job(job.id):
         raise HTTPException(409, f"job {job_id} is {job.state.value}, not failed: nothing to retry")
-    ctx.worker.wake.set()
+    ctx.workers.wake()
     return ctx.job_json(ctx.job(job_id))
 
 
@@ -178,9 +178,8 @@ def get_status(ctx: Ctx) -> dict[str, Any]:
 
 @router.get("/info", summary="Model, device, outbox space, workers")
 def get_info(ctx: Ctx) -> dict[str, Any]:
-    worker = ctx.worker
-    info = worker.engine.info
-    current = worker.current
+    workers = ctx.workers
+    info = workers.engine.info
     return {
         "version": __version__,
         "model": info.name,
@@ -190,15 +189,9 @@ def get_info(ctx: Ctx) -> dict[str, Any]:
         "outbox": str(ctx.config.outbox),
         "outbox_free_bytes": ctx.outbox_free(),
         "uptime_s": round(time.time() - ctx.daemon.started_at, 1),
-        "workers": [
-            {
-                "name": worker.name,
-                "device": info.device,
-                "job": current.job_id if current else None,
-                "source": current.source if current else None,
-                "progress": round(current.progress, 4) if current else None,
-            }
-        ],
+        "workers": workers.report(),
+        "ledger": ctx.ledger.backend.kind,
+        "node": ctx.ledger.node,
     }
 
 
@@ -217,7 +210,7 @@ async def events(ctx: Ctx) -> StreamingResponse:
 
 async def event_stream(ctx: Context) -> AsyncIterator[str]:
     subscription = ctx.hub.subscribe()
-    last_progress: tuple[int, float] | None = None
+    last_progress: dict[str, tuple[int, float]] = {}  # worker -> (job, progress) sent
     last_sent = time.monotonic()
     try:
         yield "retry: 2000\n\n"
@@ -234,15 +227,22 @@ async def event_stream(ctx: Context) -> AsyncIterator[str]:
             if item is not None:
                 yield _sse(item["event"], item)
                 last_sent = time.monotonic()
-            worker = ctx.daemon.worker
-            current = worker.current if worker is not None else None
-            if current is not None:
+            workers = ctx.daemon.workers
+            for worker in workers.busy() if workers is not None else []:
+                current = worker.current
+                if current is None:
+                    continue
                 now = (current.job_id, round(current.progress, 3))
-                if now != last_progress:
-                    last_progress = now
+                if last_progress.get(worker.worker_name) != now:
+                    last_progress[worker.worker_name] = now
                     yield _sse(
                         "progress",
-                        {"job": now[0], "source": current.source, "progress": now[1]},
+                        {
+                            "job": now[0],
+                            "source": current.source,
+                            "progress": now[1],
+                            "worker": worker.worker_name,
+                        },
                     )
                     last_sent = time.monotonic()
             if time.monotonic() - last_sent > KEEPALIVE_S:

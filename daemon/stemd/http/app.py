@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from importlib import resources
 
-from fastapi import FastAPI
+from fastapi import FastAPI, Request
 from fastapi.responses import HTMLResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
 from starlette.datastructures import Headers
@@ -17,6 +17,7 @@ from stemd.http.api import router as api_router
 from stemd.http.auth import OPEN_PATHS, authorized
 from stemd.http.context import Context
 from stemd.http.predict import predict_router
+from stemd.ledger import LedgerUnavailable
 
 # The routes the seed also served where its platform told it to
 PREDICT_ROUTE_ENV = "AIP_PREDICT_ROUTE"
@@ -35,6 +36,7 @@ def create_app(ctx: Context) -> Guard:
         redoc_url=None,
     )
     app.state.stemd = ctx
+    app.add_exception_handler(LedgerUnavailable, ledger_unavailable)
     app.include_router(api_router)
     predict_routes = {"/predict", os.environ.get(PREDICT_ROUTE_ENV) or "/predict"}
     for route in sorted(predict_routes):
@@ -53,6 +55,15 @@ def create_app(ctx: Context) -> Guard:
     )
     app.mount("/static", StaticFiles(directory=str(STATIC)), name="static")
     return Guard(app, ctx)
+
+
+async def ledger_unavailable(_request: Request, exc: Exception) -> JSONResponse:
+    """The shared ledger's database is down: come back later (nothing was done)."""
+    return JSONResponse(
+        {"detail": f"{exc}; nothing was done, try again shortly"},
+        status_code=503,
+        headers={"Retry-After": "10"},
+    )
 
 
 def page() -> HTMLResponse:

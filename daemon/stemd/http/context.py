@@ -21,7 +21,7 @@ from stemd.intake import Intake
 from stemd.ledger import InputRecord, InputState, JobRecord, JobState, Ledger
 from stemd.outbox import read_manifest
 from stemd.track import check_input
-from stemd.worker import Worker
+from stemd.workers import Workers
 
 API = "/api/v1"
 T = TypeVar("T")
@@ -52,8 +52,8 @@ class Context:
         return self._running(self.daemon.ledger)
 
     @property
-    def worker(self) -> Worker:
-        return self._running(self.daemon.worker)
+    def workers(self) -> Workers:
+        return self._running(self.daemon.workers)
 
     @property
     def intake(self) -> Intake:
@@ -82,10 +82,12 @@ class Context:
     def job_json(self, job: JobRecord) -> dict[str, Any]:
         url = f"{API}/jobs/{job.id}"
         stems = self.stem_files(job)
-        current = self.daemon.worker.current if self.daemon.worker else None
         progress = job.progress
-        if current is not None and current.job_id == job.id and job.state is JobState.RUNNING:
-            progress = current.progress  # fresher than the ledger's (written once a second)
+        workers = self.daemon.workers
+        for worker in workers.busy() if workers is not None else []:
+            current = worker.current
+            if current is not None and current.job_id == job.id and job.state is JobState.RUNNING:
+                progress = current.progress  # fresher than the ledger's (written once a second)
         return {
             "id": job.id,
             "state": job.state.value,

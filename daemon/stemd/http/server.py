@@ -79,8 +79,8 @@ class HttpServer:
             return ledger.counts() if ledger is not None else {}
 
         def model() -> tuple[float | None, float | None]:
-            worker = daemon.worker
-            return daemon.model_load_seconds, worker.warm_up_seconds if worker else None
+            workers = daemon.workers
+            return daemon.model_load_seconds, workers.warm_up_seconds() if workers else None
 
         self.metrics = Metrics(counts, model)
         self.hub.listen(self.metrics.on_event)

@@ -9,7 +9,7 @@ if TYPE_CHECKING:
     from stemd.config import Config
     from stemd.intake import Intake
     from stemd.ledger import Ledger
-    from stemd.worker import Worker
+    from stemd.workers import Workers
 
 
 class DaemonView(Protocol):
@@ -23,7 +23,7 @@ class DaemonView(Protocol):
     def intake(self) -> Intake | None: ...
 
     @property
-    def worker(self) -> Worker | None: ...
+    def workers(self) -> Workers | None: ...
 
     @property
     def model_load_seconds(self) -> float | None: ...

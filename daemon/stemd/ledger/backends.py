@@ -1,0 +1,276 @@
+"""Where the ledger lives: an SQLite file in state_dir, or a PostgreSQL database.
+
+A backend hands out transactions on one connection (behind a lock: the
+daemon's threads take turns) and knows its dialect's few differences: the id
+column, row locks, the clock, and how to tell "unreachable" from a bad query.
+The SQL itself is written once, with `?` placeholders, in store.py.
+"""
+
+from __future__ import annotations
+
+import logging
+import sqlite3
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Protocol
+
+from stemd.errors import ConfigError, StateError
+from stemd.ledger.records import LedgerUnavailable
+
+log = logging.getLogger("stemd")
+
+BUSY_TIMEOUT_S = 10.0
+CONNECT_TIMEOUT_S = 5
+# one number for the advisory lock that serialises schema changes between
+# daemons starting at once against one PostgreSQL database
+SCHEMA_LOCK_KEY = 0x5354454D44  # "STEMD"
+
+
+class Cursor(Protocol):
+    @property
+    def rowcount(self) -> int: ...
+
+    def fetchone(self) -> Any: ...
+
+    def fetchall(self) -> list[Any]: ...
+
+
+class Db(Protocol):
+    """A connection inside a transaction: rows come back as mappings."""
+
+    def execute(self, sql: str, params: Any = (), /) -> Cursor: ...
+
+
+class Backend(Protocol):
+    kind: str  # "sqlite" or "postgresql"
+    where: str  # for messages: the file, or the URL without its password
+    shared: bool  # other daemons may use it (device numbers are not compared)
+    id_column: str
+    lock_rows: str  # appended to a SELECT that will update what it read
+    skip_locked: str  # ... and skips rows other transactions hold
+
+    @contextmanager
+    def transaction(self, write: bool) -> Iterator[Db]: ...
+
+    def has_table(self, db: Db, name: str) -> bool: ...
+
+    def now(self, db: Db) -> float: ...
+
+    def lock_schema(self, db: Db) -> None: ...
+
+    def close(self) -> None: ...
+
+
+class SqliteBackend:
+    """One file in state_dir, one daemon. WAL lets `stemd status` read while
+    the daemon writes; synchronous=FULL makes each change durable before we act
+    on it; BEGIN IMMEDIATE takes the write lock up front."""
+
+    kind = "sqlite"
+    shared = False
+    id_column = "INTEGER PRIMARY KEY"
+    lock_rows = ""  # the write lock is the whole file's, taken at BEGIN
+    skip_locked = ""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.where = str(path)
+        self._lock = threading.RLock()
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            self._db = sqlite3.connect(path, check_same_thread=False, timeout=BUSY_TIMEOUT_S)
+            self._db.row_factory = sqlite3.Row
+            self._db.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT_S * 1000)}")
+            self._db.execute("PRAGMA journal_mode = WAL")
+            self._db.execute("PRAGMA synchronous = FULL")
+        except sqlite3.Error as err:
+            raise self.explain(err) from None
+        except OSError as err:
+            raise StateError(f"{path}: cannot create the ledger ({err.strerror})") from None
+
+    def explain(self, err: sqlite3.Error) -> StateError:
+        path = self.path
+        if isinstance(err, sqlite3.OperationalError) and (
+            "locked" in str(err) or "busy" in str(err)
+        ):
+            return StateError(
+                f"{path}: the ledger is locked: another process held a write lock on it "
+                f"for over {BUSY_TIMEOUT_S:g}s ({err}). Find it with `fuser {path}` and "
+                "stop it (an sqlite3 shell left open in a transaction?), then start stemd."
+            )
+        if isinstance(err, sqlite3.OperationalError):
+            return StateError(
+                f"{path}: cannot open the ledger ({err}). Check that state_dir is writable "
+                "and not full."
+            )
+        return StateError(
+            f"{path}: cannot open the ledger ({err}). If the file is damaged, stop stemd, "
+            "move it aside and start again: inputs still in the inbox are detected anew."
+        )
+
+    @contextmanager
+    def transaction(self, write: bool) -> Iterator[Db]:
+        with self._lock:
+            if not write:
+                yield self._db
+                return
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                yield self._db
+            except BaseException:
+                self._db.rollback()
+                raise
+            else:
+                self._db.commit()
+
+    def has_table(self, db: Db, name: str) -> bool:
+        row = db.execute(
+            "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?", (name,)
+        ).fetchone()
+        return row is not None
+
+    def now(self, db: Db) -> float:
+        return time.time()  # one host: its clock is the ledger's
+
+    def lock_schema(self, db: Db) -> None:
+        pass  # BEGIN IMMEDIATE holds the file's write lock already
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+
+def redact(url: str) -> str:
+    """The URL as it may be logged: any password replaced."""
+    from urllib.parse import urlsplit, urlunsplit
+
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
+# libpq's words for a server that is there but will not have us: waiting does
+# not help, the configuration must change
+_FATAL_CONNECT = (
+    "password authentication failed",
+    "no password supplied",
+    "does not exist",
+    "no pg_hba.conf entry",
+    "permission denied",
+    "invalid connection option",
+    "invalid URI",
+    "invalid integer value",
+)
+
+
+class _PgDb:
+    """`?` placeholders as psycopg's `%s` (a literal % doubled)."""
+
+    def __init__(self, conn: Any) -> None:
+        self._conn = conn
+
+    def execute(self, sql: str, params: Sequence[object] = ()) -> Cursor:
+        translated = sql.replace("%", "%%").replace("?", "%s")
+        cursor: Cursor = self._conn.execute(translated, tuple(params))
+        return cursor
+
+
+class PostgresBackend:
+    """A database several daemons share (psycopg 3). One connection, taken in
+    turns; a broken one is replaced on the next transaction. Every failure to
+    reach the server is LedgerUnavailable, which the ledger waits out."""
+
+    kind = "postgresql"
+    shared = True
+    id_column = "BIGINT GENERATED BY DEFAULT AS IDENTITY PRIMARY KEY"
+    lock_rows = " FOR UPDATE"
+    skip_locked = " FOR UPDATE SKIP LOCKED"
+
+    def __init__(self, url: str, password: str | None) -> None:
+        try:
+            import psycopg
+        except ImportError:  # pragma: no cover - a dependency; a broken install
+            raise ConfigError.single(
+                "config",
+                "ledger.url",
+                "a PostgreSQL URL, but psycopg is not installed: pip install 'psycopg[binary]'",
+            ) from None
+        self._psycopg = psycopg
+        self.url = url
+        self.where = redact(url)
+        self._password = password
+        self._lock = threading.RLock()
+        self._conn: Any = None
+        self._connect()
+
+    def _connect(self) -> None:
+        psycopg = self._psycopg
+        from psycopg.rows import dict_row
+
+        extra: dict[str, Any] = {"connect_timeout": CONNECT_TIMEOUT_S}
+        if self._password is not None:
+            extra["password"] = self._password
+        try:
+            self._conn = psycopg.connect(
+                self.url, autocommit=True, row_factory=dict_row, application_name="stemd", **extra
+            )
+        except psycopg.ProgrammingError as err:  # a malformed URL
+            raise ConfigError.single("config", "ledger.url", f"{self.where}: {err}") from None
+        except psycopg.OperationalError as err:
+            text = str(err).strip().splitlines()[0] if str(err).strip() else repr(err)
+            if any(words in str(err) for words in _FATAL_CONNECT):
+                raise ConfigError.single(
+                    "config",
+                    "ledger.url",
+                    f"{self.where}: the server refused stemd: {text}. Check the "
+                    "role, database and password (ledger.password_file) as the README's "
+                    '"More than one machine" sets them up.',
+                ) from None
+            raise LedgerUnavailable(f"PostgreSQL at {self.where} is unreachable: {text}") from None
+
+    @contextmanager
+    def transaction(self, write: bool) -> Iterator[Db]:
+        psycopg = self._psycopg
+        with self._lock:
+            if self._conn is None or self._conn.closed:
+                self._connect()
+            try:
+                if write:
+                    with self._conn.transaction():
+                        yield _PgDb(self._conn)
+                else:
+                    yield _PgDb(self._conn)
+            except (psycopg.OperationalError, psycopg.InterfaceError) as err:
+                if self._conn.broken or self._conn.closed:
+                    self._conn.close()
+                    self._conn = None
+                    raise LedgerUnavailable(
+                        f"lost the connection to PostgreSQL at {self.where}: "
+                        f"{str(err).strip() or type(err).__name__}"
+                    ) from None
+                # a serialization failure or deadlock: the transaction is rolled
+                # back and may simply run again
+                raise LedgerUnavailable(f"PostgreSQL at {self.where}: {err}") from None
+
+    def has_table(self, db: Db, name: str) -> bool:
+        row = db.execute("SELECT to_regclass(?) IS NOT NULL AS present", (name,)).fetchone()
+        return bool(row["present"])
+
+    def now(self, db: Db) -> float:
+        # the server's clock, so that hosts whose clocks disagree agree on leases
+        row = db.execute("SELECT extract(epoch FROM clock_timestamp())::float8 AS now").fetchone()
+        return float(row["now"])
+
+    def lock_schema(self, db: Db) -> None:
+        db.execute("SELECT pg_advisory_xact_lock(?)", (SCHEMA_LOCK_KEY,))
+
+    def close(self) -> None:
+        with self._lock:
+            if self._conn is not None:
+                self._conn.close()
+                self._conn = None

@@ -1,0 +1,155 @@
+"""The ledger's inputs: every file (or upload) seen, the stat cache that lets
+rescans skip unchanged files without rehashing, which daemon hashes it, and
+whether its source was disposed of."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from stemd.errors import StateError
+from stemd.ledger.core import (
+    FINISHED_INPUT_STATES,
+    LedgerCore,
+    patient,
+)
+from stemd.ledger.records import (
+    ORIGIN_HTTP,
+    ORIGIN_INBOX,
+    FileStat,
+    InputRecord,
+    InputState,
+    input_of,
+)
+
+
+class InputLedger(LedgerCore):
+    @patient
+    def known(self, path: Path, stat: FileStat) -> InputRecord | None:
+        """The row for exactly this file version, if it was seen before."""
+        with self._read() as db:
+            row = db.execute(
+                "SELECT * FROM inputs WHERE path = ? AND dev = ? AND ino = ? AND size = ? "
+                "AND mtime_ns = ?",
+                (str(path), self._dev(stat), stat.ino, stat.size, stat.mtime_ns),
+            ).fetchone()
+        return input_of(row) if row else None
+
+    @patient
+    def add_input(
+        self, path: Path, relative: str, stat: FileStat, origin: str = ORIGIN_INBOX
+    ) -> InputRecord | None:
+        """Register a settled file. None if this exact version is already known
+        (another host watching the same share may have registered it first)."""
+        with self._write() as db:
+            now = self.backend.now(db)
+            row = db.execute(
+                "INSERT INTO inputs (path, relative, dev, ino, size, mtime_ns, state, "
+                "detected_at, updated_at, origin, node) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
+                "ON CONFLICT DO NOTHING RETURNING *",
+                (
+                    str(path),
+                    relative,
+                    self._dev(stat),
+                    stat.ino,
+                    stat.size,
+                    stat.mtime_ns,
+                    InputState.PENDING.value,
+                    now,
+                    now,
+                    origin,
+                    self.node,
+                ),
+            ).fetchone()
+        return input_of(row) if row else None
+
+    @patient
+    def pending_inputs(self, limit: int = 100, stale_after: float = 60.0) -> list[InputRecord]:
+        """Settled inputs for this node to hash: those it registered, and those
+        of daemons not seen for `stale_after` seconds (it adopts them)."""
+        with self._write() as db:
+            now = self.backend.now(db)
+            db.execute(
+                "UPDATE inputs SET node = ? WHERE state = ? AND (node IS NULL OR node != ?) "
+                "AND NOT EXISTS (SELECT 1 FROM nodes WHERE nodes.node = inputs.node "
+                "AND nodes.seen_at >= ?)",
+                (self.node, InputState.PENDING.value, self.node, now - stale_after),
+            )
+            rows = db.execute(
+                "SELECT * FROM inputs WHERE state = ? AND node = ? ORDER BY id LIMIT ?",
+                (InputState.PENDING.value, self.node, limit),
+            ).fetchall()
+        return [input_of(r) for r in rows]
+
+    @patient
+    def get_input(self, input_id: int) -> InputRecord:
+        with self._read() as db:
+            row = db.execute("SELECT * FROM inputs WHERE id = ?", (input_id,)).fetchone()
+        if row is None:
+            raise StateError(f"input {input_id} is not in the ledger")
+        return input_of(row)
+
+    @patient
+    def inputs_of(self, job_id: int) -> list[InputRecord]:
+        with self._read() as db:
+            rows = db.execute(
+                "SELECT * FROM inputs WHERE job_id = ? ORDER BY id", (job_id,)
+            ).fetchall()
+        return [input_of(r) for r in rows]
+
+    def fail_input(self, input_id: int, error: str) -> None:
+        self.finish_input(input_id, InputState.FAILED, None, error)
+
+    @patient
+    def finish_input(
+        self, input_id: int, state: InputState, output_dir: str | None, error: str | None = None
+    ) -> None:
+        """Set an input's end state; `output_dir` None keeps what was recorded."""
+        with self._write() as db:
+            now = self.backend.now(db)
+            db.execute(
+                "UPDATE inputs SET state = ?, output_dir = coalesce(?, output_dir), error = ?, "
+                "updated_at = ? WHERE id = ?",
+                (state.value, output_dir, error, now, input_id),
+            )
+            if state in (InputState.PUBLISHED, InputState.DUPLICATE):
+                self._supersede(db, input_id, now)
+
+    @patient
+    def mark_disposed(self, input_id: int) -> None:
+        with self._write() as db:
+            db.execute(
+                "UPDATE inputs SET disposed = 1, updated_at = ? WHERE id = ?",
+                (self.backend.now(db), input_id),
+            )
+
+    @patient
+    def undisposed_inputs(self, stale_after: float = 60.0) -> list[InputRecord]:
+        """Finished inputs whose source was not yet kept/moved/deleted (a crash in
+        between): this node's, and those of daemons not seen for `stale_after`."""
+        with self._read() as db:
+            now = self.backend.now(db)
+            rows = db.execute(
+                "SELECT * FROM inputs WHERE disposed = 0 AND state IN (?, ?, ?, ?) "
+                "AND (node IS NULL OR node = ? OR NOT EXISTS (SELECT 1 FROM nodes "
+                "WHERE nodes.node = inputs.node AND nodes.seen_at >= ?)) ORDER BY id",
+                (*FINISHED_INPUT_STATES, self.node, now - stale_after),
+            ).fetchall()
+        return [input_of(r) for r in rows]
+
+    @patient
+    def uploads_in_use(self) -> set[Path]:
+        """Spool files of this node's uploads that may still be read: not yet
+        separated, or failed (a retry reads them again)."""
+        with self._read() as db:
+            rows = db.execute(
+                "SELECT path FROM inputs WHERE origin = ? AND state IN (?, ?, ?) "
+                "AND (node IS NULL OR node = ?)",
+                (
+                    ORIGIN_HTTP,
+                    InputState.PENDING.value,
+                    InputState.ATTACHED.value,
+                    InputState.FAILED.value,
+                    self.node,
+                ),
+            ).fetchall()
+        return {Path(row["path"]) for row in rows}

@@ -1,0 +1,342 @@
+"""The ledger's jobs: one per (content sha256, output profile), the unit of
+separation; claims under leases, fenced writes, retries and recovery."""
+
+from __future__ import annotations
+
+import logging
+
+from stemd.errors import StateError
+from stemd.ledger.backends import Db
+from stemd.ledger.core import (
+    CURRENT_FAILED_JOB,
+    LedgerCore,
+    like_prefix,
+    patient,
+    prefix_pattern,
+)
+from stemd.ledger.records import (
+    ALLOWED_TRANSITIONS,
+    ORIGIN_HTTP,
+    InputRecord,
+    InputState,
+    JobRecord,
+    JobState,
+    LeaseLost,
+    TransitionError,
+    input_of,
+    job_of,
+)
+
+log = logging.getLogger("stemd")
+
+
+class JobLedger(LedgerCore):
+    @patient
+    def attach(self, input_id: int, sha256: str, profile: str, source: str) -> JobRecord:
+        """Record the input's hash and attach it to the job for (sha256, profile).
+
+        Creates the job (queued, this input its owner) when the key is new. A
+        job made for an upload is pinned to this node: only it can read the file.
+        """
+        with self._write() as db:
+            now = self.backend.now(db)
+            origin = db.execute("SELECT origin FROM inputs WHERE id = ?", (input_id,)).fetchone()
+            pinned = self.node if origin and origin["origin"] == ORIGIN_HTTP else None
+            db.execute(
+                "INSERT INTO jobs (sha256, profile, state, source, owner_input, created_at, "
+                "pinned) VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
+                (sha256, profile, JobState.QUEUED.value, source, input_id, now, pinned),
+            )
+            job = db.execute(
+                "SELECT * FROM jobs WHERE sha256 = ? AND profile = ?", (sha256, profile)
+            ).fetchone()
+            db.execute(
+                "UPDATE inputs SET sha256 = ?, job_id = ?, state = ?, updated_at = ? WHERE id = ?",
+                (sha256, job["id"], InputState.ATTACHED.value, now, input_id),
+            )
+        return job_of(job)
+
+    @patient
+    def get_job(self, job_id: int) -> JobRecord:
+        with self._read() as db:
+            row = db.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone()
+        if row is None:
+            raise StateError(f"job {job_id} is not in the ledger")
+        return job_of(row)
+
+    def _claimable(self) -> str:
+        """Jobs a worker of this node may take: queued and due, or running on a
+        lease that ran out; pinned elsewhere excluded."""
+        return (
+            f"((state = '{JobState.QUEUED.value}' AND not_before <= ?) OR "
+            f"(state = '{JobState.RUNNING.value}' AND lease_until < ?)) "
+            "AND (pinned IS NULL OR pinned = ?)"
+        )
+
+    @patient
+    def next_queued(self, exclude: frozenset[int] = frozenset()) -> JobRecord | None:
+        """The job `claim_next` would likely take now, left unclaimed (what to
+        decode ahead); `exclude` the ones this node runs already."""
+        with self._read() as db:
+            now = self.backend.now(db)
+            rows = db.execute(
+                f"SELECT * FROM jobs WHERE {self._claimable()} ORDER BY id LIMIT ?",
+                (now, now, self.node, len(exclude) + 1),
+            ).fetchall()
+        for row in rows:
+            if row["id"] not in exclude:
+                return job_of(row)
+        return None
+
+    @patient
+    def claim_next(self, worker: str = "worker", lease: float = 30.0) -> JobRecord | None:
+        """Take the oldest claimable job: -> running under a lease of `lease`
+        seconds held by "node/worker". A queued job's attempt is counted; a job
+        taken over from a lost worker keeps its attempts and counts a loss."""
+        owner = f"{self.node}/{worker}"
+        with self._write() as db:
+            now = self.backend.now(db)
+            row = db.execute(
+                f"SELECT * FROM jobs WHERE {self._claimable()} ORDER BY id LIMIT 1"
+                f"{self.backend.skip_locked}",
+                (now, now, self.node),
+            ).fetchone()
+            if row is None:
+                return None
+            taken_over = row["state"] == JobState.RUNNING.value
+            db.execute(
+                "UPDATE jobs SET state = ?, attempts = attempts + ?, lost = lost + ?, "
+                "claim = claim + 1, lease_owner = ?, lease_until = ?, progress = 0, "
+                "started_at = ? WHERE id = ?",
+                (
+                    JobState.RUNNING.value,
+                    0 if taken_over else 1,
+                    1 if taken_over else 0,
+                    owner,
+                    now + lease,
+                    now,
+                    row["id"],
+                ),
+            )
+            claimed = db.execute("SELECT * FROM jobs WHERE id = ?", (row["id"],)).fetchone()
+        if taken_over:
+            log.warning(
+                "%s: taken over from %s, whose lease ran out %.0fs ago (lost %d time(s))",
+                row["source"],
+                row["lease_owner"],
+                now - (row["lease_until"] or now),
+                claimed["lost"],
+            )
+        return job_of(claimed)
+
+    @patient
+    def renew(self, held: dict[int, int], lease: float) -> set[int]:
+        """Extend the leases of the jobs held ({job id: claim}) to `lease`
+        seconds from now. Returns the ids whose claim is no longer theirs."""
+        lost: set[int] = set()
+        if not held:
+            return lost
+        with self._write() as db:
+            until = self.backend.now(db) + lease
+            for job_id, claim in held.items():
+                updated = db.execute(
+                    "UPDATE jobs SET lease_until = ? WHERE id = ? AND claim = ? AND state = ?",
+                    (until, job_id, claim, JobState.RUNNING.value),
+                ).rowcount
+                if updated != 1:
+                    lost.add(job_id)
+        return lost
+
+    def holds(self, job: JobRecord, lease: float) -> bool:
+        """Whether this claim still holds the job, its lease renewed if so: asked
+        just before publishing, so a late worker never writes stems."""
+        return job.id not in self.renew({job.id: job.claim}, lease)
+
+    def _transition(
+        self,
+        db: Db,
+        job_id: int,
+        wanted: JobState,
+        claim: int | None = None,
+        **fields: object,
+    ) -> None:
+        """Move a job, checking the move is allowed and, for a worker's write
+        (`claim` given), that the claim still holds the job (fencing)."""
+        row = db.execute(
+            f"SELECT state, claim FROM jobs WHERE id = ?{self.backend.lock_rows}", (job_id,)
+        ).fetchone()
+        if row is None:
+            raise StateError(f"job {job_id} is not in the ledger")
+        current = JobState(row["state"])
+        if claim is not None and (current is not JobState.RUNNING or row["claim"] != claim):
+            raise LeaseLost(job_id, claim)
+        if wanted not in ALLOWED_TRANSITIONS[current]:
+            raise TransitionError(job_id, current, wanted)
+        if wanted is not JobState.RUNNING:  # no one holds a job that is not running
+            fields.update(lease_owner=None, lease_until=None)
+        assignments = ", ".join(f"{name} = ?" for name in ("state", *fields))
+        db.execute(
+            f"UPDATE jobs SET {assignments} WHERE id = ?",
+            (wanted.value, *fields.values(), job_id),
+        )
+
+    @patient
+    def set_progress(self, job: JobRecord, fraction: float) -> None:
+        with self._write() as db:
+            db.execute(
+                "UPDATE jobs SET progress = ? WHERE id = ? AND claim = ?",
+                (fraction, job.id, job.claim),
+            )
+
+    @patient
+    def complete(self, job: JobRecord, owner_input: int, output_dir: str) -> None:
+        """running -> done, and the owner input published, in one transaction.
+        LeaseLost if the job was taken over meanwhile."""
+        with self._write() as db:
+            now = self.backend.now(db)
+            self._transition(
+                db,
+                job.id,
+                JobState.DONE,
+                claim=job.claim,
+                output_dir=output_dir,
+                progress=1.0,
+                error=None,
+                finished_at=now,
+                owner_input=owner_input,
+            )
+            db.execute(
+                "UPDATE inputs SET state = ?, output_dir = ?, updated_at = ? WHERE id = ?",
+                (InputState.PUBLISHED.value, output_dir, now, owner_input),
+            )
+            self._supersede(db, owner_input, now)
+
+    @patient
+    def requeue(self, job: JobRecord, error: str | None, delay: float, count_attempt: bool) -> None:
+        """running -> queued: interrupted, or failed with attempts left (after `delay`)."""
+        with self._write() as db:
+            self._transition(
+                db,
+                job.id,
+                JobState.QUEUED,
+                claim=job.claim,
+                error=error,
+                not_before=self.backend.now(db) + delay,
+                progress=0.0,
+            )
+            if not count_attempt:
+                db.execute("UPDATE jobs SET attempts = attempts - 1 WHERE id = ?", (job.id,))
+
+    @patient
+    def fail(self, job: JobRecord, error: str) -> list[InputRecord]:
+        """-> failed, with the reason; every waiting input fails with it. Returns
+        them. A running job must still be held by this claim."""
+        with self._write() as db:
+            now = self.backend.now(db)
+            claim = job.claim if job.state is JobState.RUNNING else None
+            self._transition(db, job.id, JobState.FAILED, claim=claim, error=error, finished_at=now)
+            return self._fail_waiting_inputs(db, job.id, error, now)
+
+    def _fail_waiting_inputs(
+        self, db: Db, job_id: int, error: str, now: float
+    ) -> list[InputRecord]:
+        db.execute(
+            "UPDATE inputs SET state = ?, error = ?, updated_at = ? WHERE job_id = ? AND state = ?",
+            (InputState.FAILED.value, error, now, job_id, InputState.ATTACHED.value),
+        )
+        rows = db.execute(
+            "SELECT * FROM inputs WHERE job_id = ? AND state = ? AND disposed = 0",
+            (job_id, InputState.FAILED.value),
+        ).fetchall()
+        return [input_of(r) for r in rows]
+
+    def retry(self, sha256: str | None = None) -> int:
+        """failed -> queued for one content hash (any prefix of 6+ digits) or all,
+        among the current failures (not dismissed ones).
+
+        Attempts start over. Returns how many jobs were requeued.
+        """
+        return self._retry_where(
+            f"{CURRENT_FAILED_JOB} AND sha256 LIKE ?", (prefix_pattern(sha256),)
+        )
+
+    @patient
+    def _retry_where(self, condition: str, params: tuple[object, ...]) -> int:
+        with self._write() as db:
+            now = self.backend.now(db)
+            rows = db.execute(f"SELECT id FROM jobs WHERE {condition}", params).fetchall()
+            for row in rows:
+                self._transition(
+                    db, row["id"], JobState.QUEUED, attempts=0, lost=0, not_before=0.0, error=None
+                )
+                db.execute(
+                    "UPDATE inputs SET state = ?, error = NULL, disposed = 0, updated_at = ? "
+                    "WHERE job_id = ? AND state = ?",
+                    (InputState.ATTACHED.value, now, row["id"], InputState.FAILED.value),
+                )
+        return len(rows)
+
+    @patient
+    def dismiss(self, sha256: str | None = None) -> int:
+        """Take current failures off the list: those of one content hash (any
+        prefix of 6+ digits), or all with None. Files and stems are untouched; the
+        same bytes dropped again fail again at once (`retry` tries them again).
+        Returns how many failures (as `failed_report` lists them) were dismissed."""
+        pattern = prefix_pattern(sha256)
+        with self._write() as db:
+            now = self.backend.now(db)
+            current = f"SELECT id FROM jobs WHERE {CURRENT_FAILED_JOB} AND sha256 LIKE ?"
+            jobs = db.execute(f"SELECT count(*) AS n FROM ({current}) AS c", (pattern,)).fetchone()
+            db.execute(  # the failed inputs of those jobs
+                "UPDATE inputs SET state = ?, updated_at = ? "
+                f"WHERE state = ? AND job_id IN ({current})",
+                (InputState.DISMISSED.value, now, InputState.FAILED.value, pattern),
+            )
+            refused = db.execute(  # inputs refused before they had a job
+                "UPDATE inputs SET state = ?, updated_at = ? WHERE state = ? "
+                "AND job_id IS NULL AND coalesce(sha256, '') LIKE ?",
+                (InputState.DISMISSED.value, now, InputState.FAILED.value, pattern),
+            ).rowcount
+        return int(jobs["n"]) + int(refused)
+
+    @patient
+    def recover(self, max_attempts: int) -> tuple[int, int]:
+        """At startup: jobs this node's workers held when it stopped (a crash)
+        go back to queued (the attempt counts), or to failed when that was their
+        last. Other nodes' jobs are theirs until their leases run out.
+        Returns (requeued, failed)."""
+        requeued = failed = 0
+        with self._write() as db:
+            now = self.backend.now(db)
+            rows = db.execute(
+                "SELECT id, attempts FROM jobs WHERE state = ? AND (lease_owner IS NULL "
+                f"OR lease_owner LIKE ?){self.backend.lock_rows}",
+                (JobState.RUNNING.value, like_prefix(self.node) + "/%"),
+            ).fetchall()
+            for row in rows:
+                if row["attempts"] >= max_attempts:
+                    reason = f"interrupted {row['attempts']} times (a crash while separating?)"
+                    self._transition(db, row["id"], JobState.FAILED, error=reason, finished_at=now)
+                    self._fail_waiting_inputs(db, row["id"], reason, now)
+                    failed += 1
+                else:
+                    self._transition(db, row["id"], JobState.QUEUED, progress=0.0)
+                    requeued += 1
+        return requeued, failed
+
+    @patient
+    def find_job(self, sha256: str, profile: str) -> JobRecord | None:
+        """The job for this content under this output profile, if there is one."""
+        with self._read() as db:
+            row = db.execute(
+                "SELECT * FROM jobs WHERE sha256 = ? AND profile = ?", (sha256, profile)
+            ).fetchone()
+        return job_of(row) if row else None
+
+    def retry_job(self, job_id: int) -> bool:
+        """One failed job back to the queue, attempts from zero. False if it is
+        not failed (done, queued or running already)."""
+        job = self.get_job(job_id)
+        if job.state is not JobState.FAILED:
+            return False
+        return self._retry_where("jobs.id = ?", (job_id,)) > 0

@@ -1,0 +1,156 @@
+"""What the ledger tells about itself: the daemons (nodes) sharing it, counts,
+queue positions, recent jobs and failures, for `stemd status`, the API and
+metrics."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from stemd.ledger.core import (
+    CURRENT_FAILED_JOB,
+    LedgerCore,
+    patient,
+)
+from stemd.ledger.records import (
+    InputState,
+    JobRecord,
+    JobState,
+    NodeRecord,
+    job_of,
+)
+
+
+class ReportLedger(LedgerCore):
+    @patient
+    def report_node(
+        self, host: str, pid: int, started_at: float, settling: int, workers: list[dict[str, Any]]
+    ) -> None:
+        """This daemon is alive: its host, files settling and workers, for
+        `stemd status` and for other nodes deciding whether it is gone."""
+        with self._write() as db:
+            now = self.backend.now(db)
+            db.execute(
+                "INSERT INTO nodes (node, host, pid, started_at, seen_at, settling, workers) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (node) DO UPDATE SET "
+                "host = excluded.host, pid = excluded.pid, started_at = excluded.started_at, "
+                "seen_at = excluded.seen_at, settling = excluded.settling, "
+                "workers = excluded.workers",
+                (self.node, host, pid, started_at, now, settling, json.dumps(workers)),
+            )
+
+    @patient
+    def leave(self) -> None:
+        """This daemon stops: it no longer counts as a node."""
+        with self._write() as db:
+            db.execute("DELETE FROM nodes WHERE node = ?", (self.node,))
+
+    @patient
+    def nodes(self) -> list[NodeRecord]:
+        with self._read() as db:
+            now = self.backend.now(db)
+            rows = db.execute("SELECT * FROM nodes ORDER BY host, node").fetchall()
+        return [
+            NodeRecord(
+                node=row["node"],
+                host=row["host"],
+                pid=row["pid"],
+                started_at=row["started_at"],
+                seen_at=row["seen_at"],
+                age=max(0.0, now - row["seen_at"]),
+                settling=row["settling"],
+                workers=json.loads(row["workers"]),
+            )
+            for row in rows
+        ]
+
+    # -- reporting ----------------------------------------------------------
+
+    @patient
+    def counts(self) -> dict[str, int]:
+        with self._read() as db:
+            rows = db.execute(
+                f"SELECT state, count(*) AS n FROM jobs WHERE state != '{JobState.FAILED.value}' "
+                f"OR {CURRENT_FAILED_JOB} GROUP BY state"
+            ).fetchall()
+            counts = {state.value: 0 for state in JobState}
+            for row in rows:
+                counts[row["state"]] = int(row["n"])
+            # inputs refused before they had a job (too big, unreadable) count as failed
+            orphan = db.execute(
+                "SELECT count(*) AS n FROM inputs WHERE state = ? AND job_id IS NULL",
+                (InputState.FAILED.value,),
+            ).fetchone()["n"]
+        # settled files not hashed yet (workers hash between jobs) are waiting
+        # too: a user counts them as queued
+        counts[JobState.FAILED.value] += int(orphan)
+        counts[JobState.QUEUED.value] += self.count_inputs(InputState.PENDING)
+        return counts
+
+    @patient
+    def count_inputs(self, state: InputState) -> int:
+        """How many inputs are in `state`: DUPLICATE are the copies served from
+        stems that existed, PENDING those settled but not hashed yet."""
+        with self._read() as db:
+            row = db.execute(
+                "SELECT count(*) AS n FROM inputs WHERE state = ?", (state.value,)
+            ).fetchone()
+        return int(row["n"])
+
+    @patient
+    def queue_position(self, job: JobRecord) -> int | None:
+        """1 for the job taken next (among those due), None unless queued."""
+        if job.state is not JobState.QUEUED:
+            return None
+        with self._read() as db:
+            row = db.execute(
+                "SELECT count(*) AS n FROM jobs WHERE state = ? AND (not_before < ? "
+                "OR (not_before = ? AND id < ?))",
+                (JobState.QUEUED.value, job.not_before, job.not_before, job.id),
+            ).fetchone()
+        return int(row["n"]) + 1
+
+    def recent_jobs(self, state: JobState | None = None, limit: int = 50) -> list[JobRecord]:
+        """The newest jobs first, all or in one state."""
+        if state is not None:
+            return self.jobs_in(state, limit)
+        return self._jobs("SELECT * FROM jobs ORDER BY id DESC LIMIT ?", (limit,))
+
+    def jobs_in(self, state: JobState, limit: int = 50) -> list[JobRecord]:
+        return self._jobs(
+            "SELECT * FROM jobs WHERE state = ? ORDER BY id DESC LIMIT ?", (state.value, limit)
+        )
+
+    @patient
+    def _jobs(self, sql: str, params: tuple[object, ...]) -> list[JobRecord]:
+        with self._read() as db:
+            return [job_of(r) for r in db.execute(sql, params).fetchall()]
+
+    @patient
+    def failed_report(self, limit: int = 50) -> list[dict[str, object]]:
+        """Recent current failures: failed jobs, and inputs refused before hashing."""
+        with self._read() as db:
+            rows = db.execute(
+                # a job under the name of its first input while that one is still
+                # failed, else of its latest failed one (the first may have been
+                # replaced by good audio since)
+                "SELECT coalesce("
+                "(SELECT relative FROM inputs AS i WHERE i.id = jobs.owner_input "
+                f"AND i.state = '{InputState.FAILED.value}'), "
+                "(SELECT relative FROM inputs AS i WHERE i.job_id = jobs.id "
+                f"AND i.state = '{InputState.FAILED.value}' ORDER BY i.id DESC LIMIT 1)) "
+                "AS source, sha256, error, attempts, finished_at AS t FROM jobs "
+                f"WHERE {CURRENT_FAILED_JOB} "
+                "UNION ALL SELECT relative, sha256, error, 0, updated_at FROM inputs "
+                "WHERE state = ? AND job_id IS NULL ORDER BY t DESC LIMIT ?",
+                (InputState.FAILED.value, limit),
+            ).fetchall()
+        return [
+            {
+                "source": r["source"],
+                "sha256": r["sha256"],
+                "error": r["error"],
+                "attempts": r["attempts"],
+            }
+            for r in rows
+        ]

@@ -1,0 +1,82 @@
+"""The ledger's tables, in SQL that SQLite and PostgreSQL both run.
+
+A new ledger is made the way an old one is brought up to date: the version 1
+tables, then every migration in order. Both backends run the same statements,
+so a schema change is written once. The one difference is the id column
+(`{id}`): SQLite's rowid alias or PostgreSQL's identity column. Times are
+seconds since the epoch in DOUBLE PRECISION (PostgreSQL's REAL is 4 bytes: too
+coarse for a timestamp); SQLite reads the same names with the same meaning.
+"""
+
+from __future__ import annotations
+
+SCHEMA_VERSION = 3
+
+# Version 1: seen files (the stat cache that lets rescans skip unchanged files
+# without rehashing) and jobs, one per (content sha256, output profile).
+BASE_SCHEMA = [
+    "CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
+    """CREATE TABLE jobs (
+    id {id},
+    sha256 TEXT NOT NULL,
+    profile TEXT NOT NULL,
+    state TEXT NOT NULL,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    error TEXT,
+    source TEXT NOT NULL,
+    owner_input BIGINT,
+    output_dir TEXT,
+    progress DOUBLE PRECISION NOT NULL DEFAULT 0,
+    not_before DOUBLE PRECISION NOT NULL DEFAULT 0,
+    created_at DOUBLE PRECISION NOT NULL,
+    started_at DOUBLE PRECISION,
+    finished_at DOUBLE PRECISION,
+    UNIQUE (sha256, profile))""",
+    "CREATE INDEX jobs_by_state ON jobs (state, not_before)",
+    """CREATE TABLE inputs (
+    id {id},
+    path TEXT NOT NULL,
+    relative TEXT NOT NULL,
+    dev BIGINT NOT NULL,
+    ino BIGINT NOT NULL,
+    size BIGINT NOT NULL,
+    mtime_ns BIGINT NOT NULL,
+    sha256 TEXT,
+    state TEXT NOT NULL,
+    job_id BIGINT REFERENCES jobs (id),
+    output_dir TEXT,
+    error TEXT,
+    disposed INTEGER NOT NULL DEFAULT 0,
+    detected_at DOUBLE PRECISION NOT NULL,
+    updated_at DOUBLE PRECISION NOT NULL,
+    UNIQUE (path, dev, ino, size, mtime_ns))""",
+    "CREATE INDEX inputs_by_state ON inputs (state)",
+    "CREATE INDEX inputs_by_job ON inputs (job_id)",
+]
+
+# Each step takes a ledger from version N (the key) to N + 1, in one transaction.
+MIGRATIONS: dict[int, list[str]] = {
+    # 2: inputs remember where they came from (the inbox, or an HTTP upload)
+    1: ["ALTER TABLE inputs ADD COLUMN origin TEXT NOT NULL DEFAULT 'inbox'"],
+    # 3: several workers and hosts share one ledger. Running jobs are leased
+    # (the database's clock) and fenced by a claim counter; each daemon is a
+    # node that reports itself (status shows every host and worker), registers
+    # inputs (and hashes only its own), and alone can read its uploads. A
+    # shared share's device number differs per host: it is stored as 0 there.
+    2: [
+        "ALTER TABLE jobs ADD COLUMN claim INTEGER NOT NULL DEFAULT 0",
+        "ALTER TABLE jobs ADD COLUMN lease_owner TEXT",
+        "ALTER TABLE jobs ADD COLUMN lease_until DOUBLE PRECISION",
+        "ALTER TABLE jobs ADD COLUMN lost INTEGER NOT NULL DEFAULT 0",
+        "ALTER TABLE jobs ADD COLUMN pinned TEXT",
+        "ALTER TABLE inputs ADD COLUMN node TEXT",
+        """CREATE TABLE nodes (
+    node TEXT PRIMARY KEY,
+    host TEXT NOT NULL,
+    pid INTEGER NOT NULL,
+    started_at DOUBLE PRECISION NOT NULL,
+    seen_at DOUBLE PRECISION NOT NULL,
+    settling INTEGER NOT NULL DEFAULT 0,
+    workers TEXT NOT NULL DEFAULT '[]')""",
+    ],
+}
