@@ -100,6 +100,15 @@ def test_the_page_uploads_shows_progress_plays_and_retries(
         moved = wait.until(lambda _d: float(bar.get_attribute("value") or 0) > 0 and bar)
         held_at = float(moved.get_attribute("value") or 0)
         assert 0 < held_at < 1  # held at the gate, part of the way
+        # the workers list shows this daemon's one worker running it
+        worker = wait.until(
+            lambda d: (
+                (w := d.find_element(By.CSS_SELECTOR, "#workers li.worker"))
+                and "long song.wav" in w.text
+                and w
+            )
+        )
+        assert "· w0 (cpu)" in worker.text
         (gate / "open").touch()
         done = wait.until(lambda d: row(d, "done", "long song.wav"))
         players = done.find_elements(By.TAG_NAME, "audio")

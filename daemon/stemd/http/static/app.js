@@ -122,6 +122,36 @@ async function showInfo() {
   }
 }
 
+// -- workers: every daemon (host) sharing the ledger, and what each worker runs
+
+let workersTimer = null;
+
+async function showWorkers() {
+  workersTimer = null;
+  try {
+    const status = await getJSON(`${API}/status`);
+    const items = [];
+    for (const node of status.nodes) {
+      for (const worker of node.workers) {
+        const doing = worker.source
+          ? `${title(worker)} ${Math.round((worker.progress || 0) * 100)} %`
+          : "idle";
+        items.push(el("li", { class: "worker", "data-worker": `${node.host}/${worker.name}` },
+          el("span", { class: "title" }, `${node.host} · ${worker.name} (${worker.device})`),
+          " ", el("span", { class: "meta" }, doing)));
+      }
+    }
+    document.getElementById("workers").replaceChildren(...items);
+  } catch (error) {
+    console.warn("stemd: no workers:", error);
+  }
+}
+
+// each daemon reports its workers every 2 s: asking more often shows nothing new
+function showWorkersSoon() {
+  if (workersTimer === null) workersTimer = setTimeout(showWorkers, 1000);
+}
+
 async function retry(id) {
   try {
     const job = await getJSON(`${API}/jobs/${id}/retry`, { method: "POST" });
@@ -186,13 +216,19 @@ function listen() {
     const job = jobs.get(data.job);
     if (job && job.state === "running") { job.progress = data.progress; renderJob(job); }
     else refreshSoon();
+    showWorkersSoon();
   });
   for (const name of ["detected", "started", "done", "failed", "retried", "duplicate", "resync"]) {
-    source.addEventListener(name, () => { refreshSoon(); if (name === "done") showInfo(); });
+    source.addEventListener(name, () => {
+      refreshSoon();
+      showWorkersSoon();
+      if (name === "done") showInfo();
+    });
   }
 }
 
 setUpUploads();
 showInfo();
+showWorkers();
 refresh();
 listen();
