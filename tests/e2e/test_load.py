@@ -12,13 +12,12 @@ import json
 import os
 import signal
 import subprocess
-import wave
 from collections.abc import Iterator
 from pathlib import Path
 
-import numpy as np
 import pytest
 
+from support.audio import make_tracks
 from support.daemon import Daemon, service_config
 from support.instrumented_model import FEATHER, instrumented_model, model_env, record_in
 from support.mounts import needs_root
@@ -29,22 +28,6 @@ FILES = 1000
 # rescan's find visible, at a fifth of the 1000-file run's time.
 FEWER = 200
 pytestmark = pytest.mark.slow
-
-
-def make_tracks(folder: Path, count: int = FILES, seed: int = 1) -> list[str]:
-    """`count` distinct 0.1 s stereo WAVs (random content: no two alike)."""
-    folder.mkdir(parents=True)
-    rng = np.random.default_rng(seed)
-    names = []
-    for i in range(count):
-        name = f"track{i:04d}.wav"
-        with wave.open(str(folder / name), "wb") as out:
-            out.setnchannels(2)
-            out.setsampwidth(2)
-            out.setframerate(44100)
-            out.writeframes((rng.standard_normal((4410, 2)) * 3000).astype("<i2").tobytes())
-        names.append(name)
-    return names
 
 
 def feather_daemon(root: Path, repo: Path, **watch: str) -> Daemon:

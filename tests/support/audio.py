@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+import wave
 from pathlib import Path
 
 import numpy as np
@@ -103,3 +104,19 @@ def make_mix(path: Path, seconds: float = 3.0, codec_args: tuple[str, ...] = ())
         timeout=60,
     )
     return path
+
+
+def make_tracks(folder: Path, count: int = 1000, seed: int = 1) -> list[str]:
+    """`count` distinct 0.1 s stereo WAVs (random content: no two alike)."""
+    folder.mkdir(parents=True)
+    rng = np.random.default_rng(seed)
+    names = []
+    for i in range(count):
+        name = f"track{i:04d}.wav"
+        with wave.open(str(folder / name), "wb") as out:
+            out.setnchannels(2)
+            out.setsampwidth(2)
+            out.setframerate(44100)
+            out.writeframes((rng.standard_normal((4410, 2)) * 3000).astype("<i2").tobytes())
+        names.append(name)
+    return names

@@ -1,0 +1,228 @@
+"""Several daemons, one share, one PostgreSQL ledger: what several hosts on one
+NAS do, on one machine. Each daemon is a real subprocess with its own
+state_dir; the inbox, outbox and ledger are shared; the PostgreSQL server is a
+real private one (tests/support/postgres.py) that the tests stop and restart.
+
+Exactly once is counted from what the daemons did, not from what they say:
+every pass of the instrumented model over audio is appended to a record file
+(one per daemon, with its pid), and the outbox is read back.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from support.audio import make_tracks
+from support.daemon import Daemon, write_config
+from support.http import EPHEMERAL, client, http_url
+from support.instrumented_model import (
+    FEATHER,
+    Record,
+    instrumented_model,
+    model_env,
+)
+from support.postgres import PostgresServer
+from support.published import published_manifests
+from support.waiting import wait_until
+
+LEASE_S = 2.0
+pytestmark = pytest.mark.slow
+
+
+class Share:
+    """One share (inbox, outbox, archive) and one ledger, and the daemons on them."""
+
+    def __init__(self, root: Path, repo: Path, url: str) -> None:
+        self.root = root
+        self.repo = repo
+        self.url = url
+        self.inbox = root / "share" / "inbox"
+        self.outbox = root / "share" / "outbox"
+        self.archive = root / "share" / "archive"
+        self.inbox.mkdir(parents=True)
+        self.daemons: list[Daemon] = []
+
+    def daemon(self, name: str, model: str = FEATHER, gated: bool = False) -> Daemon:
+        """A daemon (not started) of its own state_dir, on the share."""
+        home = self.root / name
+        home.mkdir()
+        config: dict[str, Any] = {
+            "inbox": str(self.inbox),
+            "outbox": str(self.outbox),
+            "state_dir": str(home / "state"),
+            "watch": {"settle": "0.5s"},
+            "model": {**instrumented_model(self.repo, model), "shifts": 0},
+            "source": {"after_success": "move", "archive_dir": str(self.archive)},
+            "logging": {"target": "stderr"},
+            "http": EPHEMERAL,
+            "ledger": {"url": self.url, "lease": f"{LEASE_S:g}s"},
+        }
+        env, _record = model_env(home, gate=gated)
+        daemon = Daemon(write_config(home / "stemd.yaml", config), home, env=env)
+        self.daemons.append(daemon)
+        return daemon
+
+    def record(self, daemon: Daemon) -> Record:
+        return Record(daemon.cwd / "separations.jsonl")
+
+    def gate(self, daemon: Daemon) -> Path:
+        return daemon.cwd / "gate"
+
+    def published(self) -> dict[str, list[dict[str, Any]]]:
+        """{source: [manifest, ...]} of every published folder."""
+        found: dict[str, list[dict[str, Any]]] = {}
+        for manifest in published_manifests(self.outbox):
+            found.setdefault(manifest["source"], []).append(manifest)
+        return found
+
+    def status(self) -> dict[str, Any]:
+        assert self.daemons
+        return self.daemons[0].status()
+
+    def drop(self, names: list[str], staging: Path) -> None:
+        for name in names:
+            os.rename(staging / name, self.inbox / name)
+
+    def stop_all(self) -> None:
+        for daemon in self.daemons:
+            if daemon.process is not None and daemon.process.poll() is None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(daemon.pid, signal.SIGCONT)
+                daemon.stop(timeout=60)
+
+
+@pytest.fixture
+def share(tmp_path: Path, instrumented_repo: Path, postgres: PostgresServer) -> Iterator[Share]:
+    share = Share(tmp_path, instrumented_repo, postgres.new_database())
+    try:
+        yield share
+    finally:
+        share.stop_all()
+        for daemon in share.daemons:
+            daemon.kill()
+
+
+def done_lines(daemon: Daemon) -> list[str]:
+    return [line for line in daemon.log().splitlines() if ": stems in " in line]
+
+
+def test_three_daemons_share_200_files_each_separated_and_disposed_once(share: Share) -> None:
+    daemons = [share.daemon(f"host{i}") for i in range(3)]
+    for daemon in daemons:
+        daemon.start()
+    for daemon in daemons:
+        daemon.wait_warm()
+    names = make_tracks(share.root / "staging", count=200)
+    share.drop(names, share.root / "staging")
+
+    def all_done() -> bool:
+        counts = share.status()["counts"]
+        return bool(counts["done"] == 200 and counts["queued"] == 0 and counts["running"] == 0)
+
+    wait_until(all_done, 240, "200 files done by three daemons")
+    status = share.status()
+    assert status["counts"]["failed"] == 0
+    assert sorted(node["host"] for node in status["nodes"]) == [os.uname().nodename] * 3
+
+    # separated exactly once: 200 passes over audio in all, every daemon at work
+    passes = [share.record(daemon).count() for daemon in daemons]
+    assert sum(passes) == 200, passes
+    assert all(count > 0 for count in passes), f"a daemon did nothing: {passes}"
+    done = [line for daemon in daemons for line in done_lines(daemon)]
+    assert len(done) == 200
+    # one stem folder each
+    published = share.published()
+    assert sorted(published) == sorted(names)
+    assert all(len(manifests) == 1 for manifests in published.values())
+    # every source moved once, by one daemon
+    wait_until(lambda: not any(share.inbox.iterdir()), 30, "the inbox to be emptied")
+    assert sorted(p.name for p in share.archive.iterdir()) == sorted(names)
+    moved = sum(daemon.log().count(": source moved") for daemon in daemons)
+    assert moved == 200
+    for daemon in daemons:
+        assert "Traceback" not in daemon.log()
+        assert daemon.stop() == 0
+
+
+def test_a_dead_host_is_taken_over_a_stopped_one_publishes_nothing_and_a_restarted_database_loses_nothing(  # noqa: E501
+    share: Share, postgres: PostgresServer
+) -> None:
+    staging = share.root / "staging"
+    names = make_tracks(staging, count=14)
+    first = share.daemon("first", gated=True).start()
+    first.wait_warm()
+
+    # 1. SIGKILL: the job a dead host held is taken over once its lease runs out
+    share.drop(names[:1], staging)
+    wait_until(lambda: (share.gate(first) / "entered").exists(), 60, "first to hold a job")
+    second = share.daemon("second", gated=True).start()
+    second.wait_warm()
+    first.kill()
+    wait_until(lambda: (share.gate(second) / "entered").exists(), 60, "second to take it over")
+    assert "taken over from" in second.log()
+    (share.gate(second) / "open").touch()
+    wait_until(lambda: names[0] in share.published(), 60, "the taken-over job published")
+    assert len(share.published()[names[0]]) == 1
+
+    # 2. SIGSTOP past the lease, then SIGCONT: the late host publishes nothing
+    (share.gate(second) / "open").unlink()
+    (share.gate(second) / "entered").unlink()
+    share.drop(names[1:2], staging)
+    wait_until(lambda: (share.gate(second) / "entered").exists(), 60, "second to hold a job")
+    os.kill(second.pid, signal.SIGSTOP)
+    third = share.daemon("third", gated=True).start()
+    third.wait_warm()
+    wait_until(lambda: (share.gate(third) / "entered").exists(), 60, "third to take it over")
+    (share.gate(third) / "open").touch()
+    wait_until(lambda: names[1] in share.published(), 60, "the new owner's stems")
+    (manifest,) = share.published()[names[1]]
+    (share.gate(second) / "open").touch()
+    os.kill(second.pid, signal.SIGCONT)
+
+    def dropped_by_second() -> bool:
+        return "another took it over; dropping it here" in second.log()
+
+    wait_until(dropped_by_second, 60, "the late host to drop the job")
+    assert share.published()[names[1]] == [manifest], "the new owner's stems were touched"
+    assert [line for line in done_lines(second) if names[1] in line] == []
+
+    # 3. PostgreSQL restarted, then away for a while, with a job in hand and
+    # others queued: nothing lost, nothing doubled, /ping says 503 meanwhile
+    (share.gate(third) / "open").unlink()
+    (share.gate(third) / "entered").unlink()
+    share.drop(names[2:], staging)
+    wait_until(lambda: (share.gate(third) / "entered").exists(), 60, "third to hold a job")
+    postgres.restart()
+    with client(http_url(third)) as http:
+        postgres.stop()
+        wait_until(lambda: http.get("/ping").status_code == 503, 30, "/ping to say 503")
+        assert "ledger" in http.get("/ping").text
+        postgres.start()
+        wait_until(lambda: http.get("/ping").status_code == 200, 60, "/ping to recover")
+    (share.gate(third) / "open").touch()
+
+    def all_done() -> bool:
+        counts = share.status()["counts"]
+        return bool(counts["done"] == len(names) and counts["queued"] + counts["running"] == 0)
+
+    wait_until(all_done, 120, "every file done after the restarts")
+    assert share.status()["counts"]["failed"] == 0
+    published = share.published()
+    assert sorted(published) == sorted(names)
+    assert all(len(manifests) == 1 for manifests in published.values()), {
+        source: len(m) for source, m in published.items() if len(m) > 1
+    }
+    for daemon in (second, third):
+        log = daemon.log()
+        assert "is reachable again" in log or "reachable; starting" in log, log[-3000:]
+        assert "Traceback" not in log
+    assert sorted(p.name for p in share.archive.iterdir()) == sorted(names)
+    # the killed host is gone from status: the two that run are there
+    assert len(share.status()["nodes"]) == 2
