@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 CONFIG ?= config/stemd.yaml
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test lint unit bench gpu-check check-config clean system-deps
+.PHONY: run test lint unit bench bench-hosts gpu-check check-config clean system-deps
 
 system-deps:
 	@bash scripts/install-system-deps.sh
@@ -38,10 +38,16 @@ test: $(STAMP)
 	$(BIN)/python -m pytest -n 2 --dist loadfile
 	$(MAKE) --no-print-directory lint
 
-# stemd against the demucs CLI; BENCH_ARGS=--quick for a short run. Table on
-# stdout, JSON in bench-results/bench.json.
+# stemd against the demucs CLI, then jobs per second through the ledger (SQLite,
+# PostgreSQL, three daemons); BENCH_ARGS=--quick for a short run. Tables on
+# stdout, JSON in bench-results/bench.json and bench-results/hosts.json.
 bench: $(STAMP)
 	$(BIN)/python tests/bench/bench.py $(BENCH_ARGS)
+	$(BIN)/python tests/bench/hosts.py $(BENCH_ARGS)
+
+# the ledger part alone
+bench-hosts: $(STAMP)
+	$(BIN)/python tests/bench/hosts.py $(BENCH_ARGS)
 
 # The prepared GPU run: a table on a CUDA machine, one line elsewhere. A bare GPU
 # machine has no .venv: scripts/gpu-wheels.sh prepares the wheels it needs, and
