@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import math
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -167,6 +168,12 @@ class LedgerCore:
     def _dev(self, stat: FileStat) -> int:
         # a share's device number differs per host: a shared ledger stores none
         return 0 if self.backend.shared else stat.dev
+
+    def _gone_before(self, now: float, stale_after: float) -> float:
+        """Nodes last seen before this are gone (their inputs are taken on).
+        A ledger no other daemon shares has no other node that could be alive:
+        every one but this is gone (one whose node id was lost, say)."""
+        return now - stale_after if self.backend.shared else math.inf
 
     def _read(self) -> Any:
         return self.backend.transaction(write=False)

@@ -72,7 +72,12 @@ class InputLedger(LedgerCore):
                 "UPDATE inputs SET node = ? WHERE state = ? AND (node IS NULL OR node != ?) "
                 "AND NOT EXISTS (SELECT 1 FROM nodes WHERE nodes.node = inputs.node "
                 "AND nodes.seen_at >= ?)",
-                (self.node, InputState.PENDING.value, self.node, now - stale_after),
+                (
+                    self.node,
+                    InputState.PENDING.value,
+                    self.node,
+                    self._gone_before(now, stale_after),
+                ),
             )
             rows = db.execute(
                 "SELECT * FROM inputs WHERE state = ? AND node = ? ORDER BY id LIMIT ?",
@@ -132,7 +137,7 @@ class InputLedger(LedgerCore):
                 "SELECT * FROM inputs WHERE disposed = 0 AND state IN (?, ?, ?, ?) "
                 "AND (node IS NULL OR node = ? OR NOT EXISTS (SELECT 1 FROM nodes "
                 "WHERE nodes.node = inputs.node AND nodes.seen_at >= ?)) ORDER BY id",
-                (*FINISHED_INPUT_STATES, self.node, now - stale_after),
+                (*FINISHED_INPUT_STATES, self.node, self._gone_before(now, stale_after)),
             ).fetchall()
         return [input_of(r) for r in rows]
 

@@ -41,7 +41,9 @@ class JobLedger(LedgerCore):
         with self._write() as db:
             now = self.backend.now(db)
             origin = db.execute("SELECT origin FROM inputs WHERE id = ?", (input_id,)).fetchone()
-            pinned = self.node if origin and origin["origin"] == ORIGIN_HTTP else None
+            # (a ledger no other daemon shares runs every job here anyway)
+            upload = origin is not None and origin["origin"] == ORIGIN_HTTP
+            pinned = self.node if upload and self.backend.shared else None
             db.execute(
                 "INSERT INTO jobs (sha256, profile, state, source, owner_input, created_at, "
                 "pinned) VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
@@ -303,15 +305,19 @@ class JobLedger(LedgerCore):
     def recover(self, max_attempts: int) -> tuple[int, int]:
         """At startup: jobs this node's workers held when it stopped (a crash)
         go back to queued (the attempt counts), or to failed when that was their
-        last. Other nodes' jobs are theirs until their leases run out.
+        last. On a shared ledger, other nodes' jobs are theirs until their
+        leases run out; a ledger no one shares has only this node's.
         Returns (requeued, failed)."""
         requeued = failed = 0
+        mine, params = "", [JobState.RUNNING.value]
+        if self.backend.shared:
+            mine = " AND (lease_owner IS NULL OR lease_owner LIKE ?)"
+            params.append(like_prefix(self.node) + "/%")
         with self._write() as db:
             now = self.backend.now(db)
             rows = db.execute(
-                "SELECT id, attempts FROM jobs WHERE state = ? AND (lease_owner IS NULL "
-                f"OR lease_owner LIKE ?){self.backend.lock_rows}",
-                (JobState.RUNNING.value, like_prefix(self.node) + "/%"),
+                f"SELECT id, attempts FROM jobs WHERE state = ?{mine}{self.backend.lock_rows}",
+                params,
             ).fetchall()
             for row in rows:
                 if row["attempts"] >= max_attempts:
