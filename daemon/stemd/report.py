@@ -16,12 +16,11 @@ NODE_SILENT_S = 15.0
 
 
 def _alive(node: NodeRecord) -> bool:
-    """Whether a daemon that reported to the ledger still runs: heard from
-    lately, and (on this host) its process is there."""
-    if node.age > NODE_SILENT_S:
-        return False
+    """Whether a daemon that reported to the ledger still runs: on this host,
+    its process is there (a daemon alone on its ledger reports only changes);
+    elsewhere, it was heard from lately."""
     if node.host != socket.gethostname() or node.pid <= 0:
-        return True
+        return node.age <= NODE_SILENT_S
     try:
         os.kill(node.pid, 0)
     except ProcessLookupError:

@@ -86,6 +86,7 @@ class Service:
         self._next_status = 0.0
         self._next_ping = 0.0
         self._next_node_report = 0.0
+        self._last_report: tuple[int, list[dict[str, object]]] | None = None
         self._next_renewal = 0.0
         self._worker_hung = False
         self._stopping = False
@@ -329,13 +330,16 @@ class Service:
         in the settler, not the ledger), for `stemd status` and the other nodes."""
         assert self.ledger is not None
         self._next_node_report = time.monotonic() + NODE_REPORT_S
+        settling = len(self.settler) if self.settler is not None and not self._stopping else 0
+        workers = self.workers.report() if self.workers is not None else []
+        if not self.ledger.backend.shared and (settling, workers) == self._last_report:
+            # no other daemon needs a heartbeat: an idle daemon writes nothing
+            # (a NAS's disks may spin down)
+            return
         self.ledger.report_node(
-            socket.gethostname(),
-            os.getpid(),
-            self.started_at,
-            len(self.settler) if self.settler is not None and not self._stopping else 0,
-            self.workers.report() if self.workers is not None else [],
+            socket.gethostname(), os.getpid(), self.started_at, settling, workers
         )
+        self._last_report = (settling, workers)
 
     def _handle_signals(self) -> None:
         while not self._stopping and self._handled_signals < len(self.signals):
