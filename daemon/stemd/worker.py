@@ -20,6 +20,7 @@ decoded ahead, the one in the model, the one being written.
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -125,8 +126,10 @@ class Worker(threading.Thread):
         self._held_lock = threading.Lock()
         self.outcomes = Outcomes(name, ledger, intake, self._release)
         self._encoder = ThreadPoolExecutor(1, thread_name_prefix="stemd-encode")
-        # state_dir never changes on reload; the service clears it before workers start
-        self.ahead = DecodeAhead(WorkArea(config.state_dir), name)
+        # state_dir never changes on reload. Work folders are named by worker and
+        # process: a new run never reuses the name of one a killed run left (the
+        # service clears those before workers start)
+        self.ahead = DecodeAhead(WorkArea(config.state_dir), f"{name}-{os.getpid()}")
         self._finishing: Future[None] | None = None
         self._holding_memory = True  # the warm-up's, then each job's (see _release_memory)
         self.failure: BaseException | None = None

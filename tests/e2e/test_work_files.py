@@ -68,7 +68,7 @@ def test_sigterm_and_failures_leave_no_work_files(tmp_path: Path) -> None:
     try:
         daemon.wait_ready()
         (tmp_path / "inbox" / "fake.wav").write_bytes(b"RIFF not really a wave file" * 100)
-        wait_until(lambda: daemon.status()["counts"]["failed"] == 1, 60, "fake.wav to fail")
+        wait_until(lambda: daemon.report()["counts"]["failed"] == 1, 60, "fake.wav to fail")
         assert work_folders(tmp_path) == []
         drop(tmp_path, "song.wav")
         wait_until((gate / "entered").exists, 60, "song.wav in the model")
