@@ -81,12 +81,9 @@ def test_failed_attempts_are_retried_after_growing_pauses_then_fail_with_the_rea
             make_tone(tmp_path / "s" / "song.wav", SECONDS), tmp_path / "inbox/song.wav"
         )
 
-        def failed() -> list[dict[str, object]]:
-            return list(daemon.status()["failed"])
-
         # attempt 1, pause base, attempt 2, pause 2 x base, attempt 3: about 9 s
-        wait_until(failed, 60, "song.wav to fail")
-        [item] = failed()
+        wait_until(lambda: daemon.report()["failed"], 60, "song.wav to fail")
+        [item] = daemon.status()["failed"]
         assert item["source"] == "song.wav" and item["attempts"] == 3
         assert item["error"] == "RuntimeError: the test model fails on request (after 3 attempts)"
         times = [p["t"] for p in record.passes()]
@@ -103,7 +100,7 @@ def test_failed_attempts_are_retried_after_growing_pauses_then_fail_with_the_rea
         fail.unlink()
         result = stemd("-c", str(config), "retry", "--failed", cwd=tmp_path)
         assert result.returncode == 0, result.stderr
-        wait_until(lambda: daemon.status()["counts"]["done"] == 1, 60, "song.wav after retry")
+        wait_until(lambda: daemon.report()["counts"]["done"] == 1, 60, "song.wav after retry")
         assert record.count(SECONDS) == 4
         assert daemon.stop() == 0
     finally:

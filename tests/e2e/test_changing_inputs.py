@@ -51,12 +51,12 @@ def test_files_deleted_before_their_turn_end_with_the_reason(tmp_path: Path) -> 
         hashed = "b.wav" if running == "a.wav" else "a.wav"
         # Registered but not yet read: the worker hashes it after the running job.
         shutil.copyfile(tmp_path / "s" / "pending.wav", inbox / "pending.wav")
-        wait_until(lambda: daemon.status()["counts"]["queued"] == 2, 30, "pending.wav registered")
+        wait_until(lambda: daemon.report()["counts"]["queued"] == 2, 30, "pending.wav registered")
         (inbox / "album" / hashed).unlink()
         (inbox / "pending.wav").unlink()
         (gate / "open").touch()
         wait_until(
-            lambda: "pending.wav: vanished" in daemon.log() and daemon.status()["counts"]["failed"],
+            lambda: "pending.wav: vanished" in daemon.log() and daemon.report()["counts"]["failed"],
             60,
             "both jobs to end",
         )
@@ -86,7 +86,7 @@ def test_a_file_rewritten_while_separated_gets_both_versions_separated(tmp_path:
         song.write_bytes(make_tone(tmp_path / "s" / "v2.wav", 1.5, frequency=700).read_bytes())
         second = sha256(song)
         (gate / "open").touch()
-        wait_until(lambda: daemon.status()["counts"]["done"] == 2, 60, "both versions")
+        wait_until(lambda: daemon.report()["counts"]["done"] == 2, 60, "both versions")
         found = manifests(tmp_path / "outbox")
         # What was read is published as it was read; the new bytes are a new job.
         assert sorted(m["sha256"] for m in found.values()) == sorted([first, second])
@@ -141,7 +141,7 @@ def test_a_file_rewritten_while_hashed_is_hashed_again_once_it_settles(tmp_path:
                 out.truncate()
         finally:
             daemon.signal(signal.SIGCONT)
-        wait_until(lambda: daemon.status()["counts"]["done"] == 1, 120, "the new version")
+        wait_until(lambda: daemon.report()["counts"]["done"] == 1, 120, "the new version")
         assert "track.wav changed while it was hashed; waiting for it to settle" in daemon.log()
         found = manifests(tmp_path / "outbox")
         assert [m["sha256"] for m in found.values()] == [sha256(small)]

@@ -50,7 +50,7 @@ def test_a_crash_at_any_point_ends_with_one_complete_stem_set(
             daemon.start().wait_ready()
             second_pid = daemon.process.pid
             wait_until(
-                lambda: daemon.status()["counts"]["done"] == 1, 60, "the job after the restart"
+                lambda: daemon.report()["counts"]["done"] == 1, 60, "the job after the restart"
             )
             wait_until(lambda: (tmp_path / "archive/song.wav").exists(), 30, "the source moved")
             assert daemon.stop() == 0

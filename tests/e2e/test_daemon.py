@@ -110,7 +110,7 @@ def test_dropped_files_become_stems_exactly_once(tmp_path: Path, instrumented_re
                 time.sleep(1.0)  # the writer's pace, not a synchronisation
 
         def all_settled() -> bool:
-            counts = daemon.status()["counts"]
+            counts = daemon.report()["counts"]
             return counts["done"] == 6 and counts["failed"] == 2 and counts["queued"] == 0
 
         wait_until(all_settled, 120, "6 done and 2 failed jobs")

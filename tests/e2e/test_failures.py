@@ -25,13 +25,13 @@ def test_replaced_and_dismissed_failures_leave_the_list(tmp_path: Path) -> None:
         (staging / "junk.mp3").write_text("not music either\n")
         os.rename(staging / "song.mp3", inbox / "song.mp3")
         os.rename(staging / "junk.mp3", inbox / "junk.mp3")
-        wait_until(lambda: daemon.status()["counts"]["failed"] == 2, 60, "two failures")
+        wait_until(lambda: daemon.report()["counts"]["failed"] == 2, 60, "two failures")
         old = {item["source"]: item["sha256"] for item in daemon.status()["failed"]}
 
         # the user puts good audio where the bad song.mp3 was
         shutil.copyfile(make_tone(staging / "good.mp3", 2.0), staging / "song.mp3")
         os.replace(staging / "song.mp3", inbox / "song.mp3")
-        wait_until(lambda: daemon.status()["counts"]["done"] == 1, 60, "the good song.mp3")
+        wait_until(lambda: daemon.report()["counts"]["done"] == 1, 60, "the good song.mp3")
         status = daemon.status()
         assert status["counts"]["failed"] == 1
         assert [item["source"] for item in status["failed"]] == ["junk.mp3"]
@@ -62,17 +62,17 @@ def test_status_counts_files_settling_and_copies_served(tmp_path: Path) -> None:
         with open(inbox / "song.wav", "wb") as partial:
             partial.write(data[: len(data) // 2])
             partial.flush()
-            wait_until(lambda: daemon.status()["intake"]["settling"] == 1, 30, "a settling file")
+            wait_until(lambda: daemon.report()["intake"]["settling"] == 1, 30, "a settling file")
             assert daemon.status()["counts"] == {"queued": 0, "running": 0, "done": 0, "failed": 0}
             text = stemd("-c", str(config), "status", cwd=tmp_path).stdout
             assert "settling: 1 file(s) still being written or settling" in text
             partial.write(data[len(data) // 2 :])
-        wait_until(lambda: daemon.status()["counts"]["done"] == 1, 60, "song.wav")
+        wait_until(lambda: daemon.report()["counts"]["done"] == 1, 60, "song.wav")
         assert daemon.status()["intake"] == {"settling": 0, "waiting_for_hash": 0}
 
         # the same bytes under another name: served from the stems, counted as a copy
         shutil.copyfile(song, inbox / "same song.wav")
-        wait_until(lambda: daemon.status()["copies"] == 1, 60, "the copy served")
+        wait_until(lambda: daemon.report()["copies"] == 1, 60, "the copy served")
         status = daemon.status()
         assert status["counts"] == {"queued": 0, "running": 0, "done": 1, "failed": 0}
         text = stemd("-c", str(config), "status", cwd=tmp_path).stdout

@@ -51,7 +51,7 @@ def test_shutdown_kills_a_running_ffmpeg_and_requeues_its_job(
     # Nothing lost: with a normal ffmpeg, the next run finishes it.
     again = Daemon(config, tmp_path).start()
     try:
-        wait_until(lambda: again.status()["counts"]["done"] == 1, 120, "long.m4a after restart")
+        wait_until(lambda: again.report()["counts"]["done"] == 1, 120, "long.m4a after restart")
         assert again.stop() == 0
     finally:
         again.kill()

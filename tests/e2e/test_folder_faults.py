@@ -53,19 +53,19 @@ def test_an_inbox_that_goes_away_keeps_its_queued_jobs_until_it_is_back(tmp_path
         wait_until((gate / "entered").exists, 60, "a.wav to reach the model")
         drop(tmp_path, "b.wav", 400)
         drop(tmp_path, "c.wav", 500)
-        wait_until(lambda: daemon.status()["counts"]["queued"] == 2, 30, "b and c queued")
+        wait_until(lambda: daemon.report()["counts"]["queued"] == 2, 30, "b and c queued")
 
         inbox.rename(away)  # the share is unmounted while a.wav separates
         wait_until(lambda: f"the inbox {inbox} is gone" in daemon.log(), 30, "the inbox gone")
         (gate / "open").touch()
-        wait_until(lambda: daemon.status()["counts"]["done"] == 1, 60, "a.wav to finish")
+        wait_until(lambda: daemon.report()["counts"]["done"] == 1, 60, "a.wav to finish")
         # b and c cannot be read now; they wait instead of failing
         assert daemon.status()["counts"] == {"queued": 2, "running": 0, "done": 1, "failed": 0}
         assert daemon.process is not None and daemon.process.poll() is None
 
         away.rename(inbox)  # mounted again
         wait_until(lambda: f"the inbox {inbox} is back" in daemon.log(), 30, "the inbox back")
-        wait_until(lambda: daemon.status()["counts"]["done"] == 3, 60, "b and c")
+        wait_until(lambda: daemon.report()["counts"]["done"] == 3, 60, "b and c")
         assert published(tmp_path) == {"a": "a.wav", "b": "b.wav", "c": "c.wav"}
         assert [separations(tmp_path, n) for n in ("a.wav", "b.wav", "c.wav")] == [1, 1, 1]
 
@@ -76,7 +76,7 @@ def test_an_inbox_that_goes_away_keeps_its_queued_jobs_until_it_is_back(tmp_path
         wait_until(lambda: daemon.log().count("watching ") == 3, 30, "the watcher restarted")
         assert f"the inbox {inbox} was deleted" in daemon.log()
         drop(tmp_path, "d.wav", 600)
-        wait_until(lambda: daemon.status()["counts"]["done"] == 4, 60, "d.wav in the new inbox")
+        wait_until(lambda: daemon.report()["counts"]["done"] == 4, 60, "d.wav in the new inbox")
         assert daemon.status()["counts"]["failed"] == 0
         assert daemon.stop() == 0
     finally:
@@ -94,7 +94,7 @@ def test_an_outbox_that_goes_away_is_not_recreated_and_the_job_waits_for_it(
         daemon.wait_ready()
         (gate / "open").touch()
         drop(tmp_path, "before.wav", 300)
-        wait_until(lambda: daemon.status()["counts"]["done"] == 1, 60, "before.wav")
+        wait_until(lambda: daemon.report()["counts"]["done"] == 1, 60, "before.wav")
         (gate / "open").unlink()
         (gate / "entered").unlink(missing_ok=True)  # only written while it waits
         drop(tmp_path, "during.wav", 400)
@@ -113,7 +113,7 @@ def test_an_outbox_that_goes_away_is_not_recreated_and_the_job_waits_for_it(
         assert queued_attempts(daemon) == [0], "a missing outbox used up an attempt"
 
         away.rename(outbox)
-        wait_until(lambda: daemon.status()["counts"]["done"] == 2, 60, "during.wav")
+        wait_until(lambda: daemon.report()["counts"]["done"] == 2, 60, "during.wav")
         assert published(tmp_path) == {"before": "before.wav", "during": "during.wav"}
         assert separations(tmp_path, "before.wav") == 1  # finished work is not redone
         # the one separation that had nowhere to go ran once more

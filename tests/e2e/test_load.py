@@ -65,7 +65,7 @@ def test_a_thousand_files_dropped_at_once_are_each_separated_once(
         for name in names:  # as fast as a copy tool can rename them into place
             os.rename(tmp_path / "staging" / name, tmp_path / "inbox" / name)
         wait_until(
-            lambda: daemon.status()["counts"]["done"] == FILES, 300, "all 1000 files", interval=1.0
+            lambda: daemon.report()["counts"]["done"] == FILES, 300, "all 1000 files", interval=1.0
         )
         assert_each_separated_once(daemon, tmp_path, names)
         assert daemon.stop() == 0
@@ -109,7 +109,7 @@ def test_events_lost_to_an_inotify_overflow_are_found_by_a_rescan(
         finally:
             daemon.signal(signal.SIGCONT)
         wait_until(
-            lambda: daemon.status()["counts"]["done"] == FEWER, 300, "all 200 files", interval=1.0
+            lambda: daemon.report()["counts"]["done"] == FEWER, 300, "all 200 files", interval=1.0
         )
         log = daemon.log()
         assert "Inotify queue overflowed" in log  # watchdog's warning, in stemd's log
@@ -137,7 +137,7 @@ def test_files_that_raise_no_event_are_found_by_the_periodic_rescan(
         )
         try:
             wait_until(
-                lambda: daemon.status()["counts"]["done"] == FEWER,
+                lambda: daemon.report()["counts"]["done"] == FEWER,
                 300,
                 "all 200 files",
                 interval=1.0,

@@ -38,7 +38,8 @@ def track_folders(outbox: Path) -> list[str]:
 
 
 def counts(daemon: Daemon) -> dict[str, int]:
-    result: dict[str, int] = daemon.status()["counts"]
+    """The status report's counts (read in-process: it is polled)."""
+    result: dict[str, int] = daemon.report()["counts"]
     return result
 
 

@@ -62,7 +62,7 @@ def test_a_ledger_moved_aside_does_not_get_the_stems_written_twice(
         for file in (tmp_path / "state").glob("ledger.sqlite*"):
             file.rename(aside / file.name)
         daemon.start().wait_ready()
-        wait_until(lambda: daemon.status()["counts"]["done"] == 1, 60, "song.wav recognised")
+        wait_until(lambda: daemon.report()["counts"]["done"] == 1, 60, "song.wav recognised")
         assert record.count(SECONDS) == 1  # separated once, before the ledger was lost
         assert sorted(p.name for p in (tmp_path / "outbox" / RECORDER).iterdir()) == ["song"]
         assert manifest(tmp_path, "song") == first  # not rewritten
@@ -188,7 +188,7 @@ def test_an_unreadable_input_fails_with_the_reason_and_is_left_in_place(
         shutil.copyfile(good, tmp_path / "inbox" / "good.wav")
         shutil.move(locked, tmp_path / "inbox" / "locked.wav")
         wait_until(
-            lambda: published_at(tmp_path, "good") and daemon.status()["failed"],
+            lambda: published_at(tmp_path, "good") and daemon.report()["failed"],
             60,
             "good.wav published and locked.wav failed",
         )

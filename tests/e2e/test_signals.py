@@ -37,7 +37,7 @@ def test_sighup_keeps_queued_jobs_and_restarts_the_watcher_only_for_watch_change
         wait_until((gate / "entered").exists, 60, "the first job to reach the model")
         drop(tmp_path, "second.wav", 1.0, 400)
         drop(tmp_path, "third.wav", 1.0, 500)
-        wait_until(lambda: daemon.status()["counts"]["queued"] == 2, 30, "two queued jobs")
+        wait_until(lambda: daemon.report()["counts"]["queued"] == 2, 30, "two queued jobs")
 
         # An output change: applied to the queued jobs, the watcher left alone.
         settings = yaml.safe_load(config.read_text())
@@ -53,7 +53,7 @@ def test_sighup_keeps_queued_jobs_and_restarts_the_watcher_only_for_watch_change
         assert daemon.status()["counts"] == {"queued": 2, "running": 1, "done": 0, "failed": 0}
 
         (gate / "open").touch()
-        wait_until(lambda: daemon.status()["counts"]["done"] == 3, 60, "all three jobs")
+        wait_until(lambda: daemon.report()["counts"]["done"] == 3, 60, "all three jobs")
         first, second, third = (manifest(tmp_path, t) for t in ("first", "second", "third"))
         assert first and second and third
         # The running job finished under the config it started with.
@@ -95,7 +95,7 @@ def test_a_reload_between_jobs_applies_to_the_input_already_decoded_ahead(
         daemon.signal(signal.SIGHUP)
         wait_until(lambda: "configuration reloaded" in daemon.log(), 30, "the reload")
         (gate / "open").touch()
-        wait_until(lambda: daemon.status()["counts"]["failed"] == 1, 60, "the second refused")
+        wait_until(lambda: daemon.report()["counts"]["failed"] == 1, 60, "the second refused")
         assert daemon.status()["counts"]["done"] == 1  # the first ran under its old config
         log = daemon.log()
         assert f"album/{first}.wav: stems in" in log
@@ -115,7 +115,7 @@ def test_a_second_sigterm_cancels_the_running_job_at_once(tmp_path: Path) -> Non
         drop(tmp_path, "long.wav", 120.0, 300)
 
         def separating() -> bool:
-            running = daemon.status()["running"]
+            running = daemon.report()["running"]
             return bool(running) and running[0]["progress"] > 0
 
         wait_until(separating, 60, "the separation to be under way")

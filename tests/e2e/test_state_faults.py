@@ -52,7 +52,7 @@ def test_a_second_daemon_on_the_same_state_dir_is_refused(tmp_path: Path) -> Non
         assert f"is in use by another stemd (pid {first.process.pid})" in log
         # the first one is unharmed and still serving
         make_tone(tmp_path / "inbox" / "after.wav", 1.0)
-        wait_until(lambda: first.status()["counts"]["done"] == 1, 60, "the first daemon's job")
+        wait_until(lambda: first.report()["counts"]["done"] == 1, 60, "the first daemon's job")
     finally:
         assert first.stop() == 0
 

@@ -67,7 +67,7 @@ def test_reaching_the_inotify_watch_limit_falls_back_to_polling(
         # a folder inotify never got to watch
         staged = make_tone(tmp_path / "staging" / "late.wav", 1.0)
         shutil.copyfile(staged, tmp_path / "inbox" / "soul" / "late.wav")
-        wait_until(lambda: daemon.status()["counts"]["done"] == 1, 60, "late.wav by polling")
+        wait_until(lambda: daemon.report()["counts"]["done"] == 1, 60, "late.wav by polling")
         assert daemon.stop() == 0
     finally:
         daemon.kill()

@@ -35,12 +35,12 @@ def test_two_cpu_workers_are_busy_at_once_and_run_each_job_once(tmp_path: Path) 
             os.rename(staging / name, tmp_path / "inbox" / name)
 
         def both_busy() -> bool:
-            (node,) = daemon.status()["nodes"]
+            (node,) = daemon.report()["nodes"]
             return sum(1 for worker in node["workers"] if worker["job"] is not None) == 2
 
         wait_until(both_busy, 120, "both workers to run a job at the same time", interval=0.2)
         wait_until(
-            lambda: daemon.status()["counts"]["done"] == TRACKS, 300, "every track separated"
+            lambda: daemon.report()["counts"]["done"] == TRACKS, 300, "every track separated"
         )
         status = daemon.status()
         assert status["counts"] == {"queued": 0, "running": 0, "done": TRACKS, "failed": 0}

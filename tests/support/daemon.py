@@ -127,10 +127,28 @@ class Daemon:
         self._wait_logged("warmed up in", max(0.0, deadline - time.monotonic()), "the warm-up")
 
     def status(self) -> dict[str, Any]:
+        """`stemd status --json`, run as a user runs it."""
         result = stemd("-c", str(self.config), "status", "--json", cwd=self.cwd)
         assert result.returncode == 0, result.stderr
         data: dict[str, Any] = json.loads(result.stdout)
         return data
+
+    def report(self) -> dict[str, Any]:
+        """What `stemd status --json` prints, from the same code (the config,
+        the ledger, `status_report`), read in this process: a command's start
+        costs half a CPU second, too much to poll with while daemons work."""
+        from stemd.cli.common import has_ledger, open_ledger
+        from stemd.config import load_config
+        from stemd.report import no_ledger_report, status_report
+
+        config = load_config(self.config, base_dir=self.cwd)
+        if not has_ledger(config):
+            return no_ledger_report(config.state_dir)
+        ledger = open_ledger(config)
+        try:
+            return status_report(ledger)
+        finally:
+            ledger.close()
 
     def signal(self, signum: int) -> None:
         assert self.process is not None
