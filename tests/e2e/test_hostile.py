@@ -139,11 +139,12 @@ def fifo_has_reader(fifo: Path) -> bool:
 
 
 def outcomes(root: Path, daemon: Daemon) -> dict[str, tuple[str, str]]:
-    """source -> (done | failed, reason) from the outbox manifests and `stemd status`."""
+    """source -> (done | failed, reason) from the outbox manifests and the status
+    report (read in-process: this is polled)."""
     found: dict[str, tuple[str, str]] = {}
     for manifest in published_manifests(root / "outbox"):  # (racing the daemon's work)
         found[manifest["source"]] = ("done", "")
-    for failure in daemon.status()["failed"]:
+    for failure in daemon.report()["failed"]:
         found[failure["source"]] = ("failed", failure["error"])
     return found
 
@@ -180,6 +181,7 @@ def test_hostile_inputs_end_as_expected_and_good_files_are_still_served(tmp_path
         shutil.copyfile(make_tone(staging / "after.wav", 1.0, frequency=2500), inbox / "after.wav")
         wait_until(lambda: "after.wav" in outcomes(tmp_path, daemon), 60, "after.wav")
         assert not fifo_has_reader(outside / "secret.fifo")
+        assert daemon.status()["failed"] == daemon.report()["failed"]  # the command agrees
         assert daemon.stop() == 0
     finally:
         daemon.kill()
