@@ -298,7 +298,7 @@ class Service:
             self._keep_leases(now)
             if not self.watcher.stopped:  # stopped while the inbox is away
                 self._take_in(now)
-            if now >= self._next_node_report:
+            if now >= self._next_node_report or self._settling_changed():
                 self._report_node()
         except LedgerUnavailable:
             pass  # said once by the ledger; the workers wait, the main loop goes on
@@ -325,12 +325,21 @@ class Service:
         self._next_renewal = now + lease / 4
         self.workers.renew_leases(lease, self.config.service.hang_timeout)
 
+    def _settling(self) -> int:
+        return len(self.settler) if self.settler is not None and not self._stopping else 0
+
+    def _settling_changed(self) -> bool:
+        """Files settling live in the settler, not the ledger: `stemd status`
+        hears of a change at once (workers' progress waits for the next report)."""
+        return self._last_report is not None and self._settling() != self._last_report[0]
+
     def _report_node(self) -> None:
-        """This daemon is alive: its host, workers and files settling (which live
-        in the settler, not the ledger), for `stemd status` and the other nodes."""
+        """This daemon is alive: its host, workers and files settling, for
+        `stemd status` and the other nodes: every NODE_REPORT_S, and as soon as
+        the settling count changes."""
         assert self.ledger is not None
         self._next_node_report = time.monotonic() + NODE_REPORT_S
-        settling = len(self.settler) if self.settler is not None and not self._stopping else 0
+        settling = self._settling()
         workers = self.workers.report() if self.workers is not None else []
         if not self.ledger.backend.shared and (settling, workers) == self._last_report:
             # no other daemon needs a heartbeat: an idle daemon writes nothing
