@@ -137,18 +137,10 @@ class Daemon:
         """What `stemd status --json` prints, from the same code (the config,
         the ledger, `status_report`), read in this process: a command's start
         costs half a CPU second, too much to poll with while daemons work."""
-        from stemd.cli.common import has_ledger, open_ledger
+        from stemd.cli.jobs import status_for
         from stemd.config import load_config
-        from stemd.report import no_ledger_report, status_report
 
-        config = load_config(self.config, base_dir=self.cwd)
-        if not has_ledger(config):
-            return no_ledger_report(config.state_dir)
-        ledger = open_ledger(config)
-        try:
-            return status_report(ledger)
-        finally:
-            ledger.close()
+        return status_for(load_config(self.config, base_dir=self.cwd))
 
     def signal(self, signum: int) -> None:
         assert self.process is not None

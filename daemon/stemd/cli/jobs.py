@@ -13,7 +13,7 @@ from stemd.config import Config
 from stemd.errors import EX_OK, EX_SOFTWARE, ConfigError, StateError
 
 
-def _status_report(config: Config) -> dict[str, Any]:
+def status_for(config: Config) -> dict[str, Any]:
     """What `status` shows: the ledger's report, or a note that there is none yet."""
     from stemd.report import no_ledger_report, status_report
 
@@ -28,7 +28,7 @@ def _status_report(config: Config) -> dict[str, Any]:
 
 def cmd_status(args: argparse.Namespace) -> int:
     config, _ = config_from(args)
-    report = _status_report(config)
+    report = status_for(config)
     if args.json:
         print(json.dumps(report, indent=2, ensure_ascii=False))
         return EX_OK
