@@ -87,7 +87,7 @@ class Intake:
         it applies a reload), and the output profile they make: its key (jobs
         are keyed by it) and its parameters (the worker renders with them)."""
         self.config = config
-        self.outbox = Outbox(config.outbox, config.output)
+        self.outbox = Outbox(config.outbox, config.output, self.ledger.node)
         self.model_folder = model.folder
         self.profile_params = profile_params(config, model)
         self.profile = profile_key(self.profile_params)

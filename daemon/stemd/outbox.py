@@ -20,7 +20,7 @@ import shutil
 import stat
 import time
 import uuid
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -177,9 +177,12 @@ def read_manifest(folder: Path) -> dict[str, Any] | None:
 class Outbox:
     """Publishes finished track folders into the outbox root."""
 
-    def __init__(self, root: Path, output: OutputConfig) -> None:
+    def __init__(self, root: Path, output: OutputConfig, owner: str = "") -> None:
+        """`owner`: this daemon's node id, the first part of its temp folders'
+        names: daemons sharing an outbox clear only their own leftovers."""
         self.root = root
         self.output = output
+        self.owner = owner
         self.gid: int | None = None
         if output.group is not None:
             try:
@@ -193,12 +196,17 @@ class Outbox:
     def temp_root(self) -> Path:
         return self.root / TEMP_DIR
 
-    def cleanup_temp(self) -> int:
-        """Remove work folders left by an interrupted run. Returns how many."""
+    def cleanup_temp(self, live_others: Collection[str] = ()) -> int:
+        """Remove work folders left by an interrupted run: all but those of
+        the other daemons still running on this outbox (`live_others`, node
+        ids). Returns how many."""
         if not self.temp_root.is_dir():
             return 0
         count = 0
         for entry in self.temp_root.iterdir():
+            owner = entry.name.split(".", 1)[0] if "." in entry.name else ""
+            if owner and owner in live_others:
+                continue  # another host's work in progress
             shutil.rmtree(entry, ignore_errors=True)
             count += 1
         self.tidy_temp()
@@ -217,7 +225,8 @@ class Outbox:
             )
 
     def new_temp(self, label: str) -> Path:
-        folder = self.temp_root / f"{label}-{uuid.uuid4().hex[:8]}"
+        prefix = f"{self.owner}." if self.owner else ""
+        folder = self.temp_root / f"{prefix}{label}-{uuid.uuid4().hex[:8]}"
         for _attempt in range(3):
             # Never parents=True: a missing outbox may be an unmounted share, and
             # recreating it would put stems on the disk beneath the mount point.

@@ -126,7 +126,13 @@ class Service:
             log.warning(
                 "recovered from an interrupted run: %d job(s) requeued, %d failed", requeued, failed
             )
-        removed = Outbox(config.outbox, config.output).cleanup_temp()
+        # another host's work in progress in a shared outbox is not ours to clear
+        live_others = {
+            node.node
+            for node in self.ledger.nodes()
+            if node.node != self.node and node.age <= NODE_GONE_S
+        }
+        removed = Outbox(config.outbox, config.output, self.node).cleanup_temp(live_others)
         if removed:
             log.info("removed %d unfinished work folder(s) from the outbox", removed)
         self.notifier.status(f"loading model {config.model.name}")

@@ -111,7 +111,7 @@ class Worker(threading.Thread):
         self.intake = intake
         self.config = config
         self.engine = engine
-        self.outbox = Outbox(config.outbox, config.output)
+        self.outbox = Outbox(config.outbox, config.output, ledger.node)
         self.wake = threading.Event()
         self.stop_requested = threading.Event()  # finish the running job, take no more
         self.cancel_requested = threading.Event()  # stop the running job at the next chunk
@@ -276,7 +276,7 @@ class Worker(threading.Thread):
                 self._warm_up()
         self.ahead.drop()  # decoded under the old settings (rate, max_duration)
         self.config = new
-        self.outbox = Outbox(new.outbox, new.output)
+        self.outbox = Outbox(new.outbox, new.output, self.ledger.node)
         self.intake.configure(new, self.engine.info)
         log.info("configuration applied")
 
