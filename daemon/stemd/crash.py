@@ -1,7 +1,9 @@
 """Named crash points, so tests can kill stemd at the worst moments of a job.
 
 Inert unless $STEMD_CRASH_AT names a point: then the process SIGKILLs itself
-there (no cleanup, no flush), as a power cut or the OOM killer would.
+there (no cleanup, no flush), as a power cut or the OOM killer would. With
+$STEMD_STOP_AT, it SIGSTOPs itself there, once: a host suspended (or cut off)
+at that moment, that carries on where it was when it is sent SIGCONT.
 """
 
 from __future__ import annotations
@@ -11,6 +13,8 @@ import signal
 from typing import Literal, get_args
 
 CRASH_ENV = "STEMD_CRASH_AT"
+STOP_ENV = "STEMD_STOP_AT"
+_stopped: set[str] = set()  # the points this process has stopped at
 
 # In the order a job meets them.
 CrashPoint = Literal[
@@ -27,3 +31,6 @@ CRASH_POINTS: tuple[CrashPoint, ...] = get_args(CrashPoint)
 def crash_point(name: CrashPoint) -> None:
     if os.environ.get(CRASH_ENV) == name:
         os.kill(os.getpid(), signal.SIGKILL)
+    if os.environ.get(STOP_ENV) == name and name not in _stopped:
+        _stopped.add(name)
+        os.kill(os.getpid(), signal.SIGSTOP)

@@ -49,8 +49,15 @@ class Share:
         self.inbox.mkdir(parents=True)
         self.daemons: list[Daemon] = []
 
-    def daemon(self, name: str, model: str = FEATHER, gated: bool = False) -> Daemon:
-        """A daemon (not started) of its own state_dir, on the share."""
+    def daemon(
+        self,
+        name: str,
+        model: str = FEATHER,
+        gated: bool = False,
+        env: dict[str, str] | None = None,
+    ) -> Daemon:
+        """A daemon (not started) of its own state_dir, on the share; `env` is
+        added to its environment."""
         home = self.root / name
         home.mkdir()
         config: dict[str, Any] = {
@@ -64,8 +71,10 @@ class Share:
             "http": EPHEMERAL,
             "ledger": {"url": self.url, "lease": f"{LEASE_S:g}s"},
         }
-        env, _record = model_env(home, gate=gated)
-        daemon = Daemon(write_config(home / "stemd.yaml", config), home, env=env)
+        model_vars, _record = model_env(home, gate=gated)
+        daemon = Daemon(
+            write_config(home / "stemd.yaml", config), home, env={**model_vars, **(env or {})}
+        )
         self.daemons.append(daemon)
         return daemon
 
@@ -235,3 +244,37 @@ def test_a_dead_host_is_taken_over_a_stopped_one_publishes_nothing_and_a_restart
     assert sorted(p.name for p in share.archive.iterdir()) == sorted(names)
     # the killed host is gone from status: the two that run are there
     assert len(share.status()["nodes"]) == 2
+
+
+def stopped(pid: int) -> bool:
+    """Whether the process is stopped (SIGSTOP): its state in /proc is T."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return fields[0] == "T"
+
+
+def test_a_host_stopped_with_its_stems_written_publishes_nothing_when_it_wakes(
+    share: Share,
+) -> None:
+    """The fence at the publishing rename: a host suspended after writing its
+    stems, past its lease, must check the lease before the rename."""
+    staging = share.root / "staging"
+    (name,) = make_tracks(staging, count=1)
+    # the late host stops itself with its stems written, not yet renamed
+    late = share.daemon("late", env={"STEMD_STOP_AT": "written"}).start()
+    late.wait_warm()
+    share.drop([name], staging)
+    wait_until(lambda: stopped(late.pid), 60, "the late host to stop with its stems written")
+    # the new owner takes the job over and is held in its model: it has not
+    # published when the late host wakes, so nothing but the fence stops the
+    # late host's rename
+    owner = share.daemon("owner", gated=True).start()
+    wait_until(lambda: (share.gate(owner) / "entered").exists(), 60, "the job taken over")
+    assert "taken over from" in owner.log()
+    os.kill(late.pid, signal.SIGCONT)
+    wait_until(lambda: "dropping it here" in late.log(), 60, "the late host to drop its stems")
+    assert name not in share.published(), "the late host published without its lease"
+    assert not any(share.outbox.rglob(".stemd-tmp/*")), "the late host left its temp folder"
+    (share.gate(owner) / "open").touch()
+    wait_until(lambda: name in share.published(), 60, "the owner's stems")
+    assert len(share.published()[name]) == 1
+    assert share.record(late).count() == share.record(owner).count() == 1
