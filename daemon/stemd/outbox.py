@@ -230,12 +230,15 @@ class Outbox:
         for _attempt in range(3):
             # Never parents=True: a missing outbox may be an unmounted share, and
             # recreating it would put stems on the disk beneath the mount point.
-            self.temp_root.mkdir(exist_ok=True)
             try:
+                self.temp_root.mkdir(exist_ok=True)
                 folder.mkdir()
                 return folder
-            except FileNotFoundError:
-                continue  # another process tidied the empty temp root away just now
+            except (FileNotFoundError, FileExistsError):
+                # another process (a host sharing the outbox) tidied the empty
+                # temp root away just now: between our mkdir and its check, or
+                # between it and the folder's
+                continue
         folder.mkdir()  # a third miss: let its error speak
         return folder
 
