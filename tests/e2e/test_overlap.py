@@ -44,7 +44,8 @@ def test_the_next_input_decodes_and_the_last_stems_encode_while_the_model_works(
         assert f"album/{first}.m4a: stems in" not in daemon.log()
         # an encoder ffmpeg writing the first job's stems into the outbox's temp folder
         # (one per stem, with gaps between them: looked for, not sampled once)
-        wait_until(lambda: ffmpeg_children(pid, ".stemd-tmp/job"), 30, "an encoder ffmpeg")
+        node = (tmp_path / "state" / "node").read_text().strip()  # names its temp folders
+        wait_until(lambda: ffmpeg_children(pid, f".stemd-tmp/{node}.job"), 30, "an encoder ffmpeg")
         wait_until(lambda: daemon.report()["counts"]["done"] == 2, 120, "both jobs")
         log = daemon.log()
         assert log.index(f"album/{second}.m4a: separating") < log.index(
