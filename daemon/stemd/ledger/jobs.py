@@ -76,19 +76,16 @@ class JobLedger(LedgerCore):
         )
 
     @patient
-    def next_queued(self, exclude: frozenset[int] = frozenset()) -> JobRecord | None:
-        """The job `claim_next` would likely take now, left unclaimed (what to
-        decode ahead); `exclude` the ones this node runs already."""
+    def next_queued(self) -> JobRecord | None:
+        """The job `claim_next` would take now, left unclaimed (what to decode
+        ahead)."""
         with self._read() as db:
             now = self.backend.now(db)
-            rows = db.execute(
-                f"SELECT * FROM jobs WHERE {self._claimable()} ORDER BY id LIMIT ?",
-                (now, now, self.node, len(exclude) + 1),
-            ).fetchall()
-        for row in rows:
-            if row["id"] not in exclude:
-                return job_of(row)
-        return None
+            row = db.execute(
+                f"SELECT * FROM jobs WHERE {self._claimable()} ORDER BY id LIMIT 1",
+                (now, now, self.node),
+            ).fetchone()
+        return job_of(row) if row else None
 
     @patient
     def claim_next(self, worker: str = "worker", lease: float = 30.0) -> JobRecord | None:
@@ -106,10 +103,10 @@ class JobLedger(LedgerCore):
             if row is None:
                 return None
             taken_over = row["state"] == JobState.RUNNING.value
-            db.execute(
+            claimed = db.execute(
                 "UPDATE jobs SET state = ?, attempts = attempts + ?, lost = lost + ?, "
                 "claim = claim + 1, lease_owner = ?, lease_until = ?, progress = 0, "
-                "started_at = ? WHERE id = ?",
+                "started_at = ? WHERE id = ? RETURNING *",
                 (
                     JobState.RUNNING.value,
                     0 if taken_over else 1,
@@ -119,8 +116,7 @@ class JobLedger(LedgerCore):
                     now,
                     row["id"],
                 ),
-            )
-            claimed = db.execute("SELECT * FROM jobs WHERE id = ?", (row["id"],)).fetchone()
+            ).fetchone()
         if taken_over:
             log.warning(
                 "%s: taken over from %s, whose lease ran out %.0fs ago (lost %d time(s))",
