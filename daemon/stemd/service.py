@@ -59,7 +59,9 @@ MAIN_LOOP_STALL_S = 10.0
 # undisposed sources are taken on by the others
 NODE_REPORT_S = 2.0
 NODE_GONE_S = 10.0
-LEDGER_RETRY_MAX_S = 10.0  # at startup, an unreachable ledger is tried this often
+# an unreachable ledger is tried at least this often: at startup, and by a
+# scan it cut short
+LEDGER_RETRY_MAX_S = 10.0
 
 
 class Service:
@@ -489,7 +491,7 @@ class Service:
             except OSError:
                 continue
             except LedgerUnavailable:
-                self._next_rescan = time.monotonic() + NODE_GONE_S  # try again soon
+                self._next_rescan = time.monotonic() + LEDGER_RETRY_MAX_S  # try again soon
                 raise
             self.settler.found(path)
 
