@@ -4,6 +4,7 @@ keys, state transitions, leases and fencing, recovery, retry, migrations."""
 
 from __future__ import annotations
 
+import contextlib
 import sqlite3
 import threading
 import time
@@ -578,3 +579,35 @@ def test_a_ledger_no_one_shares_takes_on_what_an_earlier_node_id_left(tmp_path: 
     after = sqlite_ledger(path, "new-node")
     assert after.recover(max_attempts=3) == (1, 0)
     assert [r.id for r in after.pending_inputs(stale_after=3600)] == [pending]
+
+
+def test_a_host_frozen_inside_a_transaction_does_not_keep_its_job_from_a_takeover(
+    postgres: PostgresServer,
+) -> None:
+    """A daemon stopped (SIGSTOP) between a statement and its commit holds row
+    locks; the server ends its transaction, so the job can still be taken over."""
+    from stemd.ledger.backends import IDLE_IN_TRANSACTION_S
+
+    frozen, other = two_hosts(postgres)
+    frozen.attach(add(frozen, "a.wav"), SHA_A, PROFILE, "a.wav")
+    held = frozen.claim_next("w0", lease=0.5)
+    assert held is not None
+    inside, thawed = threading.Event(), threading.Event()
+
+    def freeze_mid_renewal() -> None:
+        with contextlib.suppress(LedgerUnavailable), frozen._write() as db:
+            db.execute("UPDATE jobs SET lease_until = lease_until WHERE id = ?", (held.id,))
+            inside.set()
+            thawed.wait(timeout=30)  # the process stands still, its transaction open
+
+    thread = threading.Thread(target=freeze_mid_renewal)
+    thread.start()
+    try:
+        assert inside.wait(timeout=10)
+        taken = wait_until(
+            lambda: other.claim_next("w0", lease=30), IDLE_IN_TRANSACTION_S + 10, "a takeover"
+        )
+        assert taken.id == held.id and taken.lost == 1
+    finally:
+        thawed.set()
+        thread.join(timeout=30)

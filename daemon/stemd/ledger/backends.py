@@ -24,6 +24,11 @@ log = logging.getLogger("stemd")
 
 BUSY_TIMEOUT_S = 10.0
 CONNECT_TIMEOUT_S = 5
+# A daemon frozen (SIGSTOP, a suspended VM) in the middle of one of its short
+# transactions would keep that transaction's row locks: no other host could take
+# its jobs over (SKIP LOCKED skips them), however long ago its leases ran out.
+# The server ends such a transaction after this long, and its locks with it.
+IDLE_IN_TRANSACTION_S = 5
 # one number for the advisory lock that serialises schema changes between
 # daemons starting at once against one PostgreSQL database
 SCHEMA_LOCK_KEY = 0x5354454D44  # "STEMD"
@@ -212,7 +217,10 @@ class PostgresBackend:
         psycopg = self._psycopg
         from psycopg.rows import dict_row
 
-        extra: dict[str, Any] = {"connect_timeout": CONNECT_TIMEOUT_S}
+        extra: dict[str, Any] = {
+            "connect_timeout": CONNECT_TIMEOUT_S,
+            "options": f"-c idle_in_transaction_session_timeout={IDLE_IN_TRANSACTION_S}s",
+        }
         if self._password is not None:
             extra["password"] = self._password
         try:
@@ -245,7 +253,9 @@ class PostgresBackend:
                         yield _PgDb(self._conn)
                 else:
                     yield _PgDb(self._conn)
-            except (psycopg.OperationalError, psycopg.InterfaceError) as err:
+            except psycopg.Error as err:
+                # the server ended the session (restarted; or our transaction sat
+                # idle past IDLE_IN_TRANSACTION_S while this process was frozen)
                 if self._conn.broken or self._conn.closed:
                     self._conn.close()
                     self._conn = None
@@ -253,6 +263,8 @@ class PostgresBackend:
                         f"lost the connection to PostgreSQL at {self.where}: "
                         f"{str(err).strip() or type(err).__name__}"
                     ) from None
+                if not isinstance(err, psycopg.OperationalError | psycopg.InterfaceError):
+                    raise  # a mistake in our SQL: not the database's absence
                 # a serialization failure or deadlock: the transaction is rolled
                 # back and may simply run again
                 raise LedgerUnavailable(f"PostgreSQL at {self.where}: {err}") from None
