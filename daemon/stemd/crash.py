@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import signal
+import threading
 from typing import Literal, get_args
 
 CRASH_ENV = "STEMD_CRASH_AT"
@@ -33,4 +34,7 @@ def crash_point(name: CrashPoint) -> None:
         os.kill(os.getpid(), signal.SIGKILL)
     if os.environ.get(STOP_ENV) == name and name not in _stopped:
         _stopped.add(name)
-        os.kill(os.getpid(), signal.SIGSTOP)
+        # at this very thread: a SIGSTOP sent to the process may be taken by
+        # another thread, and on a busy machine this one would run on for a
+        # moment (far enough to publish) before the whole process stops
+        signal.pthread_kill(threading.get_ident(), signal.SIGSTOP)

@@ -271,7 +271,10 @@ def test_a_host_stopped_with_its_stems_written_publishes_nothing_when_it_wakes(
     # published when the late host wakes, so nothing but the fence stops the
     # late host's rename
     owner = share.daemon("owner", gated=True).start()
-    wait_until(lambda: (share.gate(owner) / "entered").exists(), 60, "the job taken over")
+    try:
+        wait_until(lambda: (share.gate(owner) / "entered").exists(), 60, "the job taken over")
+    except AssertionError as err:
+        raise AssertionError(f"{err}; the owner's log:\n{owner.log()[-4000:]}") from None
     assert "taken over from" in owner.log()
     os.kill(late.pid, signal.SIGCONT)
     wait_until(lambda: "dropping it here" in late.log(), 60, "the late host to drop its stems")
