@@ -27,6 +27,7 @@ OUTPUT_MARK = "stemd_output"  # set on the handlers setup_logging installs
 
 log = logging.getLogger(LOGGER_NAME)
 
+Item = dict[str, Any]  # a job event, as event_item gives it
 Event = Literal["detected", "duplicate", "started", "done", "failed", "retried", "ignored"]
 
 
@@ -59,6 +60,28 @@ def event(
     if worker is not None:
         fields["STEMD_WORKER"] = worker
     log.log(level, message, extra=fields, exc_info=exc_info)
+
+
+def event_item(record: logging.LogRecord) -> Item | None:
+    """A job event's fields as a dict (for the HTTP event stream, metrics and
+    notifications); None for a record that is not one."""
+    name = getattr(record, "STEMD_EVENT", None)
+    if name is None:
+        return None
+    job = getattr(record, "STEMD_JOB", None)
+    item: Item = {
+        "event": name,
+        "job": int(job) if job is not None else None,
+        "sha256": getattr(record, "STEMD_SHA256", None),
+        "source": getattr(record, "STEMD_SOURCE", None),
+        "message": record.getMessage(),
+        "time": record.created,
+    }
+    for field, key in (("STEMD_AUDIO_SECONDS", "audio_seconds"), ("STEMD_ELAPSED", "elapsed")):
+        value = getattr(record, field, None)
+        if value is not None:
+            item[key] = float(value)
+    return item
 
 
 def stderr_is_journal() -> bool:

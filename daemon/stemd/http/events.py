@@ -15,33 +15,11 @@ import contextlib
 import logging
 import threading
 from collections.abc import Callable
-from typing import Any
 
-from stemd.logs import LOGGER_NAME
+from stemd.logs import LOGGER_NAME, Item, event_item
 
-Item = dict[str, Any]
 QUEUE_SIZE = 256
 CLOSED: Item = {"event": "closed"}  # the server is stopping: end the stream
-
-
-def item_of(record: logging.LogRecord) -> Item | None:
-    name = getattr(record, "STEMD_EVENT", None)
-    if name is None:
-        return None
-    job = getattr(record, "STEMD_JOB", None)
-    item: Item = {
-        "event": name,
-        "job": int(job) if job is not None else None,
-        "sha256": getattr(record, "STEMD_SHA256", None),
-        "source": getattr(record, "STEMD_SOURCE", None),
-        "message": record.getMessage(),
-        "time": record.created,
-    }
-    for field, key in (("STEMD_AUDIO_SECONDS", "audio_seconds"), ("STEMD_ELAPSED", "elapsed")):
-        value = getattr(record, field, None)
-        if value is not None:
-            item[key] = float(value)
-    return item
 
 
 class Subscription:
@@ -107,7 +85,7 @@ class EventHub(logging.Handler):
     # -- logging.Handler ---------------------------------------------------------
 
     def emit(self, record: logging.LogRecord) -> None:
-        item = item_of(record)
+        item = event_item(record)
         if item is not None:
             self.publish(item)
 

@@ -13,8 +13,8 @@ from prometheus_client import CollectorRegistry, Counter, Histogram, disable_cre
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from stemd.http.events import Item
 from stemd.ledger import JobState
+from stemd.logs import Item
 
 # Separation wall time, a few seconds (a short track on a GPU) to an hour
 # No `_created` series beside every counter: they double the page for nothing a
