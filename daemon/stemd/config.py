@@ -66,6 +66,26 @@ PATH_KEYS = (
 )
 # lame's valid MPEG-1 layer III bitrates
 MP3_BITRATES = (32, 40, 48, 56, 64, 80, 96, 112, 128, 160, 192, 224, 256, 320)
+# the sample rates an mp3 can have (MPEG-1, 2 and 2.5 layer III)
+MP3_RATES = (8000, 11025, 12000, 16000, 22050, 24000, 32000, 44100, 48000)
+MIN_RATE, MAX_RATE = 8000, 384000
+
+
+def _sample_rate(value: object) -> object:
+    """model, source, or a whole number of Hz (48000, not 48k or 48000.0)."""
+    if value in ("model", "source"):
+        return value
+    if isinstance(value, int) and not isinstance(value, bool):
+        if not MIN_RATE <= value <= MAX_RATE:
+            raise ValueError(f"{value} Hz is outside {MIN_RATE}..{MAX_RATE}")
+        return value
+    raise ValueError(
+        f"{value!r} is not a sample rate; use model (the model's own), source (each "
+        "input's) or a rate in Hz such as 48000"
+    )
+
+
+SampleRate = Annotated[Literal["model", "source"] | int, BeforeValidator(_sample_rate)]
 
 
 class _Section(BaseModel):
@@ -143,6 +163,12 @@ class OutputConfig(_Section):
     sample_format: Literal["s16", "s24", "f32"] = "s16"
     mp3_bitrate: int = 320
     clip: Literal["rescale", "clamp", "none"] = "rescale"
+    # the stems' rate: the model's (44.1 kHz), each input's own, or a fixed rate
+    sample_rate: SampleRate = "model"
+    # the source's tags and cover art on every stem, the title marked by stem
+    tags: Literal["copy", "none"] = "copy"
+    # only these of the model's stems (null: all of them)
+    stems: tuple[str, ...] | None = None
     two_stems: str | None = None
     on_conflict: Literal["rename", "overwrite", "skip"] = "rename"
     duplicates: Literal["link", "copy", "skip"] = "link"
@@ -154,6 +180,17 @@ class OutputConfig(_Section):
     @classmethod
     def _check_layout(cls, value: str) -> str:
         check_layout(value)
+        return value
+
+    @field_validator("stems")
+    @classmethod
+    def _check_stems(cls, value: tuple[str, ...] | None) -> tuple[str, ...] | None:
+        if value is None:
+            return None
+        if not value:
+            raise ValueError("an empty list; name the stems to write, e.g. [vocals, drums]")
+        if len(set(value)) != len(value):
+            raise ValueError(f"{list(value)} names a stem twice")
         return value
 
     @field_validator("mp3_bitrate")
@@ -624,9 +661,28 @@ def _cross_check(config: Config, source: str) -> list[ConfigIssue]:
                     "on 127.0.0.1 behind a reverse proxy",
                 )
             )
-    fmt, sample = config.output.format, config.output.sample_format
+    output = config.output
+    fmt, sample = output.format, output.sample_format
     if sample == "f32" and fmt != "wav":
         issues.append(
             ConfigIssue(source, "output.sample_format", f"f32 is for wav only, not {fmt}")
+        )
+    if output.stems is not None and output.two_stems is not None:
+        issues.append(
+            ConfigIssue(
+                source,
+                "output.stems",
+                "cannot be combined with output.two_stems: keep output.stems to write "
+                "some of the model's stems, or output.two_stems for STEM and no_STEM",
+            )
+        )
+    rate = output.sample_rate
+    if fmt == "mp3" and isinstance(rate, int) and rate not in MP3_RATES:
+        issues.append(
+            ConfigIssue(
+                source,
+                "output.sample_rate",
+                f"an mp3 cannot be {rate} Hz; use one of {', '.join(map(str, MP3_RATES))}",
+            )
         )
     return issues

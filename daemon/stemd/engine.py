@@ -221,12 +221,18 @@ class Engine:
 
     def check_stem(self, stem: str | None, source: str, key: str) -> None:
         """Raise ConfigError unless `stem` (output.two_stems) is one of the model's."""
-        if stem is not None and stem not in self.info.sources:
+        if stem is not None:
+            self.check_stems((stem,), source, key)
+
+    def check_stems(self, stems: tuple[str, ...] | None, source: str, key: str) -> None:
+        """Raise ConfigError unless every stem named (output.stems) is the model's."""
+        unknown = [stem for stem in stems or () if stem not in self.info.sources]
+        if unknown:
             raise ConfigError.single(
                 source,
                 key,
-                f"{stem!r} is not a stem of {self.config.name}; "
-                f"use one of {', '.join(self.info.sources)}",
+                f"{', '.join(map(repr, unknown))}: not among the stems of "
+                f"{self.config.name}; use some of {', '.join(self.info.sources)}",
             )
 
     def _check_segment(self) -> None:

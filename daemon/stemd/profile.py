@@ -2,8 +2,8 @@
 
 The job key is (content sha256, profile). Two drops of the same bytes under the
 same profile get one separation; change the model, its weights, shifts, overlap,
-segment, the stems selection, format, bit depth, clip mode or precision and the
-same bytes are separated again.
+segment, the stems written (output.stems, output.two_stems), format, bit depth,
+sample rate, tags, clip mode or precision and the same bytes are separated again.
 """
 
 from __future__ import annotations
@@ -33,6 +33,14 @@ def profile_params(config: Config, model: ModelInfo) -> dict[str, Any]:
         "mp3_bitrate": output.mp3_bitrate if output.format == "mp3" else None,
         "clip": output.clip,
     }
+    # keys added later join only when set away from their default, so the stems
+    # made before they existed keep their profile (and are not made again)
+    if output.stems is not None:
+        params["stems"] = sorted(output.stems)
+    if output.sample_rate != "model":
+        params["sample_rate"] = output.sample_rate
+    if output.tags != "copy":
+        params["tags"] = output.tags
     return params
 
 

@@ -25,11 +25,15 @@ from stemd.audio import (
     Decoded,
     Probe,
     StemFormat,
+    Tags,
     decode_to,
     decoder_errors,
     encode_stem,
     probe,
+    read_tags,
+    stem_rate,
     stems_to_write,
+    write_tags,
 )
 from stemd.config import Config
 from stemd.engine import CancelCheck, Engine, ModelInfo, ProgressHook
@@ -88,12 +92,19 @@ class Loaded:
     stats: MixStats
     duration: float  # seconds
     decoded: Decoded
+    source_rate: int  # the input's own sample rate (output.sample_rate: source)
+    tags: Tags  # the input's tags and cover (empty unless output.tags: copy)
 
 
 def stem_names(info: ModelInfo, config: Config) -> list[str]:
-    """The stems written: the model's, or STEM and no_STEM (output.two_stems)."""
-    two = config.output.two_stems
-    return list(info.sources) if two is None else [two, f"no_{two}"]
+    """The stems written: the model's, those of output.stems, or STEM and
+    no_STEM (output.two_stems)."""
+    output = config.output
+    if output.two_stems is not None:
+        return [output.two_stems, f"no_{output.two_stems}"]
+    if output.stems is not None:
+        return [name for name in info.sources if name in output.stems]
+    return list(info.sources)
 
 
 def check_input(path: Path, config: Config) -> Probe:
@@ -149,7 +160,10 @@ def decode_track(
             "announces (an interrupted copy?); copy it again",
         )
     work.check_space(frames, info.audio_channels, files - 1)  # the stems, beside the mix
-    return Loaded(work, frames, writer.stats.result(), duration, decoded)
+    tags = read_tags(path) if config.output.tags == "copy" else Tags()
+    return Loaded(
+        work, frames, writer.stats.result(), duration, decoded, probe_info.samplerate, tags
+    )
 
 
 def check_integrity(path: Path, duration: float, info: Probe, errors: list[str]) -> None:
@@ -187,7 +201,7 @@ def check_room(info: ModelInfo, outbox: Outbox, config: Config, loaded: Loaded, 
         stems_size_estimate(
             output,
             loaded.duration,
-            info.samplerate,
+            stem_rate(output.sample_rate, info.samplerate, loaded.source_rate, output.format),
             info.audio_channels,
             len(stem_names(info, config)),
         ),
@@ -210,8 +224,8 @@ class StemFiles:
     def write(self, _start: int, region: torch.Tensor) -> None:
         """[sources, channels, n], following the region before."""
         stems = stems_to_write(dict(zip(self.sources, region, strict=True)), self.two_stems)
-        for name, wav in stems.items():
-            self.files[name].append(wav.numpy())
+        for name, raw in self.files.items():  # the stems output.stems keeps
+            raw.append(stems[name].numpy())
 
     def close(self) -> None:
         for raw in self.files.values():
@@ -243,22 +257,26 @@ def write_stems(
     config: Config,
     request: RenderRequest,
     stems: StemFiles,
-    duration: float,
+    loaded: Loaded,
     timing: Timing,
     progress: ProgressHook | None = None,
     cancelled: CancelCheck | None = None,
 ) -> Rendered:
-    """Encode the stem work files into a sealed temp folder in the outbox."""
+    """Encode the stem work files into a sealed temp folder in the outbox, at
+    the rate output.sample_rate asks for, with the source's tags."""
+    duration, source_rate, tags = loaded.duration, loaded.source_rate, loaded.tags
     output = config.output
     fmt = StemFormat(output.format, output.sample_format, output.mp3_bitrate, output.clip)
     names = TrackNames.for_input(info.folder, request.relative, request.sha256)
     folder = track_folder(output.layout, names)
+    rate = stem_rate(output.sample_rate, info.samplerate, source_rate, fmt.format)
     temp = outbox.new_temp(request.label)
     try:
         files: dict[str, str] = {}
         for stem, raw in stems.files.items():
             filename = stem_filename(output.layout, names, stem, fmt.format)
-            encode_stem(raw, temp / filename, info.samplerate, fmt, cancelled)
+            encode_stem(raw, temp / filename, info.samplerate, fmt, cancelled, out_rate=rate)
+            write_tags(temp / filename, fmt.format, tags, stem)
             files[stem] = filename
             if progress is not None:
                 progress(1.0)  # a stem encoded: still alive (long tracks encode for minutes)
@@ -271,7 +289,9 @@ def write_stems(
                 model=info.name,
                 parameters=request.params,
                 stems=files,
-                samplerate=info.samplerate,
+                samplerate=rate,
+                model_samplerate=info.samplerate,
+                tags="copied" if not tags.empty else "none",
                 duration_seconds=round(duration, 3),
                 separation_seconds=round(timing.separated, 3),
                 model_seconds=round(timing.model, 3),
@@ -320,7 +340,7 @@ def render_track(
                 config,
                 request,
                 stems,
-                loaded.duration,
+                loaded,
                 timing,
                 progress,
                 cancelled,

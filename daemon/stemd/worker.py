@@ -34,7 +34,7 @@ from stemd.config import Config
 from stemd.crash import crash_point
 from stemd.decodeahead import DecodeAhead
 from stemd.engine import Engine, ModelInfo
-from stemd.errors import StemdError
+from stemd.errors import ConfigError, StemdError
 from stemd.folders import SharedFolders
 from stemd.intake import Intake, job_event, stat_of
 from stemd.ledger import (
@@ -274,6 +274,12 @@ class Worker(threading.Thread):
             else:
                 self.engine = engine
                 self._warm_up()
+        try:  # stems the (new) model does not have would fail every job
+            self.engine.check_stem(new.output.two_stems, "reload", "output.two_stems")
+            self.engine.check_stems(new.output.stems, "reload", "output.stems")
+        except ConfigError as err:
+            log.error("reload: keeping the output settings: %s", err)
+            new = new.model_copy(update={"output": self.config.output})
         self.ahead.drop()  # decoded under the old settings (rate, max_duration)
         self.config = new
         self.outbox = Outbox(new.outbox, new.output, self.ledger.node)
@@ -439,7 +445,7 @@ class Worker(threading.Thread):
                 done.config,
                 done.request,
                 done.stems,
-                done.loaded.duration,
+                done.loaded,
                 done.timing,
                 progress=lambda _f: self.beat(),  # a stem written: alive
                 cancelled=lambda: self._job_stopped(job.id),

@@ -1,4 +1,5 @@
-"""A two-hour mp3 goes through the running daemon in flat memory.
+"""Long tracks go through the running daemon in flat memory: a two-hour mp3, and
+an hour at 96 kHz whose stems are resampled back to 96 kHz.
 
 The model is the passthrough test model (support.instrumented_model): its
 forward pass costs nothing, so the test takes minutes, not the hour a real
@@ -11,6 +12,7 @@ and its peak (VmHWM) is read at the end: both must stay under the target.
 
 from __future__ import annotations
 
+import os
 import subprocess
 import threading
 from pathlib import Path
@@ -127,5 +129,66 @@ def test_a_two_hour_mp3_is_published_whole_in_flat_memory(
         info = probe(folder / stem)
         assert abs(float(info["duration"]) - seconds) < 1.0, stem
     print(f"two-hour mp3: highest VmRSS sampled {rss.highest:.0f} MiB, VmHWM {peak:.0f} MiB")
+    assert rss.highest <= RSS_LIMIT_MIB
+    assert peak <= RSS_LIMIT_MIB
+
+
+def hour_at_96_khz(path: Path) -> float:
+    """An hour of a 96 kHz stereo WAV (1.4 GB): a minute made once, its PCM
+    copied 60 times into one file. Returns its duration."""
+    clip = path.with_name("minute96.wav")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    ffmpeg = ["ffmpeg", "-nostdin", "-v", "error", "-y"]
+    graph = (
+        "sine=frequency=330:sample_rate=96000:duration=60[a];"
+        "anoisesrc=color=pink:amplitude=0.05:sample_rate=96000:duration=60[b];"
+        "[a][b]amix=inputs=2:normalize=0"
+    )
+    subprocess.run(
+        [*ffmpeg, "-f", "lavfi", "-i", graph, "-ac", "2", str(clip)], check=True, timeout=120
+    )
+    playlist = path.with_name("minutes96.txt")
+    playlist.write_text(f"file '{clip.name}'\n" * 60)
+    subprocess.run(
+        [*ffmpeg, "-f", "concat", "-safe", "0", "-i", str(playlist), "-c", "copy", str(path)],
+        check=True,
+        timeout=120,
+    )
+    clip.unlink()
+    return float(probe(path)["duration"])
+
+
+def test_an_hour_at_96_khz_comes_back_at_96_khz_in_flat_memory(
+    tmp_path: Path, instrumented_repo: Path
+) -> None:
+    track = tmp_path / "staging" / "archive.wav"
+    seconds = hour_at_96_khz(track)
+    assert abs(seconds - 3600) < 0.1
+    config = service_config(
+        tmp_path,
+        model=instrumented_model(instrumented_repo, PASSTHROUGH),
+        # one stem: the resampled path is the same for each, and the outbox
+        # gets 1.4 GB rather than 5.5
+        output={"format": "wav", "sample_rate": "source", "stems": ["vocals"]},
+    )
+    daemon = Daemon(config, tmp_path, env=model_env(tmp_path)[0]).start()
+    try:
+        daemon.wait_warm(300)
+        assert daemon.process is not None
+        pid = daemon.process.pid
+        os.link(track, tmp_path / "inbox" / track.name)
+        folder = tmp_path / "outbox" / PASSTHROUGH / "archive"
+        with RssSampler(pid) as rss:
+            wait_until(lambda: manifest_in(folder) is not None, 900, "the 96 kHz hour", 1.0)
+        peak = vm_mib(pid, "VmHWM")
+    finally:
+        daemon.stop(120)
+    manifest = manifest_in(folder)
+    assert manifest is not None
+    assert (manifest["samplerate"], list(manifest["stems"])) == (96000, ["vocals"])
+    info = probe(folder / manifest["stems"]["vocals"])
+    assert info["sample_rate"] == "96000"
+    assert abs(float(info["duration"]) - seconds) < 0.01
+    print(f"96 kHz hour: highest VmRSS sampled {rss.highest:.0f} MiB, VmHWM {peak:.0f} MiB")
     assert rss.highest <= RSS_LIMIT_MIB
     assert peak <= RSS_LIMIT_MIB

@@ -5,6 +5,8 @@
 - `probe`: what a file says about itself;
 - `decoding`: any input to the model's rate and channels, in blocks;
 - `encoding`: stems to wav, flac or mp3, in blocks;
+- `resample`: stems to another rate than the model's (output.sample_rate);
+- `tags`: the source's tags and cover art, onto every stem (output.tags);
 - `transcode`: a finished stem file into another format (HTTP answers).
 """
 
@@ -12,6 +14,8 @@ from stemd.audio.children import kill_children
 from stemd.audio.decoding import BlockSink, Decoded, decode, decode_to, decoder_errors
 from stemd.audio.encoding import StemFormat, StemReader, encode, encode_stem, stems_to_write
 from stemd.audio.probe import Probe, probe
+from stemd.audio.resample import stem_rate
+from stemd.audio.tags import Tags, read_tags, write_tags
 from stemd.audio.transcode import MP3_320, answer_format, transcode
 
 __all__ = [
@@ -21,6 +25,7 @@ __all__ = [
     "Probe",
     "StemFormat",
     "StemReader",
+    "Tags",
     "answer_format",
     "decode",
     "decode_to",
@@ -29,6 +34,9 @@ __all__ = [
     "encode_stem",
     "kill_children",
     "probe",
+    "read_tags",
+    "stem_rate",
     "stems_to_write",
     "transcode",
+    "write_tags",
 ]

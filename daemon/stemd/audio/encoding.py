@@ -22,6 +22,7 @@ import numpy as np
 import torch
 
 from stemd.audio.children import FFMPEG_TIMEOUT_S, CancelCheck, ffmpeg_input, last_line, run
+from stemd.audio.resample import resampled_blocks, resampled_frames
 from stemd.errors import JobCancelled, StemdError
 
 BLOCK_FRAMES = 1 << 18  # about 6 s at 44.1 kHz
@@ -116,17 +117,25 @@ def encode_stem(
     samplerate: int,
     fmt: StemFormat,
     cancelled: CancelCheck | None = None,
+    out_rate: int | None = None,
 ) -> None:
-    """Write one stem to `path` in the configured format."""
+    """Write one stem (at `samplerate`) to `path` in the configured format, at
+    `out_rate` when given (resampled block by block). The clip rule is applied
+    at the model's rate, where the peak was taken; the resampler's overshoot of
+    a peak is clamped with the rest when samples become integers."""
     bits = 24 if fmt.sample_format == "s24" else 16
-    blocks = _clipped_blocks(stem, fmt.clip, cancelled)
+    rate = out_rate or samplerate
+    frames = resampled_frames(stem.frames, samplerate, rate)
+    blocks = resampled_blocks(
+        _clipped_blocks(stem, fmt.clip, cancelled), stem.channels, stem.frames, samplerate, rate
+    )
     try:
         if fmt.format == "flac":
-            _encode_flac(blocks, stem.channels, path, samplerate, bits, cancelled)
+            _encode_flac(blocks, stem.channels, path, rate, bits, cancelled)
         elif fmt.format == "mp3":
-            _encode_mp3(blocks, stem.channels, path, samplerate, fmt.mp3_bitrate)
+            _encode_mp3(blocks, stem.channels, path, rate, fmt.mp3_bitrate)
         elif fmt.format == "wav":
-            _encode_wav(blocks, stem, path, samplerate, bits, fmt.sample_format == "f32")
+            _encode_wav(blocks, stem.channels, frames, path, rate, bits, fmt.sample_format == "f32")
         else:
             raise ValueError(f"unknown format {fmt.format!r}")
     except (RuntimeError, OSError) as err:
@@ -146,16 +155,16 @@ def encode(
 
 def _encode_wav(
     blocks: Iterator[torch.Tensor],
-    stem: StemReader,
+    channels: int,
+    frames: int,
     path: Path,
     samplerate: int,
     bits: int,
     as_float: bool,
 ) -> None:
     """demucs' encode_wav, header first."""
-    channels = stem.channels
     audio_format, bits = (3, 32) if as_float else (1, bits)
-    data_size = stem.frames * channels * bits // 8
+    data_size = frames * channels * bits // 8
     fmt = struct.pack(
         "<HHIIHH",
         audio_format,
@@ -167,7 +176,7 @@ def _encode_wav(
     )
     chunks = [(b"fmt ", len(fmt), fmt)]
     if as_float:
-        chunks.append((b"fact", 4, struct.pack("<I", stem.frames)))
+        chunks.append((b"fact", 4, struct.pack("<I", frames)))
     riff_size = 4 + sum(8 + size for _, size, _ in chunks) + 8 + data_size
     with open(path, "wb") as out:
         out.write(b"RIFF" + struct.pack("<I", riff_size) + b"WAVE")
