@@ -29,10 +29,12 @@ from pydantic import (
     PlainSerializer,
     ValidationError,
     field_validator,
+    model_validator,
 )
 
 from stemd.errors import ConfigError, ConfigIssue
 from stemd.modelnames import unknown_name_problem
+from stemd.notifications.masking import masked_url
 from stemd.units import format_duration, format_size, parse_duration, parse_size
 
 DEFAULT_CONFIG_PATH = Path("/etc/stemd/stemd.yaml")
@@ -69,6 +71,7 @@ MP3_BITRATES = (32, 40, 48, 56, 64, 80, 96, 112, 128, 160, 192, 224, 256, 320)
 # the sample rates an mp3 can have (MPEG-1, 2 and 2.5 layer III)
 MP3_RATES = (8000, 11025, 12000, 16000, 22050, 24000, 32000, 44100, 48000)
 MIN_RATE, MAX_RATE = 8000, 384000
+NOTIFY_EVENTS = ("done", "failed", "drained")
 
 
 def _sample_rate(value: object) -> object:
@@ -312,6 +315,57 @@ class LedgerConfig(_Section):
         return value
 
 
+class NotificationTarget(_Section):
+    """One place to send messages: exactly one of apprise, apprise_file, webhook."""
+
+    apprise: str | None = None  # an Apprise URL: ntfy://, gotify://, discord://, mailto://
+    apprise_file: Path | None = None  # Apprise URLs, one a line (secrets out of the YAML)
+    webhook: str | None = None  # http(s) URL: a JSON POST per event
+    on: tuple[Literal["done", "failed", "drained"], ...] = ("failed", "drained")
+    timeout: Duration = Field(default=10.0, gt=0, le=300)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _on_key(cls, value: object) -> object:
+        # YAML 1.1 reads a bare `on:` key as the boolean true
+        if isinstance(value, dict) and True in value:
+            value = {("on" if key is True else key): item for key, item in value.items()}
+        return value
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> NotificationTarget:
+        kinds = [k for k in ("apprise", "apprise_file", "webhook") if getattr(self, k) is not None]
+        if len(kinds) != 1:
+            raise ValueError(
+                "give exactly one of apprise: URL, apprise_file: PATH or webhook: URL"
+                + (f" (found {' and '.join(kinds)})" if kinds else "")
+            )
+        if not self.on:
+            raise ValueError("on: is empty; list events from done, failed, drained")
+        return self
+
+    @field_validator("webhook")
+    @classmethod
+    def _check_webhook(cls, value: str | None) -> str | None:
+        if value is not None:
+            from urllib.parse import urlsplit
+
+            parts = urlsplit(value)
+            if parts.scheme not in ("http", "https") or not parts.hostname:
+                raise ValueError("is not an http:// or https:// URL")
+        return value
+
+    @field_validator("apprise")
+    @classmethod
+    def _check_apprise(cls, value: str | None) -> str | None:
+        if value is not None and "://" not in value:
+            raise ValueError(
+                "is not an Apprise URL (scheme://...); see "
+                "https://github.com/caronc/apprise/wiki for the services and their URLs"
+            )
+        return value
+
+
 class Config(_Section):
     inbox: Path = Path("./inbox")
     outbox: Path = Path("./outbox")
@@ -324,6 +378,7 @@ class Config(_Section):
     service: ServiceConfig = ServiceConfig()
     http: HttpConfig = HttpConfig()
     ledger: LedgerConfig = LedgerConfig()
+    notifications: tuple[NotificationTarget, ...] = ()
 
     @property
     def max_upload(self) -> int:
@@ -334,6 +389,10 @@ class Config(_Section):
         data = self.model_dump(mode="json")
         for key in ("file_mode", "dir_mode"):
             data["output"][key] = f"{getattr(self.output, key):04o}"
+        for target in data["notifications"]:  # URLs carry tokens: never shown whole
+            for key in ("apprise", "webhook"):
+                if target.get(key):
+                    target[key] = masked_url(target[key])
         return data
 
 
@@ -350,11 +409,16 @@ def changed_keys(old: Config, new: Config) -> list[str]:
         return out
 
     before, after = flat(old.to_display()), flat(new.to_display())
-    return [
+    changes = [
         f"{key}: {before.get(key)!r} -> {after.get(key)!r}"
         for key in sorted(before.keys() | after.keys())
         if before.get(key) != after.get(key)
     ]
+    if old.notifications != new.notifications and before.get("notifications") == after.get(
+        "notifications"
+    ):
+        changes.append("notifications: a URL changed in a part not shown (secrets are masked)")
+    return changes
 
 
 def check_layout(layout: str) -> None:
@@ -604,6 +668,14 @@ def _resolve_paths(config: Config, base: Path) -> Config:
             top[name] = resolved
     for section, fields in sections.items():
         top[section] = getattr(config, section).model_copy(update=fields)
+    targets = []
+    for target in config.notifications:
+        if target.apprise_file is not None:
+            path = target.apprise_file.expanduser()
+            path = Path(os.path.normpath(path if path.is_absolute() else base / path))
+            target = target.model_copy(update={"apprise_file": path})
+        targets.append(target)
+    top["notifications"] = tuple(targets)
     return config.model_copy(update=top)
 
 
@@ -685,4 +757,14 @@ def _cross_check(config: Config, source: str) -> list[ConfigIssue]:
                 f"an mp3 cannot be {rate} Hz; use one of {', '.join(map(str, MP3_RATES))}",
             )
         )
+    for i, target in enumerate(config.notifications):
+        path = target.apprise_file
+        if path is not None and not path.is_file():
+            issues.append(
+                ConfigIssue(
+                    source,
+                    f"notifications[{i}].apprise_file",
+                    f"{path}: no such file; write the Apprise URLs there, one a line",
+                )
+            )
     return issues

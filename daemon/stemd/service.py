@@ -36,6 +36,7 @@ from stemd.ledger import (
     node_id,
 )
 from stemd.logs import event, setup_logging
+from stemd.notifications.dispatch import Notifications
 from stemd.notify import Notifier
 from stemd.outbox import Outbox
 from stemd.settle import Settler, ignore_reason
@@ -80,6 +81,7 @@ class Service:
         self.settler: Settler | None = None
         self.folders: SharedFolders | None = None
         self.http: HttpServer | None = None
+        self.notifications: Notifications | None = None  # messages to people (apprise, webhooks)
         self.started_at = time.time()
         self.model_load_seconds: float | None = None
         self._last_tick = time.monotonic()
@@ -152,8 +154,11 @@ class Service:
                 if len(engines) == 1:  # the model is checked, and timed, once
                     self.model_load_seconds = time.monotonic() - loading
                     engines[0].check_stem(config.output.two_stems, "config", "output.two_stems")
+                    engines[0].check_stems(config.output.stems, "config", "output.stems")
         self.intake = Intake(self.ledger, config, self.folders, engines[0].info, NODE_GONE_S)
         self.workers = Workers(self.ledger, config, self.intake, engines)
+        self.notifications = Notifications(config, self.ledger, self._settling)
+        self.notifications.start()  # before the workers: their first job's end is heard
         self.workers.start()
         self._start_watcher(config)
         if self.http is not None:
@@ -580,6 +585,8 @@ class Service:
             self._start_watcher(new)
         assert self.workers is not None
         self.workers.request_reload(new)
+        if self.notifications is not None:
+            self.notifications.reload(new)
         running = [worker.current.source for worker in self.workers.busy() if worker.current]
         log.info(
             "configuration reloaded%s",
@@ -621,6 +628,8 @@ class Service:
         killed = kill_children()  # none unless the worker is stuck: it kills its own
         if killed:
             log.warning("killed %d ffmpeg process(es) still running", killed)
+        if self.notifications is not None:
+            self.notifications.stop()  # the last jobs' messages, briefly
         if self.ledger is not None:
             # a stopped daemon is no node, settling nothing (if the ledger is
             # unreachable, the others see it gone once it is not heard from)

@@ -16,6 +16,7 @@ import pytest
 from stemd.errors import StateError
 from stemd.ledger import (
     ALLOWED_TRANSITIONS,
+    Drained,
     FileStat,
     InputState,
     JobState,
@@ -611,3 +612,46 @@ def test_a_host_frozen_inside_a_transaction_does_not_keep_its_job_from_a_takeove
     finally:
         thawed.set()
         thread.join(timeout=30)
+
+
+def test_the_queue_running_empty_is_summed_up_once_per_batch(ledger: Ledger) -> None:
+    assert ledger.claim_drained() == Drained(busy=False)  # a new ledger: the mark is set
+    a = ledger.attach(add(ledger, "a.mp3", 1), SHA_A, PROFILE, "a.mp3")
+    ledger.attach(add(ledger, "b.mp3", 2), SHA_B, PROFILE, "b.mp3")
+    refused = add(ledger, "c.wav", 3)
+    ledger.fail_input(refused, "not a readable audio file")
+    first = ledger.claim_next()
+    assert first is not None and first.id == a.id
+    ledger.complete(first, first.owner_input or 0, "m/a")
+    assert ledger.claim_drained().busy  # b is still queued
+    second = ledger.claim_next()
+    assert second is not None
+    assert ledger.claim_drained().busy  # and now running
+    ledger.fail(second, "cannot decode")
+    summary = ledger.claim_drained()
+    assert (summary.busy, summary.done, summary.failed) == (False, 1, 2)
+    assert 0 <= summary.seconds < 60
+    assert ledger.claim_drained() == Drained(busy=False)  # summed up once
+
+
+def test_a_batch_two_hosts_ran_is_summed_up_by_one_of_them(postgres: PostgresServer) -> None:
+    one, two = two_hosts(postgres)
+    for host in (one, two):
+        assert not host.claim_drained().busy
+    one.attach(add(one, "a.mp3", 1), SHA_A, PROFILE, "a.mp3")
+    job = two.claim_next()
+    assert job is not None
+    two.complete(job, job.owner_input or 0, "m/a")
+    results = []
+    barrier = threading.Barrier(2)
+
+    def claim(host: Ledger) -> None:
+        barrier.wait(timeout=10)
+        results.append(host.claim_drained())
+
+    threads = [threading.Thread(target=claim, args=(host,)) for host in (one, two)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=30)
+    assert sorted(r.done for r in results) == [0, 1]  # one summary, not two

@@ -127,6 +127,16 @@ class JobRecord:
 
 
 @dataclass(frozen=True)
+class Drained:
+    """The queue ran empty: what ended since it last did (for one summary)."""
+
+    busy: bool  # jobs are queued or running, or files wait to be hashed: not drained
+    done: int = 0
+    failed: int = 0
+    seconds: float = 0.0  # from the first of them queued (or the last summary) to the end
+
+
+@dataclass(frozen=True)
 class NodeRecord:
     """One daemon sharing the ledger, as it last reported itself."""
 

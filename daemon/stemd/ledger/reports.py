@@ -13,12 +13,16 @@ from stemd.ledger.core import (
     patient,
 )
 from stemd.ledger.records import (
+    Drained,
     InputState,
     JobRecord,
     JobState,
     NodeRecord,
     job_of,
 )
+
+# the meta key holding when the queue last ran empty (the database's clock)
+DRAINED_MARK = "drained_at"
 
 
 class ReportLedger(LedgerCore):
@@ -63,6 +67,59 @@ class ReportLedger(LedgerCore):
             )
             for row in rows
         ]
+
+    # -- the queue running empty ----------------------------------------------
+
+    @patient
+    def claim_drained(self) -> Drained:
+        """Whether the queue is empty, and if so what ended since the last time it
+        was: claimed once across every daemon sharing the ledger (a compare-and-set
+        on the mark in `meta`), so a batch gets one summary however many hosts ran
+        it. A first call only sets the mark (history is no batch)."""
+        with self._write() as db:
+            now = self.backend.now(db)
+            busy = db.execute(
+                "SELECT (SELECT count(*) FROM jobs WHERE state IN (?, ?)) + "
+                "(SELECT count(*) FROM inputs WHERE state = ?) AS n",
+                (JobState.QUEUED.value, JobState.RUNNING.value, InputState.PENDING.value),
+            ).fetchone()["n"]
+            mark_row = db.execute(
+                "SELECT value FROM meta WHERE key = ?", (DRAINED_MARK,)
+            ).fetchone()
+            if mark_row is None:
+                db.execute(
+                    "INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT (key) DO NOTHING",
+                    (DRAINED_MARK, repr(now)),
+                )
+                return Drained(busy=bool(busy))
+            if busy:
+                return Drained(busy=True)
+            mark = float(mark_row["value"])
+            ended = db.execute(
+                "SELECT state, count(*) AS n, min(created_at) AS began, max(finished_at) AS ended "
+                "FROM jobs WHERE state IN (?, ?) AND finished_at > ? GROUP BY state",
+                (JobState.DONE.value, JobState.FAILED.value, mark),
+            ).fetchall()
+            refused = db.execute(  # inputs refused before they had a job
+                "SELECT count(*) AS n, min(detected_at) AS began, max(updated_at) AS ended "
+                "FROM inputs WHERE state = ? AND job_id IS NULL AND updated_at > ?",
+                (InputState.FAILED.value, mark),
+            ).fetchone()
+            counts = {row["state"]: int(row["n"]) for row in ended}
+            done = counts.get(JobState.DONE.value, 0)
+            failed = counts.get(JobState.FAILED.value, 0) + int(refused["n"])
+            if done + failed == 0:
+                return Drained(busy=False)
+            claimed = db.execute(
+                "UPDATE meta SET value = ? WHERE key = ? AND value = ? RETURNING key",
+                (repr(now), DRAINED_MARK, mark_row["value"]),
+            ).fetchone()
+            if claimed is None:  # another daemon summed this batch up first
+                return Drained(busy=False)
+            began = [r["began"] for r in [*ended, refused] if r["began"] is not None]
+            last = [r["ended"] for r in [*ended, refused] if r["ended"] is not None]
+            start = max(mark, min(began)) if began else mark
+            return Drained(False, done, failed, max(0.0, max(last, default=now) - start))
 
     # -- reporting ----------------------------------------------------------
 
