@@ -83,11 +83,27 @@ class Channel:
 
     def _run(self) -> None:
         while not self._stop.is_set() and not self._done_closing():
+            if self._closing.is_set() and self.failing:
+                self._drop_queued()  # no last tries at a target that is down
+                return
             try:
                 message = self._queue.get(timeout=IDLE_WAIT_S)
             except queue.Empty:
                 continue
             self._deliver(message)
+
+    def _drop_queued(self) -> None:
+        dropped = 0
+        while True:
+            try:
+                self._queue.get_nowait()
+            except queue.Empty:
+                break
+            dropped += 1
+        if dropped:
+            log.warning(
+                "notifications: %s: %d message(s) not sent (it is down)", self.name, dropped
+            )
 
     def _deliver(self, message: Message) -> None:
         delay = self.retry_first

@@ -55,12 +55,12 @@ class WebhookSender:
             reason = err.reason
             if isinstance(reason, TimeoutError):
                 raise NotDelivered(f"no answer within {self.timeout:g}s") from None
-            text = getattr(reason, "strerror", None) or str(reason)
-            raise NotDelivered(scrub(text, self.url)) from None
+            strerror = getattr(reason, "strerror", None)  # "Connection refused": no URL in it
+            raise NotDelivered(strerror or scrub(str(reason), self.url)) from None
         except TimeoutError:
             raise NotDelivered(f"no answer within {self.timeout:g}s") from None
         except OSError as err:
-            raise NotDelivered(scrub(err.strerror or str(err), self.url)) from None
+            raise NotDelivered(err.strerror or scrub(str(err), self.url)) from None
 
 
 class _AppriseWarnings(logging.Handler):
