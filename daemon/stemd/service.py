@@ -311,7 +311,7 @@ class Service:
             self._keep_leases(now)
             if not self.watcher.stopped:  # stopped while the inbox is away
                 self._take_in(now)
-            if now >= self._next_node_report or self._settling_changed():
+            if now >= self._next_node_report or self._report_changed():
                 self._report_node()
         except LedgerUnavailable:
             pass  # said once by the ledger; the workers wait, the main loop goes on
@@ -341,10 +341,17 @@ class Service:
     def _settling(self) -> int:
         return len(self.settler) if self.settler is not None and not self._stopping else 0
 
-    def _settling_changed(self) -> bool:
-        """Files settling live in the settler, not the ledger: `stemd status`
-        hears of a change at once (workers' progress waits for the next report)."""
-        return self._last_report is not None and self._settling() != self._last_report[0]
+    def _report_changed(self) -> bool:
+        """Files settling, and which job each worker runs, live in this process:
+        `stemd status` and the page hear of a change at once (progress within a
+        job waits for the next report)."""
+        if self._last_report is None:
+            return False
+        settling, workers = self._last_report
+        if self._settling() != settling:
+            return True
+        running = [w["job"] for w in self.workers.report()] if self.workers is not None else []
+        return running != [w.get("job") for w in workers]
 
     def _report_node(self) -> None:
         """This daemon is alive: its host, workers and files settling, for
