@@ -327,8 +327,13 @@ class NotificationTarget(_Section):
     @model_validator(mode="before")
     @classmethod
     def _on_key(cls, value: object) -> object:
+        if not isinstance(value, dict):  # said here, not echoed: it may be a URL with a token
+            raise ValueError(
+                "each target is a mapping: `- webhook: URL`, `- apprise: URL` or "
+                "`- apprise_file: PATH`, with `on: [done, failed, drained]`"
+            )
         # YAML 1.1 reads a bare `on:` key as the boolean true
-        if isinstance(value, dict) and True in value:
+        if True in value:
             value = {("on" if key is True else key): item for key, item in value.items()}
         return value
 

@@ -75,6 +75,7 @@ def test_bad_targets_are_named_with_what_to_do(tmp_path: Path) -> None:
                 {"apprise": "ntfy://a", "webhook": "https://b"},
                 {"webhook": "ftp://example.com/x"},
                 {"apprise": "just-a-name", "on": ["finished"]},
+                f"https://hooks.example.com/{TOKEN}",  # a URL where a mapping belongs
             ],
         )
     text = "\n".join(str(issue) for issue in caught.value.issues)
@@ -83,6 +84,8 @@ def test_bad_targets_are_named_with_what_to_do(tmp_path: Path) -> None:
     assert "notifications[1].webhook: is not an http:// or https:// URL" in text
     assert "notifications[2].apprise: is not an Apprise URL" in text
     assert "notifications[2].on[0]: 'finished' is not allowed" in text
+    assert "notifications[3]: each target is a mapping" in text
+    assert TOKEN not in text
     with pytest.raises(ConfigError) as missing:
         load(tmp_path, [{"apprise_file": "missing.txt"}])
     assert [str(issue) for issue in missing.value.issues] == [
