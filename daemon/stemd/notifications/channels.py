@@ -41,6 +41,10 @@ class Channel:
     def name(self) -> str:
         return self.sender.name
 
+    @property
+    def alive(self) -> bool:
+        return self._thread.is_alive()
+
     def start(self) -> None:
         self._thread.start()
 

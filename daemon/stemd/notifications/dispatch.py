@@ -96,16 +96,13 @@ class Notifications:
         self._targets = config.notifications
         self._retired: list[Channel] = []  # replaced by a reload, still sending
         self._events: queue.Queue[Item] = queue.Queue(maxsize=EVENTS_MAX)
-        self._dropped = 0
+        self._dropped = 0  # events the full queue turned away (counted on the logging thread)
+        self._dropped_said = 0
         self._dirty = False  # a job ended since the queue was last seen empty
         self._stop = threading.Event()
         self._lock = threading.Lock()  # the channels, swapped on reload
         self._tap = _EventTap(self)
         self._thread = threading.Thread(target=self._run, name="notifications", daemon=True)
-
-    @property
-    def active(self) -> bool:
-        return bool(self._targets)
 
     def start(self) -> None:
         for channel in self.channels:
@@ -129,7 +126,7 @@ class Notifications:
             channel.start()
         with self._lock:
             old, self.channels, self._targets = self.channels, fresh, config.notifications
-            self._retired += old
+            self._retired = [c for c in self._retired if c.alive] + old
         for channel in old:
             channel.close(grace=RELOAD_GRACE_S)
         log.info("notifications: %d target(s) now", len(fresh))
@@ -175,6 +172,13 @@ class Notifications:
                 item: Item | None = self._events.get(timeout=0 if stopping else DRAINED_POLL_S)
             except queue.Empty:
                 item = None
+            if self._dropped > self._dropped_said:
+                log.warning(
+                    "notifications: %d job event(s) not announced: more than %d waited",
+                    self._dropped - self._dropped_said,
+                    EVENTS_MAX,
+                )
+                self._dropped_said = self._dropped
             if item is not None:
                 self._announce(item)
                 self._dirty = True
