@@ -246,3 +246,21 @@ def test_check_refuses_two_stems_with_stems_naming_both_keys(tmp_path: Path) -> 
     assert result.returncode != 0
     line = next(line for line in result.stderr.splitlines() if "output.stems" in line)
     assert "output.two_stems" in line and "c.yaml" in line
+
+
+def test_separate_takes_the_stems_rate_and_tags_as_flags(tmp_path: Path) -> None:
+    source = tagged_source(tmp_path / "src", "flac")
+    flags = ("--stems", "vocals,drums", "--sample-rate", "22050", "--tags", "none")
+    result = stemd(
+        "separate", "--model", "demucs_unittest", *flags, "-o", "out", str(source), cwd=tmp_path
+    )
+    assert result.returncode == 0, result.stderr
+    folder = tmp_path / "out" / "demucs_unittest" / "song"
+    assert sorted(p.name for p in folder.iterdir()) == ["drums.wav", "stemd.json", "vocals.wav"]
+    assert probe(folder / "vocals.wav")["sample_rate"] == "22050"
+    assert mutagen.File(folder / "vocals.wav").tags is None
+    refused = stemd(
+        "separate", "--model", "demucs_unittest", "--stems", "piano", str(source), cwd=tmp_path
+    )
+    assert refused.returncode != 0
+    assert "--stems: 'piano': not among the stems of demucs_unittest" in refused.stderr

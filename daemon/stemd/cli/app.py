@@ -22,6 +22,14 @@ from stemd.stdout import discard, guard_stdout
 CONFIG_HELP = "config file (default: $STEMD_CONFIG, else /etc/stemd/stemd.yaml)"
 
 
+def _stem_list(text: str) -> list[str]:
+    return [name.strip() for name in text.split(",") if name.strip()]
+
+
+def _sample_rate(text: str) -> str | int:
+    return int(text) if text.isdigit() else text
+
+
 def _add_config_flag(
     parser: argparse.ArgumentParser, top: bool, help_text: str = CONFIG_HELP
 ) -> None:
@@ -62,6 +70,16 @@ def build_parser() -> argparse.ArgumentParser:
     sep.add_argument("--sample-format", choices=["s16", "s24", "f32"])
     sep.add_argument("--clip", choices=["rescale", "clamp", "none"])
     sep.add_argument("--two-stems", metavar="STEM")
+    sep.add_argument(
+        "--stems", metavar="STEM,...", type=_stem_list, help="only these stems, e.g. vocals,drums"
+    )
+    sep.add_argument(
+        "--sample-rate",
+        metavar="RATE",
+        type=_sample_rate,
+        help="model (44.1 kHz), source (each file's own) or a rate in Hz",
+    )
+    sep.add_argument("--tags", choices=["copy", "none"])
 
     status = sub.add_parser("status", help="what is queued, running, done and failed")
     _add_config_flag(status, top=False)

@@ -28,6 +28,9 @@ SEPARATE_OVERRIDES = {
     "sample_format": ("output", "sample_format"),
     "clip": ("output", "clip"),
     "two_stems": ("output", "two_stems"),
+    "stems": ("output", "stems"),
+    "sample_rate": ("output", "sample_rate"),
+    "tags": ("output", "tags"),
 }
 
 
@@ -84,6 +87,8 @@ def cmd_separate(args: argparse.Namespace) -> int:
 
     engine = Engine(config.model)
     engine.check_stem(config.output.two_stems, "command line", "--two-stems")
+    where = ("command line", "--stems") if args.stems is not None else ("config", "output.stems")
+    engine.check_stems(config.output.stems, *where)
     config.outbox.mkdir(parents=True, exist_ok=True)
     outbox = Outbox(config.outbox, config.output)
     params = profile_params(config, engine.info)
