@@ -33,8 +33,8 @@ from pydantic import (
 )
 
 from stemd.errors import ConfigError, ConfigIssue
+from stemd.masking import masked_url
 from stemd.modelnames import unknown_name_problem
-from stemd.notifications.masking import masked_url
 from stemd.units import format_duration, format_size, parse_duration, parse_size
 
 DEFAULT_CONFIG_PATH = Path("/etc/stemd/stemd.yaml")

@@ -13,8 +13,8 @@ import yaml
 
 from stemd.config import Config, load_config
 from stemd.errors import ConfigError
+from stemd.masking import masked_url
 from stemd.notifications.channels import QUEUE_MAX, Channel
-from stemd.notifications.masking import masked_url
 from stemd.notifications.messages import Message
 from stemd.notifications.senders import AppriseSender, WebhookSender
 from support.daemon import stemd, write_config

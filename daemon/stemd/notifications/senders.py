@@ -16,7 +16,7 @@ import urllib.request
 from typing import Any, Protocol
 
 from stemd import __version__
-from stemd.notifications.masking import masked_url, scrub
+from stemd.masking import masked_url, scrub
 from stemd.notifications.messages import Message
 
 
