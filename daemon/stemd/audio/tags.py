@@ -94,12 +94,17 @@ def _mime_of(data: bytes) -> str:
     return "image/png" if data.startswith(b"\x89PNG") else "image/jpeg"
 
 
+def _front_cover(pictures: list[Any]) -> tuple[bytes | None, str]:
+    """The front cover of ID3 APIC frames or FLAC picture blocks (else the
+    first picture), and its MIME type."""
+    if not pictures:
+        return None, "image/jpeg"
+    front = [p for p in pictures if p.type == FRONT_COVER] or pictures
+    return front[0].data, front[0].mime or _mime_of(front[0].data)
+
+
 def _from_id3(id3: Any) -> Tags:
-    cover, mime = None, "image/jpeg"
-    pictures = id3.getall("APIC")
-    if pictures:
-        front = [p for p in pictures if p.type == FRONT_COVER] or pictures
-        cover, mime = front[0].data, front[0].mime or _mime_of(front[0].data)
+    cover, mime = _front_cover(id3.getall("APIC"))
     return Tags(
         title=_first(id3.get("TIT2")),
         artist=_first(id3.get("TPE1")),
@@ -123,16 +128,13 @@ def _vorbis_number(comments: Any, number: str, total: str) -> str | None:
 
 
 def _from_vorbis(comments: Any, pictures: list[Any]) -> Tags:
-    cover, mime = None, "image/jpeg"
     if not pictures:  # Ogg keeps its pictures inside the comments, base64
         for encoded in comments.get("metadata_block_picture") or []:
             try:
                 pictures.append(Picture(base64.b64decode(encoded)))
             except (ValueError, mutagen.MutagenError):
                 continue
-    if pictures:
-        front = [p for p in pictures if p.type == FRONT_COVER] or pictures
-        cover, mime = front[0].data, front[0].mime or _mime_of(front[0].data)
+    cover, mime = _front_cover(pictures)
     return Tags(
         title=_first(comments.get("title")),
         artist=_first(comments.get("artist")),
