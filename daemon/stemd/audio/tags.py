@@ -103,20 +103,53 @@ def _front_cover(pictures: list[Any]) -> tuple[bytes | None, str]:
     return front[0].data, front[0].mime or _mime_of(front[0].data)
 
 
-def _from_id3(id3: Any) -> Tags:
-    cover, mime = _front_cover(id3.getall("APIC"))
+# where each text field lives, by format (track and disc as "3/12" or "3")
+ID3_FRAMES: dict[str, type[Any]] = {
+    "title": TIT2,
+    "artist": TPE1,
+    "album": TALB,
+    "album_artist": TPE2,
+    "track": TRCK,
+    "disc": TPOS,
+    "date": TDRC,
+    "genre": TCON,
+}
+VORBIS_NAMES = {  # track and disc are NUMBER and TOTAL pairs there
+    "title": "TITLE",
+    "artist": "ARTIST",
+    "album": "ALBUM",
+    "album_artist": "ALBUMARTIST",
+    "date": "DATE",
+    "genre": "GENRE",
+}
+MP4_ATOMS = {  # track and disc are (number, total) pairs there
+    "title": "\xa9nam",
+    "artist": "\xa9ART",
+    "album": "\xa9alb",
+    "album_artist": "aART",
+    "date": "\xa9day",
+    "genre": "\xa9gen",
+}
+
+
+def _tags(text: dict[str, str | None], cover: tuple[bytes | None, str]) -> Tags:
     return Tags(
-        title=_first(id3.get("TIT2")),
-        artist=_first(id3.get("TPE1")),
-        album=_first(id3.get("TALB")),
-        album_artist=_first(id3.get("TPE2")),
-        track=_first(id3.get("TRCK")),
-        disc=_first(id3.get("TPOS")),
-        date=_first(id3.get("TDRC")),
-        genre=_first(id3.get("TCON")),
-        cover=cover,
-        cover_mime=mime,
+        title=text.get("title"),
+        artist=text.get("artist"),
+        album=text.get("album"),
+        album_artist=text.get("album_artist"),
+        track=text.get("track"),
+        disc=text.get("disc"),
+        date=text.get("date"),
+        genre=text.get("genre"),
+        cover=cover[0],
+        cover_mime=cover[1],
     )
+
+
+def _from_id3(id3: Any) -> Tags:
+    text = {field: _first(id3.get(frame.__name__)) for field, frame in ID3_FRAMES.items()}
+    return _tags(text, _front_cover(id3.getall("APIC")))
 
 
 def _vorbis_number(comments: Any, number: str, total: str) -> str | None:
@@ -134,39 +167,23 @@ def _from_vorbis(comments: Any, pictures: list[Any]) -> Tags:
                 pictures.append(Picture(base64.b64decode(encoded)))
             except (ValueError, mutagen.MutagenError):
                 continue
-    cover, mime = _front_cover(pictures)
-    return Tags(
-        title=_first(comments.get("title")),
-        artist=_first(comments.get("artist")),
-        album=_first(comments.get("album")),
-        album_artist=_first(comments.get("albumartist") or comments.get("album artist")),
-        track=_vorbis_number(comments, "tracknumber", "tracktotal"),
-        disc=_vorbis_number(comments, "discnumber", "disctotal"),
-        date=_first(comments.get("date")),
-        genre=_first(comments.get("genre")),
-        cover=cover,
-        cover_mime=mime,
-    )
+    text = {field: _first(comments.get(name.lower())) for field, name in VORBIS_NAMES.items()}
+    text["album_artist"] = text["album_artist"] or _first(comments.get("album artist"))
+    text["track"] = _vorbis_number(comments, "tracknumber", "tracktotal")
+    text["disc"] = _vorbis_number(comments, "discnumber", "disctotal")
+    return _tags(text, _front_cover(pictures))
 
 
 def _from_mp4(tags: Any) -> Tags:
-    cover, mime = None, "image/jpeg"
+    text = {field: _first(tags.get(atom)) for field, atom in MP4_ATOMS.items()}
+    text["track"] = _number(tags.get("trkn"))
+    text["disc"] = _number(tags.get("disk"))
+    cover: tuple[bytes | None, str] = (None, "image/jpeg")
     covers = tags.get("covr") or []
     if covers:
-        cover = bytes(covers[0])
-        mime = "image/png" if covers[0].imageformat == MP4Cover.FORMAT_PNG else "image/jpeg"
-    return Tags(
-        title=_first(tags.get("\xa9nam")),
-        artist=_first(tags.get("\xa9ART")),
-        album=_first(tags.get("\xa9alb")),
-        album_artist=_first(tags.get("aART")),
-        track=_number(tags.get("trkn")),
-        disc=_number(tags.get("disk")),
-        date=_first(tags.get("\xa9day")),
-        genre=_first(tags.get("\xa9gen")),
-        cover=cover,
-        cover_mime=mime,
-    )
+        png = covers[0].imageformat == MP4Cover.FORMAT_PNG
+        cover = (bytes(covers[0]), "image/png" if png else "image/jpeg")
+    return _tags(text, cover)
 
 
 def read_tags(path: Path) -> Tags:
@@ -204,16 +221,8 @@ def read_tags(path: Path) -> Tags:
 
 def _id3_frames(tags: Tags, stem: str) -> ID3:
     id3 = ID3()
-    for frame, value in (
-        (TIT2, tags.title),
-        (TPE1, tags.artist),
-        (TALB, tags.album),
-        (TPE2, tags.album_artist),
-        (TRCK, tags.track),
-        (TPOS, tags.disc),
-        (TDRC, tags.date),
-        (TCON, tags.genre),
-    ):
+    for field, frame in ID3_FRAMES.items():
+        value = getattr(tags, field)
         if value:
             id3.add(frame(encoding=3, text=[value]))
     id3.add(TXXX(encoding=3, desc=STEM_TAG, text=[stem]))
@@ -225,15 +234,8 @@ def _id3_frames(tags: Tags, stem: str) -> ID3:
 
 
 def _vorbis_fields(tags: Tags, stem: str) -> dict[str, str]:
-    fields = {
-        "TITLE": tags.title,
-        "ARTIST": tags.artist,
-        "ALBUM": tags.album,
-        "ALBUMARTIST": tags.album_artist,
-        "DATE": tags.date,
-        "GENRE": tags.genre,
-        STEM_TAG: stem,
-    }
+    fields = {name: getattr(tags, field) for field, name in VORBIS_NAMES.items()}
+    fields[STEM_TAG] = stem
     for name, value in (("TRACK", tags.track), ("DISC", tags.disc)):
         if value:
             number, _, total = value.partition("/")
