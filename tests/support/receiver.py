@@ -18,7 +18,6 @@ from support.waiting import wait_until
 @dataclass(frozen=True)
 class Received:
     path: str
-    content_type: str
     body: dict[str, Any]  # JSON, or a form's fields
 
 
@@ -40,7 +39,7 @@ class Receiver:
                 else:
                     body = {k: v[0] for k, v in urllib.parse.parse_qs(raw).items()}
                 with receiver._lock:
-                    receiver.received.append(Received(self.path, kind, body))
+                    receiver.received.append(Received(self.path, body))
                 self.send_response(200)
                 self.send_header("Content-Length", "2")
                 self.end_headers()

@@ -28,7 +28,6 @@ class Channel:
         self.sender = sender
         self.events = events
         self.retry_first = retry_first
-        self.delivered = 0
         self.dropped = 0
         self.failing = False
         self._queue: queue.Queue[Message] = queue.Queue(maxsize=QUEUE_MAX)
@@ -133,5 +132,4 @@ class Channel:
                 log.info("notifications: %s: delivered again", self.name)
             self.failing = False
             self.dropped = 0
-            self.delivered += 1
             return

@@ -16,7 +16,6 @@ import queue
 import threading
 import time
 from collections.abc import Callable
-from pathlib import Path
 
 from stemd.config import Config, NotificationTarget
 from stemd.ledger import Ledger, LedgerUnavailable
@@ -217,7 +216,7 @@ class Notifications:
             if error.startswith(f"{source}: "):
                 error = error[len(source) + 2 :]
         elif job is not None and job.output_dir:
-            manifest = read_manifest(Path(self.outbox) / job.output_dir) or {}
+            manifest = read_manifest(self.outbox / job.output_dir) or {}
             files = manifest.get("stems") or {}
             stems = {name: f"{job.output_dir}/{file}" for name, file in files.items()}
         self._offer(
