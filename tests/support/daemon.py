@@ -62,6 +62,22 @@ def stemd(
     )
 
 
+# The daemons started by the running test, whose logs a failing test prints
+# (tests/conftest.py): on CI, the log is all there is to read afterwards.
+STARTED: list[Daemon] = []
+LOG_TAIL_CHARS = 6000
+
+
+def log_tails(daemons: list[Daemon]) -> str:
+    """The end of each daemon's log file, headed by its folder."""
+    parts = []
+    for daemon in daemons:
+        text = daemon.log_path.read_text(errors="replace") if daemon.log_path.exists() else ""
+        parts.append(f"--- {daemon.cwd.name}: {daemon.log_path} (last {LOG_TAIL_CHARS} chars)")
+        parts.append(text[-LOG_TAIL_CHARS:])
+    return "\n".join(parts)
+
+
 class Daemon:
     def __init__(
         self,
@@ -91,6 +107,8 @@ class Daemon:
             stderr=subprocess.STDOUT,
         )
         log.close()
+        if self not in STARTED:
+            STARTED.append(self)
         return self
 
     @property
