@@ -92,6 +92,7 @@ class Service:
         self._next_node_report = 0.0
         self._last_report: tuple[int, list[dict[str, object]]] | None = None
         self._next_renewal = 0.0
+        self._unregistered: list[Path] = []  # settled while the ledger was away
         self._worker_hung = False
         self._stopping = False
 
@@ -327,8 +328,19 @@ class Service:
         if now >= self._next_rescan:
             self._scan(self.config.inbox)
             self._next_rescan = now + self.config.watch.rescan_interval
-        for path in self.settler.poll():
-            self._register(path)
+        # files that settled while the ledger was away come first: the settler
+        # has let go of them, and without this they would wait for the next
+        # rescan (watch.rescan_interval)
+        waiting = [*self._unregistered, *self.settler.poll()]
+        for done, path in enumerate(waiting):
+            try:
+                self._register(path)
+            except LedgerUnavailable:
+                if len(waiting) - done != len(self._unregistered):
+                    log.debug("%d settled file(s) wait for the ledger", len(waiting) - done)
+                self._unregistered = waiting[done:]
+                raise
+        self._unregistered = []
 
     def _keep_leases(self, now: float) -> None:
         """Renew the leases of the jobs the workers hold, a few times a lease."""
@@ -339,7 +351,9 @@ class Service:
         self.workers.renew_leases(lease, self.config.service.hang_timeout)
 
     def _settling(self) -> int:
-        return len(self.settler) if self.settler is not None and not self._stopping else 0
+        if self.settler is None or self._stopping:
+            return 0
+        return len(self.settler) + len(self._unregistered)
 
     def _report_changed(self) -> bool:
         """Files settling, and which job each worker runs, live in this process:
@@ -530,12 +544,7 @@ class Service:
                 source=relative.as_posix(),
             )
             return
-        try:
-            record = self.ledger.add_input(path, relative.as_posix(), FileStat.of(info))
-        except LedgerUnavailable:
-            assert self.settler is not None
-            self.settler.found(path)  # registered once the ledger is back
-            raise
+        record = self.ledger.add_input(path, relative.as_posix(), FileStat.of(info))
         if record is not None:
             log.debug("settled: %s", relative)
             self.workers.wake()

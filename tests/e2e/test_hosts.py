@@ -55,9 +55,10 @@ class Share:
         model: str = FEATHER,
         gated: bool = False,
         env: dict[str, str] | None = None,
+        sections: dict[str, dict[str, Any]] | None = None,
     ) -> Daemon:
         """A daemon (not started) of its own state_dir, on the share; `env` is
-        added to its environment."""
+        added to its environment, `sections` to its config's sections."""
         home = self.root / name
         home.mkdir()
         config: dict[str, Any] = {
@@ -71,6 +72,8 @@ class Share:
             "http": EPHEMERAL,
             "ledger": {"url": self.url, "lease": f"{LEASE_S:g}s"},
         }
+        for section, keys in (sections or {}).items():
+            config[section] = {**config.get(section, {}), **keys}
         model_vars, _record = model_env(home, gate=gated)
         daemon = Daemon(
             write_config(home / "stemd.yaml", config), home, env={**model_vars, **(env or {})}
@@ -247,6 +250,31 @@ def test_a_dead_host_is_taken_over_a_stopped_one_publishes_nothing_and_a_restart
     assert sorted(p.name for p in share.archive.iterdir()) == sorted(names)
     # the killed host is gone from status: the two that run are there
     assert len(share.status()["nodes"]) == 2
+
+
+def test_files_that_settle_while_the_database_is_away_are_taken_in_when_it_is_back(
+    share: Share, postgres: PostgresServer
+) -> None:
+    """Settled files the ledger could not register wait in the daemon, not
+    for the next rescan (an hour here)."""
+    staging = share.root / "staging"
+    names = make_tracks(staging, count=5)
+    host = share.daemon(
+        "host",
+        sections={"watch": {"rescan_interval": "1h"}, "logging": {"level": "debug"}},
+    ).start()
+    host.wait_warm()
+    postgres.stop()
+    try:
+        wait_until(lambda: "waiting for it and trying again" in host.log(), 30, "the outage seen")
+        share.drop(names, staging)
+        wait_until(
+            lambda: "5 settled file(s) wait for the ledger" in host.log(), 30, "all five settled"
+        )
+    finally:
+        postgres.start()
+    wait_until(lambda: sorted(share.published()) == names, 60, "all five separated")
+    assert sorted(p.name for p in share.archive.iterdir()) == names
 
 
 def stopped(pid: int) -> bool:
