@@ -10,7 +10,6 @@ from support.instrumented_model import build_instrumented_repo
 from support.models import build_repo
 from support.postgres import PostgresServer
 
-
 FAILED = pytest.StashKey[bool]()
 
 

@@ -26,7 +26,16 @@ from stemd.crash import crash_point
 from stemd.errors import StemdError
 from stemd.folders import SharedFolders
 from stemd.hashing import sha256_file
-from stemd.ledger import ORIGIN_HTTP, FileStat, InputRecord, InputState, JobRecord, JobState, Ledger
+from stemd.ledger import (
+    ORIGIN_HTTP,
+    FileStat,
+    InputRecord,
+    InputState,
+    InputTaken,
+    JobRecord,
+    JobState,
+    Ledger,
+)
 from stemd.logs import Event, event
 from stemd.outbox import (
     Outbox,
@@ -112,6 +121,8 @@ class Intake:
             self._identifying.release()
 
     def identify(self, record: InputRecord) -> None:
+        if not self.ledger.holds_input(record.id):
+            return  # an idle host took it over while this one was busy
         try:
             now = stat_of(record.path)
         except FileNotFoundError:
@@ -151,7 +162,10 @@ class Intake:
             log.info("%s changed while it was hashed; waiting for it to settle", record.relative)
             return
         with self.serve_lock:
-            self.attach(record, digest)
+            try:
+                self.attach(record, digest)
+            except InputTaken:  # taken over while it was hashed here
+                log.debug("%s: hashed by another host meanwhile", record.relative)
 
     def attach(self, record: InputRecord, digest: str) -> None:
         job = self.ledger.attach(record.id, digest, self.profile, record.relative)

@@ -252,6 +252,29 @@ def test_a_dead_host_is_taken_over_a_stopped_one_publishes_nothing_and_a_restart
     assert len(share.status()["nodes"]) == 2
 
 
+def test_an_idle_host_takes_over_the_files_a_busy_host_registered(share: Share) -> None:
+    """A host hashes the files it registered between its jobs. While its one
+    worker is held in a long job, an idle host takes them over, rather than
+    waiting beside a queue only the busy host could fill."""
+    staging = share.root / "staging"
+    names = make_tracks(staging, count=4)
+    busy = share.daemon("busy", gated=True, sections={"logging": {"level": "debug"}}).start()
+    busy.wait_warm()
+    share.drop(names[:1], staging)
+    wait_until(lambda: (share.gate(busy) / "entered").exists(), 60, "the busy host's long job")
+    # the busy host is the only one running: it registers the rest
+    share.drop(names[1:], staging)
+    for name in names[1:]:
+        wait_until(lambda n=name: f"settled: {n}" in busy.log(), 30, f"{name} registered")
+    idle = share.daemon("idle").start()
+    wait_until(lambda: sorted(share.published()) == names[1:], 60, "the idle host's stems")
+    assert share.record(idle).count() == 3
+    assert share.record(busy).count() == 1  # still held in its first job
+    (share.gate(busy) / "open").touch()
+    wait_until(lambda: sorted(share.published()) == names, 60, "the busy host's stems")
+    assert all(len(manifests) == 1 for manifests in share.published().values())
+
+
 def test_files_that_settle_while_the_database_is_away_are_taken_in_when_it_is_back(
     share: Share, postgres: PostgresServer
 ) -> None:

@@ -19,6 +19,7 @@ from stemd.ledger import (
     Drained,
     FileStat,
     InputState,
+    InputTaken,
     JobState,
     LeaseLost,
     Ledger,
@@ -453,6 +454,33 @@ def test_each_daemon_hashes_its_own_inputs_until_it_is_gone(postgres: PostgresSe
     assert [n.node for n in second.nodes()] == ["host-a", "host-b"]
     first.leave()
     assert [n.node for n in second.nodes()] == ["host-b"]
+
+
+def test_an_idle_host_takes_over_the_unhashed_files_of_a_host_whose_workers_are_busy(
+    postgres: PostgresServer,
+) -> None:
+    """A host hashes between jobs: while its one worker runs a long job, files
+    it registered would wait, and an idle host beside it would have nothing to
+    claim."""
+    busy, idle = two_hosts(postgres)
+    running = {"name": "w0", "alive": True, "job": 7, "source": "long.wav", "progress": 0.1}
+    free = {**running, "job": None, "source": None, "progress": None}
+    busy.report_node("h", 1, 0.0, 0, [free])
+    idle.report_node("h", 2, 0.0, 0, [free])
+    waiting = add(busy, "a.wav", 1)
+    assert idle.pending_inputs() == []  # its owner has a worker free to hash it
+    upload = busy.add_input(Path("/spool/u.wav"), "uploads/u.wav", FileStat(1, 9, 1, 1), "http")
+    assert upload is not None
+    busy.report_node("h", 1, 0.0, 0, [running])
+    (taken,) = idle.pending_inputs()  # the upload's spool is readable only on its host
+    assert taken.id == waiting and taken.node == "host-b"
+    # the busy host had picked it to hash before it was taken: it attaches nothing
+    assert not busy.holds_input(waiting)
+    with pytest.raises(InputTaken):
+        busy.attach(waiting, SHA_A, PROFILE, "a.wav")
+    job = idle.attach(waiting, SHA_A, PROFILE, "a.wav")
+    assert [r.id for r in idle.inputs_of(job.id)] == [waiting]
+    assert [r.id for r in busy.pending_inputs()] == [upload.id]
 
 
 def test_a_job_for_an_upload_runs_only_where_the_upload_is(postgres: PostgresServer) -> None:

@@ -4,9 +4,11 @@ whether its source was disposed of."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from stemd.errors import StateError
+from stemd.ledger.backends import Db
 from stemd.ledger.core import (
     FINISHED_INPUT_STATES,
     LedgerCore,
@@ -64,19 +66,27 @@ class InputLedger(LedgerCore):
 
     @patient
     def pending_inputs(self, limit: int = 100, stale_after: float = 60.0) -> list[InputRecord]:
-        """Settled inputs for this node to hash: those it registered, and those
-        of daemons not seen for `stale_after` seconds (it adopts them)."""
+        """Settled inputs for this node to hash: those it registered; those of
+        daemons not seen for `stale_after` seconds; and inbox files of daemons
+        whose every worker is running a job. A daemon hashes between jobs, and a
+        job may run for many minutes: an idle host takes such files over, or it
+        would sit idle beside a queue that only a busy host can fill."""
         with self._write() as db:
             now = self.backend.now(db)
+            gone_before = self._gone_before(now, stale_after)
+            busy = self._busy_nodes(db, gone_before)
+            marks = ", ".join("?" for _ in busy)
+            from_busy = f" OR (origin = ? AND node IN ({marks}))" if busy else ""
             db.execute(
                 "UPDATE inputs SET node = ? WHERE state = ? AND (node IS NULL OR node != ?) "
-                "AND NOT EXISTS (SELECT 1 FROM nodes WHERE nodes.node = inputs.node "
-                "AND nodes.seen_at >= ?)",
+                "AND (NOT EXISTS (SELECT 1 FROM nodes WHERE nodes.node = inputs.node "
+                f"AND nodes.seen_at >= ?){from_busy})",
                 (
                     self.node,
                     InputState.PENDING.value,
                     self.node,
-                    self._gone_before(now, stale_after),
+                    gone_before,
+                    *([ORIGIN_INBOX, *busy] if busy else []),
                 ),
             )
             rows = db.execute(
@@ -84,6 +94,31 @@ class InputLedger(LedgerCore):
                 (InputState.PENDING.value, self.node, limit),
             ).fetchall()
         return [input_of(r) for r in rows]
+
+    def _busy_nodes(self, db: Db, gone_before: float) -> list[str]:
+        """Other live daemons none of whose workers is free to hash, as each
+        last reported itself (a report comes as soon as a worker's job changes)."""
+        rows = db.execute(
+            "SELECT node, workers FROM nodes WHERE node != ? AND seen_at >= ?",
+            (self.node, gone_before),
+        ).fetchall()
+        busy = []
+        for row in rows:
+            workers = json.loads(row["workers"])
+            if workers and all(w.get("job") is not None or not w.get("alive") for w in workers):
+                busy.append(row["node"])
+        return busy
+
+    @patient
+    def holds_input(self, input_id: int) -> bool:
+        """Whether this node still holds a pending input it is about to hash
+        (an idle host may have taken it over while this one was busy)."""
+        with self._read() as db:
+            row = db.execute(
+                "SELECT 1 FROM inputs WHERE id = ? AND state = ? AND node = ?",
+                (input_id, InputState.PENDING.value, self.node),
+            ).fetchone()
+        return row is not None
 
     @patient
     def get_input(self, input_id: int) -> InputRecord:

@@ -19,6 +19,7 @@ from stemd.ledger.records import (
     ORIGIN_HTTP,
     InputRecord,
     InputState,
+    InputTaken,
     JobRecord,
     JobState,
     LeaseLost,
@@ -37,12 +38,21 @@ class JobLedger(LedgerCore):
 
         Creates the job (queued, this input its owner) when the key is new. A
         job made for an upload is pinned to this node: only it can read the file.
+        Raises InputTaken if the input is no longer this node's to attach (an
+        idle host took it over to hash; its row is locked here until commit, so
+        it cannot be taken while this runs).
         """
         with self._write() as db:
             now = self.backend.now(db)
-            origin = db.execute("SELECT origin FROM inputs WHERE id = ?", (input_id,)).fetchone()
+            held = db.execute(
+                "SELECT origin FROM inputs WHERE id = ? AND state = ? "
+                f"AND (node IS NULL OR node = ?){self.backend.lock_rows}",
+                (input_id, InputState.PENDING.value, self.node),
+            ).fetchone()
+            if held is None:
+                raise InputTaken(input_id)
             # (a ledger no other daemon shares runs every job here anyway)
-            upload = origin is not None and origin["origin"] == ORIGIN_HTTP
+            upload = held["origin"] == ORIGIN_HTTP
             pinned = self.node if upload and self.backend.shared else None
             db.execute(
                 "INSERT INTO jobs (sha256, profile, state, source, owner_input, created_at, "

@@ -62,6 +62,15 @@ class LeaseLost(StateError):
         self.job_id = job_id
 
 
+class InputTaken(StateError):
+    """Another host took this pending input to hash while this one was busy:
+    it is theirs to attach now, not ours."""
+
+    def __init__(self, input_id: int) -> None:
+        super().__init__(f"input {input_id} was taken by another host to hash")
+        self.input_id = input_id
+
+
 class LedgerUnavailable(StateError):
     """The ledger's database cannot be reached (PostgreSQL restarting, the
     network down) and the caller stopped waiting for it."""

@@ -61,7 +61,7 @@ MIGRATIONS: dict[int, list[str]] = {
     # 3: several workers and hosts share one ledger. Running jobs are leased
     # (the database's clock) and fenced by a claim counter; each daemon is a
     # node that reports itself (status shows every host and worker), registers
-    # inputs (and hashes only its own), and alone can read its uploads. A
+    # inputs (inputs.node: the host that is to hash it), and alone can read its uploads. A
     # shared share's device number differs per host: it is stored as 0 there.
     2: [
         "ALTER TABLE jobs ADD COLUMN claim INTEGER NOT NULL DEFAULT 0",
