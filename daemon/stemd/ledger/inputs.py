@@ -4,7 +4,6 @@ whether its source was disposed of."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from stemd.errors import StateError
@@ -21,6 +20,7 @@ from stemd.ledger.records import (
     InputRecord,
     InputState,
     input_of,
+    node_of,
 )
 
 
@@ -74,7 +74,7 @@ class InputLedger(LedgerCore):
         with self._write() as db:
             now = self.backend.now(db)
             gone_before = self._gone_before(now, stale_after)
-            busy = self._busy_nodes(db, gone_before)
+            busy = self._busy_nodes(db, now, gone_before)
             marks = ", ".join("?" for _ in busy)
             from_busy = f" OR (origin = ? AND node IN ({marks}))" if busy else ""
             db.execute(
@@ -95,24 +95,21 @@ class InputLedger(LedgerCore):
             ).fetchall()
         return [input_of(r) for r in rows]
 
-    def _busy_nodes(self, db: Db, gone_before: float) -> list[str]:
+    def _busy_nodes(self, db: Db, now: float, gone_before: float) -> list[str]:
         """Other live daemons none of whose workers is free to hash, as each
         last reported itself (a report comes as soon as a worker's job changes)."""
         rows = db.execute(
-            "SELECT node, workers FROM nodes WHERE node != ? AND seen_at >= ?",
-            (self.node, gone_before),
+            "SELECT * FROM nodes WHERE node != ? AND seen_at >= ?", (self.node, gone_before)
         ).fetchall()
-        busy = []
-        for row in rows:
-            workers = json.loads(row["workers"])
-            if workers and all(w.get("job") is not None or not w.get("alive") for w in workers):
-                busy.append(row["node"])
-        return busy
+        return [row["node"] for row in rows if node_of(row, now).busy]
 
     @patient
     def holds_input(self, input_id: int) -> bool:
         """Whether this node still holds a pending input it is about to hash
-        (an idle host may have taken it over while this one was busy)."""
+        (an idle host may have taken it over while this one was busy). A ledger
+        no other daemon shares has no one to take it: no query."""
+        if not self.backend.shared:
+            return True
         with self._read() as db:
             row = db.execute(
                 "SELECT 1 FROM inputs WHERE id = ? AND state = ? AND node = ?",

@@ -5,6 +5,7 @@ Shared by both backends and by everything that reads the ledger; no SQL here.
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -157,6 +158,27 @@ class NodeRecord:
     age: float  # seconds since seen_at, by the database's clock
     settling: int  # files it has seen still being written or settling
     workers: list[dict[str, Any]]
+
+    @property
+    def busy(self) -> bool:
+        """No worker free to hash what it registered: each runs a job (or died)."""
+        return bool(self.workers) and all(
+            w.get("job") is not None or not w.get("alive") for w in self.workers
+        )
+
+
+def node_of(row: Mapping[str, Any], now: float) -> NodeRecord:
+    """A `nodes` row; `now` by the database's clock, which `seen_at` is on."""
+    return NodeRecord(
+        node=row["node"],
+        host=row["host"],
+        pid=row["pid"],
+        started_at=row["started_at"],
+        seen_at=row["seen_at"],
+        age=max(0.0, now - row["seen_at"]),
+        settling=row["settling"],
+        workers=json.loads(row["workers"]),
+    )
 
 
 def input_of(row: Mapping[str, Any]) -> InputRecord:

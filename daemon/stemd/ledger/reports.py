@@ -19,6 +19,7 @@ from stemd.ledger.records import (
     JobState,
     NodeRecord,
     job_of,
+    node_of,
 )
 
 # the meta key holding when the queue last ran empty (the database's clock)
@@ -54,19 +55,7 @@ class ReportLedger(LedgerCore):
         with self._read() as db:
             now = self.backend.now(db)
             rows = db.execute("SELECT * FROM nodes ORDER BY host, node").fetchall()
-        return [
-            NodeRecord(
-                node=row["node"],
-                host=row["host"],
-                pid=row["pid"],
-                started_at=row["started_at"],
-                seen_at=row["seen_at"],
-                age=max(0.0, now - row["seen_at"]),
-                settling=row["settling"],
-                workers=json.loads(row["workers"]),
-            )
-            for row in rows
-        ]
+        return [node_of(row, now) for row in rows]
 
     # -- the queue running empty ----------------------------------------------
 
