@@ -5,19 +5,28 @@ BIN    := $(VENV)/bin
 CONFIG ?= config/stemd.yaml
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test lint unit bench bench-hosts gpu-check check-config clean system-deps
+.PHONY: run test lint unit bench bench-hosts gpu-check check-config clean system-deps lock outdated
 
 system-deps:
 	@bash scripts/install-system-deps.sh
 
-# One install for run and test: the package (editable) with its dev tools, torch
-# pinned by constraints/ci.txt so CI never pulls the CUDA build.
-$(STAMP): pyproject.toml constraints/ci.txt scripts/install-system-deps.sh
+# One install for run and test: exactly the versions of constraints/lock.txt (hashes
+# checked), torch pinned by constraints/ci.txt so CI never pulls the CUDA build, and
+# the package itself (editable). TORCH=keep keeps a torch you installed into .venv.
+$(STAMP): pyproject.toml constraints/lock.txt constraints/ci.txt \
+		scripts/install-system-deps.sh scripts/install-venv.sh
 	@bash scripts/install-system-deps.sh
-	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -c constraints/ci.txt -e '.[dev]'
+	PYTHON=$(PYTHON) bash scripts/install-venv.sh $(VENV)
 	touch $(STAMP)
+
+# Resolve pyproject's ranges anew into constraints/lock.txt (commit the result).
+lock: $(STAMP)
+	bash scripts/lock.sh
+
+# The newest releases pyproject's ranges allow, in a scratch venv, and the whole suite
+# against them: what moved since the lock, and whether stemd still passes.
+outdated: $(STAMP)
+	bash scripts/outdated.sh
 
 run: $(STAMP)
 	mkdir -p inbox outbox state
@@ -60,4 +69,4 @@ unit: $(STAMP)
 	$(BIN)/python -m pytest tests/unit
 
 clean:
-	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache
+	rm -rf $(VENV) .venv-outdated .mypy_cache .ruff_cache .pytest_cache
