@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import socket
+import urllib.request
 from urllib.parse import urlsplit
 
 PROBE_TIMEOUT_S = 3.0
@@ -20,12 +21,19 @@ def hub_endpoint() -> str:
     return os.environ.get("HF_ENDPOINT") or DEFAULT_ENDPOINT
 
 
-def _proxy_for(scheme: str) -> str | None:
-    for name in (f"{scheme}_proxy", f"{scheme.upper()}_PROXY", "all_proxy", "ALL_PROXY"):
-        value = os.environ.get(name)
-        if value:
-            return value if "://" in value else f"http://{value}"
-    return None
+def proxy_for(url: str) -> str | None:
+    """The proxy a request to `url` goes through, as the environment says: the
+    scheme's `*_proxy` or `all_proxy`, unless `no_proxy`/`NO_PROXY` exempts the host
+    (urllib's reading of these variables, which requests and httpx share)."""
+    parts = urlsplit(url)
+    proxies = urllib.request.getproxies_environment()
+    # proxy_bypass is urllib's reading of no_proxy on Linux (proxy_bypass_environment)
+    if parts.hostname and urllib.request.proxy_bypass(parts.hostname):
+        return None
+    value = proxies.get(parts.scheme) or proxies.get("all")
+    if not value:
+        return None
+    return value if "://" in value else f"http://{value}"
 
 
 def unreachable_reason(timeout: float = PROBE_TIMEOUT_S) -> str | None:
@@ -33,8 +41,7 @@ def unreachable_reason(timeout: float = PROBE_TIMEOUT_S) -> str | None:
     huggingface_hub's own offline switch counts as unreachable: no request."""
     if os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on"):
         return "HF_HUB_OFFLINE is set"
-    url = urlsplit(hub_endpoint())
-    target = urlsplit(_proxy_for(url.scheme) or url.geturl())
+    target = urlsplit(proxy_for(hub_endpoint()) or hub_endpoint())
     host = target.hostname
     if not host:
         return f"HF_ENDPOINT {hub_endpoint()!r} names no host"
