@@ -15,7 +15,7 @@ from stemd.config import Config
 from stemd.crash import crash_point
 from stemd.errors import InputError, JobCancelled, NoSpace, StemdError
 from stemd.intake import Intake, job_event
-from stemd.ledger import InputRecord, InputState, JobRecord, LeaseLost, Ledger
+from stemd.ledger import Fault, InputRecord, InputState, JobRecord, LeaseLost, Ledger
 from stemd.logs import event
 from stemd.outbox import is_disk_full
 
@@ -54,7 +54,7 @@ class Outcomes:
                 self.ledger.requeue(job, None, delay=0.0, count_attempt=False)
                 log.info("%s: interrupted; requeued", relative)
             elif isinstance(err, InputError):
-                self.fail(job, err.reason)
+                self.fail(job, err.reason, Fault.INPUT)
             elif isinstance(err, StemdError | OSError | RuntimeError | ValueError | MemoryError):
                 if self.requeue_if_folder_missing(job):
                     pass
@@ -161,8 +161,8 @@ class Outcomes:
                 if other.state is InputState.ATTACHED:
                     intake.reuse(other.id, published)
 
-    def fail(self, job: JobRecord, reason: str) -> None:
-        failed_inputs = self.ledger.fail(job, reason)
+    def fail(self, job: JobRecord, reason: str, fault: Fault = Fault.STEMD) -> None:
+        failed_inputs = self.ledger.fail(job, reason, fault)
         job_event(logging.ERROR, "failed", f"{job.source}: {reason}", job, job.source)
         for record in failed_inputs:
             self.intake.dispose(record, success=False)

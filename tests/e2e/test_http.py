@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import io
 import json
+import random
 import shutil
 import signal
 import socket
@@ -327,6 +328,26 @@ def test_bad_requests_get_clear_answers_and_change_nothing(served: Served) -> No
     after = served.http.get("/api/v1/status").json()["counts"]
     assert after == before  # nothing was queued, nothing failed
     assert spool_files(served.root) == []  # and nothing was kept
+
+
+def test_predict_of_a_file_found_corrupt_while_decoding_is_a_422(
+    served: Served, tmp_path: Path
+) -> None:
+    """The header passes the arrival checks; the audio behind it is garbage. The
+    request's input is at fault, so the answer is 422 with the reason, not the 500
+    that stays for stemd's own failures."""
+    song = make_tone(tmp_path / "corrupt.flac", 10.0)
+    data = song.read_bytes()
+    damaged = data[:20000] + random.Random(5).randbytes(len(data) - 20000)
+    answer = served.http.post(
+        "/predict", json={"instances": [{"b64": base64.b64encode(damaged).decode()}]}
+    )
+    assert answer.status_code == 422, answer.text
+    detail = answer.json()["detail"]
+    assert "corrupt: it decodes to" in detail and "/api/v1/jobs/" in detail
+    job_id = detail.rsplit("/api/v1/jobs/", 1)[1]
+    job = served.http.get(f"/api/v1/jobs/{job_id}").json()
+    assert job["state"] == "failed" and job["fault"] == "input"
 
 
 def test_a_cancelled_upload_leaves_no_spool_file(served: Served) -> None:

@@ -17,6 +17,7 @@ from stemd.errors import StateError
 from stemd.ledger import (
     ALLOWED_TRANSITIONS,
     Drained,
+    Fault,
     FileStat,
     InputState,
     InputTaken,
@@ -149,6 +150,25 @@ def test_failure_fails_every_waiting_input_with_the_reason(ledger: Ledger) -> No
     assert report == [
         {"source": "a.mp3", "sha256": SHA_A, "error": "cannot decode audio", "attempts": 1}
     ]
+
+
+def test_a_failure_says_whose_fault_it_was_until_it_is_retried(ledger: Ledger) -> None:
+    """The file's fault (a /predict 422) or stemd's (a 500); a retry clears it."""
+    bad, flaky = add(ledger, "bad.mp3", 1), add(ledger, "flaky.mp3", 2)
+    bad_job = ledger.attach(bad, SHA_A, PROFILE, "bad.mp3")
+    flaky_job = ledger.attach(flaky, SHA_B, PROFILE, "flaky.mp3")
+    for _ in range(2):
+        claimed = ledger.claim_next()
+        assert claimed is not None
+        if claimed.id == bad_job.id:
+            ledger.fail(claimed, "corrupt", Fault.INPUT)
+        else:
+            ledger.fail(claimed, "gave up (after 3 attempts)")
+    assert ledger.get_job(bad_job.id).fault is Fault.INPUT
+    assert ledger.get_job(flaky_job.id).fault is Fault.STEMD
+    assert ledger.retry(SHA_A[:8]) == 1
+    assert ledger.get_job(bad_job.id).fault is None
+    assert ledger.get_job(bad_job.id).state is JobState.QUEUED
 
 
 def test_requeue_with_backoff_and_attempt_accounting(ledger: Ledger) -> None:
@@ -315,7 +335,7 @@ def test_a_version_1_ledger_is_migrated_and_keeps_its_rows(tmp_path: Path) -> No
     assert upload is not None and upload.origin == "http"
     ledger.close()
     db = sqlite3.connect(path)
-    assert db.execute("SELECT value FROM meta WHERE key = 'schema'").fetchone()[0] == "3"
+    assert db.execute("SELECT value FROM meta WHERE key = 'schema'").fetchone()[0] == "4"
 
 
 def test_a_ledger_from_a_newer_stemd_is_refused(tmp_path: Path) -> None:

@@ -97,6 +97,8 @@ class Context:
             "sha256": job.sha256,
             "attempts": job.attempts,
             "error": job.error,
+            # a failure's cause: "input" (the file; the same bytes fail again) or "stemd"
+            "fault": job.fault.value if job.fault else None,
             "created": job.created_at,
             "started": job.started_at,
             "finished": job.finished_at,

@@ -30,7 +30,7 @@ from starlette.concurrency import run_in_threadpool
 from stemd.audio import answer_format, transcode
 from stemd.http.context import API, Context, context, unavailable
 from stemd.http.spool import Spooled
-from stemd.ledger import JobRecord, JobState
+from stemd.ledger import Fault, JobRecord, JobState
 
 Ctx = Annotated[Context, Depends(context)]
 FORMATS = ("mp3", "wav", "flac")
@@ -81,7 +81,11 @@ def predict_router(route: str) -> APIRouter:
             200: {"description": "stem name -> base64 file; several: {predictions: [...]}"},
             400: {"description": "Not JSON, not the shape, or invalid base64"},
             413: {"description": "Over http.max_predict_body or http.max_upload"},
-            422: {"description": "Not audio stemd can take, with the reason"},
+            422: {
+                "description": "Not audio stemd can take, with the reason: refused on "
+                "arrival, or found corrupt, too long or silent of audio while decoding"
+            },
+            500: {"description": "stemd failed to separate a good file (its job says why)"},
             504: {"description": "Not done within http.predict_timeout: poll the job ids"},
         },
     )
@@ -175,16 +179,20 @@ def _name(data: bytes) -> str:
 
 
 async def wait_for(ctx: Context, job_ids: list[int]) -> list[JobRecord]:
-    """Until every job is done (failed: 500 with its reason), without holding the
-    server: past http.predict_timeout, 504 with the ids to poll."""
+    """Until every job is done (failed: 422 when the file was at fault, else 500,
+    with its reason), without holding the server: past http.predict_timeout, 504
+    with the ids to poll."""
     deadline = time.monotonic() + ctx.config.http.predict_timeout
     while True:
         jobs = [ctx.job(job_id) for job_id in job_ids]
         failed = [job for job in jobs if job.state is JobState.FAILED]
         if failed:
             job = failed[0]
+            # the file's own fault (corrupt, too long, not audio once decoded) is the
+            # request's: 422 as for a file refused on arrival; 500 stays for stemd's
+            status = 422 if job.fault is Fault.INPUT else 500
             raise HTTPException(
-                500,
+                status,
                 f"separating {job.source} failed: {job.error}; see {API}/jobs/{job.id}",
             )
         if all(job.state is JobState.DONE for job in jobs):

@@ -17,6 +17,7 @@ from stemd.ledger.core import (
 from stemd.ledger.records import (
     ALLOWED_TRANSITIONS,
     ORIGIN_HTTP,
+    Fault,
     InputRecord,
     InputState,
     InputTaken,
@@ -182,6 +183,10 @@ class JobLedger(LedgerCore):
             raise TransitionError(job_id, current, wanted)
         if wanted is not JobState.RUNNING:  # no one holds a job that is not running
             fields.update(lease_owner=None, lease_until=None)
+        if wanted is JobState.FAILED:
+            fields.setdefault("fault", Fault.STEMD.value)
+        else:
+            fields["fault"] = None
         assignments = ", ".join(f"{name} = ?" for name in ("state", *fields))
         db.execute(
             f"UPDATE jobs SET {assignments} WHERE id = ?",
@@ -236,13 +241,21 @@ class JobLedger(LedgerCore):
                 db.execute("UPDATE jobs SET attempts = attempts - 1 WHERE id = ?", (job.id,))
 
     @patient
-    def fail(self, job: JobRecord, error: str) -> list[InputRecord]:
-        """-> failed, with the reason; every waiting input fails with it. Returns
-        them. A running job must still be held by this claim."""
+    def fail(self, job: JobRecord, error: str, fault: Fault = Fault.STEMD) -> list[InputRecord]:
+        """-> failed, with the reason and whose fault it is; every waiting input
+        fails with it. Returns them. A running job must still be held by this claim."""
         with self._write() as db:
             now = self.backend.now(db)
             claim = job.claim if job.state is JobState.RUNNING else None
-            self._transition(db, job.id, JobState.FAILED, claim=claim, error=error, finished_at=now)
+            self._transition(
+                db,
+                job.id,
+                JobState.FAILED,
+                claim=claim,
+                error=error,
+                finished_at=now,
+                fault=fault.value,
+            )
             return self._fail_waiting_inputs(db, job.id, error, now)
 
     def _fail_waiting_inputs(

@@ -36,6 +36,14 @@ ALLOWED_TRANSITIONS: dict[JobState, frozenset[JobState]] = {
 }
 
 
+class Fault(StrEnum):
+    """Why a failed job failed: the file itself (the same bytes fail again), or
+    stemd, which gave up on it (attempts used up, interrupted too often)."""
+
+    INPUT = "input"
+    STEMD = "stemd"
+
+
 class InputState(StrEnum):
     PENDING = "pending"  # seen and settled, not yet hashed
     ATTACHED = "attached"  # hashed; waits for its job
@@ -134,6 +142,7 @@ class JobRecord:
     lease_until: float | None = None  # the database's clock
     lost: int = 0  # times its worker was lost (lease ran out) while running it
     pinned: str | None = None  # only this node can read its source (an upload)
+    fault: Fault | None = None  # set while failed
 
 
 @dataclass(frozen=True)
@@ -206,6 +215,7 @@ def job_of(row: Mapping[str, Any]) -> JobRecord:
         state=JobState(row["state"]),
         attempts=row["attempts"],
         error=row["error"],
+        fault=Fault(row["fault"]) if row["fault"] else None,
         source=row["source"],
         owner_input=row["owner_input"],
         output_dir=row["output_dir"],

@@ -10,7 +10,7 @@ coarse for a timestamp); SQLite reads the same names with the same meaning.
 
 from __future__ import annotations
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 
 # Version 1: seen files (the stat cache that lets rescans skip unchanged files
 # without rehashing) and jobs, one per (content sha256, output profile).
@@ -79,4 +79,8 @@ MIGRATIONS: dict[int, list[str]] = {
     settling INTEGER NOT NULL DEFAULT 0,
     workers TEXT NOT NULL DEFAULT '[]')""",
     ],
+    # 4: a failed job says whose fault it was: 'input' (the file cannot be separated:
+    # corrupt, too long, not audio; the same bytes fail again) or 'stemd' (it gave up
+    # after its attempts). /predict answers the first 422, the second 500.
+    3: ["ALTER TABLE jobs ADD COLUMN fault TEXT"],
 }
