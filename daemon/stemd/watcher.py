@@ -34,6 +34,7 @@ from watchdog.observers.polling import PollingObserver
 
 from stemd.config import WatchConfig
 from stemd.settle import dir_ignored
+from stemd.watchlimit import count_folders, read_sysctl, watchable_folders, watches_held
 
 log = logging.getLogger("stemd")
 
@@ -188,27 +189,39 @@ class InboxWatcher:
     def start(self) -> None:
         """Start watching; inotify falls back to polling when its limits are reached."""
         if self.mode == "inotify":
+            folders = count_folders(self.inbox) if self.watch.recursive else 1
             try:
                 self._observer = self._start_observer(Observer())
             except OSError as err:
                 if err.errno not in (errno.ENOSPC, errno.EMFILE):
                     raise
-                self._fall_back_to_polling(f"inotify cannot watch {self.inbox}: {err.strerror}")
+                # watchdog took back what it had added: try the folders once more
+                self._fall_back_to_polling(
+                    self._limit_reached(watchable_folders(self.inbox, folders), folders, err)
+                )
             else:
-                folders = count_folders(self.inbox) if self.watch.recursive else 1
-                watches = inotify_watch_count()
+                watches = watches_held()
                 if watches is not None and watches < folders:
-                    # watchdog skips subfolders it cannot watch without a word
+                    # watchdog skipped the subfolders it could not watch, without a word
                     self.stop()
-                    self._fall_back_to_polling(
-                        f"inotify watches only {watches} of the {folders} folders in "
-                        f"{self.inbox} (the watch limit is reached)"
-                    )
+                    self._fall_back_to_polling(self._limit_reached(watches, folders, None))
         if self.mode == "poll":
             self._observer = self._start_observer(PollingObserver(timeout=self.watch.poll_interval))
         else:
             WATCHDOG_LOGGER.addHandler(self._overflow_hook)
         log.info("watching %s (%s, recursive=%s)", self.inbox, self.mode, self.watch.recursive)
+
+    def _limit_reached(self, watched: int, folders: int, err: OSError | None) -> str:
+        """What inotify managed, in words that are true however watchdog reacted."""
+        if watched == 0:
+            why = err.strerror if err is not None else "the watch limit is reached"
+            return f"inotify cannot watch the inbox {self.inbox} itself ({why})"
+        if watched >= folders:  # the limit was reached, and freed again since
+            return f"inotify could not watch all {folders} folders in {self.inbox} ({err})"
+        return (
+            f"inotify can watch only {watched} of the {folders} folders in {self.inbox} "
+            "(the watch limit is reached)"
+        )
 
     def _start_observer(self, observer: BaseObserver) -> BaseObserver:
         observer.schedule(
@@ -229,8 +242,8 @@ class InboxWatcher:
             ", and restart stemd to use inotify again",
             why,
             self.watch.poll_interval,
-            _read_sysctl("fs/inotify/max_user_watches"),
-            _read_sysctl("fs/inotify/max_user_instances"),
+            read_sysctl("fs/inotify/max_user_watches"),
+            read_sysctl("fs/inotify/max_user_instances"),
         )
         self.mode = "poll"
 
@@ -283,36 +296,6 @@ class InboxWatcher:
         yield from scan_tree(
             folder or self.inbox, self.inbox, self.watch.recursive, self.watch.ignore
         )
-
-
-def count_folders(root: Path) -> int:
-    """`root` and every folder below it, as watchdog walks them (no symlinks)."""
-    return 1 + sum(len(dirs) for _root, dirs, _files in os.walk(root))
-
-
-def inotify_watch_count() -> int | None:
-    """Watches held by this process's inotify instances (/proc/self/fdinfo), or
-    None where that cannot be read. stemd runs one observer at a time."""
-    total = 0
-    try:
-        for fd in os.listdir("/proc/self/fd"):
-            try:
-                if os.readlink(f"/proc/self/fd/{fd}") != "anon_inode:inotify":
-                    continue
-                with open(f"/proc/self/fdinfo/{fd}", encoding="ascii") as info:
-                    total += sum(line.startswith("inotify wd:") for line in info)
-            except OSError:
-                continue  # closed meanwhile
-    except OSError:
-        return None
-    return total
-
-
-def _read_sysctl(name: str) -> str:
-    try:
-        return Path("/proc/sys", name).read_text().strip()
-    except OSError:
-        return "unknown"
 
 
 def scan_tree(
