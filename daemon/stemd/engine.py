@@ -34,7 +34,9 @@ from demucs.pretrained import get_model
 from stemd.batching import model_valid_length, segment_length
 from stemd.config import ModelConfig
 from stemd.errors import ConfigError, JobCancelled, ModelError
-from stemd.modelcache import check_reachable, model_caches
+from stemd.modelcache import cached_files, check_reachable, model_caches
+from stemd.modelnames import BUILT_IN, HUB_PREFIX
+from stemd.preflight import stems_issue
 from stemd.streaming import (
     MixSource,
     NormalisedSource,
@@ -149,6 +151,17 @@ def load_model(name: str, repo: Path | None, fetching: bool = False) -> Any:
     return model
 
 
+def model_sources(config: ModelConfig) -> tuple[str, ...] | None:
+    """The stems model.name gives, read by loading it from disk (the repo, the
+    caches, or the built-in) on the CPU and letting it go; None for a hub model not
+    downloaded yet: nothing is downloaded here (`stemd check` asks this)."""
+    name, repo = config.name, config.repo
+    if repo is None and name != BUILT_IN and cached_files(name.removeprefix(HUB_PREFIX)) is None:
+        return None
+    model = load_model(name, repo)
+    return tuple(model.sources)
+
+
 def weights_fingerprint(model: torch.nn.Module) -> str:
     """A short hash of every parameter and buffer: the weights' identity."""
     digest = hashlib.sha256()
@@ -226,14 +239,9 @@ class Engine:
 
     def check_stems(self, stems: tuple[str, ...] | None, source: str, key: str) -> None:
         """Raise ConfigError unless every stem named (output.stems) is the model's."""
-        unknown = [stem for stem in stems or () if stem not in self.info.sources]
-        if unknown:
-            raise ConfigError.single(
-                source,
-                key,
-                f"{', '.join(map(repr, unknown))}: not among the stems of "
-                f"{self.config.name}; use some of {', '.join(self.info.sources)}",
-            )
+        issue = stems_issue(self.info.sources, self.config.name, stems or (), source, key)
+        if issue is not None:
+            raise ConfigError([issue])
 
     def _check_segment(self) -> None:
         segment = self.config.segment

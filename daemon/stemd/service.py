@@ -39,6 +39,7 @@ from stemd.logs import event, setup_logging
 from stemd.notifications.dispatch import Notifications
 from stemd.notify import Notifier
 from stemd.outbox import Outbox
+from stemd.preflight import file_issues
 from stemd.settle import Settler, ignore_reason
 from stemd.watcher import Change, InboxWatcher
 from stemd.workers import Workers
@@ -121,6 +122,11 @@ class Service:
 
     def startup(self) -> None:
         config = self.config
+        # the files the config names, before a folder is made for a config that fails
+        found = file_issues(config, self.config_path.name if self.config_path else "config")
+        for warning in found.warnings:
+            log.warning("%s", warning)
+        found.raise_issues()
         self._prepare_folders(config)
         self.state_lock = StateDirLock(config.state_dir)
         self.node = node_id(config.state_dir)

@@ -10,7 +10,7 @@ import yaml
 
 from stemd.ledger import LEDGER_FILE, FileStat, JobState, sqlite_ledger
 from support.audio import make_tone
-from support.daemon import stemd, write_config
+from support.daemon import TEST_MODEL, stemd, write_config
 
 
 def test_check_prints_the_resolved_config(tmp_path: Path) -> None:
@@ -30,6 +30,82 @@ def test_check_prints_the_resolved_config(tmp_path: Path) -> None:
     ignoring = write_config(tmp_path / "i.yaml", {"watch": {"ignore": ["live/*.wav", "*.m3u"]}})
     shown_ignore = stemd("-c", str(ignoring), "check", cwd=tmp_path).stdout
     assert "# never taken, watch.ignore: live/*.wav *.m3u" in shown_ignore.splitlines()
+
+
+def refused_by_check(tmp_path: Path, extra: dict[str, object]) -> str:
+    """`stemd check` on a config naming folders that do not exist yet: it must
+    exit 78 and create none of them (run would have made them all)."""
+    config = write_config(
+        tmp_path / "c.yaml",
+        {"inbox": "in", "outbox": "out", "state_dir": "state", "model": TEST_MODEL, **extra},
+    )
+    result = stemd("-c", str(config), "check", cwd=tmp_path)
+    assert result.returncode == 78, result.stdout + result.stderr
+    assert "valid" not in result.stdout
+    for folder in ("in", "out", "state"):
+        assert not (tmp_path / folder).exists(), f"check created {folder}"
+    return result.stderr
+
+
+def test_check_refuses_stems_the_model_does_not_give_before_making_folders(
+    tmp_path: Path,
+) -> None:
+    error = refused_by_check(tmp_path, {"output": {"stems": ["vocals", "piano"]}})
+    assert "c.yaml: output.stems: 'piano': not among the stems of demucs_unittest" in error
+    assert "use some of drums, bass, other, vocals" in error
+    other = tmp_path / "two"
+    other.mkdir()
+    error = refused_by_check(other, {"output": {"two_stems": "kazoo"}})
+    assert "c.yaml: output.two_stems: 'kazoo': not among the stems" in error
+
+
+def test_check_refuses_an_empty_token_file_before_making_folders(tmp_path: Path) -> None:
+    token = tmp_path / "token"
+    token.write_text("")
+    token.chmod(0o600)
+    error = refused_by_check(
+        tmp_path, {"http": {"listen": "127.0.0.1:0", "token_file": str(token)}}
+    )
+    assert f"c.yaml: http.token_file: {token} holds no token" in error
+    assert f"stemd token new {token}" in error
+
+
+def test_check_warns_of_secrets_others_can_read_and_names_the_fix(tmp_path: Path) -> None:
+    token = tmp_path / "token"
+    token.write_text("a" * 40 + "\n")
+    token.chmod(0o644)
+    urls = tmp_path / "apprise.txt"
+    urls.write_text("json://127.0.0.1:9/\n")
+    urls.chmod(0o600)
+    config = write_config(
+        tmp_path / "c.yaml",
+        {
+            "model": TEST_MODEL,
+            "http": {"listen": "127.0.0.1:0", "token_file": str(token)},
+            "notifications": [{"apprise_file": str(urls)}],
+        },
+    )
+    result = stemd("-c", str(config), "check", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert (
+        f"warning: http.token_file: {token} is mode 0644, so users other than its owner "
+        f"can read the secret in it; make it the owner's alone: chmod 600 {token}"
+    ) in result.stderr
+    assert "apprise_file" not in result.stderr  # 0600: nothing to say
+
+
+def test_check_says_when_the_model_is_not_on_disk_to_check_stems_against(
+    tmp_path: Path,
+) -> None:
+    cache = tmp_path / "empty-cache"
+    config = write_config(
+        tmp_path / "c.yaml",
+        {"model": {"name": "htdemucs", "cache": str(cache)}, "output": {"stems": ["vocals"]}},
+    )
+    result = stemd("-c", str(config), "check", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "# model htdemucs is not on disk yet: `stemd run` downloads it" in result.stdout
+    assert not cache.exists()  # nothing fetched, nothing made
 
 
 def test_the_config_comes_from_stemd_config_when_no_flag_is_given(tmp_path: Path) -> None:
@@ -202,3 +278,4 @@ def test_models_fetch_uses_model_cache_and_names_it_when_offline(tmp_path: Path)
     assert result.returncode == 69
     assert f"{cache}/huggingface" in result.stderr and f"{cache}/torch" in result.stderr
     assert "elsewhere" not in result.stderr
+

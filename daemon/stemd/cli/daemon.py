@@ -34,7 +34,16 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_check(args: argparse.Namespace) -> int:
+    """Every problem `run` would refuse the config for, before anything is made:
+    the YAML, the files it names, and the model's stems (loaded from disk)."""
     config, path = config_from(args)
+    use_model_cache(config)
+    from stemd.preflight import preflight
+
+    found = preflight(config, path.name if path is not None else "<defaults>")
+    for warning in found.warnings:
+        print(f"stemd: warning: {warning}", file=sys.stderr)
+    found.raise_issues()
     print(f"# {path}: valid")
     print(yaml.safe_dump(config.to_display(), sort_keys=False, allow_unicode=True), end="")
     # what reaches the worker, as comments: the output stays the YAML above
@@ -46,6 +55,8 @@ def cmd_check(args: argparse.Namespace) -> int:
     )
     configured = " ".join(watch.ignore) if watch.ignore else "(none)"
     print(f"# never taken, watch.ignore: {configured}")
+    for note in found.notes:
+        print(f"# {note}")
     return EX_OK
 
 
