@@ -33,8 +33,9 @@ def _sample_rate(text: str) -> str | int:
 def _add_config_flag(
     parser: argparse.ArgumentParser, top: bool, help_text: str = CONFIG_HELP
 ) -> None:
-    # Accepted before and after the subcommand; the subcommand's copy must not
-    # overwrite a value given before it, hence SUPPRESS there.
+    # One rule for every command: accepted before the command and after it (after
+    # each word of it: `stemd models list -c FILE`); a later copy must not overwrite
+    # a value given before it, hence SUPPRESS there.
     parser.add_argument(
         "-c",
         "--config",
@@ -102,16 +103,19 @@ def build_parser() -> argparse.ArgumentParser:
     models = sub.add_parser("models", help="list or fetch models")
     _add_config_flag(models, top=False)
     models_sub = models.add_subparsers(dest="models_command", required=True, metavar="ACTION")
-    models_sub.add_parser(
+    listing = models_sub.add_parser(
         "list", help="the models there are, which are on disk and their size, which is used"
     )
+    _add_config_flag(listing, top=False)
     fetch = models_sub.add_parser("fetch", help="download a model into the local cache")
+    _add_config_flag(fetch, top=False)
     fetch.add_argument("name")
 
     token = sub.add_parser("token", help="make an access token for the HTTP server")
     _add_config_flag(token, top=False)
     token_sub = token.add_subparsers(dest="token_command", required=True, metavar="ACTION")
     new = token_sub.add_parser("new", help="write a random token to PATH (mode 0600), and print it")
+    _add_config_flag(new, top=False)
     new.add_argument(
         "path", nargs="?", type=Path, metavar="PATH", help="default: the config's http.token_file"
     )
