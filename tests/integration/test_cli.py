@@ -279,3 +279,33 @@ def test_models_fetch_uses_model_cache_and_names_it_when_offline(tmp_path: Path)
     assert f"{cache}/huggingface" in result.stderr and f"{cache}/torch" in result.stderr
     assert "elsewhere" not in result.stderr
 
+
+def test_separate_names_the_flags_the_user_gave_in_its_errors(
+    tmp_path: Path, model_repo: tuple[Path, dict[str, str]]
+) -> None:
+    track = make_tone(tmp_path / "t.wav", 1.0)
+    both = stemd(
+        *("separate", "--model", "demucs_unittest", "--two-stems", "vocals"),
+        *("--stems", "vocals,drums", str(track)),
+        cwd=tmp_path,
+    )
+    assert both.returncode == 78
+    assert "command line: --stems: cannot be combined with --two-stems" in both.stderr
+    assert "output.two_stems" not in both.stderr and "output.stems" not in both.stderr
+
+    repo, _names = model_repo
+    missing = stemd("separate", "--repo", str(repo), "--model", "nosuch", str(track), cwd=tmp_path)
+    assert missing.returncode == 78
+    assert f"command line: --model: 'nosuch' is not in --repo {repo}" in missing.stderr
+
+    stem = stemd(
+        "separate", "--model", "demucs_unittest", "--two-stems", "kazoo", str(track), cwd=tmp_path
+    )
+    assert stem.returncode == 78
+    assert "command line: --two-stems: 'kazoo': not among the stems of" in stem.stderr
+
+
+def test_models_fetch_of_the_built_in_model_fetches_nothing(tmp_path: Path) -> None:
+    result = stemd("models", "fetch", "demucs_unittest", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == "demucs_unittest: built into demucs, nothing to fetch\n"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -42,11 +43,25 @@ def _separate_overrides(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
     return overrides
 
 
+def _flag_name(flag: str) -> str:
+    return "--" + flag.replace("_", "-")
+
+
 def _as_flag(issue: ConfigIssue, args: argparse.Namespace) -> ConfigIssue:
-    for flag, (section, key) in SEPARATE_OVERRIDES.items():
-        if issue.key == f"{section}.{key}" and getattr(args, flag) is not None:
-            return ConfigIssue("command line", "--" + flag.replace("_", "-"), issue.message)
-    return issue
+    """The issue in the words the user used: a key a flag set is named as that flag,
+    where the issue is filed and in its message (`--two-stems`, not output.two_stems)."""
+    given = {
+        f"{section}.{key}": _flag_name(flag)
+        for flag, (section, key) in SEPARATE_OVERRIDES.items()
+        if getattr(args, flag) is not None
+    }
+    if not given:
+        return issue
+    pattern = re.compile(r"(?<![\w.])(" + "|".join(map(re.escape, given)) + r")(?![\w])")
+    message = pattern.sub(lambda match: given[match.group(1)], issue.message)
+    if issue.key in given:
+        return ConfigIssue("command line", given[issue.key], message)
+    return ConfigIssue(issue.source, issue.key, message)
 
 
 def separate_cache_dir() -> Path:
@@ -86,9 +101,11 @@ def cmd_separate(args: argparse.Namespace) -> int:
     from stemd.workfiles import WorkArea
 
     engine = Engine(config.model)
-    engine.check_stem(config.output.two_stems, "command line", "--two-stems")
-    where = ("command line", "--stems") if args.stems is not None else ("config", "output.stems")
-    engine.check_stems(config.output.stems, *where)
+    try:
+        engine.check_stem(config.output.two_stems, "config", "output.two_stems")
+        engine.check_stems(config.output.stems, "config", "output.stems")
+    except ConfigError as err:
+        raise ConfigError([_as_flag(issue, args) for issue in err.issues]) from None
     config.outbox.mkdir(parents=True, exist_ok=True)
     outbox = Outbox(config.outbox, config.output)
     params = profile_params(config, engine.info)
@@ -103,9 +120,13 @@ def cmd_separate(args: argparse.Namespace) -> int:
             failures += 1
             continue
         sha = sha256_file(file)
-        existing = outbox.find_ours(stems_folder(engine.info, config, file.name, sha), sha, key)
+        folder = stems_folder(engine.info, config, file.name, sha)
+        existing = outbox.find_ours(folder, sha, key)
         if existing is not None:  # this content, these settings: nothing to redo
             print(f"{file}: reused the stems already in {config.outbox / existing}")
+            continue
+        if outbox.would_skip(folder, sha, key):  # decided before, not after, separating
+            print(f"{file}: not written, {folder.name} exists (on_conflict: skip)")
             continue
         request = RenderRequest(file, file.name, sha, key, params, f"separate-{os.getpid()}")
         try:
