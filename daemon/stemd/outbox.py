@@ -322,6 +322,12 @@ class Outbox:
         target, occupant = self._target(folder, sha256, profile)
         return target if occupant == "ours" else None
 
+    def would_skip(self, folder: PurePosixPath, sha256: str, profile: str) -> bool:
+        """Whether publishing this track's stems at `folder` would write nothing
+        (on_conflict: skip, the name taken by other stems): known before separating."""
+        target, _occupant = self._target(folder, sha256, profile)
+        return target is None
+
     def publish(
         self, temp: Path, folder: PurePosixPath, sha256: str, profile: str
     ) -> PurePosixPath | None:

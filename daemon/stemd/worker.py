@@ -333,7 +333,7 @@ class Worker(threading.Thread):
             source.path, source.relative, job.sha256, key, params, f"job{job.id}"
         )
         try:
-            if self._published_before_crash(job, source):
+            if self._settled_before_separating(job, source):
                 return
             job_event(
                 logging.INFO,
@@ -476,17 +476,24 @@ class Worker(threading.Thread):
             done.stems.close()
             done.loaded.work.remove()
 
-    def _published_before_crash(self, job: JobRecord, source: InputRecord) -> bool:
-        """A crash between the folder rename and the ledger commit leaves finished
-        stems the ledger does not know: adopt them instead of separating again."""
+    def _settled_before_separating(self, job: JobRecord, source: InputRecord) -> bool:
+        """Whether the job's end is known before the model runs: stems a crash left
+        between the folder rename and the ledger commit (adopted, not separated
+        again), or a name on_conflict: skip would refuse anyway (nothing separated
+        only to be thrown away)."""
         names = TrackNames.for_input(self.engine.info.folder, source.relative, job.sha256)
         folder = track_folder(self.config.output.layout, names)
         target = self.outbox.find_ours(folder, job.sha256, job.profile)
-        if target is None:
-            return False
-        log.info("%s: stems already in %s (published before a restart)", source.relative, target)
-        self.outcomes.complete(job, source, folder, target)
-        return True
+        if target is not None:
+            log.info(
+                "%s: stems already in %s (published before a restart)", source.relative, target
+            )
+            self.outcomes.complete(job, source, folder, target)
+            return True
+        if self.outbox.would_skip(folder, job.sha256, job.profile):
+            self.outcomes.complete(job, source, folder, None)  # skipped, said once there
+            return True
+        return False
 
     def _cancelled(self) -> bool:
         """Asked before each chunk: also a sign of life, so the longest silence

@@ -126,6 +126,31 @@ def test_duplicates_copy_or_skip_as_configured(
         assert copy.stat().st_nlink == 1
 
 
+def test_on_conflict_skip_decides_before_separating(
+    tmp_path: Path, instrumented_repo: Path
+) -> None:
+    """A name taken by other stems, with on_conflict: skip: nothing is separated
+    only to be thrown away, and what is there stays as it was."""
+    daemon = recorder_daemon(tmp_path, instrumented_repo, output={"on_conflict": "skip"})
+    record = record_in(tmp_path)
+    theirs = track(tmp_path, "song")
+    theirs.mkdir(parents=True)
+    (theirs / "vocals.wav").write_bytes(b"someone else's stems")
+    try:
+        daemon.start().wait_ready()
+        shutil.copyfile(
+            make_tone(tmp_path / "s" / "song.wav", SECONDS), tmp_path / "inbox/song.wav"
+        )
+        wait_until(lambda: "not written (output.on_conflict: skip)" in daemon.log(), 60, "the skip")
+        assert daemon.stop() == 0
+    finally:
+        daemon.kill()
+    assert record.count(SECONDS) == 0  # the model never ran on it
+    assert "song.wav: separating" not in daemon.log()
+    assert sorted(p.name for p in theirs.iterdir()) == ["vocals.wav"]
+    assert (theirs / "vocals.wav").read_bytes() == b"someone else's stems"
+
+
 @needs_root
 def test_stems_that_cannot_be_hard_linked_are_copied(
     tmp_path: Path, instrumented_repo: Path
