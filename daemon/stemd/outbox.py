@@ -16,6 +16,7 @@ import grp
 import json
 import logging
 import os
+import re
 import shutil
 import stat
 import time
@@ -110,6 +111,15 @@ class TrackNames:
         )
 
 
+# An empty {relative_dir} (a file at the inbox's top) takes one separator beside it
+# along: `{relative_dir}_{track}` gives `song`, not `_song`.
+EMPTY_RELATIVE_DIR = re.compile(r"\{relative_dir\}[_\- ]|[_\- ]?\{relative_dir\}")
+
+
+def _without_empty_relative_dir(template: str, names: TrackNames) -> str:
+    return EMPTY_RELATIVE_DIR.sub("", template) if not names.relative_dir else template
+
+
 def _format_parts(template: str, values: dict[str, str]) -> list[str]:
     """Format a layout fragment and split it into safe path components."""
     parts: list[str] = []
@@ -124,7 +134,7 @@ def _format_parts(template: str, values: dict[str, str]) -> list[str]:
 
 def track_folder(layout: str, names: TrackNames) -> PurePosixPath:
     """The track's folder relative to the outbox, e.g. htdemucs/rock/song."""
-    folder = layout.rsplit("/", 1)[0]
+    folder = _without_empty_relative_dir(layout.rsplit("/", 1)[0], names)
     values = {
         "model": names.model,
         "relative_dir": names.relative_dir,
@@ -139,7 +149,7 @@ def track_folder(layout: str, names: TrackNames) -> PurePosixPath:
 
 
 def stem_filename(layout: str, names: TrackNames, stem: str, ext: str) -> str:
-    template = layout.rsplit("/", 1)[-1]
+    template = _without_empty_relative_dir(layout.rsplit("/", 1)[-1], names)
     values = {
         "model": names.model,
         "relative_dir": names.relative_dir.replace("/", "_"),

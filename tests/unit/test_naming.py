@@ -39,6 +39,25 @@ def test_all_placeholders() -> None:
     assert stem_filename(layout, item, "bass", "flac") == "a_b-bass.flac"
 
 
+@pytest.mark.parametrize(
+    ("layout", "folder", "stem"),
+    [
+        ("{model}/{relative_dir}_{track}/{stem}.{ext}", "htdemucs/song", "vocals.wav"),
+        ("{model}/{track}/{relative_dir}-{stem}.{ext}", "htdemucs/song", "vocals.wav"),
+        ("{model}/{track}/{stem}_{relative_dir}.{ext}", "htdemucs/song", "vocals.wav"),
+        ("{model}/{track} {relative_dir}/{stem}.{ext}", "htdemucs/song", "vocals.wav"),
+    ],
+)
+def test_a_file_at_the_inbox_top_leaves_no_stray_separator(
+    layout: str, folder: str, stem: str
+) -> None:
+    top = names("song.mp3")
+    assert track_folder(layout, top) == PurePosixPath(folder)
+    assert stem_filename(layout, top, "vocals", "wav") == stem
+    nested = names("rock/song.mp3")  # the separator stays where there is a folder
+    assert "rock" in f"{track_folder(layout, nested)}/{stem_filename(layout, nested, 'v', 'w')}"
+
+
 def test_a_name_without_extension_keeps_its_name() -> None:
     assert names("README").track == "README"
 
