@@ -330,24 +330,30 @@ def test_bad_requests_get_clear_answers_and_change_nothing(served: Served) -> No
     assert spool_files(served.root) == []  # and nothing was kept
 
 
-def test_predict_of_a_file_found_corrupt_while_decoding_is_a_422(
-    served: Served, tmp_path: Path
-) -> None:
+def test_predict_of_a_file_found_corrupt_while_decoding_is_a_422(tmp_path: Path) -> None:
     """The header passes the arrival checks; the audio behind it is garbage. The
     request's input is at fault, so the answer is 422 with the reason, not the 500
-    that stays for stemd's own failures."""
+    that stays for stemd's own failures. (A daemon of its own: the failed upload's
+    spool file is kept for a retry, and the module's daemon is to keep none.)"""
     song = make_tone(tmp_path / "corrupt.flac", 10.0)
     data = song.read_bytes()
     damaged = data[:20000] + random.Random(5).randbytes(len(data) - 20000)
-    answer = served.http.post(
-        "/predict", json={"instances": [{"b64": base64.b64encode(damaged).decode()}]}
-    )
-    assert answer.status_code == 422, answer.text
-    detail = answer.json()["detail"]
-    assert "corrupt: it decodes to" in detail and "/api/v1/jobs/" in detail
-    job_id = detail.rsplit("/api/v1/jobs/", 1)[1]
-    job = served.http.get(f"/api/v1/jobs/{job_id}").json()
-    assert job["state"] == "failed" and job["fault"] == "input"
+    daemon = Daemon(service_config(tmp_path, http=EPHEMERAL), tmp_path).start()
+    try:
+        daemon.wait_ready()
+        with client(http_url(daemon)) as http:
+            answer = http.post(
+                "/predict", json={"instances": [{"b64": base64.b64encode(damaged).decode()}]}
+            )
+            assert answer.status_code == 422, answer.text
+            detail = answer.json()["detail"]
+            assert "corrupt: it decodes to" in detail and "/api/v1/jobs/" in detail
+            job_id = detail.rsplit("/api/v1/jobs/", 1)[1]
+            job = http.get(f"/api/v1/jobs/{job_id}").json()
+            assert job["state"] == "failed" and job["fault"] == "input"
+        assert daemon.stop() == 0
+    finally:
+        daemon.kill()
 
 
 def test_a_cancelled_upload_leaves_no_spool_file(served: Served) -> None:
