@@ -196,20 +196,35 @@ class InboxWatcher:
                 if err.errno not in (errno.ENOSPC, errno.EMFILE):
                     raise
                 # watchdog took back what it had added: try the folders once more
-                self._fall_back_to_polling(
-                    self._limit_reached(watchable_folders(self.inbox, folders), folders, err)
-                )
+                probe = watchable_folders(self.inbox, folders)
+                self._fall_back_to_polling(self._limit_reached(probe.watched, folders, err))
             else:
                 watches = watches_held()
                 if watches is not None and watches < folders:
-                    # watchdog skipped the subfolders it could not watch, without a word
-                    self.stop()
-                    self._fall_back_to_polling(self._limit_reached(watches, folders, None))
+                    self._check_skipped_folders(watches, folders)
         if self.mode == "poll":
             self._observer = self._start_observer(PollingObserver(timeout=self.watch.poll_interval))
         else:
             WATCHDOG_LOGGER.addHandler(self._overflow_hook)
         log.info("watching %s (%s, recursive=%s)", self.inbox, self.mode, self.watch.recursive)
+
+    def _check_skipped_folders(self, watches: int, folders: int) -> None:
+        """watchdog watches fewer folders than there are, without a word: the watch
+        limit, or folders it cannot read (or that vanished since they were counted).
+        A probe with the watches let go tells which; only the limit means polling."""
+        self.stop()
+        probe = watchable_folders(self.inbox, folders)
+        if probe.full:
+            self._fall_back_to_polling(self._limit_reached(watches, folders, None))
+            return
+        log.info(
+            "inotify watches %d of the %d folders in %s: the others cannot be read "
+            "(or are gone); the watch limit is not reached",
+            probe.watched,
+            folders,
+            self.inbox,
+        )
+        self._observer = self._start_observer(Observer())
 
     def _limit_reached(self, watched: int, folders: int, err: OSError | None) -> str:
         """What inotify managed, in words that are true however watchdog reacted."""

@@ -15,12 +15,14 @@ import ctypes
 import errno
 import os
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 # inotify_add_watch's mask for the probe: folders only, the events watchdog asks for
 # are irrelevant to whether a watch can be had
 IN_CREATE = 0x00000100
 IN_ONLYDIR = 0x01000000
+LIMIT_ERRORS = (errno.ENOSPC, errno.EMFILE, errno.ENOMEM)
 
 
 def walk_folders(root: Path) -> Iterator[Path]:
@@ -57,27 +59,35 @@ def watches_held() -> int | None:
     return total
 
 
-def watchable_folders(root: Path, limit: int) -> int:
-    """How many of the first `limit` folders of `root` (walk_folders' order) one new
-    inotify instance can watch now: 0 when not even `root` can be watched, or no
-    instance can be had. The watches are let go again before it returns."""
+@dataclass(frozen=True)
+class Probe:
+    watched: int  # folders a fresh inotify instance took, in walk_folders' order
+    full: bool  # the kernel refused one for want of room (the watch or instance limit)
+
+
+def watchable_folders(root: Path, limit: int) -> Probe:
+    """How many of the first `limit` folders of `root` one new inotify instance can
+    watch now, and whether the limit is what stopped it: a folder that cannot be
+    read, or vanished meanwhile, is passed over as watchdog passes over it. The
+    watches are let go again before it returns."""
     libc = ctypes.CDLL(None, use_errno=True)
     fd = libc.inotify_init1(os.O_CLOEXEC)
     if fd < 0:
-        return 0
-    watched = 0
+        return Probe(0, ctypes.get_errno() in LIMIT_ERRORS)
+    watched, full = 0, False
     try:
         for index, folder in enumerate(walk_folders(root)):
             if index >= limit:
                 break
             if libc.inotify_add_watch(fd, os.fsencode(folder), IN_CREATE | IN_ONLYDIR) >= 0:
                 watched += 1
-            elif index == 0 or ctypes.get_errno() in (errno.ENOSPC, errno.EMFILE, errno.ENOMEM):
+                continue
+            full = ctypes.get_errno() in LIMIT_ERRORS
+            if full or index == 0:
                 break  # without the root's watch, none of the others counts
-            # else a subfolder vanished or cannot be read: watchdog passes over it too
     finally:
         os.close(fd)
-    return watched
+    return Probe(watched, full)
 
 
 def read_sysctl(name: str) -> str:

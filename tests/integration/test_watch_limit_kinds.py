@@ -11,15 +11,20 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
 
-from support.inotify import limited, needs_userns, watchable
+from support.inotify import HOLD, limited, needs_userns, watchable
+from support.mounts import needs_root
 
-# argv: inbox, "skip" or "raise". Starts the real watcher with watchdog's reaction to
-# a refused subfolder watch set to one of the two; prints the mode it ends in.
-START = r"""
+# argv: inbox, "skip" or "raise"[, a neighbour's folders]. Starts the real watcher with
+# watchdog's reaction to a refused subfolder watch set to one of the two (after the
+# neighbour took its watches); prints the mode it ends in.
+START = (
+    HOLD
+    + r"""
 import errno, logging, sys
 from pathlib import Path
 from watchdog.observers import inotify
@@ -45,11 +50,24 @@ watcher.start()
 print(watcher.mode)
 watcher.stop()
 """
+)
 
 
-def start_watcher(limit: int, inbox: Path, reaction: str) -> tuple[str, str]:
+def start_watcher(
+    limit: int | None,
+    inbox: Path,
+    reaction: str,
+    neighbour: Path | None = None,
+    as_nobody: bool = False,
+) -> tuple[str, str]:
+    """The watcher's end mode and log, in a namespace with `limit` watches (None:
+    the machine's, as the user stemd runs as)."""
+    prefix = limited(limit) if limit is not None else []
+    if as_nobody:
+        prefix = [*prefix, "setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
+    extra = [str(neighbour)] if neighbour is not None else []
     run = subprocess.run(
-        [*limited(limit), sys.executable, "-c", START, str(inbox), reaction],
+        [*prefix, sys.executable, "-c", START, str(inbox), reaction, *extra],
         capture_output=True,
         text=True,
         timeout=60,
@@ -91,4 +109,37 @@ def test_an_inbox_that_cannot_be_watched_at_all_is_named(inbox: Path, reaction: 
 def test_under_the_limit_inotify_watches_every_folder(inbox: Path) -> None:
     mode, log = start_watcher(6, inbox, "raise")
     assert mode == "inotify", log
+    assert "polling instead" not in log
+
+
+@needs_userns
+@pytest.mark.parametrize("reaction", ["skip", "raise"])
+def test_watches_a_neighbour_holds_are_not_counted_as_stemds(
+    inbox: Path, tmp_path: Path, reaction: str
+) -> None:
+    """Another program of the same user holds 2 of the 6 watches: stemd gets 4 of
+    its 6 folders, and says 4, not the limit."""
+    neighbour = tmp_path / "neighbour"
+    (neighbour / "x").mkdir(parents=True)
+    truth = watchable(6, inbox, neighbour)
+    assert truth == 4
+    mode, log = start_watcher(6, inbox, reaction, neighbour)
+    assert mode == "poll"
+    assert f"inotify can watch only {truth} of the 6 folders in {inbox}" in log
+
+
+@needs_root
+def test_a_folder_stemd_cannot_read_is_not_the_watch_limit() -> None:
+    """As an ordinary user, a subfolder it may not read cannot be watched either;
+    watchdog passes over it without a word. That is no reason to poll."""
+    with tempfile.TemporaryDirectory() as top:
+        Path(top).chmod(0o755)
+        inbox = Path(top) / "inbox"
+        for name in ("a", "b", "private"):
+            (inbox / name).mkdir(parents=True)
+        inbox.chmod(0o755)
+        (inbox / "private").chmod(0o700)  # root's alone
+        mode, log = start_watcher(None, inbox, "raise", as_nobody=True)
+    assert mode == "inotify", log
+    assert "inotify watches 3 of the 4 folders" in log and "cannot be read" in log
     assert "polling instead" not in log
