@@ -19,7 +19,8 @@ $(STAMP): pyproject.toml constraints/lock.txt constraints/ci.txt \
 	PYTHON=$(PYTHON) bash scripts/install-venv.sh $(VENV)
 	touch $(STAMP)
 
-# Resolve pyproject's ranges anew into constraints/lock.txt (commit the result).
+# Resolve pyproject's ranges into constraints/lock.txt (commit the result): pins that
+# still fit are kept; `make lock UPGRADE=1` takes the newest releases.
 lock: $(STAMP)
 	bash scripts/lock.sh
 
