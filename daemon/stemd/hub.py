@@ -8,6 +8,7 @@ names) answers the same question in milliseconds, or in PROBE_TIMEOUT_S at worst
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import socket
 import urllib.request
@@ -24,16 +25,33 @@ def hub_endpoint() -> str:
 def proxy_for(url: str) -> str | None:
     """The proxy a request to `url` goes through, as the environment says: the
     scheme's `*_proxy` or `all_proxy`, unless `no_proxy`/`NO_PROXY` exempts the host
-    (urllib's reading of these variables, which requests and httpx share)."""
+    (by name or domain suffix, as urllib reads it, or by an address range such as
+    `10.0.0.0/8`, as httpx reads it too)."""
     parts = urlsplit(url)
     proxies = urllib.request.getproxies_environment()
-    # proxy_bypass is urllib's reading of no_proxy on Linux (proxy_bypass_environment)
-    if parts.hostname and urllib.request.proxy_bypass(parts.hostname):
+    if parts.hostname and _exempt(parts.hostname, proxies.get("no", "")):
         return None
     value = proxies.get(parts.scheme) or proxies.get("all")
     if not value:
         return None
     return value if "://" in value else f"http://{value}"
+
+
+def _exempt(host: str, no_proxy: str) -> bool:
+    # proxy_bypass is urllib's reading of no_proxy on Linux (proxy_bypass_environment)
+    if urllib.request.proxy_bypass(host):
+        return True
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    for entry in no_proxy.split(","):
+        try:
+            if address in ipaddress.ip_network(entry.strip(), strict=False):
+                return True
+        except ValueError:
+            continue  # a host name, not a range
+    return False
 
 
 def unreachable_reason(timeout: float = PROBE_TIMEOUT_S) -> str | None:

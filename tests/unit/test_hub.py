@@ -56,9 +56,14 @@ def test_a_host_named_in_no_proxy_is_reached_directly(
 
 def test_the_proxy_is_used_for_other_hosts(clean_proxy_env: pytest.MonkeyPatch) -> None:
     clean_proxy_env.setenv("HTTPS_PROXY", "proxy.lan:3128")
+    clean_proxy_env.setenv("HTTP_PROXY", "proxy.lan:3128")
     clean_proxy_env.setenv("NO_PROXY", ".internal,10.0.0.1")
     assert proxy_for("https://huggingface.co") == "http://proxy.lan:3128"
     assert proxy_for("https://models.internal") is None
+    clean_proxy_env.setenv("NO_PROXY", "10.0.0.0/8, fd00::/8")
+    assert proxy_for("http://10.1.2.3:8080") is None  # a range, as httpx reads it
+    assert proxy_for("http://[fd00::5]/") is None
+    assert proxy_for("http://11.0.0.1/") == "http://proxy.lan:3128"
     clean_proxy_env.setenv("ALL_PROXY", "socks5://gate:1080")
     clean_proxy_env.delenv("HTTPS_PROXY")
     assert proxy_for("https://huggingface.co") == "socks5://gate:1080"
