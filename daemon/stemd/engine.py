@@ -26,6 +26,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+import huggingface_hub.constants
 import torch
 from demucs.apply import BagOfModels
 from demucs.htdemucs import HTDemucs
@@ -151,14 +152,36 @@ def load_model(name: str, repo: Path | None, fetching: bool = False) -> Any:
     return model
 
 
+def check_segment(model: Any, config: ModelConfig) -> None:
+    """ConfigError when model.segment is longer than the model was trained for."""
+    segment = config.segment
+    if segment is None:
+        return
+    limit = float("inf")
+    if isinstance(model, HTDemucs):
+        limit = float(model.segment)
+    elif isinstance(model, BagOfModels):
+        limit = model.max_allowed_segment
+    if segment > limit:
+        raise ConfigError.single(
+            "model",
+            "model.segment",
+            f"{segment}s is longer than {config.name} was trained for; at most {limit:g}s",
+        )
+
+
 def model_sources(config: ModelConfig) -> tuple[str, ...] | None:
     """The stems model.name gives, read by loading it from disk (the repo, the
-    caches, or the built-in) on the CPU and letting it go; None for a hub model not
-    downloaded yet: nothing is downloaded here (`stemd check` asks this)."""
+    caches, or the built-in) on the CPU and letting it go, with model.segment checked
+    against it; None for a hub model not downloaded yet. No request is made: the
+    cache is read offline (`stemd check` asks this; a one-shot command)."""
     name, repo = config.name, config.repo
-    if repo is None and name != BUILT_IN and cached_files(name.removeprefix(HUB_PREFIX)) is None:
-        return None
+    if repo is None and name != BUILT_IN:
+        if cached_files(name.removeprefix(HUB_PREFIX)) is None:
+            return None
+        huggingface_hub.constants.HF_HUB_OFFLINE = True  # the cache as it is: no request
     model = load_model(name, repo)
+    check_segment(model, config)
     return tuple(model.sources)
 
 
@@ -244,20 +267,7 @@ class Engine:
             raise ConfigError([issue])
 
     def _check_segment(self) -> None:
-        segment = self.config.segment
-        if segment is None:
-            return
-        limit = float("inf")
-        if isinstance(self.model, HTDemucs):
-            limit = float(self.model.segment)
-        elif isinstance(self.model, BagOfModels):
-            limit = self.model.max_allowed_segment
-        if segment > limit:
-            raise ConfigError.single(
-                "model",
-                "model.segment",
-                f"{segment}s is longer than {self.config.name} was trained for; at most {limit:g}s",
-            )
+        check_segment(self.model, self.config)
 
     def _first_model(self) -> Any:
         """The model itself, or the first of a bag."""

@@ -57,10 +57,24 @@ def loose_modes(config: Config) -> list[str]:
 
 
 def file_issues(config: Config, source: str) -> Findings:
-    """The token file as the HTTP server will read it, and the modes of secrets."""
+    """The token file as the HTTP server will read it, the ledger's password file,
+    and the modes of secrets."""
     from stemd.http.auth import read_token
 
     found = Findings(warnings=loose_modes(config))
+    password_file = config.ledger.password_file
+    if config.ledger.url is not None and password_file is not None:
+        try:
+            password_file.read_bytes()
+        except OSError as err:
+            found.issues.append(
+                ConfigIssue(
+                    source,
+                    "ledger.password_file",
+                    f"cannot read {password_file} ({err.strerror}); write the database "
+                    "password there, readable by stemd alone",
+                )
+            )
     token_file = config.http.token_file
     if config.http.listen is not None and token_file is not None:
         try:
@@ -71,9 +85,10 @@ def file_issues(config: Config, source: str) -> Findings:
 
 
 def model_issues(config: Config, source: str) -> Findings:
-    """output.stems and output.two_stems against the stems of the model, read with
-    the real loading code from disk. A hub model not downloaded yet is a note:
-    nothing is downloaded here."""
+    """output.stems, output.two_stems and model.segment against the model, read with
+    the real loading code from disk (as `run` loads it: a model.repo's files are
+    code you trust). A hub model not downloaded yet is a note: nothing is
+    downloaded here."""
     from stemd.engine import model_sources
 
     found = Findings()

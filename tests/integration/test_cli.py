@@ -37,7 +37,7 @@ def refused_by_check(tmp_path: Path, extra: dict[str, object]) -> str:
     exit 78 and create none of them (run would have made them all)."""
     config = write_config(
         tmp_path / "c.yaml",
-        {"inbox": "in", "outbox": "out", "state_dir": "state", "model": TEST_MODEL, **extra},
+        {"inbox": "in", "outbox": "out", "state_dir": "state", "model": TEST_MODEL} | extra,
     )
     result = stemd("-c", str(config), "check", cwd=tmp_path)
     assert result.returncode == 78, result.stdout + result.stderr
@@ -68,6 +68,25 @@ def test_check_refuses_an_empty_token_file_before_making_folders(tmp_path: Path)
     )
     assert f"c.yaml: http.token_file: {token} holds no token" in error
     assert f"stemd token new {token}" in error
+
+
+def test_check_refuses_a_segment_longer_than_the_model_takes(
+    tmp_path: Path, model_repo: tuple[Path, dict[str, str]]
+) -> None:
+    repo, names = model_repo  # the bag's members were trained on 4 s chunks
+    error = refused_by_check(
+        tmp_path, {"model": {"name": names["bag"], "repo": str(repo), "segment": 30}}
+    )
+    assert "model.segment: 30.0s is longer than tiny_bag was trained for" in error
+
+
+def test_check_refuses_a_ledger_password_file_it_cannot_read(tmp_path: Path) -> None:
+    missing = tmp_path / "pg-password"
+    error = refused_by_check(
+        tmp_path,
+        {"ledger": {"url": "postgresql://stemd@db.lan/stemd", "password_file": str(missing)}},
+    )
+    assert f"c.yaml: ledger.password_file: cannot read {missing}" in error
 
 
 def test_check_warns_of_secrets_others_can_read_and_names_the_fix(tmp_path: Path) -> None:
