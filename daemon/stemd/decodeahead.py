@@ -67,6 +67,13 @@ class DecodeAhead:
         self.drop()  # another job came first (a retry, a reload)
         return None
 
+    def forget(self, source: InputRecord) -> None:
+        """Drop what is ahead if it is `source`, whose job ended without the model
+        (adopted or skipped): its work folder is not left behind until the next take."""
+        ahead = self._ahead
+        if ahead is not None and ahead.input_id == source.id:
+            self.drop()
+
     @property
     def busy(self) -> bool:
         return self._ahead is not None

@@ -484,16 +484,15 @@ class Worker(threading.Thread):
         names = TrackNames.for_input(self.engine.info.folder, source.relative, job.sha256)
         folder = track_folder(self.config.output.layout, names)
         target = self.outbox.find_ours(folder, job.sha256, job.profile)
+        if target is None and not self.outbox.would_skip(folder, job.sha256, job.profile):
+            return False
+        self.ahead.forget(source)  # if it was decoded ahead, for nothing: let it go now
         if target is not None:
             log.info(
                 "%s: stems already in %s (published before a restart)", source.relative, target
             )
-            self.outcomes.complete(job, source, folder, target)
-            return True
-        if self.outbox.would_skip(folder, job.sha256, job.profile):
-            self.outcomes.complete(job, source, folder, None)  # skipped, said once there
-            return True
-        return False
+        self.outcomes.complete(job, source, folder, target)  # None: skipped, said there
+        return True
 
     def _cancelled(self) -> bool:
         """Asked before each chunk: also a sign of life, so the longest silence
