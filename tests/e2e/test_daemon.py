@@ -175,7 +175,10 @@ def test_dropped_files_become_stems_exactly_once(tmp_path: Path, instrumented_re
             "song",
             "song copy",
         ]
-        assert not (tmp_path / "outbox" / ".stemd-tmp").exists()  # empty: tidied away
+        # empty: tidied away, just after the rename that made `late` visible
+        wait_until(
+            lambda: not (tmp_path / "outbox" / ".stemd-tmp").exists(), 10, "the temp root tidied"
+        )
         assert daemon.status()["counts"] == {"queued": 0, "running": 0, "done": 8, "failed": 2}
         assert daemon.stop() == 0
     finally:
