@@ -37,15 +37,8 @@ from stemd.ledger import (
     Ledger,
 )
 from stemd.logs import Event, event
-from stemd.outbox import (
-    Outbox,
-    TrackNames,
-    dispose_source,
-    new_manifest,
-    read_manifest,
-    stem_filename,
-    track_folder,
-)
+from stemd.manifest import MANIFEST, manifest_stems, new_manifest, read_manifest
+from stemd.outbox import Outbox, TrackNames, dispose_source, stem_filename, track_folder
 from stemd.profile import profile_key, profile_params
 
 if TYPE_CHECKING:  # the model's description only: intake needs no torch
@@ -243,20 +236,24 @@ class Intake:
             )
             self.dispose(record, success=True)
             return
-        if manifest is None:
-            self.ledger.finish_input(
-                input_id,
-                InputState.FAILED,
-                None,
-                f"the stems of the identical track in {job.output_dir} "
-                "are gone; `stemd retry` cannot help, drop it again "
-                "after removing it from the ledger",
+        trusted = manifest_stems(original, self.outbox.root)
+        if manifest is None or trusted is None:
+            # gone, or a manifest naming files outside its folder, links, ...: copy
+            # nothing it names (stemd.manifest); separate the content again instead
+            log.warning(
+                "%s: the stems of the identical track in %s are gone or their %s is not "
+                "stemd's (names outside the folder, links); separating it again",
+                record.relative,
+                job.output_dir,
+                MANIFEST,
             )
-            log.error("%s: stems in %s are missing", record.relative, job.output_dir)
+            self.ledger.rerender(job, record)
+            for wake in self._wakers:
+                wake()
             return
         names = TrackNames.for_input(self.model_folder, record.relative, job.sha256)
         folder = track_folder(self.config.output.layout, names)
-        stems: dict[str, str] = manifest.get("stems", {})
+        stems = {stem: path.name for stem, path in trusted.items()}
         files = {
             stem: stem_filename(self.config.output.layout, names, stem, name.rsplit(".", 1)[-1])
             for stem, name in stems.items()

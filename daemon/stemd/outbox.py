@@ -19,7 +19,6 @@ import os
 import re
 import shutil
 import stat
-import time
 import uuid
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass
@@ -29,11 +28,11 @@ from typing import Any
 from stemd.config import OutputConfig
 from stemd.errors import ConfigError, NoSpace, OutboxError, OutboxFull
 from stemd.ledger import FileStat
+from stemd.manifest import MANIFEST, open_stem, read_manifest
 
 log = logging.getLogger("stemd")
 
 TEMP_DIR = ".stemd-tmp"
-MANIFEST = "stemd.json"
 MAX_NAME_BYTES = 255
 # FLAC of separated stems seldom saves less than this against PCM (noise-like
 # stems save least); the check only has to spot a job that cannot fit.
@@ -173,15 +172,6 @@ def fsync_path(path: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
-
-
-def read_manifest(folder: Path) -> dict[str, Any] | None:
-    try:
-        with open(folder / MANIFEST, encoding="utf-8") as file:
-            data = json.load(file)
-    except (OSError, ValueError):
-        return None
-    return data if isinstance(data, dict) else None
 
 
 class Outbox:
@@ -372,17 +362,16 @@ class Outbox:
             source, dest = original / name, temp / new_name
             if link:
                 try:
-                    os.link(source, dest)
+                    # a link swapped in for the stem is linked as a link (never its
+                    # target), and refused by whoever reads it (manifest_stems)
+                    os.link(source, dest, follow_symlinks=False)
                     continue
                 except OSError as err:
                     if err.errno not in (errno.EXDEV, errno.EPERM, errno.EMLINK, errno.ENOTSUP):
                         raise
-            shutil.copyfile(source, dest)
-
-
-def new_manifest(**fields: Any) -> dict[str, Any]:
-    fields.setdefault("created", time.strftime("%Y-%m-%dT%H:%M:%S%z"))
-    return fields
+            fd = open_stem(source)  # a copy never reads through a link
+            with os.fdopen(fd, "rb") as reader, open(dest, "wb") as writer:
+                shutil.copyfileobj(reader, writer, 1 << 20)
 
 
 def dispose_source(

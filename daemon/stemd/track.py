@@ -38,10 +38,10 @@ from stemd.audio import (
 from stemd.config import Config
 from stemd.engine import CancelCheck, Engine, ModelInfo, ProgressHook
 from stemd.errors import InputError
+from stemd.manifest import new_manifest
 from stemd.outbox import (
     Outbox,
     TrackNames,
-    new_manifest,
     stem_filename,
     stems_size_estimate,
     track_folder,

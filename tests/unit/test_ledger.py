@@ -171,6 +171,22 @@ def test_a_failure_says_whose_fault_it_was_until_it_is_retried(ledger: Ledger) -
     assert ledger.get_job(bad_job.id).state is JobState.QUEUED
 
 
+def test_a_done_job_whose_stems_cannot_be_copied_is_rendered_again(ledger: Ledger) -> None:
+    first, copy = add(ledger, "a.mp3", 1), add(ledger, "copy.mp3", 2)
+    job = ledger.attach(first, SHA_A, PROFILE, "a.mp3")
+    claimed = ledger.claim_next()
+    assert claimed is not None
+    ledger.complete(claimed, first, "htdemucs/a")
+    ledger.attach(copy, SHA_A, PROFILE, "copy.mp3")
+    ledger.rerender(ledger.get_job(job.id), ledger.get_input(copy))
+    again = ledger.get_job(job.id)
+    assert again.state is JobState.QUEUED and again.output_dir is None
+    assert again.owner_input == copy and again.source == "copy.mp3" and again.attempts == 0
+    assert ledger.get_input(first).state is InputState.PUBLISHED  # its folder stays as is
+    claimed = ledger.claim_next()
+    assert claimed is not None and claimed.id == job.id and claimed.claim == 2
+
+
 def test_requeue_with_backoff_and_attempt_accounting(ledger: Ledger) -> None:
     input_id = add(ledger, "a.mp3")
     job = ledger.attach(input_id, SHA_A, PROFILE, "a.mp3")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import io
 import json
+import os
 import time
 import zipfile
 from collections.abc import AsyncIterator, Iterator
@@ -14,12 +15,14 @@ from urllib.parse import quote
 
 from fastapi import APIRouter, Depends, HTTPException, Query, Request
 from fastapi.responses import FileResponse, JSONResponse, StreamingResponse
+from starlette.types import Receive, Scope, Send
 
 from stemd import __version__
 from stemd.http.context import API, Context, answered_at_once, context
 from stemd.http.events import CLOSED
 from stemd.http.spool import Spooled, UploadRejected
 from stemd.ledger import JobState
+from stemd.manifest import open_stem
 from stemd.report import status_report
 
 Ctx = Annotated[Context, Depends(context)]
@@ -132,15 +135,35 @@ def get_stem(job_id: int, stem: str, ctx: Ctx) -> FileResponse:
     if not files:
         raise HTTPException(404, f"job {job_id} has no stems ({job.state.value})")
     path = files.get(stem)
-    if path is None or not path.is_file():
-        known = ", ".join(sorted(files))
+    known = ", ".join(sorted(files))
+    if path is None:
         raise HTTPException(404, f"job {job_id} has no stem {stem!r}; it has {known}")
-    return FileResponse(
-        path,
+    try:
+        fd = open_stem(path)  # never through a link swapped in since the manifest's check
+    except OSError:
+        raise HTTPException(404, f"job {job_id}: the {stem} stem is gone; it had {known}") from None
+    return DescriptorFileResponse(
+        fd,
         media_type=MEDIA_TYPES.get(path.suffix, "application/octet-stream"),
         filename=path.name,
         content_disposition_type="inline",
     )
+
+
+class DescriptorFileResponse(FileResponse):
+    """A FileResponse (Range requests and all) of a file already open: it reads the
+    descriptor's own file through /proc/self/fd, whatever the name points at now,
+    and closes the descriptor when the response ends, however it ends."""
+
+    def __init__(self, fd: int, **kwargs: Any) -> None:
+        self.fd = fd
+        super().__init__(f"/proc/self/fd/{fd}", stat_result=os.fstat(fd), **kwargs)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            os.close(self.fd)
 
 
 @router.get(
@@ -286,7 +309,10 @@ def zip_stream(files: dict[str, Path], block: int = 1 << 20) -> Iterator[bytes]:
     pipe = _Pipe()
     with zipfile.ZipFile(pipe, "w", compression=zipfile.ZIP_STORED) as archive:
         for arcname, path in files.items():
-            with open(path, "rb") as source, archive.open(arcname, "w", force_zip64=True) as entry:
+            with (
+                os.fdopen(open_stem(path), "rb") as source,
+                archive.open(arcname, "w", force_zip64=True) as entry,
+            ):
                 while data := source.read(block):
                     entry.write(data)
                     yield pipe.take()

@@ -19,7 +19,7 @@ from stemd.http.spool import Spool, Spooled
 from stemd.http.view import DaemonView
 from stemd.intake import Intake
 from stemd.ledger import InputRecord, InputState, JobRecord, JobState, Ledger
-from stemd.outbox import read_manifest
+from stemd.manifest import manifest_stems
 from stemd.track import check_input
 from stemd.workers import Workers
 
@@ -68,16 +68,14 @@ class Context:
             raise HTTPException(404, f"no job {job_id}; list them at {API}/jobs") from None
 
     def stem_files(self, job: JobRecord, folder: str | None = None) -> dict[str, Path]:
-        """stem name -> its file, from the manifest of the job's folder (or `folder`)."""
+        """stem name -> its file, from the manifest of the job's folder (or `folder`);
+        nothing when that manifest names anything but plain files of its own folder
+        (stemd.manifest: it is on the share, and may have been edited)."""
         where = folder or job.output_dir
         if job.state is not JobState.DONE or not where:
             return {}
-        root = self.config.outbox / where
-        manifest = read_manifest(root)
-        if manifest is None:
-            return {}
-        stems: dict[str, str] = manifest.get("stems", {})
-        return {stem: root / name for stem, name in stems.items()}
+        outbox = self.config.outbox
+        return manifest_stems(outbox / where, outbox) or {}
 
     def job_json(self, job: JobRecord) -> dict[str, Any]:
         url = f"{API}/jobs/{job.id}"

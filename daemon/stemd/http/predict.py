@@ -18,6 +18,8 @@ import base64
 import binascii
 import hashlib
 import json
+import os
+import shutil
 import tempfile
 import time
 from pathlib import Path
@@ -31,6 +33,7 @@ from stemd.audio import answer_format, transcode
 from stemd.http.context import API, Context, context, unavailable
 from stemd.http.spool import Spooled
 from stemd.ledger import Fault, JobRecord, JobState
+from stemd.manifest import open_stem
 
 Ctx = Annotated[Context, Depends(context)]
 FORMATS = ("mp3", "wav", "flac")
@@ -225,12 +228,18 @@ def encode_answer(ctx: Context, job: JobRecord, own_folder: str | None, fmt: str
     answer: dict[str, str] = {}
     with tempfile.TemporaryDirectory(prefix="answer-", dir=ctx.spool.root) as scratch:
         for stem, path in files.items():
-            if as_is:
-                data = path.read_bytes()
-            else:
-                target = Path(scratch) / f"{stem}.{fmt}"
-                transcode(path, target, answer_format(fmt))
-                data = target.read_bytes()
-                target.unlink()
+            with os.fdopen(open_stem(path), "rb") as stem_file:  # never through a link
+                if as_is:
+                    data = stem_file.read()
+                else:
+                    # ffmpeg opens by name: it reads a copy made from the checked file
+                    source = Path(scratch) / f"source-{stem}{path.suffix}"
+                    with open(source, "wb") as copy:
+                        shutil.copyfileobj(stem_file, copy, 1 << 20)
+                    target = Path(scratch) / f"{stem}.{fmt}"
+                    transcode(source, target, answer_format(fmt))
+                    data = target.read_bytes()
+                    source.unlink()
+                    target.unlink()
             answer[stem] = base64.b64encode(data).decode("ascii")
     return answer

@@ -70,6 +70,30 @@ class JobLedger(LedgerCore):
         return job_of(job)
 
     @patient
+    def rerender(self, job: JobRecord, record: InputRecord) -> None:
+        """done -> queued: `record` asked for a copy of the job's stems and they are
+        gone, or their manifest cannot be trusted. The job is separated again for
+        that input (its owner now; pinned here if it is an upload), attempts anew."""
+        with self._write() as db:
+            upload = record.origin == ORIGIN_HTTP
+            self._transition(
+                db,
+                job.id,
+                JobState.QUEUED,
+                attempts=0,
+                lost=0,
+                not_before=0.0,
+                progress=0.0,
+                error=None,
+                output_dir=None,
+                started_at=None,
+                finished_at=None,
+                owner_input=record.id,
+                source=record.relative,
+                pinned=self.node if upload and self.backend.shared else None,
+            )
+
+    @patient
     def get_job(self, job_id: int) -> JobRecord:
         with self._read() as db:
             row = db.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone()

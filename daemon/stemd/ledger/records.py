@@ -27,12 +27,13 @@ class JobState(StrEnum):
 
 
 # running -> queued is an interruption (shutdown, crash recovery, a lease that
-# ran out); failed -> queued is `stemd retry`.
+# ran out); failed -> queued is `stemd retry`; done -> queued is a re-render: a copy
+# of the stems was asked for and they are gone, or their manifest is not stemd's.
 ALLOWED_TRANSITIONS: dict[JobState, frozenset[JobState]] = {
     JobState.QUEUED: frozenset({JobState.RUNNING, JobState.FAILED}),
     JobState.RUNNING: frozenset({JobState.DONE, JobState.FAILED, JobState.QUEUED}),
     JobState.FAILED: frozenset({JobState.QUEUED}),
-    JobState.DONE: frozenset(),
+    JobState.DONE: frozenset({JobState.QUEUED}),
 }
 
 

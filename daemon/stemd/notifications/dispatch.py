@@ -20,6 +20,7 @@ from collections.abc import Callable
 from stemd.config import Config, NotificationTarget
 from stemd.ledger import Ledger, LedgerUnavailable
 from stemd.logs import LOGGER_NAME, Item, event_item
+from stemd.manifest import read_manifest
 from stemd.notifications.channels import Channel
 from stemd.notifications.messages import Message, drained_message, job_message
 from stemd.notifications.senders import (
@@ -28,7 +29,6 @@ from stemd.notifications.senders import (
     WebhookSender,
     apprise_file_urls,
 )
-from stemd.outbox import read_manifest
 
 log = logging.getLogger("stemd")
 

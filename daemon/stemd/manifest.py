@@ -1,0 +1,95 @@
+"""`stemd.json`, the manifest in every track folder, and the stem files it names.
+
+A manifest lives on the share, where its group may write it (0664 with the README's
+group advice): what it says is not to be trusted as a path. A name it gives for a
+stem is used only when it is a plain file name of the track's own folder (no
+separator, no `..`, not hidden) and that file a regular file, not a link; the
+manifest itself is read without following a link; the files are opened without
+following one either, so a name swapped for a link after the check is refused too.
+A manifest that fails any of this is foreign: nothing it names is read, served or
+copied.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+import time
+from pathlib import Path
+from typing import Any
+
+MANIFEST = "stemd.json"
+OPEN_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC
+
+
+def new_manifest(**fields: Any) -> dict[str, Any]:
+    fields.setdefault("created", time.strftime("%Y-%m-%dT%H:%M:%S%z"))
+    return fields
+
+
+def read_manifest(folder: Path) -> dict[str, Any] | None:
+    """The folder's manifest as a dict; None when it is missing, not JSON, or a link."""
+    try:
+        fd = os.open(folder / MANIFEST, OPEN_FLAGS)
+    except OSError:
+        return None
+    try:
+        with os.fdopen(fd, encoding="utf-8") as file:
+            data = json.load(file)
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def plain_name(name: object) -> bool:
+    """A file name that stays in its folder: no separator, NUL, `..` or leading dot."""
+    return (
+        isinstance(name, str)
+        and name not in ("", ".", "..")
+        and not name.startswith(".")
+        and not any(ch in name for ch in "/\\\0")
+    )
+
+
+def inside(folder: Path, root: Path) -> bool:
+    """`folder` resolves (links followed) to a place below `root`'s own resolution."""
+    real, top = os.path.realpath(folder), os.path.realpath(root)
+    return real.startswith(top.rstrip(os.sep) + os.sep)
+
+
+def manifest_stems(folder: Path, root: Path) -> dict[str, Path] | None:
+    """stem -> file, as the manifest of `folder` (below `root`, the outbox) names
+    them, when it can be trusted; None when it is missing or foreign."""
+    if not inside(folder, root):
+        return None
+    manifest = read_manifest(folder)
+    stems = manifest.get("stems") if manifest is not None else None
+    if not isinstance(stems, dict) or not stems:
+        return None
+    files: dict[str, Path] = {}
+    for stem, name in stems.items():
+        if not (plain_name(stem) and plain_name(name)):
+            return None
+        path = folder / name
+        try:
+            info = os.lstat(path)
+        except OSError:
+            return None
+        if not stat.S_ISREG(info.st_mode):
+            return None
+        files[stem] = path
+    return files
+
+
+def open_stem(path: Path) -> int:
+    """A read-only descriptor of a stem file, never through a link: OSError if `path`
+    is a link now (swapped since it was checked) or not a regular file."""
+    fd = os.open(path, OPEN_FLAGS)
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise OSError(f"{path} is not a regular file")
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
