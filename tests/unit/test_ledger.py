@@ -171,6 +171,18 @@ def test_a_failure_says_whose_fault_it_was_until_it_is_retried(ledger: Ledger) -
     assert ledger.get_job(bad_job.id).state is JobState.QUEUED
 
 
+def test_a_question_mark_in_a_literal_is_no_placeholder(ledger: Ledger) -> None:
+    """The one set of statements speaks SQLite's `?`; PostgreSQL gets `%s` only where
+    a `?` is a placeholder, never inside a quoted literal (and `%` survives)."""
+    with ledger._read() as db:
+        row = db.execute(
+            "SELECT 'why?' AS q, ? AS v, 'it''s 100% ?' AS p, \"job\" AS \"who?\" "
+            "FROM (SELECT 1 AS job) AS t WHERE ? = ?",
+            ("given", 1, 1),
+        ).fetchone()
+    assert (row["q"], row["v"], row["p"], row["who?"]) == ("why?", "given", "it's 100% ?", 1)
+
+
 def test_a_done_job_whose_stems_cannot_be_copied_is_rendered_again(ledger: Ledger) -> None:
     first, copy = add(ledger, "a.mp3", 1), add(ledger, "copy.mp3", 2)
     job = ledger.attach(first, SHA_A, PROFILE, "a.mp3")

@@ -173,15 +173,34 @@ _FATAL_CONNECT = (
 )
 
 
+def psycopg_sql(sql: str) -> str:
+    """SQLite's `?` placeholders as psycopg's `%s`, outside quoted literals and
+    identifiers only (`'?'` stays a question mark); every `%` doubled, since psycopg
+    reads them inside literals too. `''` in a literal closes and reopens it: the
+    same state after both."""
+    out: list[str] = []
+    quote: str | None = None
+    for ch in sql:
+        if quote is not None:
+            if ch == quote:
+                quote = None
+        elif ch in "'\"":
+            quote = ch
+        elif ch == "?":
+            out.append("%s")
+            continue
+        out.append("%%" if ch == "%" else ch)
+    return "".join(out)
+
+
 class _PgDb:
-    """`?` placeholders as psycopg's `%s` (a literal % doubled)."""
+    """`?` placeholders as psycopg's `%s` (psycopg_sql)."""
 
     def __init__(self, conn: Any) -> None:
         self._conn = conn
 
     def execute(self, sql: str, params: Sequence[object] = ()) -> Cursor:
-        translated = sql.replace("%", "%%").replace("?", "%s")
-        cursor: Cursor = self._conn.execute(translated, tuple(params))
+        cursor: Cursor = self._conn.execute(psycopg_sql(sql), tuple(params))
         return cursor
 
 
