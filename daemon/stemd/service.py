@@ -285,7 +285,10 @@ class Service:
         self.watcher = InboxWatcher(config.inbox, config.watch)
         self.watcher.start()  # first: it may fall back from inotify to polling
         self.settler = Settler(config.watch.settle, require_close=self.watcher.require_close)
-        self._scan(config.inbox)  # the startup scan: files dropped while we were stopped
+        try:
+            self._scan(config.inbox)  # the startup scan: files dropped while we were stopped
+        except LedgerUnavailable:
+            return  # watching anyway; _scan set the next rescan to the ledger's next try
         self._next_rescan = time.monotonic() + config.watch.rescan_interval
 
     def main_loop(self) -> None:
@@ -295,7 +298,10 @@ class Service:
 
     def tick(self) -> None:
         self._last_tick = time.monotonic()
-        self._handle_signals()
+        # a reload can restart the watcher, whose scan asks the ledger: one that is
+        # away must not end the daemon (the scan is retried on the ledger's pace)
+        with contextlib.suppress(LedgerUnavailable):
+            self._handle_signals()
         if self._stopping:
             return
         assert self.watcher is not None and self.settler is not None
@@ -311,10 +317,10 @@ class Service:
             return
         now = time.monotonic()
         self._feed_watchdog(now)
-        if now >= self._next_folder_check:
-            self._next_folder_check = now + FOLDER_CHECK_INTERVAL_S
-            self._check_folders()
         try:
+            if now >= self._next_folder_check:
+                self._next_folder_check = now + FOLDER_CHECK_INTERVAL_S
+                self._check_folders()  # an inbox back is scanned: that asks the ledger
             self._keep_leases(now)
             if not self.watcher.stopped:  # stopped while the inbox is away
                 self._take_in(now)

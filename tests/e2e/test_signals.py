@@ -11,8 +11,10 @@ from typing import Any
 import yaml
 
 from support.audio import make_tone
-from support.daemon import write_config
+from support.daemon import Daemon, service_config, write_config
 from support.instrumented_model import gated_daemon
+from support.notify import NotifySocket
+from support.postgres import PostgresServer
 from support.published import manifest_in
 from support.waiting import wait_until
 
@@ -133,3 +135,42 @@ def test_a_second_sigterm_cancels_the_running_job_at_once(tmp_path: Path) -> Non
         assert manifest(tmp_path, "long") is None
     finally:
         daemon.kill()
+
+
+def test_a_reload_that_restarts_the_watcher_while_the_ledger_is_away_keeps_the_daemon(
+    tmp_path: Path, postgres: PostgresServer
+) -> None:
+    """A SIGHUP that changes the watch settings restarts the watcher, whose scan asks
+    the ledger. With PostgreSQL down, that used to end the daemon, and leave systemd
+    waiting in RELOADING: now the reload completes, the scan waits for the ledger."""
+    url = postgres.new_database()
+    sections = {"ledger": {"url": url}, "watch": {"settle": "0.5s", "rescan_interval": "1h"}}
+    config = service_config(tmp_path, **sections)
+    with NotifySocket(tmp_path / "notify.sock") as systemd:
+        daemon = Daemon(config, tmp_path, env={"NOTIFY_SOCKET": str(systemd.path)}).start()
+        try:
+            daemon.wait_ready()
+            song = make_tone(tmp_path / "staging" / "song.wav", 1.0)
+            postgres.stop()
+            try:
+                shutil.copyfile(song, tmp_path / "inbox" / "song.wav")  # during the outage
+                changed = {**sections, "watch": {"settle": "0.7s", "rescan_interval": "1h"}}
+                service_config(tmp_path, **changed)
+                asked = time.monotonic()
+                daemon.signal(signal.SIGHUP)
+                systemd.wait_for(lambda m: "RELOADING" in m.fields, 30, "RELOADING", asked)
+                systemd.wait_for(lambda m: m.fields.get("READY") == "1", 30, "READY", asked)
+                wait_until(lambda: "configuration reloaded" in daemon.log(), 30, "the reload")
+                assert daemon.process is not None and daemon.process.poll() is None
+            finally:
+                postgres.start()
+            # what arrived during the outage is taken in once the ledger is back
+            wait_until(
+                lambda: (tmp_path / "outbox" / "demucs_unittest" / "song" / "stemd.json").exists(),
+                60,
+                "song.wav separated after the outage",
+            )
+            assert daemon.stop() == 0
+        finally:
+            daemon.kill()
+
