@@ -698,6 +698,9 @@ class Service:
                         "%s: cancelling at the next chunk; it will be requeued",
                         worker.current.source,
                     )
-            workers.join(WORKER_JOIN_AFTER_CANCEL_S)
+            deadline = time.monotonic() + WORKER_JOIN_AFTER_CANCEL_S
+            while workers.alive() and time.monotonic() < deadline:
+                workers.alive()[0].join(TICK_S)
+                self._feed_watchdog(time.monotonic())  # the join outlasts WatchdogSec
             if workers.alive():
                 log.error("a worker did not stop; exiting anyway")

@@ -114,7 +114,10 @@ class Worker(threading.Thread):
         self.outbox = Outbox(config.outbox, config.output, ledger.node)
         self.wake = threading.Event()
         self.stop_requested = threading.Event()  # finish the running job, take no more
-        self.cancel_requested = threading.Event()  # stop the running job at the next chunk
+        # shutdown's "stop now": every job this worker has in hand (the one on the
+        # model, the one its encoder writes) stops at its next chunk or block. Never
+        # cleared: the worker ends. A job's own stop is its lease lost (_lost).
+        self.shutdown_cancel = threading.Event()
         self.current: Current | None = None
         self._new_config: Config | None = None
         self._config_lock = threading.Lock()
@@ -155,7 +158,7 @@ class Worker(threading.Thread):
         self.wake.set()
 
     def request_cancel(self) -> None:
-        self.cancel_requested.set()
+        self.shutdown_cancel.set()
         self.wake.set()
 
     # -- leases -----------------------------------------------------------------
@@ -184,7 +187,7 @@ class Worker(threading.Thread):
 
     def _keep_waiting(self) -> bool:
         """While the ledger is unreachable: wait, unless stemd must stop now."""
-        return not self.cancel_requested.is_set()
+        return not self.shutdown_cancel.is_set()
 
     # -- thread body ---------------------------------------------------------
 
@@ -371,7 +374,6 @@ class Worker(threading.Thread):
                 raise
         finally:
             self.current = None
-            self.cancel_requested.clear()
 
     def _why(self, job: JobRecord, err: BaseException) -> BaseException:
         """A job stopped because its lease was lost is LeaseLost, not cancelled."""
@@ -502,7 +504,7 @@ class Worker(threading.Thread):
 
     def _job_stopped(self, job_id: int | None) -> bool:
         self.beat()
-        if self.cancel_requested.is_set():
+        if self.shutdown_cancel.is_set():
             return True
         with self._held_lock:
             return job_id in self._lost

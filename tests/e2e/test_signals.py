@@ -12,7 +12,7 @@ import yaml
 
 from support.audio import make_tone
 from support.daemon import Daemon, service_config, write_config
-from support.instrumented_model import gated_daemon
+from support.instrumented_model import GATED, gated_daemon, instrumented_model, model_env
 from support.notify import NotifySocket
 from support.postgres import PostgresServer
 from support.published import manifest_in
@@ -174,3 +174,40 @@ def test_a_reload_that_restarts_the_watcher_while_the_ledger_is_away_keeps_the_d
         finally:
             daemon.kill()
 
+
+def test_a_second_sigterm_stops_the_encoder_of_the_job_before_too(
+    tmp_path: Path, instrumented_repo: Path
+) -> None:
+    """While one track's stems are still being encoded, the model is already on the
+    next. A second SIGTERM cancels both: the cancel is the worker's for good, not
+    used up by the job on the model (which used to clear it, so the encoder wrote on
+    and published). Both are requeued; the daemon ends at once."""
+    config = service_config(
+        tmp_path,
+        model=instrumented_model(instrumented_repo, GATED),  # real passes: seconds a track
+        output={"format": "mp3"},  # ~50x real time a stem: the encoder takes a while
+        service={"shutdown_grace": "60s"},
+    )
+    daemon = Daemon(config, tmp_path, env=model_env(tmp_path)[0]).start()
+    try:
+        daemon.wait_warm()
+        for name, pitch in (("first.wav", 300), ("second.wav", 500)):
+            shutil.copyfile(
+                make_tone(tmp_path / name, 300.0, frequency=pitch), tmp_path / "inbox" / name
+            )
+        wait_until(lambda: "second.wav: separating" in daemon.log(), 120, "second.wav on the model")
+        assert manifest(tmp_path, "first") is None  # first.wav's stems: still being encoded
+        daemon.signal(signal.SIGTERM)
+        wait_until(lambda: "waiting up to 60s" in daemon.log(), 30, "the graceful stop")
+        cancelled = time.monotonic()
+        daemon.signal(signal.SIGTERM)
+        assert daemon.process is not None
+        assert daemon.process.wait(timeout=60) == 0
+        stopped_in = time.monotonic() - cancelled
+        log = daemon.log()
+        assert manifest(tmp_path, "first") is None, log[-3000:]  # cancelled, not published
+        assert "first.wav: interrupted; requeued" in log
+        assert "second.wav: interrupted; requeued" in log
+        assert stopped_in < 20, f"{stopped_in:.1f}s after the second SIGTERM"
+    finally:
+        daemon.kill()
