@@ -318,16 +318,23 @@ def test_bad_requests_get_clear_answers_and_change_nothing(served: Served) -> No
 
     missing = served.http.get("/api/v1/jobs/999999")
     assert missing.status_code == 404 and "999999" in missing.json()["detail"]
-    some_job = served.http.get("/api/v1/jobs", params={"state": "done"}).json()["jobs"]
-    if some_job:  # after the other tests in this module, there is one
-        no_stem = served.http.get(f"/api/v1/jobs/{some_job[0]['id']}/stems/kazoo")
-        assert no_stem.status_code == 404 and "kazoo" in no_stem.json()["detail"]
     bad_state = served.http.get("/api/v1/jobs", params={"state": "sleeping"})
     assert bad_state.status_code == 422
 
     after = served.http.get("/api/v1/status").json()["counts"]
     assert after == before  # nothing was queued, nothing failed
     assert spool_files(served.root) == []  # and nothing was kept
+
+
+def test_an_unknown_stem_of_a_done_job_is_a_404_naming_it(served: Served) -> None:
+    song = served.audio("for the 404.wav", mp3=False)
+    made = served.http.post("/api/v1/jobs", files={"file": (song.name, song.read_bytes())})
+    assert made.status_code in (200, 202), made.text
+    job = served.wait_done(made.json()["id"])
+    no_stem = served.http.get(f"/api/v1/jobs/{job['id']}/stems/kazoo")
+    assert no_stem.status_code == 404
+    detail = no_stem.json()["detail"]
+    assert "kazoo" in detail and "vocals" in detail  # the stems it does have
 
 
 def test_predict_of_a_file_found_corrupt_while_decoding_is_a_422(tmp_path: Path) -> None:
