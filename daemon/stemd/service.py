@@ -236,7 +236,8 @@ class Service:
             problems.append(f"the main loop has not run for {now - self._last_tick:.0f}s")
         workers = self.workers
         if not self.ledger_reachable:
-            problems.append(f"the ledger at {self.ledger_where} is unreachable")
+            # said without its address: /ping answers anyone (the log names it)
+            problems.append("the ledger is unreachable")
         if workers is None:
             problems.append("the workers are not running")
             return problems

@@ -226,7 +226,10 @@ def test_a_dead_host_is_taken_over_a_stopped_one_publishes_nothing_and_a_restart
     with client(http_url(third)) as http:
         postgres.stop()
         wait_until(lambda: http.get("/ping").status_code == 503, 30, "/ping to say 503")
-        assert "ledger" in http.get("/ping").text
+        ping = http.get("/ping").text
+        assert "the ledger is unreachable" in ping
+        # /ping answers without a token: it must not tell anyone where the database is
+        assert "postgresql" not in ping and postgres.root.name not in ping
         postgres.start()
         wait_until(lambda: http.get("/ping").status_code == 200, 60, "/ping to recover")
     for host in (second, third):

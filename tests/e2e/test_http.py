@@ -367,7 +367,7 @@ def test_a_cancelled_upload_leaves_no_spool_file(served: Served) -> None:
     host, port = served.url.removeprefix("http://").split(":")
     with socket.create_connection((host, int(port)), timeout=10) as sock:
         sock.sendall(
-            b"POST /api/v1/jobs?filename=gone.wav HTTP/1.1\r\nHost: x\r\n"
+            b"POST /api/v1/jobs?filename=gone.wav HTTP/1.1\r\nHost: 127.0.0.1\r\n"
             b"Content-Length: 3000000\r\nContent-Type: application/octet-stream\r\n\r\n"
         )
         sock.sendall(b"RIFF" + b"\0" * 200_000)

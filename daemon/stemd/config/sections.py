@@ -238,6 +238,9 @@ class HttpConfig(_Section):
     predict_timeout: Duration = Field(default=600.0, gt=0)
     # more jobs queued than this: uploads are answered 503 with Retry-After
     max_queue: int = Field(default=1000, ge=1)
+    # the host names browsers may reach stemd by (addresses always work); null: the
+    # listen address, localhost and this machine's names; ["*"]: any name
+    allowed_hosts: tuple[str, ...] | None = None
 
     @field_validator("listen")
     @classmethod

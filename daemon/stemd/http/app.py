@@ -16,6 +16,7 @@ from stemd.http import ops
 from stemd.http.api import router as api_router
 from stemd.http.auth import OPEN_PATHS, authorized
 from stemd.http.context import Context
+from stemd.http.origins import host_refusal, origin_refusal
 from stemd.http.predict import predict_router
 from stemd.ledger import LedgerUnavailable
 
@@ -71,9 +72,11 @@ def page() -> HTMLResponse:
 
 
 class Guard:
-    """ASGI middleware: the token on every route but /ping, and a count of every
-    answer by route template and status code. Plain ASGI, not a Starlette
-    BaseHTTPMiddleware, so streamed answers (events, zips) pass through as they are."""
+    """ASGI middleware: the Host and, for changes, the Origin a browser sends
+    (http.origins: DNS rebinding and cross-site requests), the token on every route
+    but /ping, and a count of every answer by route template and status code. Plain
+    ASGI, not a Starlette BaseHTTPMiddleware, so streamed answers (events, zips) pass
+    through as they are."""
 
     def __init__(self, app: FastAPI, ctx: Context) -> None:
         self.app = app
@@ -92,7 +95,19 @@ class Guard:
             await send(message)
 
         try:
-            header = Headers(scope=scope).get("authorization")
+            headers = Headers(scope=scope)
+            refusal_status, why = 400, host_refusal(headers, self.ctx.allowed_hosts)
+            if why is None:
+                refusal_status, why = (
+                    403,
+                    origin_refusal(scope["method"], headers, self.ctx.allowed_hosts),
+                )
+            if why is not None:
+                await JSONResponse({"detail": why}, status_code=refusal_status)(
+                    scope, receive, send_counted
+                )
+                return
+            header = headers.get("authorization")
             if scope["path"] not in OPEN_PATHS and not authorized(self.ctx.token, header):
                 refusal = JSONResponse(
                     {

@@ -35,6 +35,8 @@ class Context:
     hub: EventHub
     metrics: Metrics
     token: str | None
+    # host names the server answers to (addresses always); None: any (`*`)
+    allowed_hosts: frozenset[str] | None = frozenset({"localhost"})
 
     # -- the daemon's parts, or 503 while it has none ---------------------------
 

@@ -25,6 +25,7 @@ from stemd.http.auth import read_token
 from stemd.http.context import Context
 from stemd.http.events import EventHub
 from stemd.http.metrics import Metrics
+from stemd.http.origins import allowed_hosts
 from stemd.http.spool import Spool
 from stemd.http.view import DaemonView
 
@@ -84,7 +85,9 @@ class HttpServer:
 
         self.metrics = Metrics(counts, model)
         self.hub.listen(self.metrics.on_event)
-        self.app = create_app(Context(daemon, self.spool, self.hub, self.metrics, token))
+        listen_host, _port = listen_address(config.http.listen)
+        hosts = allowed_hosts(config.http.allowed_hosts, listen_host)
+        self.app = create_app(Context(daemon, self.spool, self.hub, self.metrics, token, hosts))
         self.token_required = token is not None
         self.socket = bind(config.http.listen)
         host, port = self.socket.getsockname()[:2]
