@@ -11,7 +11,7 @@ import time
 from typing import Any
 
 from stemd.config import Config
-from stemd.engine import Engine
+from stemd.engine import Engine, ModelInfo
 from stemd.intake import Intake
 from stemd.ledger import Ledger
 from stemd.worker import Worker
@@ -36,6 +36,11 @@ class Workers:
     @property
     def first(self) -> Worker:
         return self.all[0]
+
+    @property
+    def model_info(self) -> ModelInfo:
+        """The model as the page shows it (every worker loads the same)."""
+        return self.first.engine.info
 
     @property
     def engine(self) -> Engine:

@@ -202,7 +202,7 @@ def get_status(ctx: Ctx) -> dict[str, Any]:
 @router.get("/info", summary="Model, device, outbox space, workers")
 def get_info(ctx: Ctx) -> dict[str, Any]:
     workers = ctx.workers
-    info = workers.engine.info
+    info = workers.model_info
     return {
         "version": __version__,
         "model": info.name,

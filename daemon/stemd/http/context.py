@@ -16,12 +16,10 @@ from stemd.errors import InputError, StemdError
 from stemd.http.events import EventHub
 from stemd.http.metrics import Metrics
 from stemd.http.spool import Spool, Spooled
-from stemd.http.view import DaemonView
-from stemd.intake import Intake
+from stemd.http.view import DaemonView, IntakeView, WorkersView
 from stemd.ledger import InputRecord, InputState, JobRecord, JobState, Ledger
 from stemd.manifest import manifest_stems
 from stemd.track import check_input
-from stemd.workers import Workers
 
 API = "/api/v1"
 T = TypeVar("T")
@@ -54,11 +52,11 @@ class Context:
         return self._running(self.daemon.ledger)
 
     @property
-    def workers(self) -> Workers:
+    def workers(self) -> WorkersView:
         return self._running(self.daemon.workers)
 
     @property
-    def intake(self) -> Intake:
+    def intake(self) -> IntakeView:
         return self._running(self.daemon.intake)
 
     # -- jobs ---------------------------------------------------------------

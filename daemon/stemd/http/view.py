@@ -1,15 +1,72 @@
-"""What the HTTP server sees of the daemon: the Service, as a protocol (so the
-server does not import the service that owns it)."""
+"""What the HTTP server sees of the daemon: the Service, its intake and its workers,
+as protocols. `http` imports none of the classes that run the daemon (Service,
+Intake, Workers), so the routes can be served in-process over a stand-in: a test
+gives them a real ledger and a fake daemon, and asks them in milliseconds."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Protocol
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
     from stemd.config import Config
-    from stemd.intake import Intake
     from stemd.ledger import Ledger
-    from stemd.workers import Workers
+
+
+class RunningJob(Protocol):
+    """What a worker has in hand (`worker.Current`)."""
+
+    @property
+    def job_id(self) -> int: ...
+
+    @property
+    def progress(self) -> float: ...
+
+    @property
+    def source(self) -> str: ...
+
+
+class BusyWorker(Protocol):
+    @property
+    def worker_name(self) -> str: ...
+
+    @property
+    def current(self) -> RunningJob | None: ...
+
+
+class ModelFacts(Protocol):
+    """The loaded model as the page shows it (`engine.ModelInfo`)."""
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def device(self) -> str: ...
+
+    @property
+    def sources(self) -> tuple[str, ...]: ...
+
+
+class WorkersView(Protocol):
+    @property
+    def model_info(self) -> ModelFacts: ...
+
+    def busy(self) -> Sequence[BusyWorker]: ...
+
+    def report(self) -> list[dict[str, Any]]:
+        """Each worker, as `stemd status` and the page list them."""
+        ...
+
+    def wake(self) -> None: ...
+
+    def warm_up_seconds(self) -> float | None: ...
+
+
+class IntakeView(Protocol):
+    def take_upload(self, path: Path, relative: str, sha256: str) -> int:
+        """Register and attach a spooled upload; its input's id."""
+        ...
 
 
 class DaemonView(Protocol):
@@ -20,10 +77,10 @@ class DaemonView(Protocol):
     def ledger(self) -> Ledger | None: ...
 
     @property
-    def intake(self) -> Intake | None: ...
+    def intake(self) -> IntakeView | None: ...
 
     @property
-    def workers(self) -> Workers | None: ...
+    def workers(self) -> WorkersView | None: ...
 
     @property
     def model_load_seconds(self) -> float | None: ...

@@ -1,0 +1,166 @@
+"""The HTTP routes in-process, in milliseconds: the real app and a real SQLite ledger,
+the daemon around them a stand-in (http.view's protocols). What needs a separation
+or a real server is in tests/e2e/test_http*.py."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+from fastapi.testclient import TestClient
+
+from stemd.config import Config, load_config
+from stemd.http.app import create_app
+from stemd.http.context import Context
+from stemd.http.events import EventHub
+from stemd.http.metrics import Metrics
+from stemd.http.spool import Spool
+from stemd.ledger import FileStat, Ledger, sqlite_ledger
+from stemd.manifest import MANIFEST, new_manifest
+
+SHA = "c" * 64
+
+
+@dataclass(frozen=True)
+class Model:
+    name: str = "demucs_unittest"
+    device: str = "cpu"
+    sources: tuple[str, ...] = ("drums", "bass", "other", "vocals")
+
+
+@dataclass
+class Workers:
+    model_info: Model = field(default_factory=Model)
+    woken: int = 0
+
+    def busy(self) -> list[Any]:
+        return []
+
+    def report(self) -> list[dict[str, Any]]:
+        return [{"name": "w0", "device": "cpu", "job": None}]
+
+    def wake(self) -> None:
+        self.woken += 1
+
+    def warm_up_seconds(self) -> float | None:
+        return 0.1
+
+
+@dataclass
+class Daemon:
+    config: Config
+    ledger: Ledger
+    workers: Workers = field(default_factory=Workers)
+    intake: Any = None  # uploads are the e2e tests' (they need the model)
+    model_load_seconds: float | None = 0.1
+    started_at: float = field(default_factory=time.time)
+    stopping: bool = False
+
+    def health(self) -> list[str]:
+        return []
+
+
+@pytest.fixture
+def daemon(tmp_path: Path) -> Iterator[Daemon]:
+    overrides = {"inbox": "in", "outbox": "out", "state_dir": "state"}
+    config = load_config(None, overrides, base_dir=tmp_path)
+    config.state_dir.mkdir()
+    ledger = sqlite_ledger(config.state_dir / "ledger.sqlite")
+    yield Daemon(config, ledger)
+    ledger.close()
+
+
+@pytest.fixture
+def http(daemon: Daemon) -> TestClient:
+    context = Context(
+        daemon,
+        Spool(daemon.config.state_dir),
+        EventHub(),
+        Metrics(daemon.ledger.counts, lambda: (0.1, 0.1)),
+        None,
+        frozenset({"testserver", "localhost"}),
+    )
+    return TestClient(create_app(context))
+
+
+def published_job(daemon: Daemon, folder: str = "demucs_unittest/song") -> int:
+    """A job done through the ledger's own steps, its stems and manifest in place."""
+    ledger = daemon.ledger
+    record = ledger.add_input(daemon.config.inbox / "song.wav", "song.wav", FileStat(1, 1, 2, 3))
+    assert record is not None
+    job = ledger.attach(record.id, SHA, "p", "song.wav")
+    claimed = ledger.claim_next()
+    assert claimed is not None and claimed.id == job.id
+    ledger.complete(claimed, record.id, folder)
+    track = daemon.config.outbox / folder
+    track.mkdir(parents=True)
+    stems = {}
+    for stem in Model().sources:
+        (track / f"{stem}.wav").write_bytes(b"RIFF" + stem.encode() * 100)
+        stems[stem] = f"{stem}.wav"
+    (track / MANIFEST).write_text(json.dumps(new_manifest(sha256=SHA, stems=stems)))
+    return job.id
+
+
+def test_status_info_and_a_missing_job(http: TestClient) -> None:
+    assert http.get("/api/v1/status").json()["counts"] == {
+        "queued": 0,
+        "running": 0,
+        "done": 0,
+        "failed": 0,
+    }
+    info = http.get("/api/v1/info").json()
+    assert info["model"] == "demucs_unittest" and info["stems"][-1] == "vocals"
+    missing = http.get("/api/v1/jobs/42")
+    assert missing.status_code == 404 and "42" in missing.json()["detail"]
+
+
+def test_a_stem_is_served_and_an_unknown_one_named(http: TestClient, daemon: Daemon) -> None:
+    job_id = published_job(daemon)
+    vocals = http.get(f"/api/v1/jobs/{job_id}/stems/vocals")
+    assert vocals.status_code == 200 and vocals.content.startswith(b"RIFFvocals")
+    assert (
+        http.get(f"/api/v1/jobs/{job_id}/stems/vocals", headers={"Range": "bytes=0-3"}).content
+        == b"RIFF"
+    )
+    kazoo = http.get(f"/api/v1/jobs/{job_id}/stems/kazoo")
+    assert kazoo.status_code == 404
+    assert "kazoo" in kazoo.json()["detail"] and "vocals" in kazoo.json()["detail"]
+
+
+@pytest.mark.parametrize("name", ["/etc/hostname", "../../../state/ledger.sqlite", ".hidden.wav"])
+def test_a_manifest_naming_a_file_outside_its_folder_serves_nothing(
+    http: TestClient, daemon: Daemon, name: str
+) -> None:
+    job_id = published_job(daemon)
+    manifest = daemon.config.outbox / "demucs_unittest/song" / MANIFEST
+    data = json.loads(manifest.read_text())
+    data["stems"]["vocals"] = name
+    manifest.write_text(json.dumps(data))
+    for path in ("stems/vocals", "stems/drums", "stems.zip"):
+        assert http.get(f"/api/v1/jobs/{job_id}/{path}").status_code == 404, path
+
+
+def test_a_stem_swapped_for_a_link_is_not_followed(http: TestClient, daemon: Daemon) -> None:
+    job_id = published_job(daemon)
+    secret = daemon.config.state_dir / "secret"
+    secret.write_text("token")
+    vocals = daemon.config.outbox / "demucs_unittest/song/vocals.wav"
+    vocals.unlink()
+    os.symlink(secret, vocals)
+    answer = http.get(f"/api/v1/jobs/{job_id}/stems/vocals")
+    assert answer.status_code == 404 and b"token" not in answer.content
+
+
+def test_hostile_hosts_and_origins_are_refused(http: TestClient, daemon: Daemon) -> None:
+    assert http.get("/api/v1/status", headers={"Host": "rebound.example"}).status_code == 400
+    assert http.get("/api/v1/status", headers={"Host": "192.168.1.20:8750"}).status_code == 200
+    retry = http.post("/api/v1/jobs/1/retry", headers={"Origin": "https://evil.example"})
+    assert retry.status_code == 403
+    assert daemon.workers.woken == 0
