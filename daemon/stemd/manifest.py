@@ -82,13 +82,18 @@ def manifest_stems(folder: Path, root: Path) -> dict[str, Path] | None:
     return files
 
 
-def open_stem(path: Path) -> int:
-    """A read-only descriptor of a stem file, never through a link: OSError if `path`
-    is a link now (swapped since it was checked) or not a regular file."""
+def open_stem(path: Path, root: Path) -> int:
+    """A read-only descriptor of a stem file below `root` (the outbox): OSError if
+    `path` is a link, not a regular file, or the file opened lies outside `root`
+    (a folder on the way swapped for a link since the manifest was checked: only
+    the last part of a path is kept from following one by O_NOFOLLOW, so where the
+    opened file really is is asked of the descriptor itself)."""
     fd = os.open(path, OPEN_FLAGS)
     try:
         if not stat.S_ISREG(os.fstat(fd).st_mode):
             raise OSError(f"{path} is not a regular file")
+        if not inside(Path(os.readlink(f"/proc/self/fd/{fd}")), root):
+            raise OSError(f"{path} lies outside {root}")
     except BaseException:
         os.close(fd)
         raise

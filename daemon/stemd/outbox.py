@@ -28,7 +28,7 @@ from typing import Any
 from stemd.config import OutputConfig
 from stemd.errors import ConfigError, NoSpace, OutboxError, OutboxFull
 from stemd.ledger import FileStat
-from stemd.manifest import MANIFEST, open_stem, read_manifest
+from stemd.manifest import MANIFEST, manifest_stems, open_stem, read_manifest
 
 log = logging.getLogger("stemd")
 
@@ -288,11 +288,15 @@ class Outbox:
         fsync_path(temp)
 
     def owns(self, folder: Path, sha256: str, profile: str) -> bool:
+        """The folder holds this content's stems under this profile: its manifest
+        says so, and can be trusted (manifest_stems): a tampered or planted one is
+        another track's folder, never adopted."""
         manifest = read_manifest(folder)
         return (
             manifest is not None
             and manifest.get("sha256") == sha256
             and manifest.get("profile") == profile
+            and manifest_stems(folder, self.root) is not None
         )
 
     def _target(
@@ -355,23 +359,35 @@ class Outbox:
         self.tidy_temp()
         return target
 
+    @staticmethod
+    def _link_same(source: Path, dest: Path, checked: os.stat_result) -> bool:
+        """Hard-link `source` to `dest` if that links the file `checked` describes;
+        False (nothing left at `dest`) where links cannot be made, or it is not."""
+        try:
+            os.link(source, dest, follow_symlinks=False)
+        except OSError as err:
+            if err.errno in (errno.EXDEV, errno.EPERM, errno.EMLINK, errno.ENOTSUP):
+                return False
+            raise
+        made = os.lstat(dest)
+        if (made.st_dev, made.st_ino) == (checked.st_dev, checked.st_ino):
+            return True
+        dest.unlink()  # swapped between the check and the link: not that file
+        return False
+
     def copy_stems(self, original: Path, temp: Path, names: Mapping[str, str], link: bool) -> None:
         """Reuse stems (file in `original` -> name in `temp`): hard links where the
         filesystem allows, else copies."""
         for name, new_name in names.items():
             source, dest = original / name, temp / new_name
-            if link:
-                try:
-                    # a link swapped in for the stem is linked as a link (never its
-                    # target), and refused by whoever reads it (manifest_stems)
-                    os.link(source, dest, follow_symlinks=False)
+            # the file itself, opened once and checked to lie in the outbox; a link is
+            # kept only if it is of that very file (not of whatever the name points
+            # at by the time link() looks it up), else a copy is made of that file
+            with os.fdopen(open_stem(source, self.root), "rb") as reader:
+                if link and self._link_same(source, dest, os.fstat(reader.fileno())):
                     continue
-                except OSError as err:
-                    if err.errno not in (errno.EXDEV, errno.EPERM, errno.EMLINK, errno.ENOTSUP):
-                        raise
-            fd = open_stem(source)  # a copy never reads through a link
-            with os.fdopen(fd, "rb") as reader, open(dest, "wb") as writer:
-                shutil.copyfileobj(reader, writer, 1 << 20)
+                with open(dest, "wb") as writer:
+                    shutil.copyfileobj(reader, writer, 1 << 20)
 
 
 def dispose_source(

@@ -11,7 +11,8 @@ import pytest
 
 from stemd.config import OutputConfig
 from stemd.ledger import FileStat
-from stemd.outbox import MANIFEST, TEMP_DIR, Outbox, dispose_source, new_manifest
+from stemd.manifest import MANIFEST, new_manifest
+from stemd.outbox import TEMP_DIR, Outbox, dispose_source
 
 SHA = "c" * 64
 
@@ -128,3 +129,18 @@ def test_a_source_that_changed_after_processing_is_left_alone(tmp_path: Path) ->
     path.write_bytes(b"a newer version")
     assert "changed" in dispose_source(path, "a/song.mp3", expected, "delete", None)
     assert path.read_bytes() == b"a newer version"
+
+
+def test_a_planted_or_tampered_folder_with_our_hash_is_not_adopted(tmp_path: Path) -> None:
+    """A folder whose manifest claims this content and profile is adopted (a crash
+    between rename and commit) only when it can be trusted: one naming a file outside
+    it is another track's folder, and the stems are published beside it."""
+    outbox = Outbox(tmp_path, OutputConfig())
+    planted = tmp_path / "m/song"
+    planted.mkdir(parents=True)
+    (tmp_path / "secret").write_text("token")
+    manifest = new_manifest(sha256=SHA, profile="p", stems={"vocals": "../../secret"})
+    (planted / MANIFEST).write_text(json.dumps(manifest))
+    assert outbox.find_ours(PurePosixPath("m/song"), SHA, "p") is None
+    target = outbox.publish(sealed(outbox), PurePosixPath("m/song"), SHA, "p")
+    assert target == PurePosixPath("m/song (2)")

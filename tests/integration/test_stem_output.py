@@ -17,7 +17,8 @@ import pytest
 
 from stemd.config import Config
 from stemd.engine import Engine
-from stemd.outbox import Outbox, read_manifest
+from stemd.manifest import read_manifest
+from stemd.outbox import Outbox
 from stemd.profile import profile_key, profile_params
 from stemd.track import RenderRequest, render_track
 from stemd.workfiles import WorkArea

@@ -22,7 +22,7 @@ from stemd.http.events import EventHub
 from stemd.http.metrics import Metrics
 from stemd.http.spool import Spool
 from stemd.ledger import FileStat, Ledger, sqlite_ledger
-from stemd.manifest import MANIFEST, new_manifest
+from stemd.manifest import MANIFEST, manifest_stems, new_manifest, open_stem
 
 SHA = "c" * 64
 
@@ -164,3 +164,35 @@ def test_hostile_hosts_and_origins_are_refused(http: TestClient, daemon: Daemon)
     retry = http.post("/api/v1/jobs/1/retry", headers={"Origin": "https://evil.example"})
     assert retry.status_code == 403
     assert daemon.workers.woken == 0
+
+
+def test_a_track_folder_swapped_for_a_link_after_the_check_is_not_read(
+    daemon: Daemon, tmp_path: Path
+) -> None:
+    """O_NOFOLLOW guards a path's last part only: a folder on the way swapped for a
+    link between the manifest's check and the open must not lead outside the outbox."""
+    published_job(daemon)
+    outbox = daemon.config.outbox
+    folder = outbox / "demucs_unittest/song"
+    stems = manifest_stems(folder, outbox)
+    assert stems is not None  # the check passes on the real folder
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (elsewhere / "vocals.wav").write_bytes(b"the secret")
+    folder.rename(outbox / "demucs_unittest/moved")
+    folder.symlink_to(elsewhere)  # the share user's swap
+    with pytest.raises(OSError, match="outside"):
+        open_stem(stems["vocals"], outbox)
+
+
+def test_odd_origins_are_refused_not_failed(http: TestClient) -> None:
+    for origin in ("http://testserver:99999", "http://[::1", "http://testserver:3000", "null"):
+        answer = http.post("/api/v1/jobs/1/retry", headers={"Origin": origin})
+        assert answer.status_code == 403, origin
+    same = http.post("/api/v1/jobs/1/retry", headers={"Origin": "http://testserver"})
+    assert same.status_code == 404  # let through: no such job
+    proxied = {"Origin": "https://stemd.lan", "X-Forwarded-Host": "stemd.lan"}
+    assert http.post("/api/v1/jobs/1/retry", headers=proxied).status_code == 400  # not allowed
+    proxied["X-Forwarded-Host"] = "localhost"
+    proxied["Origin"] = "https://localhost"
+    assert http.post("/api/v1/jobs/1/retry", headers=proxied).status_code == 404

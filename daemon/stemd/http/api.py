@@ -139,7 +139,7 @@ def get_stem(job_id: int, stem: str, ctx: Ctx) -> FileResponse:
     if path is None:
         raise HTTPException(404, f"job {job_id} has no stem {stem!r}; it has {known}")
     try:
-        fd = open_stem(path)  # never through a link swapped in since the manifest's check
+        fd = open_stem(path, ctx.config.outbox)  # never through a link swapped in since
     except OSError:
         raise HTTPException(404, f"job {job_id}: the {stem} stem is gone; it had {known}") from None
     return DescriptorFileResponse(
@@ -179,7 +179,7 @@ def get_zip(job_id: int, ctx: Ctx) -> StreamingResponse:
     track = PurePosixPath(job.source).stem or f"job{job.id}"
     name = f"{track} - stems.zip"
     return StreamingResponse(
-        zip_stream({path.name: path for path in files.values()}),
+        zip_stream({path.name: path for path in files.values()}, ctx.config.outbox),
         media_type="application/zip",
         headers={"Content-Disposition": _attachment(name)},
     )
@@ -303,14 +303,14 @@ class _Pipe(io.RawIOBase):
         return data
 
 
-def zip_stream(files: dict[str, Path], block: int = 1 << 20) -> Iterator[bytes]:
+def zip_stream(files: dict[str, Path], root: Path, block: int = 1 << 20) -> Iterator[bytes]:
     """A zip of `files` (name in the archive -> path), made as it is sent: stored,
     not compressed (the stems are audio), a block of memory at a time."""
     pipe = _Pipe()
     with zipfile.ZipFile(pipe, "w", compression=zipfile.ZIP_STORED) as archive:
         for arcname, path in files.items():
             with (
-                os.fdopen(open_stem(path), "rb") as source,
+                os.fdopen(open_stem(path, root), "rb") as source,
                 archive.open(arcname, "w", force_zip64=True) as entry,
             ):
                 while data := source.read(block):

@@ -228,7 +228,7 @@ def encode_answer(ctx: Context, job: JobRecord, own_folder: str | None, fmt: str
     answer: dict[str, str] = {}
     with tempfile.TemporaryDirectory(prefix="answer-", dir=ctx.spool.root) as scratch:
         for stem, path in files.items():
-            with os.fdopen(open_stem(path), "rb") as stem_file:  # never through a link
+            with os.fdopen(open_stem(path, ctx.config.outbox), "rb") as stem_file:
                 if as_is:
                     data = stem_file.read()
                 else:

@@ -20,7 +20,7 @@ from collections.abc import Callable
 from stemd.config import Config, NotificationTarget
 from stemd.ledger import Ledger, LedgerUnavailable
 from stemd.logs import LOGGER_NAME, Item, event_item
-from stemd.manifest import read_manifest
+from stemd.manifest import manifest_stems
 from stemd.notifications.channels import Channel
 from stemd.notifications.messages import Message, drained_message, job_message
 from stemd.notifications.senders import (
@@ -216,9 +216,9 @@ class Notifications:
             if error.startswith(f"{source}: "):
                 error = error[len(source) + 2 :]
         elif job is not None and job.output_dir:
-            manifest = read_manifest(self.outbox / job.output_dir) or {}
-            files = manifest.get("stems") or {}
-            stems = {name: f"{job.output_dir}/{file}" for name, file in files.items()}
+            # what a share user may have edited: only names it can be trusted with
+            files = manifest_stems(self.outbox / job.output_dir, self.outbox) or {}
+            stems = {name: f"{job.output_dir}/{path.name}" for name, path in files.items()}
         self._offer(
             job_message(
                 event,
