@@ -247,10 +247,14 @@ class Intake:
                 job.output_dir,
                 MANIFEST,
             )
-            self.ledger.rerender(job, record)
-            for wake in self._wakers:
-                wake()
-            return
+            if self.ledger.rerender(job, record):
+                for wake in self._wakers:
+                    wake()
+                return
+            now = self.ledger.get_job(job.id)
+            if now.state is JobState.DONE and now.output_dir != job.output_dir:
+                self.reuse(input_id, now)  # rendered again meanwhile: its new stems
+            return  # queued or running again: this input is served when it ends
         names = TrackNames.for_input(self.model_folder, record.relative, job.sha256)
         folder = track_folder(self.config.output.layout, names)
         stems = {stem: path.name for stem, path in trusted.items()}

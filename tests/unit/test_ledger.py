@@ -9,6 +9,7 @@ import sqlite3
 import threading
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -197,6 +198,16 @@ def test_a_done_job_whose_stems_cannot_be_copied_is_rendered_again(ledger: Ledge
     assert ledger.get_input(first).state is InputState.PUBLISHED  # its folder stays as is
     claimed = ledger.claim_next()
     assert claimed is not None and claimed.id == job.id and claimed.claim == 2
+    # a second input (or host) that read the job while it was done: nothing changes
+    # under it, the running job is not taken away
+    third = add(ledger, "third.mp3", 3)
+    ledger.attach(third, SHA_A, PROFILE, "third.mp3")
+    stale = ledger.get_job(job.id)
+    assert stale.state is JobState.RUNNING
+    done_before = replace(again, state=JobState.DONE, output_dir="htdemucs/a")
+    assert ledger.rerender(done_before, ledger.get_input(third)) is False
+    assert ledger.get_job(job.id).state is JobState.RUNNING
+    assert ledger.get_job(job.id).owner_input == copy
 
 
 def test_requeue_with_backoff_and_attempt_accounting(ledger: Ledger) -> None:

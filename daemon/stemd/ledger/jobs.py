@@ -70,11 +70,19 @@ class JobLedger(LedgerCore):
         return job_of(job)
 
     @patient
-    def rerender(self, job: JobRecord, record: InputRecord) -> None:
+    def rerender(self, job: JobRecord, record: InputRecord) -> bool:
         """done -> queued: `record` asked for a copy of the job's stems and they are
         gone, or their manifest cannot be trusted. The job is separated again for
-        that input (its owner now; pinned here if it is an upload), attempts anew."""
+        that input (its owner now; pinned here if it is an upload), attempts anew.
+        False, and nothing changed, when the job is no longer the done one `job`
+        describes (another input or host had it rendered again first)."""
         with self._write() as db:
+            row = db.execute(
+                f"SELECT state, output_dir FROM jobs WHERE id = ?{self.backend.lock_rows}",
+                (job.id,),
+            ).fetchone()
+            if row["state"] != JobState.DONE.value or row["output_dir"] != job.output_dir:
+                return False
             upload = record.origin == ORIGIN_HTTP
             self._transition(
                 db,
@@ -92,6 +100,7 @@ class JobLedger(LedgerCore):
                 source=record.relative,
                 pinned=self.node if upload and self.backend.shared else None,
             )
+        return True
 
     @patient
     def get_job(self, job_id: int) -> JobRecord:
