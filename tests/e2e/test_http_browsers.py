@@ -32,6 +32,13 @@ def test_a_host_name_stemd_does_not_go_by_is_refused(tmp_path: Path) -> None:
             for name in ("localhost", "127.0.0.1", socket.gethostname()):
                 answer = http.get("/api/v1/status", headers={"Host": f"{name}:{port}"})
                 assert answer.status_code == 200, name
+            # behind a proxy: the name the browser used is checked too
+            proxied = http.get("/ping", headers={"X-Forwarded-Host": "evil.example"})
+            assert proxied.status_code == 400
+        # no Host at all (HTTP/1.0 tools): no browser's request, answered
+        with socket.create_connection(("127.0.0.1", int(port)), timeout=10) as sock:
+            sock.sendall(b"GET /ping HTTP/1.0\r\n\r\n")
+            assert sock.recv(64).startswith(b"HTTP/1.1 200")
         assert daemon.stop() == 0
     finally:
         daemon.kill()
@@ -56,7 +63,12 @@ def test_cross_site_changes_are_refused_even_with_the_browsers_credentials(
 ) -> None:
     made = stemd("token", "new", str(tmp_path / "token"), cwd=tmp_path)
     token = made.stdout.strip()
-    config = service_config(tmp_path, http={**EPHEMERAL, "token_file": str(tmp_path / "token")})
+    http = {
+        **EPHEMERAL,
+        "token_file": str(tmp_path / "token"),
+        "allowed_hosts": ["stemd.example.com"],
+    }
+    config = service_config(tmp_path, http=http)
     daemon = Daemon(config, tmp_path).start()
     try:
         url = http_url(daemon)

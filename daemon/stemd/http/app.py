@@ -100,7 +100,7 @@ class Guard:
             if why is None:
                 refusal_status, why = (
                     403,
-                    origin_refusal(scope["method"], headers, self.ctx.allowed_hosts),
+                    origin_refusal(scope["method"], headers),
                 )
             if why is not None:
                 await JSONResponse({"detail": why}, status_code=refusal_status)(

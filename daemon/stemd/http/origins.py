@@ -52,6 +52,25 @@ def allowed_hosts(configured: Iterable[str] | None, listen_host: str) -> frozens
     return frozenset(names)
 
 
+def _same_origin(origin: str, headers: Headers) -> bool:
+    try:
+        parts = urlsplit(origin)
+        default = 443 if parts.scheme == "https" else 80
+        port = parts.port or default
+    except ValueError:  # a port out of range, an unclosed bracket: no origin of ours
+        return False
+    name = (parts.hostname or "").lower().rstrip(".")
+    if not name or parts.scheme not in ("http", "https"):
+        return False  # "null" (a sandboxed frame, a file: page), or no web page's
+    for value in (headers.get("host"), headers.get("x-forwarded-host")):
+        if not value:
+            continue
+        target, target_port = split_host(value.split(",")[0])
+        if target == name and (target_port or default) == port:
+            return True
+    return False
+
+
 def split_host(value: str) -> tuple[str, int | None]:
     """`name:port`, `[v6]:port` or `name` -> (name, port)."""
     value = value.strip()
@@ -72,40 +91,35 @@ def is_address(name: str) -> bool:
 
 
 def host_refusal(headers: Headers, allowed: frozenset[str] | None) -> str | None:
-    """Why the request's Host is not answered, or None."""
+    """Why the request's Host (or the X-Forwarded-Host a reverse proxy passes on, the
+    name the browser used) is not answered, or None. No Host at all is no browser's
+    request (HTTP/1.0 tools): answered."""
     if allowed is None:
         return None
-    name, _port = split_host(headers.get("host", ""))
-    if is_address(name) or name in allowed:
-        return None
-    return (
-        f"the Host {name!r} is not among http.allowed_hosts ({', '.join(sorted(allowed))}): "
-        "add the name you reach stemd by to http.allowed_hosts, or use its address"
-    )
+    for header in ("host", "x-forwarded-host"):
+        value = headers.get(header)
+        if not value:
+            continue
+        name, _port = split_host(value.split(",")[0])
+        if not (is_address(name) or name in allowed):
+            return (
+                f"the {'Host' if header == 'host' else 'X-Forwarded-Host'} {name!r} is not "
+                f"among http.allowed_hosts ({', '.join(sorted(allowed))}): add the name you "
+                "reach stemd by to http.allowed_hosts, or use its address"
+            )
+    return None
 
 
-def origin_refusal(method: str, headers: Headers, allowed: frozenset[str] | None) -> str | None:
+def origin_refusal(method: str, headers: Headers) -> str | None:
     """Why a state-changing request from a browser page of another site is refused,
-    or None. Its Origin must be the host it was sent to (the Host header, or the
-    X-Forwarded-Host a reverse proxy sets), or one of the allowed names."""
+    or None. Its Origin must be the host it was sent to, port included: the Host
+    header, or the X-Forwarded-Host a reverse proxy sets (a name without a port there
+    stands for the scheme's own: 80 or 443)."""
     if method.upper() in SAFE_METHODS:
         return None
     origin = headers.get("origin")
-    if origin is None:
+    if origin is None or _same_origin(origin, headers):
         return None
-    parts = urlsplit(origin)
-    name = (parts.hostname or "").lower().rstrip(".")
-    if origin != "null" and name:
-        default = 443 if parts.scheme == "https" else 80
-        port = parts.port or default
-        for value in (headers.get("host"), headers.get("x-forwarded-host")):
-            if not value:
-                continue
-            target, target_port = split_host(value.split(",")[0])
-            if target == name and target_port in (None, port):
-                return None
-        if allowed is not None and name in allowed:
-            return None
     return (
         f"a {method.upper()} from the page of another site ({origin}) is refused: "
         "stemd takes changes from its own page, or from clients that send no Origin"
