@@ -133,10 +133,19 @@ def test_the_zip_stream_is_a_valid_stored_zip(tmp_path: Path) -> None:
     for name, size in (("drums.wav", 3_000_000), ("bass.wav", 10)):
         files[name] = tmp_path / name
         files[name].write_bytes(bytes(range(256)) * (size // 256) + b"end")
-    chunks = list(zip_stream(files, block=1 << 16))
+    chunks = list(zip_stream(files, tmp_path, block=1 << 16))
     assert len(chunks) > 10  # sent as it is made, not at the end
     with zipfile.ZipFile(io.BytesIO(b"".join(chunks))) as archive:
         assert archive.namelist() == ["drums.wav", "bass.wav"]
         for name, path in files.items():
             assert archive.read(name) == path.read_bytes()
             assert archive.getinfo(name).compress_type == zipfile.ZIP_STORED
+
+
+def test_the_zip_stream_reads_no_file_outside_the_outbox(tmp_path: Path) -> None:
+    outbox, outside = tmp_path / "outbox", tmp_path / "secret.wav"
+    outbox.mkdir()
+    outside.write_bytes(b"secret")
+    (outbox / "vocals.wav").symlink_to(outside)
+    with pytest.raises(OSError):
+        list(zip_stream({"vocals.wav": outbox / "vocals.wav"}, outbox))
