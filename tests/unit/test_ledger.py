@@ -742,3 +742,17 @@ def test_a_batch_two_hosts_ran_is_summed_up_by_one_of_them(postgres: PostgresSer
     for thread in threads:
         thread.join(timeout=30)
     assert sorted(r.done for r in results) == [0, 1]  # one summary, not two
+
+
+def test_a_postgresql_session_limits_its_statements(
+    tmp_path: Path, postgres: PostgresServer
+) -> None:
+    """No statement waits for ever (a lock behind a frozen host, a hung server): the
+    session's statement_timeout ends it, and the ledger waits it out as unavailable."""
+    ledger = connect(tmp_path, postgres.new_database(), None, "node")
+    try:
+        with ledger._read() as db:
+            row = db.execute("SHOW statement_timeout").fetchone()
+        assert row["statement_timeout"] == "1min"
+    finally:
+        ledger.close()

@@ -15,6 +15,7 @@ from urllib.parse import quote
 
 from fastapi import APIRouter, Depends, HTTPException, Query, Request
 from fastapi.responses import FileResponse, JSONResponse, StreamingResponse
+from starlette.concurrency import run_in_threadpool
 from starlette.types import Receive, Scope, Send
 
 from stemd import __version__
@@ -100,12 +101,12 @@ async def _drain(request: Request) -> None:
 async def create_job(
     request: Request, ctx: Ctx, filename: Annotated[str | None, Query(max_length=4096)] = None
 ) -> JSONResponse:
-    ctx.check_queue()
+    await run_in_threadpool(ctx.check_queue)  # the ledger, off the event loop
     spooled = await receive_upload(request, ctx, filename)
     await ctx.check(spooled)
     job, record = await ctx.take(spooled)
     known = answered_at_once(record) or job.state in (JobState.DONE, JobState.FAILED)
-    body = ctx.job_json(job)
+    body = await run_in_threadpool(ctx.job_json, job)
     body["upload"] = {"name": spooled.name, "bytes": spooled.size, "state": record.state.value}
     return JSONResponse(body, status_code=200 if known else 202, headers={"Location": body["url"]})
 

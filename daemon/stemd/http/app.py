@@ -67,7 +67,7 @@ async def ledger_unavailable(_request: Request, exc: Exception) -> JSONResponse:
     )
 
 
-def page() -> HTMLResponse:
+async def page() -> HTMLResponse:  # a small file: read on the loop, no pool thread needed
     return HTMLResponse((STATIC / "index.html").read_text(encoding="utf-8"))
 
 

@@ -140,6 +140,9 @@ class Context:
         except BaseException:
             spooled.discard()
             raise
+        return await run_in_threadpool(self._job_of_input, input_id)
+
+    def _job_of_input(self, input_id: int) -> tuple[JobRecord, InputRecord]:
         record = self.ledger.get_input(input_id)
         assert record.job_id is not None  # take_upload attached it
         return self.ledger.get_job(record.job_id), record

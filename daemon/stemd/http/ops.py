@@ -24,7 +24,9 @@ def health_answer(ctx: Context, healthy: str) -> JSONResponse:
 
 
 @router.get("/ping", summary="200 while the main loop and worker are healthy, else 503 (open)")
-def ping(ctx: Ctx) -> JSONResponse:
+async def ping(ctx: Ctx) -> JSONResponse:
+    # on the event loop: health() reads flags and clocks, never the ledger, so /ping
+    # answers even while every pool thread waits for a database that hangs
     return health_answer(ctx, "ok")
 
 

@@ -96,7 +96,7 @@ def predict_router(route: str) -> APIRouter:
 
 
 async def predict(request: Request, ctx: Ctx) -> JSONResponse:
-    ctx.check_queue()
+    await run_in_threadpool(ctx.check_queue)
     instances, fmt = parse_body(await read_body(request, ctx.config.http.max_predict_body))
     limit = ctx.config.max_upload
     for index, data in enumerate(instances):
@@ -187,7 +187,9 @@ async def wait_for(ctx: Context, job_ids: list[int]) -> list[JobRecord]:
     with the ids to poll."""
     deadline = time.monotonic() + ctx.config.http.predict_timeout
     while True:
-        jobs = [ctx.job(job_id) for job_id in job_ids]
+        # the ledger off the event loop: a database that hangs holds this request,
+        # never the server (every other request, /ping, the page)
+        jobs = await run_in_threadpool(lambda: [ctx.job(job_id) for job_id in job_ids])
         failed = [job for job in jobs if job.state is JobState.FAILED]
         if failed:
             job = failed[0]

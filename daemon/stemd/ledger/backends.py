@@ -29,6 +29,18 @@ CONNECT_TIMEOUT_S = 5
 # its jobs over (SKIP LOCKED skips them), however long ago its leases ran out.
 # The server ends such a transaction after this long, and its locks with it.
 IDLE_IN_TRANSACTION_S = 5
+# A network that drops the server's packets without a word would leave a query
+# waiting forever, every thread queued behind the one connection's lock: TCP
+# keepalives and a user timeout end such a connection within about 30 s (it is then
+# LedgerUnavailable, waited out), and no statement runs longer than a minute.
+STATEMENT_TIMEOUT_S = 60
+TCP_USER_TIMEOUT_MS = 30_000
+KEEPALIVES = {
+    "keepalives": 1,
+    "keepalives_idle": 10,
+    "keepalives_interval": 5,
+    "keepalives_count": 3,
+}
 # one number for the advisory lock that serialises schema changes between
 # daemons starting at once against one PostgreSQL database
 SCHEMA_LOCK_KEY = 0x5354454D44  # "STEMD"
@@ -238,7 +250,10 @@ class PostgresBackend:
 
         extra: dict[str, Any] = {
             "connect_timeout": CONNECT_TIMEOUT_S,
-            "options": f"-c idle_in_transaction_session_timeout={IDLE_IN_TRANSACTION_S}s",
+            "options": f"-c idle_in_transaction_session_timeout={IDLE_IN_TRANSACTION_S}s "
+            f"-c statement_timeout={STATEMENT_TIMEOUT_S}s",
+            "tcp_user_timeout": TCP_USER_TIMEOUT_MS,
+            **KEEPALIVES,
         }
         if self._password is not None:
             extra["password"] = self._password
