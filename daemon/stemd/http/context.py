@@ -3,8 +3,9 @@ token; and the job as the API shows it."""
 
 from __future__ import annotations
 
+import asyncio
 import shutil
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -35,6 +36,13 @@ class Context:
     token: str | None
     # host names the server answers to (addresses always); None: any (`*`)
     allowed_hosts: frozenset[str] | None = frozenset({"localhost"})
+    _answer_slots: asyncio.Semaphore | None = field(default=None, repr=False)
+
+    def answer_slots(self) -> asyncio.Semaphore:
+        """/predict answers built at once (http.predict_answers); made on the loop."""
+        if self._answer_slots is None:
+            self._answer_slots = asyncio.Semaphore(self.config.http.predict_answers)
+        return self._answer_slots
 
     # -- the daemon's parts, or 503 while it has none ---------------------------
 

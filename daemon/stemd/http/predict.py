@@ -22,23 +22,26 @@ import os
 import shutil
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, BinaryIO
 
 from fastapi import APIRouter, Depends, HTTPException, Request
-from fastapi.responses import JSONResponse
+from fastapi.responses import StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
 from stemd.audio import answer_format, transcode
 from stemd.http.context import API, Context, context, unavailable
 from stemd.http.spool import Spooled
 from stemd.ledger import Fault, JobRecord, JobState
-from stemd.manifest import open_stem
+from stemd.manifest import open_stem, read_manifest
 
 Ctx = Annotated[Context, Depends(context)]
 FORMATS = ("mp3", "wav", "flac")
 DEFAULT_FORMAT = "mp3"  # what the seed answered, at 320 kbps: its web client plays data:audio/mp3
 WAIT_POLL_S = 0.25
+ANSWER_BLOCK = 3 * 256 * 1024  # a multiple of 3: base64 blocks join without padding
+MP3_BYTES_PER_S = 320_000 // 8
 
 PREDICT_BODY: dict[str, Any] = {
     "requestBody": {
@@ -95,7 +98,7 @@ def predict_router(route: str) -> APIRouter:
     return router
 
 
-async def predict(request: Request, ctx: Ctx) -> JSONResponse:
+async def predict(request: Request, ctx: Ctx) -> StreamingResponse:
     await run_in_threadpool(ctx.check_queue)
     instances, fmt = parse_body(await read_body(request, ctx.config.http.max_predict_body))
     limit = ctx.config.max_upload
@@ -124,10 +127,59 @@ async def predict(request: Request, ctx: Ctx) -> JSONResponse:
         jobs.append((job, record.output_dir))
     del instances  # the request's copies of the files: the spool has them now
     done = await wait_for(ctx, [job.id for job, _ in jobs])
-    answers = []
-    for (_job, own_folder), finished in zip(jobs, done, strict=True):
-        answers.append(await run_in_threadpool(encode_answer, ctx, finished, own_folder, fmt))
-    return JSONResponse(answers[0] if len(answers) == 1 else {"predictions": answers})
+    finished = list(zip(done, (folder for _job, folder in jobs), strict=True))
+    size = 0
+    for job, folder in finished:
+        size += await run_in_threadpool(answer_size, ctx, job, folder, fmt)
+    cap = ctx.config.http.max_predict_answer
+    if size > cap:
+        ids = [job.id for job, _folder in finished]
+        raise HTTPException(
+            413,
+            {
+                "error": f"the answer would hold about {size / 2**20:.0f} MiB of base64, over "
+                f"http.max_predict_answer ({cap / 2**20:.0f} MiB): the stems are ready in "
+                "the jobs API (each stem, or all as a zip), or ask for mp3",
+                "jobs": ids,
+                "stems": [f"{API}/jobs/{job_id}/stems.zip" for job_id in ids],
+            },
+        )
+    scratch = Path(tempfile.mkdtemp(prefix="answer-", dir=ctx.spool.root))
+    try:
+        async with ctx.answer_slots():  # at most http.predict_answers made at once
+            answers = [
+                await run_in_threadpool(answer_files, ctx, job, folder, fmt, scratch)
+                for job, folder in finished
+            ]
+    except BaseException:
+        shutil.rmtree(scratch, ignore_errors=True)
+        raise
+    # streamed: each stem read and base64-encoded a block at a time, never whole
+    return StreamingResponse(json_answer(answers, scratch), media_type="application/json")
+
+
+def answer_size(ctx: Context, job: JobRecord, own_folder: str | None, fmt: str) -> int:
+    """About how many bytes of base64 the job's stems take in `fmt`, known before any
+    is read: their files' sizes when they are sent as they are, else 16-bit PCM (wav,
+    and flac at most) or 320 kbps (mp3) for the duration the manifest records."""
+    files = ctx.stem_files(job, own_folder) or ctx.stem_files(job)
+    if not files:
+        return 0  # encode_answer says why
+    if as_is(ctx, fmt):
+        raw = sum(path.stat().st_size for path in files.values())
+    else:
+        manifest = read_manifest(next(iter(files.values())).parent) or {}
+        seconds = float(manifest.get("duration_seconds") or 0.0)
+        rate = int(manifest.get("samplerate") or 44100)
+        per_second = MP3_BYTES_PER_S if fmt == "mp3" else rate * 2 * 2  # stereo, s16
+        raw = int(seconds * per_second) * len(files)
+    return raw * 4 // 3
+
+
+def as_is(ctx: Context, fmt: str) -> bool:
+    """The outbox's files are sent as they are: the format asked for (mp3 at 320 kbps)."""
+    output = ctx.config.output
+    return output.format == fmt and (fmt != "mp3" or output.mp3_bitrate == 320)
 
 
 async def read_body(request: Request, cap: int) -> bytes:
@@ -217,31 +269,62 @@ async def wait_for(ctx: Context, job_ids: list[int]) -> list[JobRecord]:
         await asyncio.sleep(WAIT_POLL_S)
 
 
-def encode_answer(ctx: Context, job: JobRecord, own_folder: str | None, fmt: str) -> dict[str, str]:
-    """stem name -> base64 of that stem in `fmt`. The published file as it is
-    when the outbox holds that format (mp3: at 320 kbps), else transcoded."""
+def answer_files(
+    ctx: Context, job: JobRecord, own_folder: str | None, fmt: str, scratch: Path
+) -> list[tuple[str, BinaryIO]]:
+    """(stem name, its file open for reading) in `fmt`: the published file itself
+    when the outbox holds that format (mp3: at 320 kbps), else a transcode into
+    `scratch`. Every file is open before the answer starts: it cannot fail half sent."""
     files = ctx.stem_files(job, own_folder) or ctx.stem_files(job)
     if not files:
         raise HTTPException(
             500, f"job {job.id} is done but its stems are not in the outbox ({job.output_dir!r})"
         )
-    output = ctx.config.output
-    as_is = output.format == fmt and (fmt != "mp3" or output.mp3_bitrate == 320)
-    answer: dict[str, str] = {}
-    with tempfile.TemporaryDirectory(prefix="answer-", dir=ctx.spool.root) as scratch:
+    unchanged = as_is(ctx, fmt)
+    opened: list[tuple[str, BinaryIO]] = []
+    try:
         for stem, path in files.items():
-            with os.fdopen(open_stem(path, ctx.config.outbox), "rb") as stem_file:
-                if as_is:
-                    data = stem_file.read()
-                else:
-                    # ffmpeg opens by name: it reads a copy made from the checked file
-                    source = Path(scratch) / f"source-{stem}{path.suffix}"
-                    with open(source, "wb") as copy:
-                        shutil.copyfileobj(stem_file, copy, 1 << 20)
-                    target = Path(scratch) / f"{stem}.{fmt}"
-                    transcode(source, target, answer_format(fmt))
-                    data = target.read_bytes()
-                    source.unlink()
-                    target.unlink()
-            answer[stem] = base64.b64encode(data).decode("ascii")
-    return answer
+            stem_file = os.fdopen(open_stem(path, ctx.config.outbox), "rb")  # never a link
+            if unchanged:
+                opened.append((stem, stem_file))
+                continue
+            with stem_file:
+                # ffmpeg opens by name: it reads a copy made from the checked file
+                source = scratch / f"job{job.id}-source-{stem}{path.suffix}"
+                with open(source, "wb") as copy:
+                    shutil.copyfileobj(stem_file, copy, 1 << 20)
+            target = scratch / f"job{job.id}-{stem}.{fmt}"
+            transcode(source, target, answer_format(fmt))
+            source.unlink()
+            opened.append((stem, open(target, "rb")))  # noqa: SIM115 - json_answer closes it
+    except BaseException:
+        for _stem, handle in opened:
+            handle.close()
+        raise
+    return opened
+
+
+def json_answer(answers: list[list[tuple[str, BinaryIO]]], scratch: Path) -> Iterator[bytes]:
+    """The seed's JSON, `{"stem": "<base64>", ...}` for one instance or
+    `{"predictions": [...]}` for several, made as it is sent: a block of each file
+    (a multiple of 3 bytes, so the base64 pieces join) at a time. Closes the files
+    and removes the scratch folder however the sending ends."""
+    try:
+        several = len(answers) > 1
+        if several:
+            yield b'{"predictions": ['
+        for index, stems in enumerate(answers):
+            yield b", {" if index else b"{"
+            for position, (stem, handle) in enumerate(stems):
+                yield (", " if position else "").encode() + json.dumps(stem).encode() + b': "'
+                while block := handle.read(ANSWER_BLOCK):
+                    yield base64.b64encode(block)
+                yield b'"'
+            yield b"}"
+        if several:
+            yield b"]}"
+    finally:
+        for stems in answers:
+            for _stem, handle in stems:
+                handle.close()
+        shutil.rmtree(scratch, ignore_errors=True)
