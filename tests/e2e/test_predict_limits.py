@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import json
+import os
 import threading
 from pathlib import Path
 
@@ -110,6 +111,32 @@ def test_two_large_answers_are_built_one_at_a_time(tmp_path: Path) -> None:
         # answer whole (built whole, the two took 369 MiB here, 475 two at once)
         bodies = sum(len(json.dumps(body(song, "wav"))) for song in songs) / MIB
         assert grew < 3 * bodies + 64, f"grew {grew:.0f} MiB; bodies {bodies:.0f} MiB"
+        assert daemon.stop() == 0
+    finally:
+        daemon.kill()
+
+
+def test_an_answer_whose_client_leaves_leaves_nothing_behind(tmp_path: Path) -> None:
+    """A transcoded answer is prepared in a scratch folder under the spool; a client
+    that hangs up before reading it must not leave that folder (nor its files open)."""
+    daemon = Daemon(service_config(tmp_path, http=EPHEMERAL), tmp_path).start()
+    try:
+        url = http_url(daemon)
+        daemon.wait_ready()
+        song = make_mix(tmp_path / "made" / "song.wav", 5.0)
+        spool = tmp_path / "state" / "uploads"
+        with (
+            httpx.Client(base_url=url, timeout=120) as http,
+            http.stream("POST", "/predict", json=body(song, "flac")) as answer,
+        ):
+            assert answer.status_code == 200
+            next(answer.iter_bytes())  # the first bytes, then gone
+        wait_until(
+            lambda: not list(spool.glob("answer-*")), 30, "the answer's scratch folder removed"
+        )
+        fds = Path(f"/proc/{daemon.pid}/fd")
+        held = [os.readlink(fd) for fd in fds.iterdir() if "answer-" in os.readlink(fd)]
+        assert held == []
         assert daemon.stop() == 0
     finally:
         daemon.kill()

@@ -238,8 +238,8 @@ class HttpConfig(_Section):
     predict_timeout: Duration = Field(default=600.0, gt=0)
     # more jobs queued than this: uploads are answered 503 with Retry-After
     max_queue: int = Field(default=1000, ge=1)
-    # /predict's answer is built whole, base64 in memory: the largest one made, and
-    # how many are made at once (the stems stay in the jobs API for anything larger)
+    # /predict's answer: streamed, but its client holds it whole: the largest one
+    # sent, and how many are prepared (transcoded) at once (larger: the jobs API)
     max_predict_answer: Size = Field(default=256 * 1024**2, gt=0)
     predict_answers: int = Field(default=2, ge=1, le=16)
     # the host names browsers may reach stemd by (addresses always work); null: the

@@ -171,6 +171,8 @@ def unavailable(message: str) -> HTTPException:
     return HTTPException(503, message, headers={"Retry-After": str(RETRY_AFTER_S)})
 
 
-def context(request: Request) -> Context:
+async def context(request: Request) -> Context:
+    # async: FastAPI runs a sync dependency in the thread pool, and /ping must not
+    # wait for a pool thread (they may all wait for a database that hangs)
     ctx: Context = request.app.state.stemd
     return ctx

@@ -26,11 +26,13 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated, Any, BinaryIO
 
+import anyio
 from fastapi import APIRouter, Depends, HTTPException, Request
 from fastapi.responses import StreamingResponse
 from starlette.concurrency import run_in_threadpool
+from starlette.types import Receive, Scope, Send
 
-from stemd.audio import answer_format, transcode
+from stemd.audio import answer_format, probe, transcode
 from stemd.http.context import API, Context, context, unavailable
 from stemd.http.spool import Spooled
 from stemd.ledger import Fault, JobRecord, JobState
@@ -145,17 +147,45 @@ async def predict(request: Request, ctx: Ctx) -> StreamingResponse:
             },
         )
     scratch = Path(tempfile.mkdtemp(prefix="answer-", dir=ctx.spool.root))
+    answers: list[list[tuple[str, BinaryIO]]] = []
     try:
         async with ctx.answer_slots():  # at most http.predict_answers made at once
-            answers = [
-                await run_in_threadpool(answer_files, ctx, job, folder, fmt, scratch)
-                for job, folder in finished
-            ]
+            for index, (job, folder) in enumerate(finished):
+                files = await run_in_threadpool(
+                    answer_files, ctx, job, folder, fmt, scratch / str(index)
+                )
+                answers.append(files)
     except BaseException:
-        shutil.rmtree(scratch, ignore_errors=True)
+        release(answers, scratch)
         raise
     # streamed: each stem read and base64-encoded a block at a time, never whole
-    return StreamingResponse(json_answer(answers, scratch), media_type="application/json")
+    return AnswerResponse(json_answer(answers), answers, scratch)
+
+
+class AnswerResponse(StreamingResponse):
+    """The streamed answer; its files are closed and its scratch folder removed when
+    it ends, however: sent, or the client gone before or while it is sent (the
+    generator may then never run, and a generator that never ran has no finally)."""
+
+    def __init__(
+        self, body: Iterator[bytes], answers: list[list[tuple[str, BinaryIO]]], scratch: Path
+    ) -> None:
+        super().__init__(body, media_type="application/json")
+        self.answers, self.scratch = answers, scratch
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            with anyio.CancelScope(shield=True):
+                await run_in_threadpool(release, self.answers, self.scratch)
+
+
+def release(answers: list[list[tuple[str, BinaryIO]]], scratch: Path) -> None:
+    for stems in answers:
+        for _stem, handle in stems:
+            handle.close()
+    shutil.rmtree(scratch, ignore_errors=True)
 
 
 def answer_size(ctx: Context, job: JobRecord, own_folder: str | None, fmt: str) -> int:
@@ -168,8 +198,11 @@ def answer_size(ctx: Context, job: JobRecord, own_folder: str | None, fmt: str) 
     if as_is(ctx, fmt):
         raw = sum(path.stat().st_size for path in files.values())
     else:
-        manifest = read_manifest(next(iter(files.values())).parent) or {}
+        first = next(iter(files.values()))
+        manifest = read_manifest(first.parent) or {}
         seconds = float(manifest.get("duration_seconds") or 0.0)
+        if seconds <= 0:  # a manifest without it (edited, or foreign): ask the file
+            seconds = probe(first).duration or 0.0
         rate = int(manifest.get("samplerate") or 44100)
         per_second = MP3_BYTES_PER_S if fmt == "mp3" else rate * 2 * 2  # stereo, s16
         raw = int(seconds * per_second) * len(files)
@@ -281,6 +314,7 @@ def answer_files(
             500, f"job {job.id} is done but its stems are not in the outbox ({job.output_dir!r})"
         )
     unchanged = as_is(ctx, fmt)
+    scratch.mkdir(exist_ok=True)  # one per instance: two of the same job do not collide
     opened: list[tuple[str, BinaryIO]] = []
     try:
         for stem, path in files.items():
@@ -304,27 +338,21 @@ def answer_files(
     return opened
 
 
-def json_answer(answers: list[list[tuple[str, BinaryIO]]], scratch: Path) -> Iterator[bytes]:
+def json_answer(answers: list[list[tuple[str, BinaryIO]]]) -> Iterator[bytes]:
     """The seed's JSON, `{"stem": "<base64>", ...}` for one instance or
     `{"predictions": [...]}` for several, made as it is sent: a block of each file
-    (a multiple of 3 bytes, so the base64 pieces join) at a time. Closes the files
-    and removes the scratch folder however the sending ends."""
-    try:
-        several = len(answers) > 1
-        if several:
-            yield b'{"predictions": ['
-        for index, stems in enumerate(answers):
-            yield b", {" if index else b"{"
-            for position, (stem, handle) in enumerate(stems):
-                yield (", " if position else "").encode() + json.dumps(stem).encode() + b': "'
-                while block := handle.read(ANSWER_BLOCK):
-                    yield base64.b64encode(block)
-                yield b'"'
-            yield b"}"
-        if several:
-            yield b"]}"
-    finally:
-        for stems in answers:
-            for _stem, handle in stems:
-                handle.close()
-        shutil.rmtree(scratch, ignore_errors=True)
+    (a multiple of 3 bytes, so the base64 pieces join) at a time. AnswerResponse
+    closes the files."""
+    several = len(answers) > 1
+    if several:
+        yield b'{"predictions": ['
+    for index, stems in enumerate(answers):
+        yield b", {" if index else b"{"
+        for position, (stem, handle) in enumerate(stems):
+            yield (", " if position else "").encode() + json.dumps(stem).encode() + b': "'
+            while block := handle.read(ANSWER_BLOCK):
+                yield base64.b64encode(block)
+            yield b'"'
+        yield b"}"
+    if several:
+        yield b"]}"

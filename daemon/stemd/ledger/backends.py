@@ -32,7 +32,10 @@ IDLE_IN_TRANSACTION_S = 5
 # A network that drops the server's packets without a word would leave a query
 # waiting forever, every thread queued behind the one connection's lock: TCP
 # keepalives and a user timeout end such a connection within about 30 s (it is then
-# LedgerUnavailable, waited out), and no statement runs longer than a minute.
+# LedgerUnavailable, waited out), and no statement runs longer than a minute on a
+# server that works (a lock behind a frozen host). A server that hangs but whose
+# kernel still answers TCP is not caught by these: its callers wait, and the HTTP
+# server keeps them off its event loop.
 STATEMENT_TIMEOUT_S = 60
 TCP_USER_TIMEOUT_MS = 30_000
 KEEPALIVES = {
@@ -313,6 +316,9 @@ class PostgresBackend:
         return float(row["now"])
 
     def lock_schema(self, db: Db) -> None:
+        # waiting for another daemon's migration, and migrating, may take longer
+        # than a statement may: no timeout for this transaction
+        db.execute("SET LOCAL statement_timeout = 0")
         db.execute("SELECT pg_advisory_xact_lock(?)", (SCHEMA_LOCK_KEY,))
 
     def close(self) -> None:
