@@ -37,7 +37,7 @@ from stemd.ledger import (
     Ledger,
 )
 from stemd.logs import Event, event
-from stemd.manifest import MANIFEST, manifest_stems, new_manifest, read_manifest
+from stemd.manifest import MANIFEST, new_manifest, read_manifest, trusted_stems
 from stemd.outbox import Outbox, TrackNames, dispose_source, stem_filename, track_folder
 from stemd.profile import profile_key, profile_params
 
@@ -236,7 +236,7 @@ class Intake:
             )
             self.dispose(record, success=True)
             return
-        trusted = manifest_stems(original, self.outbox.root)
+        trusted = trusted_stems(original, self.outbox.root, manifest)
         if manifest is None or trusted is None:
             # gone, or a manifest naming files outside its folder, links, ...: copy
             # nothing it names (stemd.manifest); separate the content again instead

@@ -61,10 +61,16 @@ def inside(folder: Path, root: Path) -> bool:
 def manifest_stems(folder: Path, root: Path) -> dict[str, Path] | None:
     """stem -> file, as the manifest of `folder` (below `root`, the outbox) names
     them, when it can be trusted; None when it is missing or foreign."""
-    if not inside(folder, root):
+    return trusted_stems(folder, root, read_manifest(folder))
+
+
+def trusted_stems(
+    folder: Path, root: Path, manifest: dict[str, Any] | None
+) -> dict[str, Path] | None:
+    """manifest_stems for a manifest of `folder` already read (read_manifest)."""
+    if manifest is None or not inside(folder, root):
         return None
-    manifest = read_manifest(folder)
-    stems = manifest.get("stems") if manifest is not None else None
+    stems = manifest.get("stems")
     if not isinstance(stems, dict) or not stems:
         return None
     files: dict[str, Path] = {}

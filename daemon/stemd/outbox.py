@@ -28,7 +28,7 @@ from typing import Any
 from stemd.config import OutputConfig
 from stemd.errors import ConfigError, NoSpace, OutboxError, OutboxFull
 from stemd.ledger import FileStat
-from stemd.manifest import MANIFEST, manifest_stems, open_stem, read_manifest
+from stemd.manifest import MANIFEST, open_stem, read_manifest, trusted_stems
 
 log = logging.getLogger("stemd")
 
@@ -296,7 +296,7 @@ class Outbox:
             manifest is not None
             and manifest.get("sha256") == sha256
             and manifest.get("profile") == profile
-            and manifest_stems(folder, self.root) is not None
+            and trusted_stems(folder, self.root, manifest) is not None
         )
 
     def _target(
