@@ -129,13 +129,16 @@ async def predict(request: Request, ctx: Ctx) -> StreamingResponse:
         jobs.append((job, record.output_dir))
     del instances  # the request's copies of the files: the spool has them now
     done = await wait_for(ctx, [job.id for job, _ in jobs])
-    finished = list(zip(done, (folder for _job, folder in jobs), strict=True))
+    finished = [
+        (job, await run_in_threadpool(stems_of, ctx, job, folder))
+        for job, (_job, folder) in zip(done, jobs, strict=True)
+    ]
     size = 0
-    for job, folder in finished:
-        size += await run_in_threadpool(answer_size, ctx, job, folder, fmt)
+    for _job, files in finished:
+        size += await run_in_threadpool(answer_size, ctx, files, fmt)
     cap = ctx.config.http.max_predict_answer
     if size > cap:
-        ids = [job.id for job, _folder in finished]
+        ids = [job.id for job, _files in finished]
         raise HTTPException(
             413,
             {
@@ -150,11 +153,11 @@ async def predict(request: Request, ctx: Ctx) -> StreamingResponse:
     answers: list[list[tuple[str, BinaryIO]]] = []
     try:
         async with ctx.answer_slots():  # at most http.predict_answers made at once
-            for index, (job, folder) in enumerate(finished):
-                files = await run_in_threadpool(
-                    answer_files, ctx, job, folder, fmt, scratch / str(index)
+            for index, (job, files) in enumerate(finished):
+                opened = await run_in_threadpool(
+                    answer_files, ctx, job.id, files, fmt, scratch / str(index)
                 )
-                answers.append(files)
+                answers.append(opened)
     except BaseException:
         release(answers, scratch)
         raise
@@ -188,13 +191,21 @@ def release(answers: list[list[tuple[str, BinaryIO]]], scratch: Path) -> None:
     shutil.rmtree(scratch, ignore_errors=True)
 
 
-def answer_size(ctx: Context, job: JobRecord, own_folder: str | None, fmt: str) -> int:
-    """About how many bytes of base64 the job's stems take in `fmt`, known before any
-    is read: their files' sizes when they are sent as they are, else 16-bit PCM (wav,
-    and flac at most) or 320 kbps (mp3) for the duration the manifest records."""
+def stems_of(ctx: Context, job: JobRecord, own_folder: str | None) -> dict[str, Path]:
+    """The done job's stems: the input's own folder's, else the job's (a copy's
+    original); 500 when neither is in the outbox."""
     files = ctx.stem_files(job, own_folder) or ctx.stem_files(job)
     if not files:
-        return 0  # encode_answer says why
+        raise HTTPException(
+            500, f"job {job.id} is done but its stems are not in the outbox ({job.output_dir!r})"
+        )
+    return files
+
+
+def answer_size(ctx: Context, files: dict[str, Path], fmt: str) -> int:
+    """About how many bytes of base64 these stems take in `fmt`, known before any is
+    read: their files' sizes when they are sent as they are, else 16-bit PCM (wav,
+    and flac at most) or 320 kbps (mp3) for the duration the manifest records."""
     if as_is(ctx, fmt):
         raw = sum(path.stat().st_size for path in files.values())
     else:
@@ -303,16 +314,11 @@ async def wait_for(ctx: Context, job_ids: list[int]) -> list[JobRecord]:
 
 
 def answer_files(
-    ctx: Context, job: JobRecord, own_folder: str | None, fmt: str, scratch: Path
+    ctx: Context, job_id: int, files: dict[str, Path], fmt: str, scratch: Path
 ) -> list[tuple[str, BinaryIO]]:
     """(stem name, its file open for reading) in `fmt`: the published file itself
     when the outbox holds that format (mp3: at 320 kbps), else a transcode into
     `scratch`. Every file is open before the answer starts: it cannot fail half sent."""
-    files = ctx.stem_files(job, own_folder) or ctx.stem_files(job)
-    if not files:
-        raise HTTPException(
-            500, f"job {job.id} is done but its stems are not in the outbox ({job.output_dir!r})"
-        )
     unchanged = as_is(ctx, fmt)
     scratch.mkdir(exist_ok=True)  # one per instance: two of the same job do not collide
     opened: list[tuple[str, BinaryIO]] = []
@@ -324,10 +330,10 @@ def answer_files(
                 continue
             with stem_file:
                 # ffmpeg opens by name: it reads a copy made from the checked file
-                source = scratch / f"job{job.id}-source-{stem}{path.suffix}"
+                source = scratch / f"job{job_id}-source-{stem}{path.suffix}"
                 with open(source, "wb") as copy:
                     shutil.copyfileobj(stem_file, copy, 1 << 20)
-            target = scratch / f"job{job.id}-{stem}.{fmt}"
+            target = scratch / f"job{job_id}-{stem}.{fmt}"
             transcode(source, target, answer_format(fmt))
             source.unlink()
             opened.append((stem, open(target, "rb")))  # noqa: SIM115 - json_answer closes it
