@@ -133,11 +133,10 @@ def stems_issue(
     )
 
 
-def preflight(config: Config, source: str, with_model: bool = True) -> Findings:
+def preflight(config: Config, source: str) -> Findings:
     """Everything `run` would refuse or warn about, beyond the YAML."""
     found = file_issues(config, source)
-    if with_model:
-        model = model_issues(config, source)
-        found.issues.extend(model.issues)
-        found.notes.extend(model.notes)
+    model = model_issues(config, source)
+    found.issues.extend(model.issues)
+    found.notes.extend(model.notes)
     return found
