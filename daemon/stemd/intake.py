@@ -17,6 +17,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -39,7 +40,7 @@ from stemd.ledger import (
 from stemd.logs import Event, event
 from stemd.manifest import MANIFEST, new_manifest, read_manifest, trusted_stems
 from stemd.outbox import Outbox, TrackNames, dispose_source, stem_filename, track_folder
-from stemd.profile import profile_key, profile_params
+from stemd.profile import render_profile
 
 if TYPE_CHECKING:  # the model's description only: intake needs no torch
     from stemd.engine import ModelInfo
@@ -78,6 +79,7 @@ class Intake:
         # one worker hashes at a time: the others run jobs meanwhile
         self._identifying = threading.Lock()
         self._wakers: list[Callable[[], None]] = []  # told when an upload arrives
+        self._next_rekey = 0.0  # monotonic: when queued jobs of other profiles are looked at
         self.configure(config, model)
 
     def on_arrival(self, wake: Callable[[], None]) -> None:
@@ -91,8 +93,8 @@ class Intake:
         self.config = config
         self.outbox = Outbox(config.outbox, config.output, self.ledger.node)
         self.model_folder = model.folder
-        self.profile_params = profile_params(config, model)
-        self.profile = profile_key(self.profile_params)
+        self.profile, _params = render_profile(config, model)
+        self._next_rekey = 0.0  # new settings: the queue takes them at the next round
 
     # -- identify: hash and deduplicate ---------------------------------------
 
@@ -103,6 +105,7 @@ class Intake:
         if not self._identifying.acquire(blocking=False):
             return False
         try:
+            self._rekey_due()
             pending = self.ledger.pending_inputs(limit=20, stale_after=self.node_gone)
             for record in pending:
                 if stop() or self.folders.missing():
@@ -112,6 +115,18 @@ class Intake:
             return bool(pending)
         finally:
             self._identifying.release()
+
+    def _rekey_due(self) -> None:
+        """Queued jobs keyed by other output settings (this node's, from before a
+        reload or a restart, or a gone host's) are keyed by today's: workers
+        claim only jobs keyed by what they render (stemd.ledger.jobs). Asked
+        after each change of settings, then every `node_gone` seconds."""
+        if time.monotonic() < self._next_rekey:
+            return
+        self._next_rekey = time.monotonic() + self.node_gone
+        with self.serve_lock:
+            for record, job in self.ledger.rekey_queued(self.profile, self.node_gone):
+                self.settle_attached(record, job)
 
     def identify(self, record: InputRecord) -> None:
         if not self.ledger.holds_input(record.id):
@@ -170,6 +185,11 @@ class Intake:
             job,
             record.relative,
         )
+        self.settle_attached(record, job)
+
+    def settle_attached(self, record: InputRecord, job: JobRecord) -> None:
+        """An input just attached to `job`: a copy of its stems if it is done,
+        its failure repeated if it failed, else it waits for the job."""
         if job.state is JobState.DONE:
             self.reuse(record.id, job)
         elif job.state is JobState.FAILED:

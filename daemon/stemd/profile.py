@@ -47,3 +47,10 @@ def profile_params(config: Config, model: ModelInfo) -> dict[str, Any]:
 def profile_key(params: dict[str, Any]) -> str:
     canonical = json.dumps(params, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(canonical.encode()).hexdigest()[:16]
+
+
+def render_profile(config: Config, model: ModelInfo) -> tuple[str, dict[str, Any]]:
+    """(key, parameters) of what `config` and `model` render: jobs are keyed by
+    the key, and a worker renders with the parameters of the key it claims."""
+    params = profile_params(config, model)
+    return profile_key(params), params

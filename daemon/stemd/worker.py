@@ -51,6 +51,7 @@ from stemd.outbox import (
     track_folder,
 )
 from stemd.outcomes import Outcomes
+from stemd.profile import render_profile
 from stemd.track import (
     Loaded,
     RenderRequest,
@@ -112,6 +113,9 @@ class Worker(threading.Thread):
         self.config = config
         self.engine = engine
         self.outbox = Outbox(config.outbox, config.output, ledger.node)
+        # the output profile this worker renders, from its own config and model
+        # (several workers apply a reload one by one): it claims only jobs keyed by it
+        self.profile, self.profile_params = render_profile(config, engine.info)
         self.wake = threading.Event()
         self.stop_requested = threading.Event()  # finish the running job, take no more
         # shutdown's "stop now": every job this worker has in hand (the one on the
@@ -218,7 +222,9 @@ class Worker(threading.Thread):
                     self.intake.dispose_leftovers()
                 if self.intake.identify_pending(self.stop_requested.is_set, self.beat):
                     continue
-                job = self.ledger.claim_next(self.worker_name, self.config.ledger.lease)
+                job = self.ledger.claim_next(
+                    self.worker_name, self.config.ledger.lease, profile=self.profile
+                )
                 if job is not None:
                     self._hold(job)
                     crash_point("claimed")
@@ -286,6 +292,7 @@ class Worker(threading.Thread):
         self.ahead.drop()  # decoded under the old settings (rate, max_duration)
         self.config = new
         self.outbox = Outbox(new.outbox, new.output, self.ledger.node)
+        self.profile, self.profile_params = render_profile(new, self.engine.info)
         self.intake.configure(new, self.engine.info)
         log.info("configuration applied")
 
@@ -331,7 +338,7 @@ class Worker(threading.Thread):
             return
         self.current = Current(source.relative, 0.0, job.id)
         info, outbox, config = self.engine.info, self.outbox, self.config
-        key, params = self.intake.profile, self.intake.profile_params
+        key, params = self.profile, self.profile_params  # what the job's key says
         request = RenderRequest(
             source.path, source.relative, job.sha256, key, params, f"job{job.id}"
         )
@@ -405,7 +412,8 @@ class Worker(threading.Thread):
     def _decode_ahead(self) -> None:
         if self.ahead.busy or self.stop_requested.is_set():
             return
-        upcoming = self.ledger.next_queued()  # the running job is claimed: not among them
+        # the running job is claimed: not among them
+        upcoming = self.ledger.next_queued(self.profile)
         source = self._source_for(upcoming) if upcoming is not None else None
         if upcoming is None or source is None:
             return

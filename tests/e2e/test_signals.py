@@ -108,6 +108,36 @@ def test_a_reload_between_jobs_applies_to_the_input_already_decoded_ahead(
         daemon.kill()
 
 
+def test_a_restart_with_new_output_settings_renders_what_was_queued_with_them(
+    tmp_path: Path,
+) -> None:
+    """Jobs are keyed by the output settings they render with, and a worker
+    claims only its own settings' jobs: the jobs queued (and the one running
+    when stemd was killed) must not be stranded under the old key."""
+    daemon, config, gate = gated_daemon(tmp_path)
+    daemon.start()
+    try:
+        daemon.wait_ready()
+        drop(tmp_path, "first.wav", 1.0, 300)
+        wait_until((gate / "entered").exists, 60, "the first job to reach the model")
+        drop(tmp_path, "second.wav", 1.0, 400)
+        wait_until(lambda: daemon.report()["counts"]["queued"] == 1, 30, "the second queued")
+        daemon.kill()  # the running job is recovered at the next start
+        settings = yaml.safe_load(config.read_text())
+        settings["output"] = {"format": "flac"}
+        write_config(config, settings)
+        (gate / "open").touch()
+        daemon.start()
+        wait_until(lambda: daemon.report()["counts"]["done"] == 2, 60, "both jobs")
+        for track in ("first", "second"):
+            found = manifest(tmp_path, track)
+            assert found is not None and found["stems"]["vocals"] == "vocals.flac", found
+        assert daemon.stop() == 0
+    finally:
+        (gate / "open").touch()
+        daemon.kill()
+
+
 def test_a_second_sigterm_cancels_the_running_job_at_once(tmp_path: Path) -> None:
     daemon, _config, gate = gated_daemon(tmp_path, shutdown_grace="10m")
     (gate / "open").touch()

@@ -150,7 +150,7 @@ def failed_ledger(tmp_path: Path) -> Path:
     record = ledger.add_input(tmp_path / "in/bad.mp3", "bad.mp3", FileStat(1, 1, 10, 1))
     assert record is not None
     ledger.attach(record.id, "ab" * 32, "p", "bad.mp3")
-    job = ledger.claim_next()
+    job = ledger.claim_next(profile="p")
     assert job is not None
     ledger.fail(job, "cannot decode audio")
     ledger.close()

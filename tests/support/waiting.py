@@ -19,3 +19,15 @@ def wait_until(check: Callable[[], T], timeout: float, what: str, interval: floa
         time.sleep(interval)
         last = check()
     return last
+
+
+def holds_for(
+    check: Callable[[], object], seconds: float, what: str, interval: float = 0.1
+) -> None:
+    """Assert `check` stays truthy for `seconds`: for what must not happen, where
+    no event says it did not (a claim a host must not make, say)."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if not check():
+            raise AssertionError(f"{what} stopped holding")
+        time.sleep(interval)

@@ -101,9 +101,9 @@ def test_same_content_and_profile_share_one_job(ledger: Ledger) -> None:
 def test_claim_complete_and_counts(ledger: Ledger) -> None:
     input_id = add(ledger, "a.mp3")
     ledger.attach(input_id, SHA_A, PROFILE, "a.mp3")
-    job = ledger.claim_next()
+    job = ledger.claim_next(profile=PROFILE)
     assert job is not None and job.state is JobState.RUNNING and job.attempts == 1
-    assert ledger.claim_next() is None  # one job, already running
+    assert ledger.claim_next(profile=PROFILE) is None  # one job, already running
     ledger.complete(job, input_id, "htdemucs/a")
     assert ledger.get_job(job.id).state is JobState.DONE
     assert ledger.get_input(input_id).state is InputState.PUBLISHED
@@ -121,7 +121,7 @@ def test_forbidden_transitions_are_refused(
     job = ledger.attach(input_id, SHA_A, PROFILE, "a.mp3")
     # drive the job to `start` through allowed steps
     if start is not JobState.QUEUED:
-        claimed = ledger.claim_next()
+        claimed = ledger.claim_next(profile=PROFILE)
         assert claimed is not None
         job = claimed
     if start is JobState.DONE:
@@ -142,7 +142,7 @@ def test_failure_fails_every_waiting_input_with_the_reason(ledger: Ledger) -> No
     first, second = add(ledger, "a.mp3", 1), add(ledger, "b.mp3", 2)
     ledger.attach(first, SHA_A, PROFILE, "a.mp3")
     ledger.attach(second, SHA_A, PROFILE, "b.mp3")
-    claimed = ledger.claim_next()
+    claimed = ledger.claim_next(profile=PROFILE)
     assert claimed is not None
     failed = ledger.fail(claimed, "cannot decode audio")
     assert {r.id for r in failed} == {first, second}
@@ -159,7 +159,7 @@ def test_a_failure_says_whose_fault_it_was_until_it_is_retried(ledger: Ledger) -
     bad_job = ledger.attach(bad, SHA_A, PROFILE, "bad.mp3")
     flaky_job = ledger.attach(flaky, SHA_B, PROFILE, "flaky.mp3")
     for _ in range(2):
-        claimed = ledger.claim_next()
+        claimed = ledger.claim_next(profile=PROFILE)
         assert claimed is not None
         if claimed.id == bad_job.id:
             ledger.fail(claimed, "corrupt", Fault.INPUT)
@@ -187,7 +187,7 @@ def test_a_question_mark_in_a_literal_is_no_placeholder(ledger: Ledger) -> None:
 def test_a_done_job_whose_stems_cannot_be_copied_is_rendered_again(ledger: Ledger) -> None:
     first, copy = add(ledger, "a.mp3", 1), add(ledger, "copy.mp3", 2)
     job = ledger.attach(first, SHA_A, PROFILE, "a.mp3")
-    claimed = ledger.claim_next()
+    claimed = ledger.claim_next(profile=PROFILE)
     assert claimed is not None
     ledger.complete(claimed, first, "htdemucs/a")
     ledger.attach(copy, SHA_A, PROFILE, "copy.mp3")
@@ -196,7 +196,7 @@ def test_a_done_job_whose_stems_cannot_be_copied_is_rendered_again(ledger: Ledge
     assert again.state is JobState.QUEUED and again.output_dir is None
     assert again.owner_input == copy and again.source == "copy.mp3" and again.attempts == 0
     assert ledger.get_input(first).state is InputState.PUBLISHED  # its folder stays as is
-    claimed = ledger.claim_next()
+    claimed = ledger.claim_next(profile=PROFILE)
     assert claimed is not None and claimed.id == job.id and claimed.claim == 2
     # a second input (or host) that read the job while it was done: nothing changes
     # under it, the running job is not taken away
@@ -213,17 +213,17 @@ def test_a_done_job_whose_stems_cannot_be_copied_is_rendered_again(ledger: Ledge
 def test_requeue_with_backoff_and_attempt_accounting(ledger: Ledger) -> None:
     input_id = add(ledger, "a.mp3")
     job = ledger.attach(input_id, SHA_A, PROFILE, "a.mp3")
-    claimed = ledger.claim_next()
+    claimed = ledger.claim_next(profile=PROFILE)
     assert claimed is not None
     ledger.requeue(claimed, "flaky", delay=30.0, count_attempt=True)
     queued = ledger.get_job(job.id)
     assert queued.state is JobState.QUEUED and queued.attempts == 1 and queued.error == "flaky"
     assert queued.not_before - (claimed.started_at or 0) == pytest.approx(30.0, abs=5.0)
-    assert ledger.claim_next() is None, "claimed before its backoff"
+    assert ledger.claim_next(profile=PROFILE) is None, "claimed before its backoff"
     # the backoff runs out (moved back, rather than waited for): claimable again
     with ledger._write() as db:
         db.execute("UPDATE jobs SET not_before = not_before - 30 WHERE id = ?", (job.id,))
-    again = ledger.claim_next()
+    again = ledger.claim_next(profile=PROFILE)
     assert again is not None and again.attempts == 2
     # an interruption (shutdown) does not use up an attempt
     ledger.requeue(again, None, delay=0.0, count_attempt=False)
@@ -234,8 +234,8 @@ def test_recovery_requeues_interrupted_jobs_and_fails_the_exhausted(opener: Open
     ledger = opener("node1")
     fresh = ledger.attach(add(ledger, "a.mp3", 1), SHA_A, PROFILE, "a.mp3")
     worn = ledger.attach(add(ledger, "b.mp3", 2), SHA_B, PROFILE, "b.mp3")
-    ledger.claim_next()
-    ledger.claim_next()  # b crashed the process three times
+    ledger.claim_next(profile=PROFILE)
+    ledger.claim_next(profile=PROFILE)  # b crashed the process three times
     with ledger._write() as db:
         db.execute("UPDATE jobs SET attempts = 3 WHERE id = ?", (worn.id,))
     ledger.close()  # the "crash": nothing else is written
@@ -289,7 +289,7 @@ def test_a_damaged_ledger_is_a_clear_error(tmp_path: Path) -> None:
 def fail_job(ledger: Ledger, name: str, sha: str, ino: int) -> int:
     input_id = add(ledger, name, ino)
     job = ledger.attach(input_id, sha, PROFILE, name)
-    claimed = ledger.claim_next()
+    claimed = ledger.claim_next(profile=PROFILE)
     assert claimed is not None and claimed.id == job.id
     ledger.fail(claimed, "not audio")
     return input_id
@@ -303,7 +303,7 @@ def test_a_failure_is_no_longer_current_once_good_audio_at_its_path_is_published
     # the user replaced the file with good audio (new content, same path)
     good = add(ledger, "song.mp3", 2)
     ledger.attach(good, SHA_B, PROFILE, "song.mp3")
-    claimed = ledger.claim_next()
+    claimed = ledger.claim_next(profile=PROFILE)
     assert claimed is not None
     ledger.complete(claimed, good, "m/song")
     assert ledger.counts() == {"queued": 0, "running": 0, "done": 1, "failed": 0}
@@ -393,7 +393,7 @@ def test_queue_position_retry_job_and_recent_jobs(ledger: Ledger) -> None:
     second = ledger.attach(add(ledger, "two.wav", 2), SHA_B, PROFILE, "two.wav")
     assert ledger.queue_position(first) == 1
     assert ledger.queue_position(second) == 2
-    claimed = ledger.claim_next()
+    claimed = ledger.claim_next(profile=PROFILE)
     assert claimed is not None and claimed.id == first.id
     assert ledger.queue_position(ledger.get_job(first.id)) is None
     assert ledger.queue_position(ledger.get_job(second.id)) == 1
@@ -444,7 +444,7 @@ def test_concurrent_claims_take_every_job_once(opener: Opener) -> None:
     def drain(ledger: Ledger) -> None:
         start.wait(timeout=10)
         mine = taken.setdefault(ledger.node, [])
-        while (job := ledger.claim_next("w0", lease=60)) is not None:
+        while (job := ledger.claim_next("w0", lease=60, profile=PROFILE)) is not None:
             mine.append(job.id)
 
     threads = [threading.Thread(target=drain, args=(ledger,)) for ledger in ledgers]
@@ -463,10 +463,12 @@ def test_a_lease_that_runs_out_is_taken_over_and_the_late_worker_is_fenced_off(
     first, second = opener("host-a"), opener("host-b")
     input_id = add(first, "a.wav")
     first.attach(input_id, SHA_A, PROFILE, "a.wav")
-    held = first.claim_next("w0", lease=0.5)
+    held = first.claim_next("w0", lease=0.5, profile=PROFILE)
     assert held is not None and held.lease_owner == "host-a/w0" and held.attempts == 1
-    assert second.claim_next("w0", lease=30) is None, "taken while its lease ran"
-    taken = wait_until(lambda: second.claim_next("w0", lease=30), 10, "the lease to run out")
+    assert second.claim_next("w0", lease=30, profile=PROFILE) is None, "taken while its lease ran"
+    taken = wait_until(
+        lambda: second.claim_next("w0", lease=30, profile=PROFILE), 10, "the lease to run out"
+    )
     assert taken.id == held.id and taken.claim == held.claim + 1
     assert taken.attempts == 1 and taken.lost == 1, "a lost host is not a failed attempt"
     assert taken.lease_owner == "host-b/w0"
@@ -491,12 +493,12 @@ def test_a_lease_that_runs_out_is_taken_over_and_the_late_worker_is_fenced_off(
 def test_renewed_leases_are_kept(opener: Opener) -> None:
     first, second = opener("host-a"), opener("host-b")
     first.attach(add(first, "a.wav"), SHA_A, PROFILE, "a.wav")
-    held = first.claim_next("w0", lease=1.0)
+    held = first.claim_next("w0", lease=1.0, profile=PROFILE)
     assert held is not None
     deadline = time.monotonic() + 2.5  # past two and a half leases
     while time.monotonic() < deadline:
         assert first.renew({held.id: held.claim}, lease=1.0) == set()
-        assert second.claim_next("w0", lease=30) is None
+        assert second.claim_next("w0", lease=30, profile=PROFILE) is None
         time.sleep(0.2)  # a heartbeat's interval, not a synchronisation
 
 
@@ -547,9 +549,54 @@ def test_a_job_for_an_upload_runs_only_where_the_upload_is(postgres: PostgresSer
     upload = first.add_input(Path("/spool/u.wav"), "uploads/u.wav", FileStat(1, 7, 1, 1), "http")
     assert upload is not None
     first.attach(upload.id, SHA_A, PROFILE, "uploads/u.wav")
-    assert second.claim_next("w0") is None
-    claimed = first.claim_next("w0")
+    assert second.claim_next("w0", profile=PROFILE) is None
+    claimed = first.claim_next("w0", profile=PROFILE)
     assert claimed is not None and claimed.pinned == "host-a"
+
+
+def test_a_host_claims_only_jobs_keyed_by_the_profile_it_renders(
+    postgres: PostgresServer,
+) -> None:
+    """Hosts of different output settings on one ledger: each job is rendered
+    by a host whose settings are the ones its key names."""
+    wav_host, flac_host = two_hosts(postgres)
+    wav_host.report_node("a", 1, 0.0, 0, [])
+    flac_host.report_node("b", 1, 0.0, 0, [])
+    wav_job = wav_host.attach(add(wav_host, "a.wav", 1), SHA_A, "wav", "a.wav")
+    assert flac_host.next_queued("flac") is None
+    assert flac_host.claim_next("w0", profile="flac") is None
+    # a live host's queued job is its own to render: not re-keyed by the other
+    assert flac_host.rekey_queued("flac", stale_after=60) == []
+    claimed = wav_host.claim_next("w0", profile="wav")
+    assert claimed is not None and claimed.id == wav_job.id
+
+
+def test_queued_jobs_take_the_new_profile_and_merge_where_it_has_a_job(opener: Opener) -> None:
+    """A reload (or restart) with new output settings: this node's queued jobs
+    are keyed by them; content that already has a job under them waits for that
+    one, or gets its stems at once when it is done."""
+    ledger = opener("host-a")
+    old_only = ledger.attach(add(ledger, "a.wav", 1), SHA_A, "old", "a.wav")
+    waiting = add(ledger, "b.wav", 2)
+    merged = ledger.attach(waiting, SHA_B, "old", "b.wav")
+    done_input = add(ledger, "b-earlier.wav", 3)
+    done = ledger.attach(done_input, SHA_B, "new", "b-earlier.wav")
+    claimed = ledger.claim_next("w0", profile="new")
+    assert claimed is not None and claimed.id == done.id
+    ledger.complete(claimed, done_input, "m/b-earlier")
+
+    moved = ledger.rekey_queued("new", stale_after=60)
+
+    assert ledger.get_job(old_only.id).profile == "new"
+    with pytest.raises(StateError):
+        ledger.get_job(merged.id)  # merged into the job the new profile has
+    ((record, job),) = moved
+    assert record.id == waiting and job.id == done.id and job.state is JobState.DONE
+    assert {r.id for r in ledger.inputs_of(done.id)} == {done_input, waiting}
+    assert ledger.rekey_queued("new", stale_after=60) == []  # nothing left to move
+    assert ledger.claim_next("w0", profile="old") is None
+    again = ledger.claim_next("w0", profile="new")
+    assert again is not None and again.id == old_only.id
 
 
 def test_every_write_uses_the_databases_clock(
@@ -557,12 +604,12 @@ def test_every_write_uses_the_databases_clock(
 ) -> None:
     first, second = two_hosts(postgres)
     first.attach(add(first, "a.wav"), SHA_A, PROFILE, "a.wav")
-    held = first.claim_next("w0", lease=30)
+    held = first.claim_next("w0", lease=30, profile=PROFILE)
     assert held is not None
     # host-b's clock runs an hour ahead: it must not see host-a's lease as run out
     host_clock = time.time
     monkeypatch.setattr(time, "time", lambda: host_clock() + 3600)
-    assert second.claim_next("w0", lease=30) is None
+    assert second.claim_next("w0", lease=30, profile=PROFILE) is None
     assert held.lease_until is not None and held.started_at is not None
     assert held.lease_until - held.started_at == pytest.approx(30.0)
 
@@ -609,7 +656,7 @@ def test_both_backends_migrate_a_version_1_ledger(
     (record,) = ledger.pending_inputs()
     assert record.relative == "old.wav" and record.origin == "inbox"
     job = ledger.attach(record.id, SHA_A, PROFILE, "old.wav")
-    claimed = ledger.claim_next("w0", lease=30)
+    claimed = ledger.claim_next("w0", lease=30, profile=PROFILE)
     assert claimed is not None and claimed.id == job.id and claimed.claim == 1
     ledger.close()
 
@@ -628,7 +675,7 @@ def test_an_unreachable_database_is_waited_out_by_those_who_wait() -> None:
 
         def worker() -> None:
             with ledger.wait_here(lambda: True):
-                result.append(ledger.claim_next("w0", lease=30))
+                result.append(ledger.claim_next("w0", lease=30, profile=PROFILE))
 
         thread = threading.Thread(target=worker)
         thread.start()
@@ -662,7 +709,7 @@ def test_a_ledger_no_one_shares_takes_on_what_an_earlier_node_id_left(tmp_path: 
     before.report_node("h", 1, 0.0, 0, [])
     before.attach(add(before, "a.wav", 1), SHA_A, PROFILE, "a.wav")
     pending = add(before, "b.wav", 2)
-    assert before.claim_next("w0", lease=3600) is not None
+    assert before.claim_next("w0", lease=3600, profile=PROFILE) is not None
     before.close()
     after = sqlite_ledger(path, "new-node")
     assert after.recover(max_attempts=3) == (1, 0)
@@ -678,7 +725,7 @@ def test_a_host_frozen_inside_a_transaction_does_not_keep_its_job_from_a_takeove
 
     frozen, other = two_hosts(postgres)
     frozen.attach(add(frozen, "a.wav"), SHA_A, PROFILE, "a.wav")
-    held = frozen.claim_next("w0", lease=0.5)
+    held = frozen.claim_next("w0", lease=0.5, profile=PROFILE)
     assert held is not None
     inside, thawed = threading.Event(), threading.Event()
 
@@ -693,7 +740,9 @@ def test_a_host_frozen_inside_a_transaction_does_not_keep_its_job_from_a_takeove
     try:
         assert inside.wait(timeout=10)
         taken = wait_until(
-            lambda: other.claim_next("w0", lease=30), IDLE_IN_TRANSACTION_S + 10, "a takeover"
+            lambda: other.claim_next("w0", lease=30, profile=PROFILE),
+            IDLE_IN_TRANSACTION_S + 10,
+            "a takeover",
         )
         assert taken.id == held.id and taken.lost == 1
     finally:
@@ -707,11 +756,11 @@ def test_the_queue_running_empty_is_summed_up_once_per_batch(ledger: Ledger) -> 
     ledger.attach(add(ledger, "b.mp3", 2), SHA_B, PROFILE, "b.mp3")
     refused = add(ledger, "c.wav", 3)
     ledger.fail_input(refused, "not a readable audio file")
-    first = ledger.claim_next()
+    first = ledger.claim_next(profile=PROFILE)
     assert first is not None and first.id == a.id
     ledger.complete(first, first.owner_input or 0, "m/a")
     assert ledger.claim_drained().busy  # b is still queued
-    second = ledger.claim_next()
+    second = ledger.claim_next(profile=PROFILE)
     assert second is not None
     assert ledger.claim_drained().busy  # and now running
     ledger.fail(second, "cannot decode")
@@ -726,7 +775,7 @@ def test_a_batch_two_hosts_ran_is_summed_up_by_one_of_them(postgres: PostgresSer
     for host in (one, two):
         assert not host.claim_drained().busy
     one.attach(add(one, "a.mp3", 1), SHA_A, PROFILE, "a.mp3")
-    job = two.claim_next()
+    job = two.claim_next(profile=PROFILE)
     assert job is not None
     two.complete(job, job.owner_input or 0, "m/a")
     results = []

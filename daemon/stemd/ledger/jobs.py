@@ -103,6 +103,65 @@ class JobLedger(LedgerCore):
         return True
 
     @patient
+    def rekey_queued(
+        self, profile: str, stale_after: float = 60.0
+    ) -> list[tuple[InputRecord, JobRecord]]:
+        """Queued jobs keyed by another output profile whose owner input is this
+        node's (or a gone node's) take `profile`: a reload or a restart with new
+        output settings applies to what is still queued, and nothing is left
+        that no running host renders. Jobs pinned to another node, and those
+        another live host registered (it renders its own config), stay.
+
+        Where this content already has a job under `profile`, the queued one is
+        merged into it: its inputs move over and it is deleted. Returns the
+        inputs moved onto such a job that still wait for stems, with that job,
+        for intake to settle as a fresh attach would (a copy of finished stems,
+        the failure repeated, or a wait)."""
+        moved: list[tuple[InputRecord, JobRecord]] = []
+        with self._write() as db:
+            now = self.backend.now(db)
+            rows = db.execute(
+                "SELECT * FROM jobs WHERE state = ? AND profile != ? "
+                "AND (pinned IS NULL OR pinned = ?) AND owner_input IN (SELECT id FROM "
+                "inputs WHERE node IS NULL OR node = ? OR NOT EXISTS (SELECT 1 FROM nodes "
+                "WHERE nodes.node = inputs.node AND nodes.seen_at >= ?)) ORDER BY id"
+                f"{self.backend.lock_rows}",
+                (
+                    JobState.QUEUED.value,
+                    profile,
+                    self.node,
+                    self.node,
+                    self._gone_before(now, stale_after),
+                ),
+            ).fetchall()
+            for row in rows:
+                other = db.execute(
+                    f"SELECT * FROM jobs WHERE sha256 = ? AND profile = ?{self.backend.lock_rows}",
+                    (row["sha256"], profile),
+                ).fetchone()
+                if other is None:
+                    db.execute("UPDATE jobs SET profile = ? WHERE id = ?", (profile, row["id"]))
+                    log.info("%s: queued under the new output settings", row["source"])
+                    continue
+                waiting = db.execute(
+                    "SELECT * FROM inputs WHERE job_id = ? AND state = ? ORDER BY id",
+                    (row["id"], InputState.ATTACHED.value),
+                ).fetchall()
+                db.execute(
+                    "UPDATE inputs SET job_id = ?, updated_at = ? WHERE job_id = ?",
+                    (other["id"], now, row["id"]),
+                )
+                db.execute("DELETE FROM jobs WHERE id = ?", (row["id"],))
+                log.info(
+                    "%s: the same content has a job under the new output settings "
+                    "(job %d); waiting for it instead",
+                    row["source"],
+                    other["id"],
+                )
+                moved.extend((input_of(r), job_of(other)) for r in waiting)
+        return moved
+
+    @patient
     def get_job(self, job_id: int) -> JobRecord:
         with self._read() as db:
             row = db.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone()
@@ -112,37 +171,43 @@ class JobLedger(LedgerCore):
 
     def _claimable(self) -> str:
         """Jobs a worker of this node may take: queued and due, or running on a
-        lease that ran out; pinned elsewhere excluded."""
+        lease that ran out; keyed by the profile the worker renders (a job's
+        stems are the ones its key names); pinned elsewhere excluded."""
         return (
             f"((state = '{JobState.QUEUED.value}' AND not_before <= ?) OR "
             f"(state = '{JobState.RUNNING.value}' AND lease_until < ?)) "
-            "AND (pinned IS NULL OR pinned = ?)"
+            "AND profile = ? AND (pinned IS NULL OR pinned = ?)"
         )
 
     @patient
-    def next_queued(self) -> JobRecord | None:
-        """The job `claim_next` would take now, left unclaimed (what to decode
-        ahead)."""
+    def next_queued(self, profile: str) -> JobRecord | None:
+        """The job `claim_next(profile=...)` would take now, left unclaimed (what
+        to decode ahead)."""
         with self._read() as db:
             now = self.backend.now(db)
             row = db.execute(
                 f"SELECT * FROM jobs WHERE {self._claimable()} ORDER BY id LIMIT 1",
-                (now, now, self.node),
+                (now, now, profile, self.node),
             ).fetchone()
         return job_of(row) if row else None
 
     @patient
-    def claim_next(self, worker: str = "worker", lease: float = 30.0) -> JobRecord | None:
-        """Take the oldest claimable job: -> running under a lease of `lease`
-        seconds held by "node/worker". A queued job's attempt is counted; a job
-        taken over from a lost worker keeps its attempts and counts a loss."""
+    def claim_next(
+        self, worker: str = "worker", lease: float = 30.0, *, profile: str
+    ) -> JobRecord | None:
+        """Take the oldest claimable job keyed by `profile` (the one the worker
+        renders: a host of another config, or a worker still on the config before
+        a reload, leaves the job to one that renders what its key says): ->
+        running under a lease of `lease` seconds held by "node/worker". A queued
+        job's attempt is counted; a job taken over from a lost worker keeps its
+        attempts and counts a loss."""
         owner = f"{self.node}/{worker}"
         with self._write() as db:
             now = self.backend.now(db)
             row = db.execute(
                 f"SELECT * FROM jobs WHERE {self._claimable()} ORDER BY id LIMIT 1"
                 f"{self.backend.skip_locked}",
-                (now, now, self.node),
+                (now, now, profile, self.node),
             ).fetchone()
             if row is None:
                 return None
