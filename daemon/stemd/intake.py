@@ -7,9 +7,11 @@ content that failed before fails again at once, and anything else waits for its
 job. Intake also disposes of sources once they are finished with: the inbox's
 as source.after_success/after_failure say, an upload's spool file itself.
 
-Attaching (here) and completing a job then serving its copies (the worker's
-encoder thread) happen under one lock, `serve_lock`: otherwise an identical input
-attached in between could be served twice or not at all.
+Attaching (here) and completing a job (the worker's encoder thread, on any
+host) meet at the job's row in the ledger, locked by both: an input attached
+before a completion is among the copies it serves, one attached after sees the
+job done and is served here. Copies and source moves run after the commit,
+under no lock.
 """
 
 from __future__ import annotations
@@ -75,7 +77,6 @@ class Intake:
         self.ledger = ledger
         self.folders = folders  # replaced by the service when a reload moves them
         self.node_gone = node_gone
-        self.serve_lock = threading.RLock()
         # one worker hashes at a time: the others run jobs meanwhile
         self._identifying = threading.Lock()
         self._wakers: list[Callable[[], None]] = []  # told when an upload arrives
@@ -124,9 +125,8 @@ class Intake:
         if time.monotonic() < self._next_rekey:
             return
         self._next_rekey = time.monotonic() + self.node_gone
-        with self.serve_lock:
-            for record, job in self.ledger.rekey_queued(self.profile, self.node_gone):
-                self.settle_attached(record, job)
+        for record, job in self.ledger.rekey_queued(self.profile, self.node_gone):
+            self.settle_attached(record, job)
 
     def identify(self, record: InputRecord) -> None:
         if not self.ledger.holds_input(record.id):
@@ -169,11 +169,10 @@ class Intake:
             self.ledger.finish_input(record.id, InputState.SKIPPED, None, "changed while hashed")
             log.info("%s changed while it was hashed; waiting for it to settle", record.relative)
             return
-        with self.serve_lock:
-            try:
-                self.attach(record, digest)
-            except InputTaken:  # taken over while it was hashed here
-                log.debug("%s: hashed by another host meanwhile", record.relative)
+        try:
+            self.attach(record, digest)
+        except InputTaken:  # taken over while it was hashed here
+            log.debug("%s: hashed by another host meanwhile", record.relative)
 
     def attach(self, record: InputRecord, digest: str) -> None:
         job = self.ledger.attach(record.id, digest, self.profile, record.relative)
@@ -218,8 +217,7 @@ class Intake:
         record = self.ledger.add_input(path, relative, stat_of(path), origin=ORIGIN_HTTP)
         if record is None:  # a new spool file is a new (path, inode): never known
             raise StemdError(f"{path}: this upload is already in the ledger")
-        with self.serve_lock:
-            self.attach(record, digest)
+        self.attach(record, digest)
         for wake in self._wakers:
             wake()
         return record.id

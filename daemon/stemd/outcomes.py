@@ -119,47 +119,47 @@ class Outcomes:
         """The stems are in place (or skipped): commit, dispose, serve the copies.
         No timing for stems adopted after a restart (nothing was timed)."""
         intake, ledger = self.intake, self.ledger
-        with intake.serve_lock:
-            try:
-                if target is None:
-                    ledger.complete(job, source.id, "")
-                    ledger.finish_input(
-                        source.id,
-                        InputState.SKIPPED,
-                        None,
-                        f"{folder} exists and output.on_conflict is skip",
-                    )
-                    log.warning(
-                        "%s: %s exists; not written (output.on_conflict: skip)",
-                        source.relative,
-                        folder,
-                    )
-                else:
-                    ledger.complete(job, source.id, target.as_posix())
-                    event(
-                        logging.INFO,
-                        "done",
-                        f"{source.relative}: stems in {target}",
-                        job=job.id,
-                        sha256=job.sha256,
-                        source=source.relative,
-                        audio_seconds=audio_seconds,
-                        elapsed=elapsed,
-                        worker=self.worker,
-                    )
-            except LeaseLost:
-                # our stems are published, but the job is another worker's now:
-                # it finds them there (published before a restart) and adopts them
-                self.lost(job, source.relative)
-                self._done_with(job)
-                return
+        try:
+            if target is None:
+                published, copies = ledger.complete(job, source.id, "")
+                ledger.finish_input(
+                    source.id,
+                    InputState.SKIPPED,
+                    None,
+                    f"{folder} exists and output.on_conflict is skip",
+                )
+                log.warning(
+                    "%s: %s exists; not written (output.on_conflict: skip)",
+                    source.relative,
+                    folder,
+                )
+            else:
+                published, copies = ledger.complete(job, source.id, target.as_posix())
+                event(
+                    logging.INFO,
+                    "done",
+                    f"{source.relative}: stems in {target}",
+                    job=job.id,
+                    sha256=job.sha256,
+                    source=source.relative,
+                    audio_seconds=audio_seconds,
+                    elapsed=elapsed,
+                    worker=self.worker,
+                )
+        except LeaseLost:
+            # our stems are published, but the job is another worker's now:
+            # it finds them there (published before a restart) and adopts them
+            self.lost(job, source.relative)
             self._done_with(job)
-            crash_point("committed")
-            intake.dispose(source, success=True)
-            published = ledger.get_job(job.id)  # now with its output folder
-            for other in ledger.inputs_of(job.id):
-                if other.state is InputState.ATTACHED:
-                    intake.reuse(other.id, published)
+            return
+        self._done_with(job)
+        crash_point("committed")
+        # file work after the commit, under no lock: the inputs that wait for copies
+        # were read with the job's row locked, and any input attached after it sees
+        # the job done and is served by its own attach (stemd.ledger.jobs.attach)
+        intake.dispose(source, success=True)
+        for other in copies:
+            intake.reuse(other.id, published)
 
     def fail(self, job: JobRecord, reason: str, fault: Fault = Fault.STEMD) -> None:
         failed_inputs = self.ledger.fail(job, reason, fault)

@@ -95,7 +95,7 @@ def published_job(daemon: Daemon, folder: str = "demucs_unittest/song") -> int:
     record = ledger.add_input(daemon.config.inbox / "song.wav", "song.wav", FileStat(1, 1, 2, 3))
     assert record is not None
     job = ledger.attach(record.id, SHA, "p", "song.wav")
-    claimed = ledger.claim_next()
+    claimed = ledger.claim_next(profile="p")
     assert claimed is not None and claimed.id == job.id
     ledger.complete(claimed, record.id, folder)
     track = daemon.config.outbox / folder

@@ -22,6 +22,7 @@ from stemd.ledger import (
     FileStat,
     InputState,
     InputTaken,
+    JobRecord,
     JobState,
     LeaseLost,
     Ledger,
@@ -597,6 +598,61 @@ def test_queued_jobs_take_the_new_profile_and_merge_where_it_has_a_job(opener: O
     assert ledger.claim_next("w0", profile="old") is None
     again = ledger.claim_next("w0", profile="new")
     assert again is not None and again.id == old_only.id
+
+
+def test_an_input_attached_while_its_job_completes_sees_it_done(
+    postgres: PostgresServer,
+) -> None:
+    """Two hosts: one commits a job's completion (and reads the inputs waiting
+    for copies) while the other attaches the same content. The attach must wait
+    for the job's row: reading it as running just before the commit would leave
+    the new input waiting for a job that already ended, served by no one."""
+    import psycopg
+
+    url = postgres.new_database()
+    first = connect(Path("/a"), url, None, "host-a")
+    second = connect(Path("/b"), url, None, "host-b")
+    job = first.attach(add(first, "a.wav", 1), SHA_A, PROFILE, "a.wav")
+    assert first.claim_next("w0", lease=60, profile=PROFILE) is not None
+    late = add(second, "copy.wav", 2)
+    attached: list[JobRecord] = []
+    with psycopg.connect(url) as completing:  # host-a's completion, caught mid-commit
+        completing.execute("SELECT 1 FROM jobs WHERE id = %s FOR UPDATE", (job.id,))
+        attach = threading.Thread(
+            target=lambda: attached.append(second.attach(late, SHA_A, PROFILE, "copy.wav"))
+        )
+        attach.start()
+
+        def blocked_or_done() -> bool:
+            row = completing.execute(
+                "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
+                "AND datname = current_database()"
+            ).fetchone()
+            return bool(row and row[0]) or not attach.is_alive()
+
+        wait_until(blocked_or_done, 10, "the attach to wait on a lock or end")
+        assert attach.is_alive(), "attached while the job's completion held its row"
+        completing.execute(
+            "UPDATE jobs SET state = 'done', output_dir = 'm/a' WHERE id = %s", (job.id,)
+        )
+        completing.commit()
+    attach.join(timeout=10)
+    (seen,) = attached
+    assert seen.state is JobState.DONE and seen.output_dir == "m/a"  # so it is served a copy
+
+
+def test_a_completion_names_the_inputs_that_wait_for_copies(opener: Opener) -> None:
+    ledger = opener("host-a")
+    owner = add(ledger, "a.wav", 1)
+    job = ledger.attach(owner, SHA_A, PROFILE, "a.wav")
+    claimed = ledger.claim_next("w0", profile=PROFILE)
+    assert claimed is not None
+    waiting = add(ledger, "copy.wav", 2)
+    ledger.attach(waiting, SHA_A, PROFILE, "copy.wav")
+    published, copies = ledger.complete(claimed, owner, "m/a")
+    assert published.id == job.id and published.state is JobState.DONE
+    assert published.output_dir == "m/a"
+    assert [record.id for record in copies] == [waiting]
 
 
 def test_every_write_uses_the_databases_clock(

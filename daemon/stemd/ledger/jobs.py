@@ -60,8 +60,12 @@ class JobLedger(LedgerCore):
                 "pinned) VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
                 (sha256, profile, JobState.QUEUED.value, source, input_id, now, pinned),
             )
+            # the job's row is locked until this commits: a completion (or failure)
+            # committing meanwhile is waited for and seen, else it sees this input
+            # among the ones waiting for copies (`complete`); either way it is served
             job = db.execute(
-                "SELECT * FROM jobs WHERE sha256 = ? AND profile = ?", (sha256, profile)
+                f"SELECT * FROM jobs WHERE sha256 = ? AND profile = ?{self.backend.lock_rows}",
+                (sha256, profile),
             ).fetchone()
             db.execute(
                 "UPDATE inputs SET sha256 = ?, job_id = ?, state = ?, updated_at = ? WHERE id = ?",
@@ -300,9 +304,14 @@ class JobLedger(LedgerCore):
             )
 
     @patient
-    def complete(self, job: JobRecord, owner_input: int, output_dir: str) -> None:
+    def complete(
+        self, job: JobRecord, owner_input: int, output_dir: str
+    ) -> tuple[JobRecord, list[InputRecord]]:
         """running -> done, and the owner input published, in one transaction.
-        LeaseLost if the job was taken over meanwhile."""
+        Returns the job as it is now and the inputs waiting for copies of its
+        stems, read under the job's row lock (an attach of the same content waits
+        for it, and then sees the job done). LeaseLost if the job was taken over
+        meanwhile."""
         with self._write() as db:
             now = self.backend.now(db)
             self._transition(
@@ -321,6 +330,12 @@ class JobLedger(LedgerCore):
                 (InputState.PUBLISHED.value, output_dir, now, owner_input),
             )
             self._supersede(db, owner_input, now)
+            published = db.execute("SELECT * FROM jobs WHERE id = ?", (job.id,)).fetchone()
+            waiting = db.execute(
+                "SELECT * FROM inputs WHERE job_id = ? AND state = ? ORDER BY id",
+                (job.id, InputState.ATTACHED.value),
+            ).fetchall()
+        return job_of(published), [input_of(row) for row in waiting]
 
     @patient
     def requeue(self, job: JobRecord, error: str | None, delay: float, count_attempt: bool) -> None:
