@@ -84,9 +84,13 @@ def test_the_same_file_version_is_registered_once(ledger: Ledger) -> None:
     stat = FileStat(1, 2, 3, 4)
     assert ledger.add_input(Path("/inbox/a.mp3"), "a.mp3", stat) is not None
     assert ledger.add_input(Path("/inbox/a.mp3"), "a.mp3", stat) is None
-    assert ledger.known(Path("/inbox/a.mp3"), stat) is not None
+    path = Path("/inbox/a.mp3")
+    assert ledger.known_versions([(path, stat)]) == {path}
     # the same path rewritten (new mtime) is a new version
-    assert ledger.known(Path("/inbox/a.mp3"), FileStat(1, 2, 3, 5)) is None
+    assert ledger.known_versions([(path, FileStat(1, 2, 3, 5))]) == set()
+    # a folder's files are asked about at once: only the known versions answer
+    other = Path("/inbox/b.mp3")
+    assert ledger.known_versions([(path, stat), (other, stat)]) == {path}
 
 
 def test_same_content_and_profile_share_one_job(ledger: Ledger) -> None:
@@ -678,7 +682,7 @@ def test_a_shared_ledger_knows_a_file_by_path_and_inode_not_device(
     assert first.add_input(path, "a.wav", FileStat(41, 5, 100, 7)) is not None
     # the same file on the share, as another host (or a remount) numbers it
     again = second.add_input(path, "a.wav", FileStat(63, 5, 100, 7))
-    assert second.known(path, FileStat(63, 5, 100, 7)) is not None
+    assert second.known_versions([(path, FileStat(63, 5, 100, 7))]) == {path}
     assert again is None
 
 

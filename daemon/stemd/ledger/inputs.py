@@ -4,6 +4,7 @@ whether its source was disposed of."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 from stemd.errors import StateError
@@ -26,15 +27,26 @@ from stemd.ledger.records import (
 
 class InputLedger(LedgerCore):
     @patient
-    def known(self, path: Path, stat: FileStat) -> InputRecord | None:
-        """The row for exactly this file version, if it was seen before."""
+    def known_versions(self, files: Sequence[tuple[Path, FileStat]]) -> set[Path]:
+        """Which of these file versions were seen before, in one query: a scan asks
+        a folder's files at a time (a few hundred), not one file at a time, so a
+        big inbox on a LAN database costs a query per folder."""
+        if not files:
+            return set()
+        wanted = {str(path): (path, stat) for path, stat in files}
+        marks = ", ".join("?" for _ in wanted)
         with self._read() as db:
-            row = db.execute(
-                "SELECT * FROM inputs WHERE path = ? AND dev = ? AND ino = ? AND size = ? "
-                "AND mtime_ns = ?",
-                (str(path), self._dev(stat), stat.ino, stat.size, stat.mtime_ns),
-            ).fetchone()
-        return input_of(row) if row else None
+            rows = db.execute(
+                f"SELECT path, dev, ino, size, mtime_ns FROM inputs WHERE path IN ({marks})",
+                tuple(wanted),
+            ).fetchall()
+        known: set[Path] = set()
+        for row in rows:
+            path, stat = wanted[row["path"]]
+            version = (self._dev(stat), stat.ino, stat.size, stat.mtime_ns)
+            if (row["dev"], row["ino"], row["size"], row["mtime_ns"]) == version:
+                known.add(path)
+        return known
 
     @patient
     def add_input(

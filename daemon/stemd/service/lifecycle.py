@@ -1,20 +1,18 @@
 """The daemon's lifecycle: startup -> main loop (tick) -> shutdown.
 
 Modelled on uvicorn's Server: signal handlers only record the signal; the main
-loop, ticking a few times a second, acts on it. The main loop owns the watcher
-and the settle bookkeeping, renews the leases of the jobs the workers hold and
-reports this daemon (a node) to the ledger; each worker thread owns a model
-instance (stemd.workers).
+loop, ticking a few times a second, acts on it and feeds intake from the
+watcher (`InboxFeed`). The daemon's signs of life (systemd's watchdog, the
+leases of running jobs, this node's report to the ledger) run on a thread of
+their own (`Liveness`); each worker thread owns a model instance
+(stemd.workers).
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
-import os
 import signal
-import socket
-import stat
 import time
 from pathlib import Path, PurePath
 from types import FrameType
@@ -24,10 +22,9 @@ from stemd.audio import kill_children
 from stemd.config import Config, changed_keys, load_config
 from stemd.engine import Engine, share_cpu, worker_devices
 from stemd.errors import ConfigError, StemdError
-from stemd.folders import FolderEvent, SharedFolders
-from stemd.intake import Intake, stat_of
+from stemd.folders import SharedFolders
+from stemd.intake import Intake
 from stemd.ledger import (
-    FileStat,
     JobState,
     Ledger,
     LedgerUnavailable,
@@ -35,13 +32,13 @@ from stemd.ledger import (
     connect,
     node_id,
 )
-from stemd.logs import event, setup_logging
+from stemd.logs import setup_logging
 from stemd.notifications.dispatch import Notifications
 from stemd.notify import Notifier
 from stemd.outbox import Outbox
 from stemd.preflight import file_issues
-from stemd.settle import Settler, ignore_reason
-from stemd.watcher import Change, InboxWatcher
+from stemd.service.inbox import InboxFeed
+from stemd.service.liveness import MAIN_LOOP_STALL_S, NODE_GONE_S, Liveness
 from stemd.workers import Workers
 
 if TYPE_CHECKING:
@@ -51,18 +48,8 @@ log = logging.getLogger("stemd")
 
 TICK_S = 0.1
 STATUS_INTERVAL_S = 1.0
-FOLDER_CHECK_INTERVAL_S = 1.0
 WORKER_JOIN_AFTER_CANCEL_S = 120.0
-# /ping fails when the main loop has not ticked for this long (a scan of a big
-# inbox takes a second or two)
-MAIN_LOOP_STALL_S = 10.0
-# this daemon tells the ledger it is alive (and what its workers do) this often;
-# one not heard from for NODE_GONE_S is gone: its unhashed inputs and
-# undisposed sources are taken on by the others
-NODE_REPORT_S = 2.0
-NODE_GONE_S = 10.0
-# an unreachable ledger is tried at least this often: at startup, and by a
-# scan it cut short
+# an unreachable ledger is tried at least this often at startup
 LEDGER_RETRY_MAX_S = 10.0
 
 
@@ -78,23 +65,15 @@ class Service:
         self.intake: Intake | None = None
         self.workers: Workers | None = None
         self.node = ""
-        self.watcher: InboxWatcher | None = None
-        self.settler: Settler | None = None
+        self.inbox: InboxFeed | None = None  # intake from the watcher (the main loop's)
+        self.liveness: Liveness | None = None  # watchdog, leases, node report (a thread)
         self.folders: SharedFolders | None = None
         self.http: HttpServer | None = None
         self.notifications: Notifications | None = None  # messages to people (apprise, webhooks)
         self.started_at = time.time()
         self.model_load_seconds: float | None = None
         self._last_tick = time.monotonic()
-        self._next_folder_check = 0.0
-        self._next_rescan = 0.0
         self._next_status = 0.0
-        self._next_ping = 0.0
-        self._next_node_report = 0.0
-        self._last_report: tuple[int, list[dict[str, object]]] | None = None
-        self._next_renewal = 0.0
-        self._unregistered: list[Path] = []  # settled while the ledger was away
-        self._worker_hung = False
         self._stopping = False
 
     # -- signals --------------------------------------------------------------
@@ -131,7 +110,10 @@ class Service:
         self.state_lock = StateDirLock(config.state_dir)
         self.node = node_id(config.state_dir)
         self.ledger = self._connect_ledger(config)
-        self._report_node()  # before anything else: other nodes see us at once
+        self.liveness = Liveness(
+            config, self.notifier, self.ledger, self._settling, self.started_at
+        )
+        self.liveness.report_node()  # before anything else: other nodes see us at once
         requeued, failed = self.ledger.recover(config.source.max_attempts)
         if requeued or failed:
             log.warning(
@@ -167,7 +149,11 @@ class Service:
         self.notifications = Notifications(config, self.ledger, self._settling)
         self.notifications.start()  # before the workers: their first job's end is heard
         self.workers.start()
-        self._start_watcher(config)
+        self.liveness.start(self.workers)  # before the startup scan: it may be long
+        self.inbox = InboxFeed(
+            config, self.ledger, self.folders, self.workers.wake, self.liveness.beat
+        )
+        self.inbox.start()  # the startup scan: files dropped while we were stopped
         if self.http is not None:
             self.http.start(self.ledger)  # the model is ready: serve
         self.notifier.ready()
@@ -227,13 +213,16 @@ class Service:
 
     def health(self) -> list[str]:
         """What is wrong, empty when healthy: the systemd watchdog's rule (the main
-        loop ticks, the worker lives and shows progress) for /ping."""
+        loop moves, the worker lives and shows progress) for /ping."""
         problems: list[str] = []
         now = time.monotonic()
         if self._stopping:
             problems.append("stemd is stopping")
-        if now - self._last_tick > MAIN_LOOP_STALL_S:
-            problems.append(f"the main loop has not run for {now - self._last_tick:.0f}s")
+        silence = self.liveness.main_loop_silence(now) if self.liveness is not None else 0.0
+        if silence > MAIN_LOOP_STALL_S:
+            problems.append(f"the main loop has not run for {silence:.0f}s")
+        if self.liveness is not None and not self.liveness.is_alive() and not self._stopping:
+            problems.append("the liveness thread is not running")
         workers = self.workers
         if not self.ledger_reachable:
             # said without its address: /ping answers anyone (the log names it)
@@ -250,11 +239,6 @@ class Service:
                 f"(service.hang_timeout {self.config.service.hang_timeout:.0f}s)"
             )
         return problems
-
-    def _the_workers(self) -> str:
-        """How messages name the workers: one is "the worker" (as ever)."""
-        one = self.workers is None or len(self.workers.all) == 1
-        return "worker is" if one else "workers are"
 
     @property
     def ledger_reachable(self) -> bool:
@@ -282,31 +266,21 @@ class Service:
                     ) from None
                 log.info("created %s %s", name, folder)
 
-    def _start_watcher(self, config: Config) -> None:
-        self.watcher = InboxWatcher(config.inbox, config.watch)
-        self.watcher.start()  # first: it may fall back from inotify to polling
-        self.settler = Settler(config.watch.settle, require_close=self.watcher.require_close)
-        try:
-            self._scan(config.inbox)  # the startup scan: files dropped while we were stopped
-        except LedgerUnavailable:
-            return  # watching anyway; _scan set the next rescan to the ledger's next try
-        self._next_rescan = time.monotonic() + config.watch.rescan_interval
-
     def main_loop(self) -> None:
         while not self._stopping:
             self.tick()
             time.sleep(TICK_S)
 
     def tick(self) -> None:
-        self._last_tick = time.monotonic()
+        self._beat()
         # a reload can restart the watcher, whose scan asks the ledger: one that is
         # away must not end the daemon (the scan is retried on the ledger's pace)
         with contextlib.suppress(LedgerUnavailable):
             self._handle_signals()
         if self._stopping:
             return
-        assert self.watcher is not None and self.settler is not None
-        assert self.workers is not None
+        assert self.inbox is not None and self.workers is not None
+        assert self.liveness is not None
         dead = self.workers.dead()
         if dead:
             log.critical("worker %s died; stopping", ", ".join(w.worker_name for w in dead))
@@ -316,86 +290,30 @@ class Service:
             log.critical("the HTTP server stopped; stopping (systemd restarts stemd)")
             self._stopping = True
             return
+        if not self.liveness.is_alive():
+            log.critical("the liveness thread died (%s); stopping", self.liveness.failure)
+            self._stopping = True
+            return
         now = time.monotonic()
-        self._feed_watchdog(now)
-        try:
-            if now >= self._next_folder_check:
-                self._next_folder_check = now + FOLDER_CHECK_INTERVAL_S
-                self._check_folders()  # an inbox back is scanned: that asks the ledger
-            self._keep_leases(now)
-            if not self.watcher.stopped:  # stopped while the inbox is away
-                self._take_in(now)
-            if now >= self._next_node_report or self._report_changed():
-                self._report_node()
-        except LedgerUnavailable:
-            pass  # said once by the ledger; the workers wait, the main loop goes on
+        # an unreachable ledger is said once by the ledger; the workers wait, the
+        # main loop goes on
+        with contextlib.suppress(LedgerUnavailable):
+            self.inbox.tick(now)
         # The status line costs ledger queries: build it only for a listener.
         if self.notifier.enabled and now >= self._next_status:
             self._next_status = now + STATUS_INTERVAL_S
             self.notifier.status(self.status_line())
 
-    def _take_in(self, now: float) -> None:
-        """Events, the periodic rescan, and files that have settled."""
-        assert self.settler is not None
-        self._apply_changes()
-        if now >= self._next_rescan:
-            self._scan(self.config.inbox)
-            self._next_rescan = now + self.config.watch.rescan_interval
-        # files that settled while the ledger was away come first: the settler
-        # has let go of them, and without this they would wait for the next
-        # rescan (watch.rescan_interval)
-        waiting = [*self._unregistered, *self.settler.poll()]
-        for done, path in enumerate(waiting):
-            try:
-                self._register(path)
-            except LedgerUnavailable:
-                if len(waiting) - done != len(self._unregistered):
-                    log.debug("%d settled file(s) wait for the ledger", len(waiting) - done)
-                self._unregistered = waiting[done:]
-                raise
-        self._unregistered = []
-
-    def _keep_leases(self, now: float) -> None:
-        """Renew the leases of the jobs the workers hold, a few times a lease."""
-        if now < self._next_renewal or self.workers is None:
-            return
-        lease = self.config.ledger.lease
-        self._next_renewal = now + lease / 4
-        self.workers.renew_leases(lease, self.config.service.hang_timeout)
+    def _beat(self) -> None:
+        """The main thread moves (the watchdog's rule)."""
+        if self.liveness is not None:
+            self.liveness.beat()
 
     def _settling(self) -> int:
-        if self.settler is None or self._stopping:
+        """Files seen that wait to settle (none once stemd stops)."""
+        if self.inbox is None or self._stopping:
             return 0
-        return len(self.settler) + len(self._unregistered)
-
-    def _report_changed(self) -> bool:
-        """Files settling, and which job each worker runs, live in this process:
-        `stemd status` and the page hear of a change at once (progress within a
-        job waits for the next report)."""
-        if self._last_report is None:
-            return False
-        settling, workers = self._last_report
-        if self._settling() != settling:
-            return True
-        running = [w["job"] for w in self.workers.report()] if self.workers is not None else []
-        return running != [w.get("job") for w in workers]
-
-    def _report_node(self) -> None:
-        """This daemon is alive: its host, workers and files settling, for
-        `stemd status` and the other nodes: every NODE_REPORT_S, and as soon as
-        the settling count changes."""
-        assert self.ledger is not None
-        self._next_node_report = time.monotonic() + NODE_REPORT_S
-        settling = self._settling()
-        workers = self.workers.report() if self.workers is not None else []
-        if not self.ledger.backend.shared and (settling, workers) == self._last_report:
-            # no other daemon needs a heartbeat: an idle daemon writes nothing
-            # (a NAS's disks may spin down)
-            return
-        self.ledger.report_node(
-            socket.gethostname(), os.getpid(), self.started_at, settling, workers
-        )
-        self._last_report = (settling, workers)
+        return self.inbox.settling()
 
     def _handle_signals(self) -> None:
         while not self._stopping and self._handled_signals < len(self.signals):
@@ -411,156 +329,6 @@ class Service:
         """A SIGTERM/SIGINT arrived after the one that started the shutdown."""
         fresh = self.signals[self._handled_signals :]
         return any(signum != signal.SIGHUP for signum in fresh)
-
-    # -- shared folders ---------------------------------------------------------
-
-    def _check_folders(self) -> None:
-        """Log a vanished or returning inbox/outbox; rewatch an inbox that is back.
-
-        The worker waits by itself while one is missing (it asks the same
-        SharedFolders), so jobs are neither failed nor lost meanwhile.
-        """
-        assert self.folders is not None and self.watcher is not None
-        for change in self.folders.check():
-            if change.event is FolderEvent.GONE:
-                log.error(
-                    "the %s %s is gone (an unmounted share, a pulled disk, deleted?): "
-                    "pausing; queued files wait and stemd resumes by itself when it is back",
-                    change.name,
-                    change.path,
-                )
-            else:
-                how = "is back" if change.event is FolderEvent.BACK else "was replaced (remounted?)"
-                log.warning("the %s %s %s; resuming", change.name, change.path, how)
-            if change.name == "inbox":
-                self.watcher.stop()  # its watches belong to the old folder
-            assert self.workers is not None
-            self.workers.wake()
-        if not self.watcher.stopped and not self.watcher.is_alive():
-            # A deleted inbox ends its emitter: take in what it said last, so the
-            # deletion is handled (and logged) as such, not as a watcher crash.
-            self.watcher.flush()
-            self._apply_changes()
-        if not self.watcher.stopped and not self.watcher.is_alive():
-            log.warning("the inbox watcher stopped unexpectedly; starting it again")
-            self.watcher.stop()
-        if self.watcher.stopped and "inbox" not in self.folders.missing():
-            try:
-                self._start_watcher(self.config)  # new watches, and a scan of what it holds
-            except OSError as err:
-                log.warning("cannot watch %s yet (%s); trying again", self.config.inbox, err)
-
-    # -- watchdog -------------------------------------------------------------------
-
-    def worker_hung(self, now: float) -> bool:
-        """No sign of life from a worker for service.hang_timeout (logged once).
-        Workers waiting for an unreachable ledger are waiting, not hung."""
-        assert self.workers is not None
-        silent, worker = self.workers.silent_for(now)
-        hung = silent > self.config.service.hang_timeout and self.ledger_reachable
-        if hung and not self._worker_hung:
-            doing = worker.current.source if worker.current else "between jobs"
-            log.critical(
-                "worker %s has shown no progress for %.0fs (%s; service.hang_timeout is %.0fs): %s",
-                worker.worker_name,
-                silent,
-                doing,
-                self.config.service.hang_timeout,
-                "watchdog pings stop so systemd restarts stemd"
-                if self.notifier.watchdog_interval is not None
-                else "restart stemd if it does not recover",
-            )
-        elif self._worker_hung and not hung:
-            log.warning("the %s making progress again", self._the_workers())
-        self._worker_hung = hung
-        return hung
-
-    def _feed_watchdog(self, now: float) -> None:
-        """WATCHDOG=1 every half period, but only while the worker is alive and
-        moving: pings come from the main loop, so a stuck main loop stops them too."""
-        if self.worker_hung(now) or self.notifier.watchdog_interval is None:
-            return
-        if now >= self._next_ping:
-            self._next_ping = now + self.notifier.watchdog_interval
-            self.notifier.watchdog()
-
-    # -- intake -------------------------------------------------------------------
-
-    def _apply_changes(self) -> None:
-        assert self.watcher is not None and self.settler is not None
-        for change in self.watcher.drain():
-            if change.kind is Change.CREATED:
-                self.settler.created(change.path)
-            elif change.kind is Change.WRITTEN:
-                self.settler.written(change.path)
-            elif change.kind is Change.CLOSED:
-                self.settler.closed(change.path)
-            elif change.kind is Change.GONE:
-                self.settler.forget(change.path)
-            elif change.kind is Change.DIR_ADDED and self.config.watch.recursive:
-                self._scan(change.path)
-            elif change.kind is Change.DIR_GONE:
-                self.settler.forget_under(change.path)
-            elif change.kind is Change.OVERFLOW:
-                log.warning(
-                    "inotify dropped events (its queue overflowed; see "
-                    "fs.inotify.max_queued_events): rescanning %s now",
-                    self.config.inbox,
-                )
-                self._scan(self.config.inbox)
-            elif change.kind is Change.INBOX_DELETED:
-                assert self.folders is not None
-                log.error(
-                    "the inbox %s was deleted: pausing; stemd watches it again when it is back",
-                    change.path,
-                )
-                self.folders.forget("inbox")
-                self.watcher.stop()
-                return
-
-    def _scan(self, folder: Path) -> None:
-        assert self.watcher is not None and self.settler is not None
-        assert self.ledger is not None
-        for path in self.watcher.scan(folder):
-            if path in self.settler:
-                continue
-            try:
-                if self.ledger.known(path, stat_of(path)) is not None:
-                    continue  # seen before, unchanged: no rehash
-            except OSError:
-                continue
-            except LedgerUnavailable:
-                self._next_rescan = time.monotonic() + LEDGER_RETRY_MAX_S  # try again soon
-                raise
-            self.settler.found(path)
-
-    def _register(self, path: Path) -> None:
-        """A settled path: refuse it with a reason, or record it for the worker."""
-        assert self.ledger is not None and self.workers is not None
-        relative = PurePath(os.path.relpath(path, self.config.inbox))
-        if relative.parts and relative.parts[0] == "..":
-            return
-        reason = ignore_reason(relative, self.config.watch.extensions, self.config.watch.ignore)
-        if reason is not None:
-            log.debug("ignored %s: %s", relative, reason)
-            return
-        try:
-            info = os.lstat(path)
-        except OSError:
-            return
-        if not stat.S_ISREG(info.st_mode):
-            kind = "a symlink" if stat.S_ISLNK(info.st_mode) else "not a regular file"
-            event(
-                logging.WARNING,
-                "ignored",
-                f"{relative}: ignored, {kind}",
-                source=relative.as_posix(),
-            )
-            return
-        record = self.ledger.add_input(path, relative.as_posix(), FileStat.of(info))
-        if record is not None:
-            log.debug("settled: %s", relative)
-            self.workers.wake()
 
     # -- reload ---------------------------------------------------------------
 
@@ -605,14 +373,10 @@ class Service:
             self.folders = SharedFolders(new.inbox, new.outbox)
             assert self.intake is not None
             self.intake.folders = self.folders
-        if new.inbox != old.inbox or new.watch != old.watch:
-            # Queued jobs live in the ledger and are kept; files still settling are
-            # found again by the new watcher's startup scan.
-            assert self.watcher is not None
-            log.info("inbox or watch settings changed; restarting the watcher")
-            self.watcher.stop()
-            self._start_watcher(new)
-        assert self.workers is not None
+        assert self.inbox is not None and self.folders is not None
+        self.inbox.reconfigure(new, self.folders)
+        assert self.liveness is not None and self.workers is not None
+        self.liveness.configure(new)
         self.workers.request_reload(new)
         if self.notifications is not None:
             self.notifications.reload(new)
@@ -647,13 +411,15 @@ class Service:
     def shutdown(self) -> None:
         self._stopping = True  # /predict waiters and event streams end, /ping says 503
         self.notifier.stopping()
-        if self.watcher is not None:
-            self.watcher.stop()
+        if self.inbox is not None:
+            self.inbox.stop()
         if self.http is not None:
             self.http.stop()  # no new uploads while the worker finishes
         workers = self.workers
         if workers is not None and workers.alive():
             self._stop_workers(workers)
+        if self.liveness is not None:
+            self.liveness.stop()  # the workers are gone: no lease left to renew
         killed = kill_children()  # none unless the worker is stuck: it kills its own
         if killed:
             log.warning("killed %d ffmpeg process(es) still running", killed)
@@ -671,7 +437,9 @@ class Service:
 
     def _stop_workers(self, workers: Workers) -> None:
         """Let the running jobs finish within service.shutdown_grace (the leases
-        kept meanwhile), then cancel them at the next chunk (they are requeued)."""
+        kept meanwhile, and the watchdog fed while they move: the liveness thread
+        runs until they are joined), then cancel them at the next chunk (they are
+        requeued)."""
         workers.request_stop()
         grace = self.config.service.shutdown_grace
         deadline = time.monotonic() + grace
@@ -681,10 +449,7 @@ class Service:
             self.notifier.status(f"stopping: finishing {', '.join(running)}")
         while workers.alive() and time.monotonic() < deadline:
             workers.alive()[0].join(TICK_S)
-            now = time.monotonic()
-            self._feed_watchdog(now)
-            with contextlib.suppress(LedgerUnavailable):
-                self._keep_leases(now)
+            self._beat()
             if self._stop_signal_pending():
                 log.info(
                     "second signal: cancelling the running %s now",
@@ -702,6 +467,6 @@ class Service:
             deadline = time.monotonic() + WORKER_JOIN_AFTER_CANCEL_S
             while workers.alive() and time.monotonic() < deadline:
                 workers.alive()[0].join(TICK_S)
-                self._feed_watchdog(time.monotonic())  # the join outlasts WatchdogSec
+                self._beat()  # the join outlasts WatchdogSec: the pings go on
             if workers.alive():
                 log.error("a worker did not stop; exiting anyway")
