@@ -142,7 +142,13 @@ def load_model(name: str, repo: Path | None, fetching: bool = False) -> Any:
         raise ModelError(f"model.repo {repo} is not a folder; create it or fix the path")
     check_reachable(name, repo, fetching)
     try:
-        model = get_model(name=name, repo=repo)
+        # A model built rather than read (demucs_unittest: random weights) is built
+        # from one seed, so every worker, host and restart loads the same weights:
+        # the weights are part of the output profile jobs are keyed and claimed by.
+        # Weights read from a file overwrite what the seed drew.
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(0)
+            model = get_model(name=name, repo=repo)
     except SystemExit as exc:  # demucs calls sys.exit through `fatal` on some failures
         raise ModelError(f"{missing_weights_help(name, repo)} (demucs exited: {exc})") from None
     except Exception as exc:

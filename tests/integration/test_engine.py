@@ -73,6 +73,20 @@ def test_the_weights_fingerprint_tells_models_apart(
     assert a.info.weights == b.info.weights != c.info.weights
 
 
+def test_a_built_in_model_of_random_weights_loads_the_same_on_every_worker() -> None:
+    """demucs_unittest is built, not read: its weights come from the random
+    generator. Two workers (or two hosts, or a restart) must load the same ones:
+    the weights are part of the profile a job is keyed and claimed by, and the
+    caller's random state is left as it was."""
+    torch.manual_seed(1234)
+    expected = torch.rand(3)
+    torch.manual_seed(1234)
+    first = Engine(ModelConfig(name="demucs_unittest", device="cpu"))
+    second = Engine(ModelConfig(name="demucs_unittest", device="cpu"))
+    assert first.info.weights == second.info.weights
+    assert torch.equal(torch.rand(3), expected)
+
+
 def test_missing_weights_say_how_to_provide_them(tmp_path: Path) -> None:
     with pytest.raises(ModelError) as caught:
         Engine(ModelConfig(name="htdemucs_ft", repo=tmp_path, device="cpu"))
