@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING
 
 from stemd.config import Config
 from stemd.crash import crash_point
-from stemd.errors import StemdError
+from stemd.errors import OutboxError, StemdError
 from stemd.folders import SharedFolders
 from stemd.hashing import sha256_file
 from stemd.ledger import (
@@ -48,6 +48,13 @@ if TYPE_CHECKING:  # the model's description only: intake needs no torch
     from stemd.engine import ModelInfo
 
 log = logging.getLogger("stemd")
+
+# another host's queue is re-keyed to this one's settings only once that host was
+# not heard from for this long (a restart with a long model load is not "gone")
+REKEY_GONE_S = 120.0
+# an input still waiting on a job that ended this long ago was left by a crash:
+# the host that ends a job serves its copies right after the commit
+STRANDED_AFTER_S = 600.0
 
 
 def job_event(
@@ -80,7 +87,7 @@ class Intake:
         # one worker hashes at a time: the others run jobs meanwhile
         self._identifying = threading.Lock()
         self._wakers: list[Callable[[], None]] = []  # told when an upload arrives
-        self._next_rekey = 0.0  # monotonic: when queued jobs of other profiles are looked at
+        self._next_tidy = 0.0  # monotonic: when the queue's keys and stranded inputs are looked at
         self.configure(config, model)
 
     def on_arrival(self, wake: Callable[[], None]) -> None:
@@ -95,7 +102,7 @@ class Intake:
         self.outbox = Outbox(config.outbox, config.output, self.ledger.node)
         self.model_folder = model.folder
         self.profile, _params = render_profile(config, model)
-        self._next_rekey = 0.0  # new settings: the queue takes them at the next round
+        self._next_tidy = 0.0  # new settings: the queue takes them at the next round
 
     # -- identify: hash and deduplicate ---------------------------------------
 
@@ -106,7 +113,7 @@ class Intake:
         if not self._identifying.acquire(blocking=False):
             return False
         try:
-            self._rekey_due()
+            self._tidy_due()
             pending = self.ledger.pending_inputs(limit=20, stale_after=self.node_gone)
             for record in pending:
                 if stop() or self.folders.missing():
@@ -117,15 +124,20 @@ class Intake:
         finally:
             self._identifying.release()
 
-    def _rekey_due(self) -> None:
-        """Queued jobs keyed by other output settings (this node's, from before a
-        reload or a restart, or a gone host's) are keyed by today's: workers
-        claim only jobs keyed by what they render (stemd.ledger.jobs). Asked
-        after each change of settings, then every `node_gone` seconds."""
-        if time.monotonic() < self._next_rekey:
+    def _tidy_due(self) -> None:
+        """Now and then (after each change of settings, then every `node_gone`
+        seconds): queued jobs keyed by other output settings (this node's, from
+        before a reload or a restart, or a gone host's) are keyed by today's,
+        since workers claim only jobs keyed by what they render
+        (stemd.ledger.jobs); and inputs a crash left waiting on a job that ended
+        get what they waited for."""
+        if time.monotonic() < self._next_tidy:
             return
-        self._next_rekey = time.monotonic() + self.node_gone
-        for record, job in self.ledger.rekey_queued(self.profile, self.node_gone):
+        self._next_tidy = time.monotonic() + self.node_gone
+        for record, job in self.ledger.rekey_queued(self.profile, REKEY_GONE_S):
+            self.settle_attached(record, job)
+        for record, job in self.ledger.stranded_inputs(STRANDED_AFTER_S, self.node_gone):
+            log.info("%s: served now; its copy was left undone (a restart?)", record.relative)
             self.settle_attached(record, job)
 
     def identify(self, record: InputRecord) -> None:
@@ -295,6 +307,12 @@ class Intake:
             copy.pop("created", None)
             self.outbox.seal(temp, new_manifest(**copy))
             target = self.outbox.publish(temp, folder, job.sha256, job.profile)
+        except OutboxError as err:  # the name appeared meanwhile, say: try again later
+            self.outbox.discard(temp)
+            log.warning(
+                "%s: cannot reuse stems of %s yet: %s", record.relative, job.output_dir, err
+            )
+            return  # still waiting: the stranded-input sweep serves it (_tidy_due)
         except OSError as err:
             self.outbox.discard(temp)
             self.ledger.finish_input(

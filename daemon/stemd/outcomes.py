@@ -159,7 +159,15 @@ class Outcomes:
         # the job done and is served by its own attach (stemd.ledger.jobs.attach)
         intake.dispose(source, success=True)
         for other in copies:
-            intake.reuse(other.id, published)
+            try:
+                intake.reuse(other.id, published)
+            except (StemdError, OSError) as err:  # the job is done: this copy waits
+                log.error(
+                    "%s: cannot serve its copy of %s now (%s); trying again later",
+                    other.relative,
+                    published.output_dir,
+                    err,
+                )
 
     def fail(self, job: JobRecord, reason: str, fault: Fault = Fault.STEMD) -> None:
         failed_inputs = self.ledger.fail(job, reason, fault)

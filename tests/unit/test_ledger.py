@@ -659,6 +659,147 @@ def test_a_completion_names_the_inputs_that_wait_for_copies(opener: Opener) -> N
     assert [record.id for record in copies] == [waiting]
 
 
+def test_a_gone_hosts_jobs_of_other_settings_are_rendered_here_and_stay_here(
+    postgres: PostgresServer,
+) -> None:
+    """A host of flac settings died with one job running and one queued: the
+    live wav host takes both (the running one once its lease ran out, counted as
+    lost), and a later flac host leaves them alone: they are the wav host's now."""
+    url = postgres.new_database()
+    dead = connect(Path("/d"), url, None, "dead-flac")
+    wav = connect(Path("/w"), url, None, "live-wav")
+    running = dead.attach(add(dead, "a.wav", 1), SHA_A, "flac", "a.wav")
+    queued = dead.attach(add(dead, "b.wav", 2), SHA_B, "flac", "b.wav")
+    held = dead.claim_next("w0", lease=0.2, profile="flac")
+    assert held is not None and held.id == running.id
+    dead.close()  # never reported: gone for any grace
+    wait_until(
+        lambda: wav.rekey_queued("wav", stale_after=60) == [] and wav.counts()["running"] == 0,
+        10,
+        "the dead host's lease to run out and its jobs to be re-keyed",
+    )
+    assert {wav.get_job(running.id).profile, wav.get_job(queued.id).profile} == {"wav"}
+    assert wav.get_job(running.id).lost == 1
+    assert {r.node for r in wav.inputs_of(running.id) + wav.inputs_of(queued.id)} == {"live-wav"}
+    later = connect(Path("/f"), url, None, "later-flac")
+    later.report_node("f", 1, 0.0, 0, [])
+    wav.report_node("w", 1, 0.0, 0, [])
+    assert later.rekey_queued("flac", stale_after=60) == []
+    claimed = {job.id for job in iter(lambda: wav.claim_next("w0", profile="wav"), None)}
+    assert claimed == {running.id, queued.id}
+
+
+def test_re_keying_races_attaches_of_both_profiles_without_losing_an_input(
+    postgres: PostgresServer,
+) -> None:
+    """A host re-keys a gone host's queue while the same contents are attached
+    under the old settings (another connection of the gone host's kind) and the
+    new ones: no attach fails, no re-key fails, and every input ends on a job
+    of the new settings, one per content."""
+    url = postgres.new_database()
+    rekeying = connect(Path("/a"), url, None, "host-a")
+    old_host = connect(Path("/b"), url, None, "host-b")  # never reported: gone
+    new_host = connect(Path("/c"), url, None, "host-c")
+    contents = [f"{n:064x}" for n in range(1, 61)]
+    # each content dropped twice under the old settings: the second attach meets
+    # the job the first made, while it is being re-keyed
+    olds = [add(old_host, f"old{n}.wav", 1000 + n) for n in range(2 * len(contents))]
+    news = [add(new_host, f"new{n}.wav", 3000 + n) for n in range(len(contents))]
+    errors: list[BaseException] = []
+    done = threading.Event()
+
+    def attach_all(ledger: Ledger, inputs: list[int], profile: str) -> None:
+        try:
+            for n, input_id in enumerate(inputs):
+                ledger.attach(input_id, contents[n // (len(inputs) // len(contents))], profile, "x")
+        except BaseException as err:
+            errors.append(err)
+
+    def rekey_until_done() -> None:
+        try:
+            while not done.is_set():
+                rekeying.rekey_queued("new", stale_after=60)
+        except BaseException as err:
+            errors.append(err)
+
+    attachers = [
+        threading.Thread(target=attach_all, args=(old_host, olds, "old")),
+        threading.Thread(target=attach_all, args=(new_host, news, "new")),
+    ]
+    rekeyer = threading.Thread(target=rekey_until_done)
+    rekeyer.start()
+    for thread in attachers:
+        thread.start()
+    for thread in attachers:
+        thread.join(timeout=60)
+    done.set()
+    rekeyer.join(timeout=60)
+    assert errors == []
+    rekeying.rekey_queued("new", stale_after=60)
+    for input_id in olds + news:
+        job = rekeying.get_job(rekeying.get_input(input_id).job_id or 0)
+        assert job.profile == "new"
+    assert rekeying.counts()["queued"] == len(contents)
+
+
+def test_a_deadlock_the_server_breaks_is_run_again_not_an_outage(
+    postgres: PostgresServer,
+) -> None:
+    """PostgreSQL rolls one transaction of a lock cycle back. When it is the
+    ledger's, the ledger runs it again: the database is there, and nothing may
+    say it is unreachable (/ping would fail, workers would wait out an outage)."""
+    import psycopg
+
+    url = postgres.new_database()
+    ledger = connect(Path("/a"), url, None, "host-a")
+    first = ledger.attach(add(ledger, "a.wav", 1), SHA_A, PROFILE, "a.wav")
+    second = ledger.attach(add(ledger, "b.wav", 2), SHA_B, PROFILE, "b.wav")
+    held = {job.id: job.claim for job in iter(lambda: ledger.claim_next(profile=PROFILE), None)}
+    assert sorted(held) == sorted([first.id, second.id])
+    renewed: list[set[int]] = []
+    with psycopg.connect(url) as other:
+        # this session waits long before it looks for a cycle: the ledger's is the one
+        # the server rolls back
+        other.execute("SET deadlock_timeout = '10s'")
+        other.execute("SELECT 1 FROM jobs WHERE id = %s FOR UPDATE", (second.id,))
+        renewing = threading.Thread(target=lambda: renewed.append(ledger.renew(held, 30.0)))
+        renewing.start()  # takes the first job's row, then waits for the second's
+
+        def renewal_waits() -> bool:
+            row = other.execute(
+                "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
+                "AND datname = current_database()"
+            ).fetchone()
+            return bool(row and row[0])
+
+        wait_until(renewal_waits, 10, "the renewal to wait for the second job's row")
+        other.execute("SELECT 1 FROM jobs WHERE id = %s FOR UPDATE", (first.id,))  # a cycle
+        other.commit()
+    renewing.join(timeout=30)
+    assert renewed == [set()], "the renewal failed instead of running again"
+    assert ledger.reachable
+
+
+def test_inputs_left_waiting_on_an_ended_job_are_found_once_it_ended_a_while_ago(
+    opener: Opener,
+) -> None:
+    """A crash between a job's completion and serving its copies leaves inputs
+    attached to a done job: the sweep finds them, but only once the job ended
+    long enough ago that no living host is still serving them."""
+    ledger = opener("host-a")
+    owner = add(ledger, "a.wav", 1)
+    ledger.attach(owner, SHA_A, PROFILE, "a.wav")
+    copy = add(ledger, "copy.wav", 2)
+    ledger.attach(copy, SHA_A, PROFILE, "copy.wav")
+    claimed = ledger.claim_next("w0", profile=PROFILE)
+    assert claimed is not None
+    published, copies = ledger.complete(claimed, owner, "m/a")
+    assert [r.id for r in copies] == [copy]  # ... and the daemon died before serving it
+    assert ledger.stranded_inputs(ended_before=600) == []
+    ((record, job),) = ledger.stranded_inputs(ended_before=0)
+    assert record.id == copy and job.id == published.id and job.state is JobState.DONE
+
+
 def test_every_write_uses_the_databases_clock(
     postgres: PostgresServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -155,6 +155,10 @@ class Context:
         assert record.job_id is not None  # take_upload attached it
         return self.ledger.get_job(record.job_id), record
 
+    def job_of_input(self, input_id: int) -> JobRecord:
+        """The job an input waits for now (a merge may have moved it)."""
+        return self._job_of_input(input_id)[0]
+
     def outbox_free(self) -> int | None:
         try:
             return shutil.disk_usage(self.config.outbox).free

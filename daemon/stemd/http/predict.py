@@ -123,15 +123,15 @@ async def predict(request: Request, ctx: Ctx) -> StreamingResponse:
         for upload in spooled:
             upload.discard()
         raise
-    jobs: list[tuple[JobRecord, str | None]] = []
+    jobs: list[tuple[int, str | None]] = []  # (input id, a copy's folder if served at once)
     for upload in spooled:
-        job, record = await ctx.take(upload)
-        jobs.append((job, record.output_dir))
+        _job, record = await ctx.take(upload)
+        jobs.append((record.id, record.output_dir))
     del instances  # the request's copies of the files: the spool has them now
-    done = await wait_for(ctx, [job.id for job, _ in jobs])
+    done = await wait_for(ctx, [input_id for input_id, _ in jobs])
     finished = [
         (job, await run_in_threadpool(stems_of, ctx, job, folder))
-        for job, (_job, folder) in zip(done, jobs, strict=True)
+        for job, (_input, folder) in zip(done, jobs, strict=True)
     ]
     size = 0
     for _job, files in finished:
@@ -277,15 +277,18 @@ def _name(data: bytes) -> str:
     return f"predict-{hashlib.sha256(data).hexdigest()[:12]}"
 
 
-async def wait_for(ctx: Context, job_ids: list[int]) -> list[JobRecord]:
-    """Until every job is done (failed: 422 when the file was at fault, else 500,
-    with its reason), without holding the server: past http.predict_timeout, 504
-    with the ids to poll."""
+async def wait_for(ctx: Context, input_ids: list[int]) -> list[JobRecord]:
+    """Until the job of every input is done (failed: 422 when the file was at
+    fault, else 500, with its reason), without holding the server: past
+    http.predict_timeout, 504 with the ids to poll. Each poll asks for the
+    input's job anew: new output settings can merge a queued job into the one
+    the same content has under them."""
     deadline = time.monotonic() + ctx.config.http.predict_timeout
     while True:
         # the ledger off the event loop: a database that hangs holds this request,
         # never the server (every other request, /ping, the page)
-        jobs = await run_in_threadpool(lambda: [ctx.job(job_id) for job_id in job_ids])
+        jobs = await run_in_threadpool(lambda: [ctx.job_of_input(i) for i in input_ids])
+        job_ids = [job.id for job in jobs]
         failed = [job for job in jobs if job.state is JobState.FAILED]
         if failed:
             job = failed[0]

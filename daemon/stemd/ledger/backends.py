@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from stemd.errors import ConfigError, StateError
-from stemd.ledger.records import LedgerUnavailable
+from stemd.ledger.records import LedgerConflict, LedgerUnavailable
 
 log = logging.getLogger("stemd")
 
@@ -80,6 +80,15 @@ class Backend(Protocol):
     def now(self, db: Db) -> float: ...
 
     def lock_schema(self, db: Db) -> None: ...
+
+    def lock_content(self, db: Db, sha256: str) -> None:
+        """Until this transaction ends, no other takes the jobs of this content
+        (attach and re-key), so neither finds the other's key half-changed."""
+        ...
+
+    def reopen(self) -> Backend:
+        """Another connection to the same database."""
+        ...
 
     def close(self) -> None: ...
 
@@ -155,6 +164,12 @@ class SqliteBackend:
     def now(self, db: Db) -> float:
         return time.time()  # one host: its clock is the ledger's
 
+    def reopen(self) -> SqliteBackend:
+        return SqliteBackend(self.path)
+
+    def lock_content(self, db: Db, sha256: str) -> None:
+        pass  # BEGIN IMMEDIATE took the whole file's write lock
+
     def lock_schema(self, db: Db) -> None:
         pass  # BEGIN IMMEDIATE holds the file's write lock already
 
@@ -176,6 +191,9 @@ def redact(url: str) -> str:
 
 # libpq's words for a server that is there but will not have us: waiting does
 # not help, the configuration must change
+# SQLSTATEs of a transaction the server rolled back to let others go on
+_CONFLICTS = ("40P01", "40001")  # deadlock detected, serialization failure
+
 _FATAL_CONNECT = (
     "password authentication failed",
     "no password supplied",
@@ -300,6 +318,10 @@ class PostgresBackend:
                         f"lost the connection to PostgreSQL at {self.where}: "
                         f"{str(err).strip() or type(err).__name__}"
                     ) from None
+                if getattr(err, "sqlstate", None) in _CONFLICTS:
+                    # the server rolled this transaction back to break a deadlock (or a
+                    # serialization failure): the database is there; run it again
+                    raise LedgerConflict(f"PostgreSQL at {self.where}: {err}") from None
                 if not isinstance(err, psycopg.OperationalError | psycopg.InterfaceError):
                     raise  # a mistake in our SQL: not the database's absence
                 # a serialization failure or deadlock: the transaction is rolled
@@ -314,6 +336,13 @@ class PostgresBackend:
         # the server's clock, so that hosts whose clocks disagree agree on leases
         row = db.execute("SELECT extract(epoch FROM clock_timestamp())::float8 AS now").fetchone()
         return float(row["now"])
+
+    def reopen(self) -> PostgresBackend:
+        return PostgresBackend(self.url, self._password)
+
+    def lock_content(self, db: Db, sha256: str) -> None:
+        # a transaction-scoped advisory lock keyed by the hash's first 60 bits
+        db.execute("SELECT pg_advisory_xact_lock(?)", (int(sha256[:15], 16),))
 
     def lock_schema(self, db: Db) -> None:
         # waiting for another daemon's migration, and migrating, may take longer

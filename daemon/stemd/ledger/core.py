@@ -12,12 +12,13 @@ from __future__ import annotations
 import functools
 import logging
 import math
+import random
 import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, ParamSpec, TypeVar
+from typing import Any, ParamSpec, Self, TypeVar
 
 from stemd.errors import StateError
 from stemd.ledger.backends import Backend, Db
@@ -25,6 +26,7 @@ from stemd.ledger.records import (
     FileStat,
     InputState,
     JobState,
+    LedgerConflict,
     LedgerUnavailable,
 )
 from stemd.ledger.schema import BASE_SCHEMA, MIGRATIONS, SCHEMA_VERSION
@@ -37,6 +39,7 @@ T = TypeVar("T")
 # waits between tries while the database is unreachable
 BACKOFF_FIRST_S = 0.5
 BACKOFF_MAX_S = 5.0
+CONFLICT_RETRIES = 5  # deadlocks lost in a row before it counts as an outage
 
 # A failure is current while an input of it is still failed: a failed job with
 # such an input, or an input refused before it had a job.
@@ -61,9 +64,17 @@ def patient(method: Callable[P, T]) -> Callable[P, T]:
         ledger = args[0]
         assert isinstance(ledger, LedgerCore)
         delay = BACKOFF_FIRST_S
+        conflicts = 0
         while True:
             try:
                 result = method(*args, **kwargs)
+            except LedgerConflict:
+                # another writer won a deadlock: nothing is wrong with the database
+                conflicts += 1
+                if conflicts > CONFLICT_RETRIES:
+                    raise
+                time.sleep(random.uniform(0.0, 0.05 * conflicts))
+                continue
             except LedgerUnavailable as err:
                 if not ledger._wait_out(err, delay):
                     raise
@@ -75,18 +86,35 @@ def patient(method: Callable[P, T]) -> Callable[P, T]:
     return run
 
 
+class Outage:
+    """Since when the database has been unreachable (None: it is reachable), for
+    every connection of one daemon: an outage is said once, and over once."""
+
+    def __init__(self) -> None:
+        self.since: float | None = None
+        self.lock = threading.Lock()
+
+
 class LedgerCore:
     """Thread-safe access to one ledger (the backend serialises its connection)."""
 
-    def __init__(self, backend: Backend, node: str = "") -> None:
+    def __init__(self, backend: Backend, node: str = "", outage: Outage | None = None) -> None:
+        """`outage`: shared with the connection this one was opened beside
+        (`another_connection`), whose schema is already up to date."""
         self.backend = backend
         self.node = node  # this daemon, as inputs and leases name it
         self.where = backend.where
         self._local = threading.local()
-        self._outage_since: float | None = None
-        self._outage_lock = threading.Lock()
+        self._outage = outage or Outage()
         self._closed = threading.Event()
-        self._create_or_migrate()
+        if outage is None:
+            self._create_or_migrate()
+
+    def another_connection(self) -> Self:
+        """The same ledger over a connection of its own (a thread whose calls must
+        not queue behind the others'), sharing this one's outage. Raises
+        LedgerUnavailable."""
+        return type(self)(self.backend.reopen(), self.node, self._outage)
 
     @property
     def path(self) -> Path:
@@ -109,13 +137,13 @@ class LedgerCore:
     @property
     def reachable(self) -> bool:
         """False from a failed attempt to reach the database until one succeeds."""
-        return self._outage_since is None
+        return self._outage.since is None
 
     def _wait_out(self, err: LedgerUnavailable, delay: float) -> bool:
         keep_waiting: Callable[[], bool] | None = getattr(self._local, "keep_waiting", None)
-        with self._outage_lock:
-            if self._outage_since is None:
-                self._outage_since = time.monotonic()
+        with self._outage.lock:
+            if self._outage.since is None:
+                self._outage.since = time.monotonic()
                 log.error("%s; waiting for it and trying again", err)
         if keep_waiting is None or self._closed.is_set() or not keep_waiting():
             return False
@@ -123,10 +151,10 @@ class LedgerCore:
         return not self._closed.is_set() and keep_waiting()
 
     def _reached(self) -> None:
-        if self._outage_since is None:
+        if self._outage.since is None:
             return
-        with self._outage_lock:
-            since, self._outage_since = self._outage_since, None
+        with self._outage.lock:
+            since, self._outage.since = self._outage.since, None
         if since is not None:
             log.warning(
                 "the ledger at %s is reachable again (after %.0fs)",

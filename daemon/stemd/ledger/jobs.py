@@ -55,6 +55,8 @@ class JobLedger(LedgerCore):
             # (a ledger no other daemon shares runs every job here anyway)
             upload = held["origin"] == ORIGIN_HTTP
             pinned = self.node if upload and self.backend.shared else None
+            # this content's jobs are not re-keyed (`rekey_queued`) while it attaches
+            self.backend.lock_content(db, sha256)
             db.execute(
                 "INSERT INTO jobs (sha256, profile, state, source, owner_input, created_at, "
                 "pinned) VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
@@ -67,6 +69,10 @@ class JobLedger(LedgerCore):
                 f"SELECT * FROM jobs WHERE sha256 = ? AND profile = ?{self.backend.lock_rows}",
                 (sha256, profile),
             ).fetchone()
+            if job is None:  # the content lock keeps every other writer of the key out
+                raise StateError(
+                    f"the job for {sha256[:12]} vanished while input {input_id} attached"
+                )
             db.execute(
                 "UPDATE inputs SET sha256 = ?, job_id = ?, state = ?, updated_at = ? WHERE id = ?",
                 (sha256, job["id"], InputState.ATTACHED.value, now, input_id),
@@ -106,64 +112,135 @@ class JobLedger(LedgerCore):
             )
         return True
 
+    def _rekeyable(self) -> str:
+        """Jobs keyed by another output profile that this node may re-key: queued,
+        or running on a lease that ran out (its host died or hung); not pinned to
+        another node (an upload only its node can read); and whose owner input is
+        this node's, or a node's gone for longer than the caller's grace (a live
+        host of other settings renders its own)."""
+        return (
+            "profile != ? AND (pinned IS NULL OR pinned = ?) AND "
+            f"(state = '{JobState.QUEUED.value}' OR "
+            f"(state = '{JobState.RUNNING.value}' AND lease_until < ?)) AND "
+            "owner_input IN (SELECT id FROM inputs WHERE node IS NULL OR node = ? OR "
+            "NOT EXISTS (SELECT 1 FROM nodes WHERE nodes.node = inputs.node "
+            "AND nodes.seen_at >= ?))"
+        )
+
     @patient
     def rekey_queued(
-        self, profile: str, stale_after: float = 60.0
+        self, profile: str, stale_after: float = 120.0
     ) -> list[tuple[InputRecord, JobRecord]]:
-        """Queued jobs keyed by another output profile whose owner input is this
-        node's (or a gone node's) take `profile`: a reload or a restart with new
-        output settings applies to what is still queued, and nothing is left
-        that no running host renders. Jobs pinned to another node, and those
-        another live host registered (it renders its own config), stay.
+        """Jobs this node may re-key (`_rekeyable`) take `profile`: a reload or a
+        restart with new output settings applies to what is still queued, and
+        nothing is left that no running host renders (a dead host's running job
+        goes back to the queue first, counted as lost). A gone host's job becomes
+        this node's (its owner input moves here), so live hosts of different
+        settings do not re-key it back and forth.
 
-        Where this content already has a job under `profile`, the queued one is
-        merged into it: its inputs move over and it is deleted. Returns the
-        inputs moved onto such a job that still wait for stems, with that job,
-        for intake to settle as a fresh attach would (a copy of finished stems,
-        the failure repeated, or a wait)."""
+        Where this content already has a job under `profile`, the job is merged
+        into it: its inputs move over and it is deleted. Returns the inputs moved
+        onto such a job that still wait for stems, with that job, for intake to
+        settle as a fresh attach would (a copy of finished stems, the failure
+        repeated, or a wait).
+
+        One job per transaction, each under its content's lock (as `attach`
+        takes it): no transaction holds more than one job another writer locks,
+        so none waits in a cycle."""
+        with self._read() as db:
+            now = self.backend.now(db)
+            candidates = db.execute(
+                f"SELECT id, sha256 FROM jobs WHERE {self._rekeyable()} ORDER BY sha256, id",
+                self._rekey_params(profile, now, stale_after),
+            ).fetchall()
         moved: list[tuple[InputRecord, JobRecord]] = []
+        for candidate in candidates:
+            moved.extend(self._rekey(candidate["id"], candidate["sha256"], profile, stale_after))
+        return moved
+
+    def _rekey_params(self, profile: str, now: float, stale_after: float) -> tuple[object, ...]:
+        return (profile, self.node, now, self.node, self._gone_before(now, stale_after))
+
+    def _rekey(
+        self, job_id: int, sha256: str, profile: str, stale_after: float
+    ) -> list[tuple[InputRecord, JobRecord]]:
         with self._write() as db:
             now = self.backend.now(db)
+            self.backend.lock_content(db, sha256)
+            row = db.execute(
+                f"SELECT * FROM jobs WHERE id = ? AND {self._rekeyable()}{self.backend.lock_rows}",
+                (job_id, *self._rekey_params(profile, now, stale_after)),
+            ).fetchone()
+            if row is None:
+                return []  # claimed, re-keyed or merged meanwhile
+            if row["state"] == JobState.RUNNING.value:
+                self._transition(db, job_id, JobState.QUEUED, lost=row["lost"] + 1, progress=0.0)
+                log.warning(
+                    "%s: its worker %s is gone (its lease ran out); queued again here",
+                    row["source"],
+                    row["lease_owner"],
+                )
+            db.execute(
+                "UPDATE inputs SET node = ? WHERE id = ? AND node IS NOT NULL AND node != ?",
+                (self.node, row["owner_input"], self.node),
+            )
+            other = db.execute(
+                f"SELECT * FROM jobs WHERE sha256 = ? AND profile = ?{self.backend.lock_rows}",
+                (sha256, profile),
+            ).fetchone()
+            if other is None:
+                db.execute("UPDATE jobs SET profile = ? WHERE id = ?", (profile, job_id))
+                log.info("%s: queued under the new output settings", row["source"])
+                return []
+            waiting = db.execute(
+                "SELECT * FROM inputs WHERE job_id = ? AND state = ? ORDER BY id",
+                (job_id, InputState.ATTACHED.value),
+            ).fetchall()
+            db.execute(
+                "UPDATE inputs SET job_id = ?, updated_at = ? WHERE job_id = ?",
+                (other["id"], now, job_id),
+            )
+            db.execute("DELETE FROM jobs WHERE id = ?", (job_id,))
+            log.info(
+                "%s: the same content has a job under the new output settings "
+                "(job %d); waiting for it instead",
+                row["source"],
+                other["id"],
+            )
+        return [(input_of(r), job_of(other)) for r in waiting]
+
+    @patient
+    def stranded_inputs(
+        self, ended_before: float, stale_after: float = 60.0
+    ) -> list[tuple[InputRecord, JobRecord]]:
+        """Inputs still waiting on a job that ended `ended_before` seconds ago or
+        longer: the host that ended it serves its copies right after the commit,
+        so these are copies a crash (or an outbox error) left unserved. This
+        node's inputs, and those of nodes gone for `stale_after`."""
+        with self._read() as db:
+            now = self.backend.now(db)
             rows = db.execute(
-                "SELECT * FROM jobs WHERE state = ? AND profile != ? "
-                "AND (pinned IS NULL OR pinned = ?) AND owner_input IN (SELECT id FROM "
-                "inputs WHERE node IS NULL OR node = ? OR NOT EXISTS (SELECT 1 FROM nodes "
-                "WHERE nodes.node = inputs.node AND nodes.seen_at >= ?)) ORDER BY id"
-                f"{self.backend.lock_rows}",
+                "SELECT inputs.*, jobs.id AS stranded_on FROM inputs JOIN jobs "
+                "ON jobs.id = inputs.job_id WHERE inputs.state = ? AND jobs.state IN (?, ?) "
+                "AND jobs.finished_at < ? AND (inputs.node IS NULL OR inputs.node = ? OR "
+                "NOT EXISTS (SELECT 1 FROM nodes WHERE nodes.node = inputs.node "
+                "AND nodes.seen_at >= ?)) ORDER BY inputs.id",
                 (
-                    JobState.QUEUED.value,
-                    profile,
-                    self.node,
+                    InputState.ATTACHED.value,
+                    JobState.DONE.value,
+                    JobState.FAILED.value,
+                    now - ended_before,
                     self.node,
                     self._gone_before(now, stale_after),
                 ),
             ).fetchall()
-            for row in rows:
-                other = db.execute(
-                    f"SELECT * FROM jobs WHERE sha256 = ? AND profile = ?{self.backend.lock_rows}",
-                    (row["sha256"], profile),
-                ).fetchone()
-                if other is None:
-                    db.execute("UPDATE jobs SET profile = ? WHERE id = ?", (profile, row["id"]))
-                    log.info("%s: queued under the new output settings", row["source"])
-                    continue
-                waiting = db.execute(
-                    "SELECT * FROM inputs WHERE job_id = ? AND state = ? ORDER BY id",
-                    (row["id"], InputState.ATTACHED.value),
-                ).fetchall()
-                db.execute(
-                    "UPDATE inputs SET job_id = ?, updated_at = ? WHERE job_id = ?",
-                    (other["id"], now, row["id"]),
+            jobs = {
+                row["stranded_on"]: job_of(
+                    db.execute("SELECT * FROM jobs WHERE id = ?", (row["stranded_on"],)).fetchone()
                 )
-                db.execute("DELETE FROM jobs WHERE id = ?", (row["id"],))
-                log.info(
-                    "%s: the same content has a job under the new output settings "
-                    "(job %d); waiting for it instead",
-                    row["source"],
-                    other["id"],
-                )
-                moved.extend((input_of(r), job_of(other)) for r in waiting)
-        return moved
+                for row in rows
+            }
+        return [(input_of(row), jobs[row["stranded_on"]]) for row in rows]
 
     @patient
     def get_job(self, job_id: int) -> JobRecord:
@@ -249,7 +326,7 @@ class JobLedger(LedgerCore):
             return lost
         with self._write() as db:
             until = self.backend.now(db) + lease
-            for job_id, claim in held.items():
+            for job_id, claim in sorted(held.items()):  # one order for every writer
                 updated = db.execute(
                     "UPDATE jobs SET lease_until = ? WHERE id = ? AND claim = ? AND state = ?",
                     (until, job_id, claim, JobState.RUNNING.value),

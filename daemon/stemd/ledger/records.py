@@ -86,6 +86,11 @@ class LedgerUnavailable(StateError):
     network down) and the caller stopped waiting for it."""
 
 
+class LedgerConflict(LedgerUnavailable):
+    """The database rolled a transaction back to break a deadlock (or a
+    serialization failure): it is reachable, and the transaction may run again."""
+
+
 @dataclass(frozen=True)
 class FileStat:
     """A file version's identity: same path and FileStat means unchanged bytes.
