@@ -82,9 +82,10 @@ class Workers:
 
     # -- leases -------------------------------------------------------------------
 
-    def renew_leases(self, lease: float, hang_timeout: float) -> None:
+    def renew_leases(self, ledger: Ledger, lease: float, hang_timeout: float) -> None:
         """Renew what each live, moving worker holds (a hung one's leases run
-        out, as the watchdog's rule would stop it). Raises LedgerUnavailable."""
+        out, as the watchdog's rule would stop it), over `ledger` (the liveness
+        thread's own connection). Raises LedgerUnavailable."""
         now = time.monotonic()
         held: dict[int, int] = {}
         owners: dict[int, Worker] = {}
@@ -94,7 +95,7 @@ class Workers:
             for job_id, claim in worker.held_claims().items():
                 held[job_id] = claim
                 owners[job_id] = worker
-        lost = self.ledger.renew(held, lease)
+        lost = ledger.renew(held, lease)
         for job_id in lost:
             owners[job_id].leases_lost({job_id})
 

@@ -14,6 +14,7 @@ import contextlib
 import logging
 import signal
 import time
+from collections.abc import Callable
 from pathlib import Path, PurePath
 from types import FrameType
 from typing import TYPE_CHECKING
@@ -72,7 +73,7 @@ class Service:
         self.notifications: Notifications | None = None  # messages to people (apprise, webhooks)
         self.started_at = time.time()
         self.model_load_seconds: float | None = None
-        self._last_tick = time.monotonic()
+        self._fatal: str | None = None  # why the main loop stopped on its own
         self._next_status = 0.0
         self._stopping = False
 
@@ -97,6 +98,8 @@ class Service:
         failure = self.workers.failure() if self.workers is not None else None
         if failure is not None:
             raise StemdError(f"a worker failed: {failure}")
+        if self._fatal is not None:  # a failure exit: systemd's Restart=on-failure acts
+            raise StemdError(self._fatal)
         return 0
 
     def startup(self) -> None:
@@ -109,11 +112,23 @@ class Service:
         self._prepare_folders(config)
         self.state_lock = StateDirLock(config.state_dir)
         self.node = node_id(config.state_dir)
-        self.ledger = self._connect_ledger(config)
+        self.ledger = ledger = self._connect_ledger(
+            lambda: connect(
+                config.state_dir, config.ledger.url, config.ledger.password_file, self.node
+            )
+        )
+        # the signs of life have a connection of their own: no other thread's
+        # ledger traffic comes before a lease renewal
         self.liveness = Liveness(
-            config, self.notifier, self.ledger, self._settling, self.started_at
+            config,
+            self.notifier,
+            self._connect_ledger(ledger.another_connection),
+            lambda: self.ledger_reachable,
+            self._settling,
+            self.started_at,
         )
         self.liveness.report_node()  # before anything else: other nodes see us at once
+        self.liveness.start()  # reported while the model loads: a restart is not "gone"
         requeued, failed = self.ledger.recover(config.source.max_attempts)
         if requeued or failed:
             log.warning(
@@ -149,7 +164,7 @@ class Service:
         self.notifications = Notifications(config, self.ledger, self._settling)
         self.notifications.start()  # before the workers: their first job's end is heard
         self.workers.start()
-        self.liveness.start(self.workers)  # before the startup scan: it may be long
+        self.liveness.attach(self.workers)  # before the startup scan: it may be long
         self.inbox = InboxFeed(
             config, self.ledger, self.folders, self.workers.wake, self.liveness.beat
         )
@@ -168,20 +183,15 @@ class Service:
             self.node,
         )
 
-    def _connect_ledger(self, config: Config) -> Ledger:
-        """The configured ledger; a database that cannot be reached yet (it is
-        starting too, the network is not up) is waited for, until a signal."""
+    def _connect_ledger(self, opener: Callable[[], Ledger]) -> Ledger:
+        """The ledger `opener` connects to; a database that cannot be reached yet
+        (it is starting too, the network is not up) is waited for, until a signal."""
         delay = 0.5
         told = False
         with self.notifier.keep_alive():
             while True:
                 try:
-                    ledger = connect(
-                        config.state_dir,
-                        config.ledger.url,
-                        config.ledger.password_file,
-                        self.node,
-                    )
+                    ledger = opener()
                 except LedgerUnavailable as err:
                     if not told:
                         log.error("%s; waiting for it", err)
@@ -287,11 +297,13 @@ class Service:
             self._stopping = True
             return
         if self.http is not None and not self.http.is_alive():
-            log.critical("the HTTP server stopped; stopping (systemd restarts stemd)")
+            self._fatal = "the HTTP server stopped"
+            log.critical("%s; stopping (systemd restarts stemd)", self._fatal)
             self._stopping = True
             return
         if not self.liveness.is_alive():
-            log.critical("the liveness thread died (%s); stopping", self.liveness.failure)
+            self._fatal = f"the liveness thread died ({self.liveness.failure})"
+            log.critical("%s; stopping (systemd restarts stemd)", self._fatal)
             self._stopping = True
             return
         now = time.monotonic()

@@ -1,12 +1,15 @@
-"""The daemon's signs of life, on a thread of their own (`stemd-liveness`):
-systemd's watchdog, the leases of the jobs the workers hold, and this node's
-report to the ledger.
+"""The daemon's signs of life, on threads of their own: `stemd-watchdog` pings
+systemd's watchdog and touches nothing else; `stemd-liveness` renews the leases
+of the jobs the workers hold and reports this node to the ledger, over a
+connection of its own.
 
 They ran on the main loop once, after its other work: a rescan that asked the
 ledger about tens of thousands of kept files could outlast a lease (another host
-took the running job over) and WatchdogSec. Here nothing else runs. The main
-loop says it still moves (`beat`, also from inside a long scan); one that stops
-moving stops the pings, as a stuck main loop did before.
+took the running job over) and WatchdogSec. Now no other work, and no other
+thread's ledger traffic, comes first. The main loop says it still moves (`beat`,
+also from inside a long scan); one that stops moving stops the pings, as a stuck
+main loop did before. A database that stops answering holds the renewals (until
+the connection's own timeouts end the wait), never the pings.
 """
 
 from __future__ import annotations
@@ -39,26 +42,31 @@ STOP_JOIN_S = 10.0  # a ledger call in flight ends by the connection's own timeo
 
 
 class Liveness:
-    """Owns the `stemd-liveness` thread: `start` once the workers run, `stop`
-    (joined) once they have stopped."""
+    """Owns the `stemd-watchdog` and `stemd-liveness` threads: `start` them as
+    soon as the ledger is reached (the node is reported while the model loads),
+    `attach` the workers once they run, `stop` (joined) once they have stopped.
+    `ledger` is this object's own connection (it closes it); `reachable` says
+    whether the workers' ledger is reachable (workers waiting for it are not hung)."""
 
     def __init__(
         self,
         config: Config,
         notifier: Notifier,
         ledger: Ledger,
+        reachable: Callable[[], bool],
         settling: Callable[[], int],
         started_at: float,
     ) -> None:
         self.config = config  # replaced by `configure` on a reload
         self.notifier = notifier
         self.ledger = ledger
+        self._reachable = reachable
         self._settling = settling  # files the watcher has seen that wait to settle
         self.started_at = started_at
         self.workers: Workers | None = None
         self._main_beat = time.monotonic()
         self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._threads: list[threading.Thread] = []
         self._next_ping = 0.0
         self._next_renewal = 0.0
         self._next_report = 0.0
@@ -75,35 +83,45 @@ class Liveness:
     def configure(self, config: Config) -> None:
         self.config = config
 
-    def start(self, workers: Workers) -> None:
+    def start(self) -> None:
+        for name, step in (("stemd-watchdog", self._ping), ("stemd-liveness", self._renew)):
+            thread = threading.Thread(target=self._run, args=(step,), name=name, daemon=True)
+            self._threads.append(thread)
+            thread.start()
+
+    def attach(self, workers: Workers) -> None:
+        """The workers run: their leases are renewed, their hang stops the pings."""
         self.workers = workers
-        self._thread = threading.Thread(target=self._run, name="stemd-liveness", daemon=True)
-        self._thread.start()
 
     def is_alive(self) -> bool:
-        return self._thread is not None and self._thread.is_alive()
+        return bool(self._threads) and all(thread.is_alive() for thread in self._threads)
 
     def stop(self) -> None:
         self._stop.set()
-        if self._thread is not None:
-            self._thread.join(STOP_JOIN_S)
-            if self._thread.is_alive():
-                log.warning("the liveness thread is still in a ledger call; not waiting for it")
+        deadline = time.monotonic() + STOP_JOIN_S
+        for thread in self._threads:
+            thread.join(max(0.0, deadline - time.monotonic()))
+        if any(thread.is_alive() for thread in self._threads):
+            # a daemon thread: it ends with the process; its connection is left open
+            log.warning("the liveness thread is still in a ledger call; not waiting for it")
+            return
+        self.ledger.close()
 
-    # -- the thread ---------------------------------------------------------------
+    # -- the threads ---------------------------------------------------------------
 
-    def _run(self) -> None:
+    def _run(self, step: Callable[[float], None]) -> None:
         try:
             while not self._stop.wait(LIVENESS_TICK_S):
-                self.tick(time.monotonic())
+                step(time.monotonic())
         except BaseException as err:  # the main loop sees the thread gone and stops
             self.failure = err
-            log.critical(
-                "the liveness thread stopped on an unexpected error: %s", err, exc_info=True
-            )
+            name = threading.current_thread().name
+            log.critical("%s stopped on an unexpected error: %s", name, err, exc_info=True)
 
-    def tick(self, now: float) -> None:
+    def _ping(self, now: float) -> None:
         self._feed_watchdog(now)
+
+    def _renew(self, now: float) -> None:
         try:
             self._keep_leases(now)
             if now >= self._next_report or self._report_changed():
@@ -123,7 +141,7 @@ class Liveness:
             return False
         silent, worker = self.workers.silent_for(now)
         hang_timeout = self.config.service.hang_timeout
-        hung = silent > hang_timeout and self.ledger.reachable
+        hung = silent > hang_timeout and self._reachable()
         if hung and not self._worker_hung:
             doing = worker.current.source if worker.current else "between jobs"
             log.critical(
@@ -160,7 +178,7 @@ class Liveness:
             return
         lease = self.config.ledger.lease
         self._next_renewal = now + lease / 4
-        self.workers.renew_leases(lease, self.config.service.hang_timeout)
+        self.workers.renew_leases(self.ledger, lease, self.config.service.hang_timeout)
 
     def _report_changed(self) -> bool:
         """Files settling, and which job each worker runs, live in this process:
