@@ -34,10 +34,9 @@ from demucs.pretrained import get_model
 
 from stemd.batching import model_valid_length, segment_length
 from stemd.config import ModelConfig
-from stemd.errors import ConfigError, JobCancelled, ModelError
+from stemd.errors import ConfigError, ConfigIssue, JobCancelled, ModelError
 from stemd.modelcache import cached_files, check_reachable, model_caches
 from stemd.modelnames import BUILT_IN, HUB_PREFIX
-from stemd.preflight import stems_issue
 from stemd.streaming import (
     MixSource,
     NormalisedSource,
@@ -156,6 +155,21 @@ def load_model(name: str, repo: Path | None, fetching: bool = False) -> Any:
     if model is None:
         raise ModelError(missing_weights_help(name, repo))
     return model
+
+
+def stems_issue(
+    sources: tuple[str, ...], model: str, stems: tuple[str, ...], source: str, key: str
+) -> ConfigIssue | None:
+    """The stems named under `key` that `model` does not give, if any."""
+    unknown = [stem for stem in stems if stem not in sources]
+    if not unknown:
+        return None
+    return ConfigIssue(
+        source,
+        key,
+        f"{', '.join(map(repr, unknown))}: not among the stems of {model}; "
+        f"use some of {', '.join(sources)}",
+    )
 
 
 def check_segment(model: Any, config: ModelConfig) -> None:

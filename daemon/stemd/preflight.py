@@ -89,7 +89,7 @@ def model_issues(config: Config, source: str) -> Findings:
     the real loading code from disk (as `run` loads it: a model.repo's files are
     code you trust). A hub model not downloaded yet is a note: nothing is
     downloaded here."""
-    from stemd.engine import model_sources
+    from stemd.engine import model_sources, stems_issue
 
     found = Findings()
     two_stems = config.output.two_stems
@@ -116,21 +116,6 @@ def model_issues(config: Config, source: str) -> Findings:
         if issue is not None:
             found.issues.append(issue)
     return found
-
-
-def stems_issue(
-    sources: tuple[str, ...], model: str, stems: tuple[str, ...], source: str, key: str
-) -> ConfigIssue | None:
-    """The stems named under `key` that `model` does not give, if any."""
-    unknown = [stem for stem in stems if stem not in sources]
-    if not unknown:
-        return None
-    return ConfigIssue(
-        source,
-        key,
-        f"{', '.join(map(repr, unknown))}: not among the stems of {model}; "
-        f"use some of {', '.join(sources)}",
-    )
 
 
 def preflight(config: Config, source: str) -> Findings:
