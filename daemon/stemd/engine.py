@@ -20,6 +20,7 @@ import contextlib
 import hashlib
 import logging
 import os
+import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
@@ -130,6 +131,9 @@ def missing_weights_help(name: str, repo: Path | None) -> str:
     )
 
 
+_SEEDED_LOAD = threading.Lock()
+
+
 def load_model(name: str, repo: Path | None, fetching: bool = False) -> Any:
     """demucs' own get_model, with its failures turned into a ModelError.
 
@@ -145,7 +149,9 @@ def load_model(name: str, repo: Path | None, fetching: bool = False) -> Any:
         # from one seed, so every worker, host and restart loads the same weights:
         # the weights are part of the output profile jobs are keyed and claimed by.
         # Weights read from a file overwrite what the seed drew.
-        with torch.random.fork_rng(devices=[]):
+        # (one load at a time: the seed is the process's one random generator, and
+        # workers applying a reload load at once)
+        with _SEEDED_LOAD, torch.random.fork_rng(devices=[]):
             torch.manual_seed(0)
             model = get_model(name=name, repo=repo)
     except SystemExit as exc:  # demucs calls sys.exit through `fatal` on some failures
