@@ -79,6 +79,11 @@ class NoSpace(StemdError):
     for space instead of using up its attempts."""
 
 
+class NameTaken(OutboxError):
+    """The track folder's name appeared while publishing (another host, another
+    copy): the same publish may simply be tried again."""
+
+
 class OutboxFull(OutboxError, NoSpace):
     """The outbox has no room for a track's stems."""
 

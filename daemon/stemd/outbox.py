@@ -26,7 +26,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from stemd.config import OutputConfig
-from stemd.errors import ConfigError, NoSpace, OutboxError, OutboxFull
+from stemd.errors import ConfigError, NameTaken, NoSpace, OutboxError, OutboxFull
 from stemd.ledger import FileStat
 from stemd.manifest import MANIFEST, open_stem, read_manifest, trusted_stems
 
@@ -353,7 +353,7 @@ class Outbox:
                 os.rename(temp, final)
             except OSError as err:
                 if err.errno in (errno.EEXIST, errno.ENOTEMPTY):
-                    raise OutboxError(f"{final}: appeared while publishing; will retry") from err
+                    raise NameTaken(f"{final}: appeared while publishing; will retry") from err
                 raise OutboxError(f"{final}: cannot publish: {err.strerror}") from err
         fsync_path(final.parent)
         self.tidy_temp()
