@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING
 
 from stemd.config import Config
 from stemd.crash import crash_point
-from stemd.errors import OutboxError, StemdError
+from stemd.errors import NameTaken, OutboxError, StemdError
 from stemd.folders import SharedFolders
 from stemd.hashing import sha256_file
 from stemd.ledger import (
@@ -113,7 +113,7 @@ class Intake:
         if not self._identifying.acquire(blocking=False):
             return False
         try:
-            self._tidy_due()
+            self._tidy_due(beat)
             pending = self.ledger.pending_inputs(limit=20, stale_after=self.node_gone)
             for record in pending:
                 if stop() or self.folders.missing():
@@ -124,7 +124,7 @@ class Intake:
         finally:
             self._identifying.release()
 
-    def _tidy_due(self) -> None:
+    def _tidy_due(self, beat: Callable[[], None]) -> None:
         """Now and then (after each change of settings, then every `node_gone`
         seconds): queued jobs keyed by other output settings (this node's, from
         before a reload or a restart, or a gone host's) are keyed by today's,
@@ -134,10 +134,12 @@ class Intake:
         if time.monotonic() < self._next_tidy:
             return
         self._next_tidy = time.monotonic() + self.node_gone
-        for record, job in self.ledger.rekey_queued(self.profile, REKEY_GONE_S):
+        for record, job in self.ledger.rekey_queued(self.profile, REKEY_GONE_S, beat):
+            beat()
             self.settle_attached(record, job)
         for record, job in self.ledger.stranded_inputs(STRANDED_AFTER_S, self.node_gone):
             log.info("%s: served now; its copy was left undone (a restart?)", record.relative)
+            beat()
             self.settle_attached(record, job)
 
     def identify(self, record: InputRecord) -> None:
@@ -237,6 +239,8 @@ class Intake:
     def reuse(self, input_id: int, job: JobRecord) -> None:
         """Give an input the stems of an identical, already separated track."""
         record = self.ledger.get_input(input_id)
+        if record.state is not InputState.ATTACHED:
+            return  # served meanwhile (by the job's completion, or a sweep)
         if not job.output_dir:
             self.ledger.finish_input(
                 input_id,
@@ -307,13 +311,13 @@ class Intake:
             copy.pop("created", None)
             self.outbox.seal(temp, new_manifest(**copy))
             target = self.outbox.publish(temp, folder, job.sha256, job.profile)
-        except OutboxError as err:  # the name appeared meanwhile, say: try again later
+        except NameTaken as err:  # the name appeared meanwhile: try again later
             self.outbox.discard(temp)
             log.warning(
                 "%s: cannot reuse stems of %s yet: %s", record.relative, job.output_dir, err
             )
             return  # still waiting: the stranded-input sweep serves it (_tidy_due)
-        except OSError as err:
+        except (OSError, OutboxError) as err:
             self.outbox.discard(temp)
             self.ledger.finish_input(
                 input_id, InputState.FAILED, None, f"cannot reuse stems of {job.output_dir}: {err}"

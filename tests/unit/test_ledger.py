@@ -522,6 +522,24 @@ def test_each_daemon_hashes_its_own_inputs_until_it_is_gone(postgres: PostgresSe
     assert [n.node for n in second.nodes()] == ["host-b"]
 
 
+def test_a_host_that_stops_is_no_node_but_its_queue_waits_out_a_restart(
+    postgres: PostgresServer,
+) -> None:
+    """`systemctl restart` on a flac host: while it is down (seconds, or a long
+    model load) a wav host must not take its queue to render as wav."""
+    flac, wav = two_hosts(postgres)
+    for ledger in (flac, wav):
+        ledger.report_node("h", 1, 0.0, 0, [])
+    queued = flac.attach(add(flac, "a.wav", 1), SHA_A, "flac", "a.wav")
+    flac.leave()
+    assert [n.node for n in wav.nodes()] == ["host-b"]  # stopped: no node that runs
+    assert wav.rekey_queued("wav", stale_after=60) == []
+    assert wav.get_job(queued.id).profile == "flac"
+    # ... and once it has been away longer than the grace, it is a gone host
+    wav.rekey_queued("wav", stale_after=0)
+    assert wav.get_job(queued.id).profile == "wav"
+
+
 def test_an_idle_host_takes_over_the_unhashed_files_of_a_host_whose_workers_are_busy(
     postgres: PostgresServer,
 ) -> None:
@@ -689,6 +707,31 @@ def test_a_gone_hosts_jobs_of_other_settings_are_rendered_here_and_stay_here(
     assert claimed == {running.id, queued.id}
 
 
+def test_a_late_holder_of_a_job_merged_away_has_lost_its_lease(
+    postgres: PostgresServer,
+) -> None:
+    """A host that was away past its lease wakes up to find its job merged into
+    the one another host's settings have for that content: its writes are
+    refused as for any job taken over (LeaseLost), not as a missing job."""
+    url = postgres.new_database()
+    late = connect(Path("/l"), url, None, "late-flac")  # never reported: gone
+    wav = connect(Path("/w"), url, None, "live-wav")
+    held_input = add(late, "a.wav", 1)
+    late.attach(held_input, SHA_A, "flac", "a.wav")
+    held = late.claim_next("w0", lease=0.2, profile="flac")
+    assert held is not None
+    done = wav.attach(add(wav, "a-again.wav", 2), SHA_A, "wav", "a-again.wav")
+    claimed = wav.claim_next("w0", profile="wav")
+    assert claimed is not None and claimed.id == done.id
+    wav.complete(claimed, done.owner_input or 0, "m/a")
+    moved = wait_until(lambda: wav.rekey_queued("wav", stale_after=60), 10, "the merge")
+    assert [(record.id, job.id) for record, job in moved] == [(held_input, done.id)]
+    with pytest.raises(LeaseLost):
+        late.complete(held, held_input, "late/a")
+    with pytest.raises(LeaseLost):
+        late.fail(held, "late failure")
+
+
 def test_re_keying_races_attaches_of_both_profiles_without_losing_an_input(
     postgres: PostgresServer,
 ) -> None:
@@ -798,6 +841,9 @@ def test_inputs_left_waiting_on_an_ended_job_are_found_once_it_ended_a_while_ago
     assert ledger.stranded_inputs(ended_before=600) == []
     ((record, job),) = ledger.stranded_inputs(ended_before=0)
     assert record.id == copy and job.id == published.id and job.state is JobState.DONE
+    # taken for this node just now: a sweep that waits as long as the daemon's
+    # (10 min) leaves it to the one serving it
+    assert ledger.get_input(copy).node == "host-a"
 
 
 def test_every_write_uses_the_databases_clock(

@@ -31,6 +31,7 @@ from stemd.ledger.records import (
     JobRecord,
     JobState,
     LeaseLost,
+    LedgerConflict,
     LedgerUnavailable,
     NodeRecord,
     TransitionError,
@@ -58,6 +59,7 @@ __all__ = [
     "JobState",
     "LeaseLost",
     "Ledger",
+    "LedgerConflict",
     "LedgerUnavailable",
     "NodeRecord",
     "StateDirLock",
@@ -80,6 +82,12 @@ def _open(backend: Backend, node: str) -> Ledger:
         backend.close()
         assert isinstance(backend, SqliteBackend)
         raise backend.explain(err) from None
+    except LedgerConflict as err:
+        backend.close()
+        if isinstance(backend, SqliteBackend) and isinstance(err.__cause__, sqlite3.Error):
+            # locked by another process as stemd opens it: say which file and what to do
+            raise backend.explain(err.__cause__) from None
+        raise
     except BaseException:
         backend.close()
         raise

@@ -146,7 +146,15 @@ class SqliteBackend:
             if not write:
                 yield self._db
                 return
-            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                self._db.execute("BEGIN IMMEDIATE")
+            except sqlite3.OperationalError as err:
+                # another connection (this daemon has two: its work's and its
+                # liveness thread's, and `stemd` commands) held the write lock
+                # past the busy timeout: run it again, then wait it out
+                if "locked" in str(err) or "busy" in str(err):
+                    raise LedgerConflict(f"{self.path}: {err}") from err
+                raise
             try:
                 yield self._db
             except BaseException:
@@ -189,11 +197,11 @@ def redact(url: str) -> str:
     return urlunsplit(parts._replace(netloc=netloc))
 
 
-# libpq's words for a server that is there but will not have us: waiting does
-# not help, the configuration must change
 # SQLSTATEs of a transaction the server rolled back to let others go on
 _CONFLICTS = ("40P01", "40001")  # deadlock detected, serialization failure
 
+# libpq's words for a server that is there but will not have us: waiting does
+# not help, the configuration must change
 _FATAL_CONNECT = (
     "password authentication failed",
     "no password supplied",
@@ -324,8 +332,8 @@ class PostgresBackend:
                     raise LedgerConflict(f"PostgreSQL at {self.where}: {err}") from None
                 if not isinstance(err, psycopg.OperationalError | psycopg.InterfaceError):
                     raise  # a mistake in our SQL: not the database's absence
-                # a serialization failure or deadlock: the transaction is rolled
-                # back and may simply run again
+                # the connection failed mid-transaction (rolled back): the server
+                # is away or going away
                 raise LedgerUnavailable(f"PostgreSQL at {self.where}: {err}") from None
 
     def has_table(self, db: Db, name: str) -> bool:

@@ -68,14 +68,12 @@ def patient(method: Callable[P, T]) -> Callable[P, T]:
         while True:
             try:
                 result = method(*args, **kwargs)
-            except LedgerConflict:
-                # another writer won a deadlock: nothing is wrong with the database
-                conflicts += 1
-                if conflicts > CONFLICT_RETRIES:
-                    raise
-                time.sleep(random.uniform(0.0, 0.05 * conflicts))
-                continue
             except LedgerUnavailable as err:
+                if isinstance(err, LedgerConflict) and conflicts < CONFLICT_RETRIES:
+                    # another writer won a deadlock: nothing is wrong with the database
+                    conflicts += 1
+                    time.sleep(random.uniform(0.0, 0.05 * conflicts))
+                    continue
                 if not ledger._wait_out(err, delay):
                     raise
                 delay = min(BACKOFF_MAX_S, delay * 2)

@@ -4,6 +4,7 @@ separation; claims under leases, fenced writes, retries and recovery."""
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 
 from stemd.errors import StateError
 from stemd.ledger.backends import Db
@@ -127,9 +128,8 @@ class JobLedger(LedgerCore):
             "AND nodes.seen_at >= ?))"
         )
 
-    @patient
     def rekey_queued(
-        self, profile: str, stale_after: float = 120.0
+        self, profile: str, stale_after: float = 120.0, beat: Callable[[], None] = lambda: None
     ) -> list[tuple[InputRecord, JobRecord]]:
         """Jobs this node may re-key (`_rekeyable`) take `profile`: a reload or a
         restart with new output settings applies to what is still queued, and
@@ -144,23 +144,31 @@ class JobLedger(LedgerCore):
         settle as a fresh attach would (a copy of finished stems, the failure
         repeated, or a wait).
 
-        One job per transaction, each under its content's lock (as `attach`
-        takes it): no transaction holds more than one job another writer locks,
-        so none waits in a cycle."""
+        One job per transaction (each run again by itself after a conflict; `beat`
+        called between them), under its content's lock as `attach` takes it, so
+        neither finds the other's key half-changed. A renewal locking the same two
+        jobs in the other order can still meet it in a cycle: the server breaks
+        it, and the loser runs again (`LedgerConflict`)."""
+        moved: list[tuple[InputRecord, JobRecord]] = []
+        for job_id, sha256 in self._rekey_candidates(profile, stale_after):
+            beat()
+            moved.extend(self._rekey(job_id, sha256, profile, stale_after))
+        return moved
+
+    @patient
+    def _rekey_candidates(self, profile: str, stale_after: float) -> list[tuple[int, str]]:
         with self._read() as db:
             now = self.backend.now(db)
-            candidates = db.execute(
+            rows = db.execute(
                 f"SELECT id, sha256 FROM jobs WHERE {self._rekeyable()} ORDER BY sha256, id",
                 self._rekey_params(profile, now, stale_after),
             ).fetchall()
-        moved: list[tuple[InputRecord, JobRecord]] = []
-        for candidate in candidates:
-            moved.extend(self._rekey(candidate["id"], candidate["sha256"], profile, stale_after))
-        return moved
+        return [(row["id"], row["sha256"]) for row in rows]
 
     def _rekey_params(self, profile: str, now: float, stale_after: float) -> tuple[object, ...]:
         return (profile, self.node, now, self.node, self._gone_before(now, stale_after))
 
+    @patient
     def _rekey(
         self, job_id: int, sha256: str, profile: str, stale_after: float
     ) -> list[tuple[InputRecord, JobRecord]]:
@@ -181,7 +189,7 @@ class JobLedger(LedgerCore):
                     row["lease_owner"],
                 )
             db.execute(
-                "UPDATE inputs SET node = ? WHERE id = ? AND node IS NOT NULL AND node != ?",
+                "UPDATE inputs SET node = ? WHERE id = ? AND (node IS NULL OR node != ?)",
                 (self.node, row["owner_input"], self.node),
             )
             other = db.execute(
@@ -214,33 +222,44 @@ class JobLedger(LedgerCore):
         self, ended_before: float, stale_after: float = 60.0
     ) -> list[tuple[InputRecord, JobRecord]]:
         """Inputs still waiting on a job that ended `ended_before` seconds ago or
-        longer: the host that ended it serves its copies right after the commit,
-        so these are copies a crash (or an outbox error) left unserved. This
-        node's inputs, and those of nodes gone for `stale_after`."""
-        with self._read() as db:
+        longer, untouched as long: the host that ends a job serves its copies
+        right after the commit, so these are copies a crash (or an outbox error)
+        left unserved. This node's inputs, and those of nodes gone for
+        `stale_after`. Each is taken for this node (a compare-and-set on its
+        `updated_at`) before it is returned: hosts sweeping at once serve each
+        once."""
+        taken: list[tuple[InputRecord, JobRecord]] = []
+        with self._write() as db:
             now = self.backend.now(db)
             rows = db.execute(
                 "SELECT inputs.*, jobs.id AS stranded_on FROM inputs JOIN jobs "
                 "ON jobs.id = inputs.job_id WHERE inputs.state = ? AND jobs.state IN (?, ?) "
-                "AND jobs.finished_at < ? AND (inputs.node IS NULL OR inputs.node = ? OR "
-                "NOT EXISTS (SELECT 1 FROM nodes WHERE nodes.node = inputs.node "
-                "AND nodes.seen_at >= ?)) ORDER BY inputs.id",
+                "AND jobs.finished_at < ? AND inputs.updated_at < ? AND (inputs.node IS NULL "
+                "OR inputs.node = ? OR NOT EXISTS (SELECT 1 FROM nodes WHERE nodes.node = "
+                "inputs.node AND nodes.seen_at >= ?)) ORDER BY inputs.id",
                 (
                     InputState.ATTACHED.value,
                     JobState.DONE.value,
                     JobState.FAILED.value,
                     now - ended_before,
+                    now - ended_before,
                     self.node,
                     self._gone_before(now, stale_after),
                 ),
             ).fetchall()
-            jobs = {
-                row["stranded_on"]: job_of(
-                    db.execute("SELECT * FROM jobs WHERE id = ?", (row["stranded_on"],)).fetchone()
-                )
-                for row in rows
-            }
-        return [(input_of(row), jobs[row["stranded_on"]]) for row in rows]
+            for row in rows:
+                claimed = db.execute(
+                    "UPDATE inputs SET node = ?, updated_at = ? WHERE id = ? AND state = ? "
+                    "AND updated_at = ?",
+                    (self.node, now, row["id"], InputState.ATTACHED.value, row["updated_at"]),
+                ).rowcount
+                if claimed != 1:
+                    continue  # another host took it
+                job = db.execute(
+                    "SELECT * FROM jobs WHERE id = ?", (row["stranded_on"],)
+                ).fetchone()
+                taken.append((input_of(row), job_of(job)))
+        return taken
 
     @patient
     def get_job(self, job_id: int) -> JobRecord:
@@ -354,6 +373,8 @@ class JobLedger(LedgerCore):
             f"SELECT state, claim FROM jobs WHERE id = ?{self.backend.lock_rows}", (job_id,)
         ).fetchone()
         if row is None:
+            if claim is not None:  # merged into another job (`rekey_queued`) after its
+                raise LeaseLost(job_id, claim)  # lease ran out: this holder lost it
             raise StateError(f"job {job_id} is not in the ledger")
         current = JobState(row["state"])
         if claim is not None and (current is not JobState.RUNNING or row["claim"] != claim):

@@ -46,15 +46,22 @@ class ReportLedger(LedgerCore):
 
     @patient
     def leave(self) -> None:
-        """This daemon stops: it no longer counts as a node."""
+        """This daemon stops: it is no node that runs (`nodes`, status). Its row
+        stays, marked (pid -1), with the time it was last heard from: others take
+        its unhashed files over as from a node gone silent (10 s), and its queue,
+        keyed by its settings, only once it has been away for long (a restart is
+        not a host that left)."""
         with self._write() as db:
-            db.execute("DELETE FROM nodes WHERE node = ?", (self.node,))
+            db.execute(
+                "UPDATE nodes SET pid = -1, settling = 0, workers = '[]' WHERE node = ?",
+                (self.node,),
+            )
 
     @patient
     def nodes(self) -> list[NodeRecord]:
         with self._read() as db:
             now = self.backend.now(db)
-            rows = db.execute("SELECT * FROM nodes ORDER BY host, node").fetchall()
+            rows = db.execute("SELECT * FROM nodes WHERE pid >= 0 ORDER BY host, node").fetchall()
         return [node_of(row, now) for row in rows]
 
     # -- the queue running empty ----------------------------------------------
