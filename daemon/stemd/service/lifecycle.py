@@ -3,9 +3,10 @@
 Modelled on uvicorn's Server: signal handlers only record the signal; the main
 loop, ticking a few times a second, acts on it and feeds intake from the
 watcher (`InboxFeed`). The daemon's signs of life (systemd's watchdog, the
-leases of running jobs, this node's report to the ledger) run on a thread of
+leases of running jobs, this node's report to the ledger) run on threads of
 their own (`Liveness`); each worker thread owns a model instance
-(stemd.workers).
+(stemd.workers). A worker, the HTTP server or the liveness threads dying stops
+the daemon with a failure exit (systemd's Restart=on-failure starts it again).
 """
 
 from __future__ import annotations
@@ -293,7 +294,8 @@ class Service:
         assert self.liveness is not None
         dead = self.workers.dead()
         if dead:
-            log.critical("worker %s died; stopping", ", ".join(w.worker_name for w in dead))
+            self._fatal = f"worker {', '.join(w.worker_name for w in dead)} died"
+            log.critical("%s; stopping", self._fatal)
             self._stopping = True
             return
         if self.http is not None and not self.http.is_alive():
