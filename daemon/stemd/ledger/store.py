@@ -24,10 +24,10 @@ backoff) instead of failing; other threads get LedgerUnavailable at once.
 from __future__ import annotations
 
 from stemd.ledger.inputs import InputLedger
-from stemd.ledger.jobs import JobLedger
+from stemd.ledger.rekey import KeyLedger
 from stemd.ledger.reports import ReportLedger
 
 
-class Ledger(InputLedger, JobLedger, ReportLedger):
-    """The ledger's operations, grouped by what they are about (inputs, jobs,
-    reports) over one core (stemd.ledger.core)."""
+class Ledger(InputLedger, KeyLedger, ReportLedger):
+    """The ledger's operations, grouped by what they are about (inputs, jobs and
+    their keys, reports) over one core (stemd.ledger.core)."""

@@ -1,0 +1,168 @@
+"""The ledger when settings or hosts change under queued work: jobs keyed by
+output settings no running host renders are keyed anew (`rekey_queued`), and
+inputs a crash left waiting on an ended job are found (`stranded_inputs`).
+
+A worker claims only jobs keyed by the output profile it renders
+(stemd.ledger.jobs); without this, a reload, a restart with new settings or a
+host that died would leave jobs no one claims."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+
+from stemd.ledger.core import patient
+from stemd.ledger.jobs import JobLedger
+from stemd.ledger.records import InputRecord, InputState, JobRecord, JobState, input_of, job_of
+
+log = logging.getLogger("stemd")
+
+
+class KeyLedger(JobLedger):
+    def _rekeyable(self) -> str:
+        """Jobs keyed by another output profile that this node may re-key: queued,
+        or running on a lease that ran out (its host died or hung); not pinned to
+        another node (an upload only its node can read); and whose owner input is
+        this node's, or a node's gone for longer than the caller's grace (a live
+        host of other settings renders its own)."""
+        return (
+            "profile != ? AND (pinned IS NULL OR pinned = ?) AND "
+            f"(state = '{JobState.QUEUED.value}' OR "
+            f"(state = '{JobState.RUNNING.value}' AND lease_until < ?)) AND "
+            "owner_input IN (SELECT id FROM inputs WHERE node IS NULL OR node = ? OR "
+            "NOT EXISTS (SELECT 1 FROM nodes WHERE nodes.node = inputs.node "
+            "AND nodes.seen_at >= ?))"
+        )
+
+    def rekey_queued(
+        self, profile: str, stale_after: float = 120.0, beat: Callable[[], None] = lambda: None
+    ) -> list[tuple[InputRecord, JobRecord]]:
+        """Jobs this node may re-key (`_rekeyable`) take `profile`: a reload or a
+        restart with new output settings applies to what is still queued, and
+        nothing is left that no running host renders (a dead host's running job
+        goes back to the queue first, counted as lost). A gone host's job becomes
+        this node's (its owner input moves here), so live hosts of different
+        settings do not re-key it back and forth.
+
+        Where this content already has a job under `profile`, the job is merged
+        into it: its inputs move over and it is deleted. Returns the inputs moved
+        onto such a job that still wait for stems, with that job, for intake to
+        settle as a fresh attach would (a copy of finished stems, the failure
+        repeated, or a wait).
+
+        One job per transaction (each run again by itself after a conflict; `beat`
+        called between them), under its content's lock as `attach` takes it, so
+        neither finds the other's key half-changed. A renewal locking the same two
+        jobs in the other order can still meet it in a cycle: the server breaks
+        it, and the loser runs again (`LedgerConflict`)."""
+        moved: list[tuple[InputRecord, JobRecord]] = []
+        for job_id, sha256 in self._rekey_candidates(profile, stale_after):
+            beat()
+            moved.extend(self._rekey(job_id, sha256, profile, stale_after))
+        return moved
+
+    @patient
+    def _rekey_candidates(self, profile: str, stale_after: float) -> list[tuple[int, str]]:
+        with self._read() as db:
+            now = self.backend.now(db)
+            rows = db.execute(
+                f"SELECT id, sha256 FROM jobs WHERE {self._rekeyable()} ORDER BY sha256, id",
+                self._rekey_params(profile, now, stale_after),
+            ).fetchall()
+        return [(row["id"], row["sha256"]) for row in rows]
+
+    def _rekey_params(self, profile: str, now: float, stale_after: float) -> tuple[object, ...]:
+        return (profile, self.node, now, self.node, self._gone_before(now, stale_after))
+
+    @patient
+    def _rekey(
+        self, job_id: int, sha256: str, profile: str, stale_after: float
+    ) -> list[tuple[InputRecord, JobRecord]]:
+        with self._write() as db:
+            now = self.backend.now(db)
+            self.backend.lock_content(db, sha256)
+            row = db.execute(
+                f"SELECT * FROM jobs WHERE id = ? AND {self._rekeyable()}{self.backend.lock_rows}",
+                (job_id, *self._rekey_params(profile, now, stale_after)),
+            ).fetchone()
+            if row is None:
+                return []  # claimed, re-keyed or merged meanwhile
+            if row["state"] == JobState.RUNNING.value:
+                self._transition(db, job_id, JobState.QUEUED, lost=row["lost"] + 1, progress=0.0)
+                log.warning(
+                    "%s: its worker %s is gone (its lease ran out); queued again here",
+                    row["source"],
+                    row["lease_owner"],
+                )
+            db.execute(
+                "UPDATE inputs SET node = ? WHERE id = ? AND (node IS NULL OR node != ?)",
+                (self.node, row["owner_input"], self.node),
+            )
+            other = db.execute(
+                f"SELECT * FROM jobs WHERE sha256 = ? AND profile = ?{self.backend.lock_rows}",
+                (sha256, profile),
+            ).fetchone()
+            if other is None:
+                db.execute("UPDATE jobs SET profile = ? WHERE id = ?", (profile, job_id))
+                log.info("%s: queued under the new output settings", row["source"])
+                return []
+            waiting = db.execute(
+                "SELECT * FROM inputs WHERE job_id = ? AND state = ? ORDER BY id",
+                (job_id, InputState.ATTACHED.value),
+            ).fetchall()
+            db.execute(
+                "UPDATE inputs SET job_id = ?, updated_at = ? WHERE job_id = ?",
+                (other["id"], now, job_id),
+            )
+            db.execute("DELETE FROM jobs WHERE id = ?", (job_id,))
+            log.info(
+                "%s: the same content has a job under the new output settings "
+                "(job %d); waiting for it instead",
+                row["source"],
+                other["id"],
+            )
+        return [(input_of(r), job_of(other)) for r in waiting]
+
+    @patient
+    def stranded_inputs(
+        self, ended_before: float, stale_after: float = 60.0
+    ) -> list[tuple[InputRecord, JobRecord]]:
+        """Inputs still waiting on a job that ended `ended_before` seconds ago or
+        longer, untouched as long: the host that ends a job serves its copies
+        right after the commit, so these are copies a crash (or an outbox error)
+        left unserved. This node's inputs, and those of nodes gone for
+        `stale_after`. Each is taken for this node (a compare-and-set on its
+        `updated_at`) before it is returned: hosts sweeping at once serve each
+        once."""
+        taken: list[tuple[InputRecord, JobRecord]] = []
+        with self._write() as db:
+            now = self.backend.now(db)
+            rows = db.execute(
+                "SELECT inputs.*, jobs.id AS stranded_on FROM inputs JOIN jobs "
+                "ON jobs.id = inputs.job_id WHERE inputs.state = ? AND jobs.state IN (?, ?) "
+                "AND jobs.finished_at < ? AND inputs.updated_at < ? AND (inputs.node IS NULL "
+                "OR inputs.node = ? OR NOT EXISTS (SELECT 1 FROM nodes WHERE nodes.node = "
+                "inputs.node AND nodes.seen_at >= ?)) ORDER BY inputs.id",
+                (
+                    InputState.ATTACHED.value,
+                    JobState.DONE.value,
+                    JobState.FAILED.value,
+                    now - ended_before,
+                    now - ended_before,
+                    self.node,
+                    self._gone_before(now, stale_after),
+                ),
+            ).fetchall()
+            for row in rows:
+                claimed = db.execute(
+                    "UPDATE inputs SET node = ?, updated_at = ? WHERE id = ? AND state = ? "
+                    "AND updated_at = ?",
+                    (self.node, now, row["id"], InputState.ATTACHED.value, row["updated_at"]),
+                ).rowcount
+                if claimed != 1:
+                    continue  # another host took it
+                job = db.execute(
+                    "SELECT * FROM jobs WHERE id = ?", (row["stranded_on"],)
+                ).fetchone()
+                taken.append((input_of(row), job_of(job)))
+        return taken
