@@ -91,6 +91,39 @@ def share_cpu(devices: list[str]) -> int | None:
     return threads
 
 
+def in_container() -> bool:
+    """Whether stemd runs in a container (its image says so; docker and podman
+    leave a mark too): what to say when a GPU is not visible differs."""
+    return bool(os.environ.get("STEMD_CONTAINER")) or any(
+        Path(mark).exists() for mark in ("/.dockerenv", "/run/.containerenv")
+    )
+
+
+def no_gpu_reason() -> str:
+    """Why torch sees no GPU, in the terms of where stemd runs."""
+    if torch.version.cuda is None:
+        return (
+            f"this torch ({torch.__version__}) is a CPU build; install the CUDA build of "
+            "torch (or, in a container, the image built with TORCH=cuda)"
+        )
+    if in_container():
+        return (
+            "no GPU is visible in this container: it was started without one (docker: "
+            "--gpus all, or the compose file's NVIDIA device reservation; podman: "
+            "--device nvidia.com/gpu=all), or the host lacks the NVIDIA container toolkit"
+        )
+    return "no GPU is visible: check the NVIDIA driver (`nvidia-smi`)"
+
+
+def cpu_fallback_warning(requested: str) -> str | None:
+    """What to say when model.device: auto runs on the CPU although this torch was
+    built for CUDA (a GPU image or install whose GPU is not visible): never a
+    silent fallback."""
+    if requested != "auto" or torch.version.cuda is None or torch.cuda.is_available():
+        return None
+    return f"model.device auto: {no_gpu_reason()}; separating on the CPU (slowly)"
+
+
 def resolve_device(requested: str) -> torch.device:
     """auto = the first CUDA device when there is one, else the CPU."""
     if requested == "auto":
@@ -99,10 +132,8 @@ def resolve_device(requested: str) -> torch.device:
     if device.type == "cuda":
         if not torch.cuda.is_available():
             raise ModelError(
-                f"model.device is {requested} but no CUDA device is usable here "
-                f"(torch {torch.__version__}, cuda build: {torch.version.cuda or 'no'}). "
-                "Set model.device: auto or cpu, or install the CUDA build of torch and the "
-                "NVIDIA driver."
+                f"model.device is {requested} but no CUDA device is usable here: "
+                f"{no_gpu_reason()}. Or set model.device: auto or cpu."
             )
         index = device.index or 0
         if index >= torch.cuda.device_count():
@@ -241,7 +272,11 @@ class Engine:
         """`device`: this engine's own (a worker's, from worker_devices);
         None takes model.device's first."""
         self.config = config
-        self.device = resolve_device(device or config.devices[0])
+        requested = device or config.devices[0]
+        self.device = resolve_device(requested)
+        fallback = cpu_fallback_warning(requested)
+        if fallback is not None:
+            log.warning("%s", fallback)
         started = time.monotonic()
         model = load_model(config.name, config.repo)
         model.eval()

@@ -87,6 +87,44 @@ def test_a_built_in_model_of_random_weights_loads_the_same_on_every_worker() -> 
     assert torch.equal(torch.rand(3), expected)
 
 
+def test_a_gpu_asked_for_in_a_container_that_has_none_says_why(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """This machine has no GPU: model.device cuda is refused, naming the cause
+    where stemd runs (a container started without one) rather than failing
+    obscurely or falling back in silence."""
+    monkeypatch.setenv("STEMD_CONTAINER", "1")
+    monkeypatch.setattr(torch.version, "cuda", "12.8")  # the CUDA image's torch
+    with pytest.raises(ModelError) as caught:
+        Engine(ModelConfig(name="demucs_unittest", device="cuda"))
+    message = str(caught.value)
+    assert "model.device is cuda" in message and "--gpus all" in message
+    assert "NVIDIA container toolkit" in message
+
+
+def test_auto_on_a_cuda_build_without_a_gpu_says_so_and_runs_on_the_cpu(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setenv("STEMD_CONTAINER", "1")
+    monkeypatch.setattr(torch.version, "cuda", "12.8")
+    with caplog.at_level(logging.WARNING, logger="stemd"):
+        engine = Engine(ModelConfig(name="demucs_unittest", device="auto"))
+    assert engine.info.device == "cpu"
+    assert any(
+        "model.device auto: no GPU is visible in this container" in record.getMessage()
+        and "separating on the CPU" in record.getMessage()
+        for record in caplog.records
+    )
+
+
+def test_the_cpu_build_asked_for_a_gpu_says_to_install_the_cuda_build(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(torch.version, "cuda", None)
+    with pytest.raises(ModelError, match="is a CPU build; install the CUDA build"):
+        Engine(ModelConfig(name="demucs_unittest", device="cuda"))
+
+
 def test_missing_weights_say_how_to_provide_them(tmp_path: Path) -> None:
     with pytest.raises(ModelError) as caught:
         Engine(ModelConfig(name="htdemucs_ft", repo=tmp_path, device="cpu"))
