@@ -14,6 +14,7 @@ from stemd import __version__
 from stemd.cli.daemon import cmd_check, cmd_install_service, cmd_run
 from stemd.cli.jobs import cmd_dismiss, cmd_retry, cmd_status
 from stemd.cli.models import cmd_models
+from stemd.cli.ping import cmd_ping
 from stemd.cli.separate import cmd_separate
 from stemd.cli.token import cmd_token
 from stemd.errors import EX_PIPE, EX_USAGE, ConfigError, OutputClosed, OutputError, StemdError
@@ -120,6 +121,14 @@ def build_parser() -> argparse.ArgumentParser:
         "path", nargs="?", type=Path, metavar="PATH", help="default: the config's http.token_file"
     )
 
+    show = token_sub.add_parser("show", help="print the token of http.token_file")
+    _add_config_flag(show, top=False)
+
+    ping = sub.add_parser(
+        "ping", help="exit 0 when the running daemon answers /ping (a health check)"
+    )
+    _add_config_flag(ping, top=False)
+
     service = sub.add_parser(
         "install-service",
         help="install (or --uninstall) the systemd unit, user and folders",
@@ -147,6 +156,7 @@ COMMANDS = {
     "dismiss": cmd_dismiss,
     "models": cmd_models,
     "token": cmd_token,
+    "ping": cmd_ping,
     "install-service": cmd_install_service,
 }
 

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 
 import yaml
 
 from stemd import __version__
 from stemd.cli.common import config_from, use_model_cache
-from stemd.errors import EX_OK
+from stemd.errors import EX_OK, ConfigError
 from stemd.settle import BUILTIN_IGNORE
 
 log = logging.getLogger("stemd")
@@ -22,6 +23,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     malloc = tune_for_model()  # first: before any thread starts
     from stemd.logs import setup_logging
 
+    refuse_root_in_container()
     config, path = config_from(args)
     setup_logging(config.logging.target, config.logging.level)
     use_model_cache(config)
@@ -31,6 +33,20 @@ def cmd_run(args: argparse.Namespace) -> int:
     if malloc is not None:
         log.info("%s", malloc)
     return Service(config, path).run()
+
+
+def refuse_root_in_container() -> None:
+    """In stemd's image, the entrypoint runs stemd as PUID:PGID; root only when
+    PUID=0 says so on purpose (files root owns on a share are the classic
+    complaint about media containers)."""
+    if os.environ.get("STEMD_CONTAINER") and os.geteuid() == 0 and os.environ.get("PUID") != "0":
+        raise ConfigError.single(
+            "environment",
+            "PUID",
+            "stemd will not run as root in its container: start the container through its "
+            "entrypoint with PUID/PGID of your media's owner, or set PUID=0 to run as root "
+            "on purpose",
+        )
 
 
 def cmd_check(args: argparse.Namespace) -> int:

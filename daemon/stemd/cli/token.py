@@ -1,4 +1,5 @@
-"""`stemd token new [PATH]`: a fresh access token for the HTTP server."""
+"""`stemd token new [PATH]`: a fresh access token for the HTTP server;
+`stemd token show`: the one the config's http.token_file holds."""
 
 from __future__ import annotations
 
@@ -11,6 +12,23 @@ from stemd.errors import EX_OK, ConfigError
 
 
 def cmd_token(args: argparse.Namespace) -> int:
+    if args.token_command == "show":
+        return show_token(args)
+    return new_token(args)
+
+
+def show_token(args: argparse.Namespace) -> int:
+    from stemd.http.auth import read_token
+
+    config, _ = config_from(args)
+    path = config.http.token_file
+    if path is None:
+        raise ConfigError.single("config", "http.token_file", "not set: there is no token to show")
+    print(read_token(path))
+    return EX_OK
+
+
+def new_token(args: argparse.Namespace) -> int:
     from stemd.http.auth import new_token_file
 
     path: Path | None = args.path
