@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # `make lock` (UPGRADE=1 for the newest releases): resolve pyproject's ranges (with
-# the dev extra) and constraints/lock.in into constraints/lock.txt, every distribution
+# the dev extra) and constraints/lock.in into constraints/lock.txt (and its runtime
+# part, without the dev extra, into constraints/lock-runtime.txt, for the image), every distribution
 # of the install at an exact version with the hashes of all its files. torch is resolved with the rest (so its own needs are
 # locked) but left out of the file: CI pins it in constraints/ci.txt, users bring theirs.
 #
@@ -45,3 +46,11 @@ if grep -Eq '^(nvidia-|triton==)' "$out"; then
     exit 1
 fi
 mv "$out" constraints/lock.txt
+
+# The runtime part of the same lock (no dev extra: no test or lint tools), for the
+# container image: the same versions and hashes, as constraints/lock.txt pins them.
+"$UV" pip compile pyproject.toml constraints/lock.in \
+    --constraint constraints/lock.txt --constraint constraints/ci.txt --no-emit-package torch \
+    --python-version 3.11 --python-platform linux \
+    --generate-hashes --custom-compile-command "make lock" \
+    ${args[@]+"${args[@]}"} --output-file constraints/lock-runtime.txt

@@ -14,6 +14,7 @@ from types import ModuleType
 
 ROOT = Path(__file__).resolve().parents[2]
 LOCK = ROOT / "constraints" / "lock.txt"
+RUNTIME_LOCK = ROOT / "constraints" / "lock-runtime.txt"
 LOCKDIFF = ROOT / "scripts" / "lockdiff.py"
 
 
@@ -66,3 +67,29 @@ def test_any_difference_from_the_lock_is_named() -> None:
     assert tool.differences({**locked, "uv": "0.13.9"}, {**locked}, set()) == [
         "locked but not installed: uv==0.13.9"
     ]
+
+
+def blocks(path: Path) -> dict[str, set[str]]:
+    """name==version -> the hashes of its files, for each pin of a lock file."""
+    found: dict[str, set[str]] = {}
+    current: set[str] | None = None
+    for line in path.read_text(encoding="utf-8").splitlines():
+        if line and line[0].isalnum():
+            current = found.setdefault(line.split()[0].lower(), set())
+        elif current is not None and "--hash=" in line:
+            current.add(line.split("--hash=")[1].strip(" \\"))
+    return found
+
+
+def test_the_images_runtime_lock_is_the_lock_without_the_dev_tools() -> None:
+    """The container image installs constraints/lock-runtime.txt: every pin in it is
+    the lock's, at the same version with the same file hashes, and the test and lint
+    tools are not in it (make lock writes both files at once)."""
+    full, runtime = blocks(LOCK), blocks(RUNTIME_LOCK)
+    assert runtime, "an empty runtime lock"
+    for pin, hashes in runtime.items():
+        assert pin in full, f"{pin} of {RUNTIME_LOCK.name} is not in {LOCK.name}"
+        assert hashes == full[pin], f"{pin}: other hashes than {LOCK.name}'s"
+    names = {pin.split("==")[0] for pin in runtime}
+    assert {"demucs", "watchdog", "pyyaml", "systemd-python", "fastapi", "pip"} <= names
+    assert not names & {"pytest", "mypy", "ruff", "selenium", "uv"}
