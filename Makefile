@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 CONFIG ?= config/stemd.yaml
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test lint unit bench bench-hosts gpu-check check-config clean system-deps lock outdated
+.PHONY: run test lint unit bench bench-hosts gpu-check check-config clean system-deps lock outdated image image-test
 
 system-deps:
 	@bash scripts/install-system-deps.sh
@@ -47,6 +47,15 @@ lint: $(STAMP)
 test: $(STAMP)
 	$(BIN)/python -m pytest -n 2 --dist loadfile
 	$(MAKE) --no-print-directory lint
+
+# The container image (packaging/container/Containerfile): the CPU build as
+# stemd:latest (podman: localhost/stemd:latest); TORCH=cuda builds stemd:cuda.
+image:
+	bash scripts/image.sh
+
+# The image as a NAS runs it: podman, PUID/PGID/UMASK, health, the page, stop, restart.
+image-test: $(STAMP) image
+	$(BIN)/python -m pytest tests/image -s --timeout 900
 
 # stemd against the demucs CLI, then jobs per second through the ledger (SQLite,
 # PostgreSQL, three daemons); BENCH_ARGS=--quick for a short run. Tables on
