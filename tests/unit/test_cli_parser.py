@@ -20,6 +20,8 @@ COMMANDS: dict[tuple[str, ...], list[str]] = {
     ("models", "list"): [],
     ("models", "fetch"): ["htdemucs"],
     ("token", "new"): [],
+    ("token", "show"): [],
+    ("ping",): [],
     ("install-service",): [],
 }
 
