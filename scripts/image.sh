@@ -7,8 +7,8 @@
 #
 # Builds with podman (docker works the same way from the Containerfile). The Debian
 # base is pulled, or where no registry answers made with debootstrap from the
-# mirror apt already uses, imported as debian:bookworm-slim (kept in
-# ~/.cache/stemd, so the next build skips it). pip's own configuration on this
+# Debian mirror (DEBIAN_MIRROR, default deb.debian.org), imported as
+# debian:bookworm-slim (its tarball kept in ~/.cache/stemd for a week). pip's own configuration on this
 # machine reaches the build only as what it points to: its find-links folder
 # mounted read-only (CI's local torch wheel), its CA file as a build secret (a
 # proxy that re-signs TLS); nothing of it is baked into the image.
@@ -21,19 +21,35 @@ CACHE=${XDG_CACHE_HOME:-$HOME/.cache}/stemd
 
 bash scripts/install-image-deps.sh
 
+# the base: pulled, or made with debootstrap where no registry answers (kept a
+# week in ~/.cache/stemd, then made afresh); apt inside the build then reads
+# Debian's own sources, security updates included
+mkdir -p "$CACHE"
+tarball="$CACHE/debian-bookworm-minbase.tar"
+find "$CACHE" -name "$(basename "$tarball")" -mtime +7 -delete
 if ! podman image exists "$BASE"; then
-    if ! timeout 60 podman pull --quiet "docker.io/library/$BASE" >/dev/null 2>&1; then
-        tarball="$CACHE/debian-bookworm-minbase.tar"
+    if ! pulled=$(timeout 60 podman pull --quiet "docker.io/library/$BASE" 2>&1); then
+        echo "stemd: cannot pull $BASE (${pulled##*$'\n'}); making it with debootstrap"
         if [ ! -s "$tarball" ]; then
-            mirror=$(awk '/^URIs:/ { print $2; exit } /^deb / { print $2; exit }' \
-                /etc/apt/sources.list.d/debian.sources /etc/apt/sources.list 2>/dev/null || true)
-            mirror=${mirror:-http://deb.debian.org/debian}
-            echo "stemd: no registry answers; making $BASE with debootstrap from $mirror"
+            mirror=${DEBIAN_MIRROR:-http://deb.debian.org/debian}
             rootfs=$(mktemp -d)
             trap 'rm -rf "$rootfs"' EXIT
             debootstrap --variant=minbase bookworm "$rootfs" "$mirror" >/dev/null
+            rm -f "$rootfs/etc/apt/sources.list"
+            cat >"$rootfs/etc/apt/sources.list.d/debian.sources" <<'SOURCES'
+Types: deb
+URIs: http://deb.debian.org/debian
+Suites: bookworm bookworm-updates
+Components: main
+Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg
+
+Types: deb
+URIs: http://deb.debian.org/debian-security
+Suites: bookworm-security
+Components: main
+Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg
+SOURCES
             rm -rf "$rootfs"/var/lib/apt/lists/* "$rootfs"/var/cache/apt/archives/*.deb
-            mkdir -p "$CACHE"
             tar -C "$rootfs" -c --numeric-owner -f "$tarball.part" .
             mv "$tarball.part" "$tarball"
         fi
@@ -48,7 +64,7 @@ if [ "$(id -u)" = 0 ] && [ -z "${container:-}" ]; then
 fi
 # a key of pip's configuration on this machine (its files or PIP_* variables)
 pip_conf() {
-    python3 -m pip config list 2>/dev/null |
+    { python3 -m pip config list 2>/dev/null || true; } |
         sed -n "s/^\(global\|install\|:env:\)\.$1='\([^' ]*\).*'\$/\2/p" | head -1
 }
 find_links=$(pip_conf find-links)

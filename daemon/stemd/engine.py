@@ -115,13 +115,14 @@ def no_gpu_reason() -> str:
     return "no GPU is visible: check the NVIDIA driver (`nvidia-smi`)"
 
 
-def cpu_fallback_warning(requested: str) -> str | None:
-    """What to say when model.device: auto runs on the CPU although this torch was
-    built for CUDA (a GPU image or install whose GPU is not visible): never a
-    silent fallback."""
-    if requested != "auto" or torch.version.cuda is None or torch.cuda.is_available():
+def cpu_fallback_note(requested: str) -> tuple[int, str] | None:
+    """(log level, words) when model.device: auto runs on the CPU: a warning when
+    this torch was built for CUDA and sees no GPU (a GPU image or install whose GPU
+    is not visible), a note when it is a CPU build: never a silent fallback."""
+    if requested != "auto" or torch.cuda.is_available():
         return None
-    return f"model.device auto: {no_gpu_reason()}; separating on the CPU (slowly)"
+    level = logging.INFO if torch.version.cuda is None else logging.WARNING
+    return level, f"model.device auto: {no_gpu_reason()}; separating on the CPU"
 
 
 def resolve_device(requested: str) -> torch.device:
@@ -274,9 +275,9 @@ class Engine:
         self.config = config
         requested = device or config.devices[0]
         self.device = resolve_device(requested)
-        fallback = cpu_fallback_warning(requested)
+        fallback = cpu_fallback_note(requested)
         if fallback is not None:
-            log.warning("%s", fallback)
+            log.log(fallback[0], "%s", fallback[1])
         started = time.monotonic()
         model = load_model(config.name, config.repo)
         model.eval()

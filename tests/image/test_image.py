@@ -138,6 +138,9 @@ def test_the_image_runs_as_the_shares_user_answers_health_and_keeps_its_state(
     made = [path for path in nas.outbox.rglob("*")]
     assert made and all((p.stat().st_uid, p.stat().st_gid) == (OWNER, OWNER) for p in made)
     assert all(p.stat().st_mode & 0o020 for p in made), "not group-writable"
+    # UMASK=002 reaches what stemd writes with no mode of its own (stems have theirs)
+    node = nas.config / "state" / "node"
+    assert node.stat().st_uid == OWNER and node.stat().st_mode & 0o777 == 0o664
 
     # 4. The image's health check, and the page on the published port.
     health = podman("healthcheck", "run", nas.name)
@@ -161,7 +164,7 @@ def test_the_image_runs_as_the_shares_user_answers_health_and_keeps_its_state(
     # 6. A second start keeps the config, the token and the ledger: the same audio
     # dropped again under another name is a copy, not a second separation.
     assert podman("start", nas.name).returncode == 0
-    wait_until(lambda: nas.logs().count("stemd ready") == 2, 180, "the second start")
+    wait_until(lambda: nas.logs().count("stemd ready") >= 2, 180, "the second start")
     assert config_file.read_bytes() == kept_config and token_file.read_text().strip() == token
     nas.drop("song again.wav", nas.inbox / "song.wav")
     wait_until(lambda: "song again.wav: same content as" in nas.logs(), 120, "the copy")
@@ -172,5 +175,5 @@ def test_stemd_started_as_root_another_way_refuses_in_one_line() -> None:
     # (no health check: podman would complain, here, that no systemd runs its timer)
     refused = podman("run", "--rm", "--no-healthcheck", "--entrypoint", "stemd", IMAGE, "run")
     assert refused.returncode == 78
-    (line,) = refused.stderr.strip().splitlines()
+    (line,) = [line for line in refused.stderr.splitlines() if line.startswith("stemd")]
     assert "will not run as root in its container" in line and "PUID=0" in line

@@ -113,6 +113,21 @@ def test_auto_on_a_cuda_build_without_a_gpu_says_so_and_runs_on_the_cpu(
     assert any(
         "model.device auto: no GPU is visible in this container" in record.getMessage()
         and "separating on the CPU" in record.getMessage()
+        and record.levelno == logging.WARNING
+        for record in caplog.records
+    )
+
+
+def test_auto_on_a_cpu_build_says_it_is_one(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The CPU image on a host with a GPU: the log says why the GPU is not used."""
+    monkeypatch.setattr(torch.version, "cuda", None)
+    with caplog.at_level(logging.INFO, logger="stemd"):
+        Engine(ModelConfig(name="demucs_unittest", device="auto"))
+    assert any(
+        "model.device auto: this torch" in record.getMessage()
+        and "is a CPU build; install the CUDA build" in record.getMessage()
         for record in caplog.records
     )
 

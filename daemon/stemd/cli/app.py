@@ -120,6 +120,11 @@ def build_parser() -> argparse.ArgumentParser:
     new.add_argument(
         "path", nargs="?", type=Path, metavar="PATH", help="default: the config's http.token_file"
     )
+    new.add_argument(
+        "--if-missing",
+        action="store_true",
+        help="only when there is none (a token already there is checked and kept)",
+    )
 
     show = token_sub.add_parser("show", help="print the token of http.token_file")
     _add_config_flag(show, top=False)
