@@ -13,7 +13,7 @@ from fastapi import HTTPException, Request
 from starlette.concurrency import run_in_threadpool
 
 from stemd.config import Config
-from stemd.errors import InputError, StateError, StemdError
+from stemd.errors import InputError, StemdError
 from stemd.http.events import EventHub
 from stemd.http.metrics import Metrics
 from stemd.http.spool import Spool, Spooled
@@ -151,19 +151,11 @@ class Context:
         return await run_in_threadpool(self._job_of_input, input_id)
 
     def _job_of_input(self, input_id: int) -> tuple[JobRecord, InputRecord]:
-        record = self.ledger.get_input(input_id)
-        assert record.job_id is not None  # take_upload attached it
-        return self.ledger.get_job(record.job_id), record
+        return self.ledger.job_of_input(input_id), self.ledger.get_input(input_id)
 
     def job_of_input(self, input_id: int) -> JobRecord:
-        """The job an input waits for now. New output settings can merge a queued
-        job into another between reading the input and its job: read again."""
-        for _ in range(3):
-            try:
-                return self._job_of_input(input_id)[0]
-            except StateError:
-                continue
-        return self._job_of_input(input_id)[0]
+        """The job an input waits for now (a merge may have moved it)."""
+        return self.ledger.job_of_input(input_id)
 
     def outbox_free(self) -> int | None:
         try:

@@ -120,6 +120,20 @@ class JobLedger(LedgerCore):
             raise StateError(f"job {job_id} is not in the ledger")
         return job_of(row)
 
+    @patient
+    def job_of_input(self, input_id: int) -> JobRecord:
+        """The job an input is attached to now, in one read (new output settings can
+        merge a queued job into another: the input moves, its old job goes)."""
+        with self._read() as db:
+            row = db.execute(
+                "SELECT jobs.* FROM jobs JOIN inputs ON inputs.job_id = jobs.id "
+                "WHERE inputs.id = ?",
+                (input_id,),
+            ).fetchone()
+        if row is None:
+            raise StateError(f"input {input_id} is attached to no job in the ledger")
+        return job_of(row)
+
     def _claimable(self) -> str:
         """Jobs a worker of this node may take: queued and due, or running on a
         lease that ran out; keyed by the profile the worker renders (a job's
