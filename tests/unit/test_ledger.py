@@ -616,6 +616,7 @@ def test_queued_jobs_take_the_new_profile_and_merge_where_it_has_a_job(opener: O
     ((record, job),) = moved
     assert record.id == waiting and job.id == done.id and job.state is JobState.DONE
     assert {r.id for r in ledger.inputs_of(done.id)} == {done_input, waiting}
+    assert ledger.job_of_input(waiting).id == done.id  # the input's job, as it is now
     assert ledger.rekey_queued("new", stale_after=60) == []  # nothing left to move
     assert ledger.claim_next("w0", profile="old") is None
     again = ledger.claim_next("w0", profile="new")
@@ -829,11 +830,11 @@ def test_inputs_left_waiting_on_an_ended_job_are_found_once_it_ended_a_while_ago
     """A crash between a job's completion and serving its copies leaves inputs
     attached to a done job: the sweep finds them, but only once the job ended
     long enough ago that no living host is still serving them."""
-    ledger = opener("host-a")
+    ledger, gone = opener("host-a"), opener("host-b")  # host-b never reports: gone
     owner = add(ledger, "a.wav", 1)
     ledger.attach(owner, SHA_A, PROFILE, "a.wav")
-    copy = add(ledger, "copy.wav", 2)
-    ledger.attach(copy, SHA_A, PROFILE, "copy.wav")
+    copy = add(gone, "copy.wav", 2)
+    gone.attach(copy, SHA_A, PROFILE, "copy.wav")
     claimed = ledger.claim_next("w0", profile=PROFILE)
     assert claimed is not None
     published, copies = ledger.complete(claimed, owner, "m/a")
