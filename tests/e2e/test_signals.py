@@ -27,6 +27,16 @@ def drop(root: Path, name: str, seconds: float, pitch: int) -> None:
     shutil.copyfile(make_tone(root / name, seconds, frequency=pitch), root / "inbox" / name)
 
 
+def hold_one_queue_more(root: Path, daemon: Daemon, gate: Path, queued: dict[str, int]) -> None:
+    """first.wav held in the (gated) model, the `queued` tracks (name: pitch) behind it."""
+    drop(root, "first.wav", 1.0, 300)
+    wait_until((gate / "entered").exists, 60, "the first job to reach the model")
+    for name, pitch in queued.items():
+        drop(root, name, 1.0, pitch)
+    count = len(queued)
+    wait_until(lambda: daemon.report()["counts"]["queued"] == count, 30, f"{count} queued")
+
+
 def test_sighup_keeps_queued_jobs_and_restarts_the_watcher_only_for_watch_changes(
     tmp_path: Path,
 ) -> None:
@@ -35,11 +45,7 @@ def test_sighup_keeps_queued_jobs_and_restarts_the_watcher_only_for_watch_change
     try:
         daemon.wait_ready()
         # One job hangs in the model; two more queue behind it.
-        drop(tmp_path, "first.wav", 1.0, 300)
-        wait_until((gate / "entered").exists, 60, "the first job to reach the model")
-        drop(tmp_path, "second.wav", 1.0, 400)
-        drop(tmp_path, "third.wav", 1.0, 500)
-        wait_until(lambda: daemon.report()["counts"]["queued"] == 2, 30, "two queued jobs")
+        hold_one_queue_more(tmp_path, daemon, gate, {"second.wav": 400, "third.wav": 500})
 
         # An output change: applied to the queued jobs, the watcher left alone.
         settings = yaml.safe_load(config.read_text())
@@ -118,10 +124,7 @@ def test_a_restart_with_new_output_settings_renders_what_was_queued_with_them(
     daemon.start()
     try:
         daemon.wait_ready()
-        drop(tmp_path, "first.wav", 1.0, 300)
-        wait_until((gate / "entered").exists, 60, "the first job to reach the model")
-        drop(tmp_path, "second.wav", 1.0, 400)
-        wait_until(lambda: daemon.report()["counts"]["queued"] == 1, 30, "the second queued")
+        hold_one_queue_more(tmp_path, daemon, gate, {"second.wav": 400})
         daemon.kill()  # the running job is recovered at the next start
         settings = yaml.safe_load(config.read_text())
         settings["output"] = {"format": "flac"}
