@@ -97,6 +97,9 @@ def model_issues(config: Config, source: str) -> Findings:
         "output.two_stems": (two_stems,) if two_stems else (),
         "output.stems": config.output.stems or (),
     }
+    for i, rule in enumerate(config.rules):  # a rule's stems are the model's too
+        wanted[f"rules[{i}].two_stems"] = (rule.two_stems,) if rule.two_stems else ()
+        wanted[f"rules[{i}].stems"] = rule.stems or ()
     try:
         sources = model_sources(config.model)
     except ModelError as err:

@@ -59,6 +59,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     check = sub.add_parser("check", help="validate the config and print it resolved")
     _add_config_flag(check, top=False)
+    check.add_argument(
+        "--explain",
+        nargs="+",
+        metavar="PATH",
+        help="say which rule (rules:) each inbox path takes and what it writes, "
+        "e.g. karaoke/song.mp3",
+    )
 
     sep = sub.add_parser("separate", help="separate files once, with a progress bar")
     _add_config_flag(sep, top=False)

@@ -6,11 +6,13 @@ import argparse
 import logging
 import os
 import sys
+from pathlib import Path
 
 import yaml
 
 from stemd import __version__
 from stemd.cli.common import config_from, use_model_cache
+from stemd.config import Config
 from stemd.errors import EX_OK, ConfigError
 from stemd.settle import BUILTIN_IGNORE
 
@@ -60,6 +62,10 @@ def cmd_check(args: argparse.Namespace) -> int:
     for warning in found.warnings:
         print(f"stemd: warning: {warning}", file=sys.stderr)
     found.raise_issues()
+    if args.explain:
+        for line in explain_paths(config, args.explain):
+            print(line)
+        return EX_OK
     print(f"# {path}: valid")
     print(yaml.safe_dump(config.to_display(), sort_keys=False, allow_unicode=True), end="")
     # what reaches the worker, as comments: the output stays the YAML above
@@ -95,3 +101,33 @@ def cmd_install_service(args: argparse.Namespace) -> int:
         for step in report.next_steps:
             print(f"  {step}")
     return EX_OK
+
+
+def explain_paths(config: Config, paths: list[str]) -> list[str]:
+    """For each inbox path (relative, or absolute inside the inbox): the rule it
+    takes, and the output keys its job is rendered with."""
+    from stemd.choices import RuleBook, apply_choices, shown_choices
+
+    book = RuleBook(config.rules)
+    lines: list[str] = []
+    for given in paths:
+        relative = given
+        candidate = Path(given)
+        if candidate.is_absolute():
+            try:
+                relative = candidate.resolve().relative_to(config.inbox.resolve()).as_posix()
+            except ValueError:
+                lines.append(f"{given}: not inside the inbox {config.inbox}")
+                continue
+        found = book.match(relative)
+        if found is None:
+            which = "no rule matches: the output section"
+            choices: dict[str, object] = {}
+        else:
+            index, rule = found
+            choices = rule.choices()
+            which = f"rules[{index}] (match {rule.match!r})"
+        output = apply_choices(config.output, choices)
+        shown = ", ".join(f"{key}: {value}" for key, value in shown_choices(output).items())
+        lines.append(f"{relative}: {which} -> {shown}")
+    return lines

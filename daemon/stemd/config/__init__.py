@@ -8,21 +8,29 @@ reports them together, each with the file and dotted key, so a user fixes a
 file in one pass.
 """
 
-from stemd.config.loading import changed_keys, default_config_path, load_config
+from stemd.config.loading import (
+    changed_keys,
+    default_config_path,
+    load_config,
+    output_conflicts,
+)
 from stemd.config.sections import (
     CONFIG_ENV,
     DEFAULT_CONFIG_PATH,
     DEFAULT_EXTENSIONS,
     DEFAULT_HTTP_PORT,
+    JOB_KEYS,
     MP3_RATES,
     PATH_KEYS,
     Config,
     HttpConfig,
+    JobChoices,
     LedgerConfig,
     LoggingConfig,
     ModelConfig,
     NotificationTarget,
     OutputConfig,
+    RuleConfig,
     ServiceConfig,
     SourceConfig,
     WatchConfig,
@@ -36,15 +44,18 @@ __all__ = [
     "DEFAULT_CONFIG_PATH",
     "DEFAULT_EXTENSIONS",
     "DEFAULT_HTTP_PORT",
+    "JOB_KEYS",
     "MP3_RATES",
     "PATH_KEYS",
     "Config",
     "HttpConfig",
+    "JobChoices",
     "LedgerConfig",
     "LoggingConfig",
     "ModelConfig",
     "NotificationTarget",
     "OutputConfig",
+    "RuleConfig",
     "ServiceConfig",
     "SourceConfig",
     "WatchConfig",
@@ -54,4 +65,5 @@ __all__ = [
     "is_loopback",
     "listen_address",
     "load_config",
+    "output_conflicts",
 ]

@@ -28,6 +28,7 @@ from stemd.config.sections import (
     MP3_RATES,
     PATH_KEYS,
     Config,
+    OutputConfig,
     is_loopback,
     listen_address,
 )
@@ -332,30 +333,14 @@ def _cross_check(config: Config, source: str) -> list[ConfigIssue]:
                     "on 127.0.0.1 behind a reverse proxy",
                 )
             )
-    output = config.output
-    fmt, sample = output.format, output.sample_format
-    if sample == "f32" and fmt != "wav":
-        issues.append(
-            ConfigIssue(source, "output.sample_format", f"f32 is for wav only, not {fmt}")
-        )
-    if output.stems is not None and output.two_stems is not None:
-        issues.append(
-            ConfigIssue(
-                source,
-                "output.stems",
-                "cannot be combined with output.two_stems: keep output.stems to write "
-                "some of the model's stems, or output.two_stems for STEM and no_STEM",
-            )
-        )
-    rate = output.sample_rate
-    if fmt == "mp3" and isinstance(rate, int) and rate not in MP3_RATES:
-        issues.append(
-            ConfigIssue(
-                source,
-                "output.sample_rate",
-                f"an mp3 cannot be {rate} Hz; use one of {', '.join(map(str, MP3_RATES))}",
-            )
-        )
+    for key, message in output_conflicts(config.output, "output."):
+        issues.append(ConfigIssue(source, f"output.{key}", message))
+    for i, rule in enumerate(config.rules):
+        # each rule's choices over the output section, held to the same rules
+        chosen = rule.choices()
+        for key, message in output_conflicts(config.output.with_choices(chosen)):
+            where = f"rules[{i}].{key}" if key in chosen else f"rules[{i}]"
+            issues.append(ConfigIssue(source, where, f"{message} (rule {rule.match!r})"))
     for i, target in enumerate(config.notifications):
         path = target.apprise_file
         if path is not None and not path.is_file():
@@ -367,3 +352,30 @@ def _cross_check(config: Config, source: str) -> list[ConfigIssue]:
                 )
             )
     return issues
+
+
+def output_conflicts(output: OutputConfig, prefix: str = "") -> list[tuple[str, str]]:
+    """(key, why) for each output key that contradicts another: the config's
+    `output` section, and the settings one job's choices make of it
+    (stemd.choices), are held to the same rules."""
+    conflicts: list[tuple[str, str]] = []
+    fmt, sample = output.format, output.sample_format
+    if sample == "f32" and fmt != "wav":
+        conflicts.append(("sample_format", f"f32 is for wav only, not {fmt}"))
+    if output.stems is not None and output.two_stems is not None:
+        conflicts.append(
+            (
+                "stems",
+                f"cannot be combined with {prefix}two_stems: {prefix}stems writes some of "
+                f"the model's stems, {prefix}two_stems writes STEM and no_STEM",
+            )
+        )
+    rate = output.sample_rate
+    if fmt == "mp3" and isinstance(rate, int) and rate not in MP3_RATES:
+        conflicts.append(
+            (
+                "sample_rate",
+                f"an mp3 cannot be {rate} Hz; use one of {', '.join(map(str, MP3_RATES))}",
+            )
+        )
+    return conflicts

@@ -165,6 +165,19 @@ class OutputConfig(_Section):
     dir_mode: int = 0o775
     group: str | None = None
 
+    def with_choices(self, choices: dict[str, Any]) -> OutputConfig:
+        """This section as one job's choices (JOB_KEYS) change it, unchecked
+        across keys (stemd.config.output_conflicts). Choosing `stems` drops the
+        section's `two_stems` and the other way round: a job picks one way to split."""
+        update = {key: value for key, value in choices.items() if key in JOB_KEYS}
+        if not update:
+            return self
+        if update.get("stems") is not None:
+            update.setdefault("two_stems", None)
+        if update.get("two_stems") is not None:
+            update.setdefault("stems", None)
+        return self.model_copy(update=update)
+
     @field_validator("layout")
     @classmethod
     def _check_layout(cls, value: str) -> str:
@@ -174,13 +187,7 @@ class OutputConfig(_Section):
     @field_validator("stems")
     @classmethod
     def _check_stems(cls, value: tuple[str, ...] | None) -> tuple[str, ...] | None:
-        if value is None:
-            return None
-        if not value:
-            raise ValueError("an empty list; name the stems to write, e.g. [vocals, drums]")
-        if len(set(value)) != len(value):
-            raise ValueError(f"{list(value)} names a stem twice")
-        return value
+        return check_stem_list(value)
 
     @field_validator("mp3_bitrate")
     @classmethod
@@ -198,6 +205,69 @@ class OutputConfig(_Section):
         if not re.fullmatch(r"0?o?[0-7]{3,4}", text):
             raise ValueError(f'{value!r} is not a file mode; write it in octal, e.g. "0664"')
         return int(text.replace("o", ""), 8)
+
+
+# The output keys a rule (config `rules:`), an upload or a /predict request may
+# choose per job (stemd.choices); every other output key is the daemon's alone.
+JOB_KEYS = ("stems", "two_stems", "format", "mp3_bitrate", "sample_format", "sample_rate", "tags")
+
+
+class JobChoices(_Section):
+    """The output keys one job may choose (a rule's, an upload's, a /predict
+    request's), and where to POST the job when it ends. A key given, even as
+    null (`two_stems: null`: all stems), replaces the `output` section's; keys
+    not given keep it (stemd.choices.apply)."""
+
+    stems: tuple[str, ...] | None = None
+    two_stems: str | None = None
+    format: Literal["wav", "flac", "mp3"] | None = None
+    mp3_bitrate: int | None = None
+    sample_format: Literal["s16", "s24", "f32"] | None = None
+    sample_rate: SampleRate | None = None
+    tags: Literal["copy", "none"] | None = None
+    callback_url: str | None = None  # POSTed the job when it ends (stemd.callbacks)
+
+    @field_validator("mp3_bitrate")
+    @classmethod
+    def _check_bitrate(cls, value: int | None) -> int | None:
+        if value is not None and value not in MP3_BITRATES:
+            raise ValueError(f"{value} is not an mp3 bitrate; use one of {list(MP3_BITRATES)}")
+        return value
+
+    @field_validator("stems")
+    @classmethod
+    def _check_stems(cls, value: tuple[str, ...] | None) -> tuple[str, ...] | None:
+        return check_stem_list(value)
+
+    @field_validator("callback_url")
+    @classmethod
+    def _check_callback(cls, value: str | None) -> str | None:
+        if value is not None and not re.match(r"(?i)https?://[^/?#]+", value):
+            raise ValueError(f"{masked_url(value)} is not an http(s) URL")
+        return value
+
+    def choices(self) -> dict[str, Any]:
+        """The output keys given (those left out are not choices)."""
+        return {key: getattr(self, key) for key in JOB_KEYS if key in self.model_fields_set}
+
+
+class RuleConfig(JobChoices):
+    """One entry of `rules:`: inbox files whose path (relative to the inbox)
+    matches `match` take its choices; the first rule that matches wins."""
+
+    match: str = Field(min_length=1)
+
+    @field_validator("match")
+    @classmethod
+    def _check_match(cls, value: str) -> str:
+        if value.startswith("/") or "\\" in value:
+            raise ValueError(
+                f"{value!r}: a rule matches paths relative to the inbox, with '/'; "
+                'e.g. "karaoke/**"'
+            )
+        if any(part in ("", ".", "..") for part in value.split("/")):
+            raise ValueError(f"{value!r} has an empty, '.' or '..' folder")
+        return value
 
 
 class SourceConfig(_Section):
@@ -377,6 +447,8 @@ class Config(_Section):
     http: HttpConfig = HttpConfig()
     ledger: LedgerConfig = LedgerConfig()
     notifications: tuple[NotificationTarget, ...] = ()
+    # per-folder output choices, the first match wins (stemd.choices.rules)
+    rules: tuple[RuleConfig, ...] = ()
 
     @property
     def max_upload(self) -> int:
@@ -387,11 +459,24 @@ class Config(_Section):
         data = self.model_dump(mode="json")
         for key in ("file_mode", "dir_mode"):
             data["output"][key] = f"{getattr(self.output, key):04o}"
+        for rule in data["rules"]:
+            if rule.get("callback_url"):
+                rule["callback_url"] = masked_url(rule["callback_url"])
         for target in data["notifications"]:  # URLs carry tokens: never shown whole
             for key in ("apprise", "webhook"):
                 if target.get(key):
                     target[key] = masked_url(target[key])
         return data
+
+
+def check_stem_list(value: tuple[str, ...] | None) -> tuple[str, ...] | None:
+    if value is None:
+        return None
+    if not value:
+        raise ValueError("an empty list; name the stems to write, e.g. [vocals, drums]")
+    if len(set(value)) != len(value):
+        raise ValueError(f"{list(value)} names a stem twice")
+    return value
 
 
 def check_layout(layout: str) -> None:
