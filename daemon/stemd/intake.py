@@ -1,7 +1,9 @@
 """Intake: inputs become jobs. Shared by the worker and the HTTP server.
 
 A settled inbox file is hashed (streaming) and attached to the job for its
-(sha256, output profile); an HTTP upload arrives hashed. Content whose job is
+(sha256, output profile): the `output` section's, changed by the first rule whose
+glob matches its path (stemd.choices); an HTTP upload arrives hashed, with the
+choices it was sent with. Content whose job is
 done gets a copy of the existing stems (link, copy or skip, as configured),
 content that failed before fails again at once, and anything else waits for its
 job. Intake also disposes of sources once they are finished with: the inbox's
@@ -24,6 +26,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from stemd.choices import ChoiceError, Choices, RuleBook, apply_choices, check_model_stems
 from stemd.config import Config
 from stemd.crash import crash_point
 from stemd.errors import NameTaken, OutboxError, StemdError
@@ -42,7 +45,7 @@ from stemd.ledger import (
 from stemd.logs import Event, event
 from stemd.manifest import MANIFEST, new_manifest, read_manifest, trusted_stems
 from stemd.outbox import Outbox, TrackNames, dispose_source, stem_filename, track_folder
-from stemd.profile import render_profile
+from stemd.profile import Profile, render_profile
 
 if TYPE_CHECKING:  # the model's description only: intake needs no torch
     from stemd.engine import ModelInfo
@@ -96,13 +99,40 @@ class Intake:
 
     def configure(self, config: Config, model: ModelInfo) -> None:
         """The settings new inputs are taken under (the worker calls this when
-        it applies a reload), and the output profile they make: its key (jobs
-        are keyed by it) and its parameters (the worker renders with them)."""
+        it applies a reload): the model, the `output` section's profile (whose
+        separation this node's workers make) and the rules that change it per
+        folder."""
         self.config = config
         self.outbox = Outbox(config.outbox, config.output, self.ledger.node)
+        self.model = model
         self.model_folder = model.folder
-        self.profile, _params = render_profile(config, model)
+        self.rules = RuleBook(config.rules)
+        self.profile = render_profile(config, model)
         self._next_tidy = 0.0  # new settings: the queue takes them at the next round
+        self._rekey_all = True
+
+    def choices_for(self, record: InputRecord) -> Choices:
+        """An input's choices: an upload's own, an inbox file's rule's."""
+        if record.origin == ORIGIN_HTTP:
+            return record.choices
+        found = self.rules.match(record.relative)
+        return found[1].choices() if found else {}
+
+    def profile_for(self, record: InputRecord) -> Profile | None:
+        """The profile the input's job is keyed by under today's settings; None
+        when its choices no longer fit them (an upload's mp3 and a new default
+        rate of 96 kHz): it keeps the job it has."""
+        try:
+            return render_profile(self.config, self.model, self.choices_for(record))
+        except ChoiceError as err:
+            log.warning("%s: its choices do not fit the settings now: %s", record.relative, err)
+            return None
+
+    def check_choices(self, choices: Choices) -> None:
+        """ChoiceError (naming the key) unless a job can be rendered with these
+        choices over today's settings, the model's stems included."""
+        output = apply_choices(self.config.output, choices)
+        check_model_stems(output, self.model.sources, self.model.name)
 
     # -- identify: hash and deduplicate ---------------------------------------
 
@@ -134,7 +164,10 @@ class Intake:
         if time.monotonic() < self._next_tidy:
             return
         self._next_tidy = time.monotonic() + self.node_gone
-        for record, job in self.ledger.rekey_queued(self.profile, REKEY_GONE_S, beat):
+        everything, self._rekey_all = self._rekey_all, False
+        for record, job in self.ledger.rekey_queued(
+            self.profile_for, self.profile, everything, REKEY_GONE_S, beat
+        ):
             beat()
             self.settle_attached(record, job)
         for record, job in self.ledger.stranded_inputs(STRANDED_AFTER_S, self.node_gone):
@@ -189,7 +222,11 @@ class Intake:
             log.debug("%s: hashed by another host meanwhile", record.relative)
 
     def attach(self, record: InputRecord, digest: str) -> None:
-        job = self.ledger.attach(record.id, digest, self.profile, record.relative)
+        profile = self.profile_for(record)
+        if profile is None:
+            self.refuse(record, "its choices do not fit the output settings (see the log)")
+            return
+        job = self.ledger.attach(record.id, digest, profile, record.relative)
         crash_point("hashed")
         job_event(
             logging.INFO,
@@ -224,11 +261,16 @@ class Intake:
         event(logging.ERROR, "failed", f"{record.relative}: {reason}", source=record.relative)
         self.dispose(record, success=False)
 
-    def take_upload(self, path: Path, relative: str, digest: str) -> int:
-        """An upload the HTTP server spooled and hashed: registered and attached as
-        a hashed inbox file is (dedup, copies of finished stems included). Called
-        from the server's threads; returns the new input's id."""
-        record = self.ledger.add_input(path, relative, stat_of(path), origin=ORIGIN_HTTP)
+    def take_upload(
+        self, path: Path, relative: str, digest: str, choices: Choices | None = None
+    ) -> int:
+        """An upload the HTTP server spooled and hashed, with the choices it was
+        sent with (checked: `check_choices`): registered and attached as a hashed
+        inbox file is (dedup, copies of finished stems included). Called from the
+        server's threads; returns the new input's id."""
+        record = self.ledger.add_input(
+            path, relative, stat_of(path), origin=ORIGIN_HTTP, choices=choices
+        )
         if record is None:  # a new spool file is a new (path, inode): never known
             raise StemdError(f"{path}: this upload is already in the ledger")
         self.attach(record, digest)

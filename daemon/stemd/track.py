@@ -25,6 +25,7 @@ from stemd.audio import (
     Decoded,
     Probe,
     StemFormat,
+    StemReader,
     Tags,
     decode_to,
     decoder_errors,
@@ -32,9 +33,9 @@ from stemd.audio import (
     probe,
     read_tags,
     stem_rate,
-    stems_to_write,
     write_tags,
 )
+from stemd.choices import shown_choices
 from stemd.config import Config
 from stemd.engine import CancelCheck, Engine, ModelInfo, ProgressHook
 from stemd.errors import InputError
@@ -46,7 +47,7 @@ from stemd.outbox import (
     stems_size_estimate,
     track_folder,
 )
-from stemd.workfiles import JobWork, MixStats, MixWriter, RawAudio, WorkArea
+from stemd.workfiles import JobWork, MixStats, MixWriter, RawAudio, SumOfStems, WorkArea
 
 log = logging.getLogger("stemd")
 
@@ -133,7 +134,7 @@ def decode_track(
     used, WorkAreaFull when the work files would not fit."""
     probe_info = check_input(path, config)
     max_duration = config.watch.max_duration
-    files = 1 + len(stem_names(info, config))  # the mix and every stem
+    files = 1 + len(info.sources)  # the mix and every stem the model makes
     if probe_info.duration is not None:
         frames = int(probe_info.duration * info.samplerate)
         work.check_space(frames, info.audio_channels, files)
@@ -160,7 +161,8 @@ def decode_track(
             "announces (an interrupted copy?); copy it again",
         )
     work.check_space(frames, info.audio_channels, files - 1)  # the stems, beside the mix
-    tags = read_tags(path) if config.output.tags == "copy" else Tags()
+    # read whatever output.tags says: another job may render this separation with them
+    tags = read_tags(path)
     return Loaded(
         work, frames, writer.stats.result(), duration, decoded, probe_info.samplerate, tags
     )
@@ -210,22 +212,35 @@ def check_room(info: ModelInfo, outbox: Outbox, config: Config, loaded: Loaded, 
 
 
 class StemFiles:
-    """A track's stems in work files, written region by region as the model
-    finishes them, then read back block by block by the encoders."""
+    """A track's stems in work files, every one the model makes, written region
+    by region as the model finishes them, then read back block by block by the
+    encoders: every job of the same content and separation is rendered from them
+    (`readers`), whichever stems and format it asks for."""
 
-    def __init__(self, work: JobWork, info: ModelInfo, config: Config) -> None:
+    def __init__(self, work: JobWork, info: ModelInfo) -> None:
         self.sources = info.sources
-        self.two_stems = config.output.two_stems
         self.files = {
-            name: RawAudio(work.stem_path(name), info.audio_channels)
-            for name in stem_names(info, config)
+            name: RawAudio(work.stem_path(name), info.audio_channels) for name in info.sources
         }
 
     def write(self, _start: int, region: torch.Tensor) -> None:
         """[sources, channels, n], following the region before."""
-        stems = stems_to_write(dict(zip(self.sources, region, strict=True)), self.two_stems)
-        for name, raw in self.files.items():  # the stems output.stems keeps
-            raw.append(stems[name].numpy())
+        for name, wav in zip(self.sources, region, strict=True):
+            self.files[name].append(wav.numpy())
+
+    def readers(self, names: list[str]) -> dict[str, StemReader]:
+        """The stems `names` (stem_names) as the encoder reads them: the model's,
+        and `no_STEM`, the sum of the others (demucs' two_stems)."""
+        readers: dict[str, StemReader] = {}
+        for name in names:
+            if name in self.files:
+                readers[name] = self.files[name]
+            else:
+                kept = name.removeprefix("no_")
+                readers[name] = SumOfStems(
+                    [raw for source, raw in self.files.items() if source != kept]
+                )
+        return readers
 
     def close(self) -> None:
         for raw in self.files.values():
@@ -241,7 +256,7 @@ def separate_track(
 ) -> StemFiles:
     """The model over the mix's work file, into stem work files (open for the
     encoders; close them when done)."""
-    stems = StemFiles(loaded.work, engine.info, config)
+    stems = StemFiles(loaded.work, engine.info)
     try:
         with RawAudio(loaded.work.mix_path, engine.info.audio_channels, create=False) as mix:
             engine.separate_stream(mix, loaded.stats, stems.write, progress, cancelled)
@@ -264,8 +279,9 @@ def write_stems(
 ) -> Rendered:
     """Encode the stem work files into a sealed temp folder in the outbox, at
     the rate output.sample_rate asks for, with the source's tags."""
-    duration, source_rate, tags = loaded.duration, loaded.source_rate, loaded.tags
+    duration, source_rate = loaded.duration, loaded.source_rate
     output = config.output
+    tags = loaded.tags if output.tags == "copy" else Tags()
     fmt = StemFormat(output.format, output.sample_format, output.mp3_bitrate, output.clip)
     names = TrackNames.for_input(info.folder, request.relative, request.sha256)
     folder = track_folder(output.layout, names)
@@ -273,7 +289,7 @@ def write_stems(
     temp = outbox.new_temp(request.label)
     try:
         files: dict[str, str] = {}
-        for stem, raw in stems.files.items():
+        for stem, raw in stems.readers(stem_names(info, config)).items():
             filename = stem_filename(output.layout, names, stem, fmt.format)
             encode_stem(raw, temp / filename, info.samplerate, fmt, cancelled, out_rate=rate)
             write_tags(temp / filename, fmt.format, tags, stem)
@@ -288,6 +304,7 @@ def write_stems(
                 profile=request.profile,
                 model=info.name,
                 parameters=request.params,
+                output=shown_choices(output),  # the per-job keys it was rendered with
                 stems=files,
                 samplerate=rate,
                 model_samplerate=info.samplerate,

@@ -15,6 +15,13 @@ decoded ("decode-ahead"), and job N-1's stems are encoded and published
 (stemd.workfiles, one folder per job under state_dir/work), so memory holds a
 block per thread, not a track: at most three work folders exist, the one
 decoded ahead, the one in the model, the one being written.
+
+A job is rendered with its own output parameters (its key's: stemd.profile), so
+the jobs of one content asked for different stems or formats (rules, uploads'
+choices: stemd.choices) share one separation: the folder being written is kept
+(`Kept`) until the worker claims a job of other content or runs out of work,
+and the claim prefers the kept content's other jobs, which are rendered from it
+without the model.
 """
 
 from __future__ import annotations
@@ -30,6 +37,7 @@ from pathlib import Path
 from typing import Any
 
 from stemd.allocator import release_free_memory
+from stemd.choices import output_of_params
 from stemd.config import Config
 from stemd.crash import crash_point
 from stemd.decodeahead import DecodeAhead
@@ -90,7 +98,25 @@ class Separated:
     timing: Timing
     info: ModelInfo
     outbox: Outbox
-    config: Config
+    config: Config  # the job's own: its output parameters over the worker's config
+    keep: bool = False  # the work folder is the worker's Kept: left for the next job
+
+
+@dataclass(frozen=True)
+class Kept:
+    """A separation's work folder kept after its job for other jobs of the same
+    content and separation (other stems, formats): rendered from it, not
+    separated again."""
+
+    sha256: str
+    separation: str
+    stems: StemFiles
+    loaded: Loaded
+    job_id: int  # whose separation it is
+
+    def discard(self) -> None:
+        self.stems.close()
+        self.loaded.work.remove()
 
 
 class Worker(threading.Thread):
@@ -113,9 +139,10 @@ class Worker(threading.Thread):
         self.config = config
         self.engine = engine
         self.outbox = Outbox(config.outbox, config.output, ledger.node)
-        # the output profile this worker renders, from its own config and model
-        # (several workers apply a reload one by one): it claims only jobs keyed by it
-        self.profile, self.profile_params = render_profile(config, engine.info)
+        # the output profile of its own config and model (several workers apply a
+        # reload one by one): it claims only jobs of its separation (the model's part)
+        self.profile = render_profile(config, engine.info)
+        self._kept: Kept | None = None  # the last separation, for its content's other jobs
         self.wake = threading.Event()
         self.stop_requested = threading.Event()  # finish the running job, take no more
         # shutdown's "stop now": every job this worker has in hand (the one on the
@@ -222,8 +249,12 @@ class Worker(threading.Thread):
                     self.intake.dispose_leftovers()
                 if self.intake.identify_pending(self.stop_requested.is_set, self.beat):
                     continue
+                kept = self._kept
                 job = self.ledger.claim_next(
-                    self.worker_name, self.config.ledger.lease, profile=self.profile
+                    self.worker_name,
+                    self.config.ledger.lease,
+                    profile=self.profile,
+                    prefer=kept.sha256 if kept is not None else None,
                 )
                 if job is not None:
                     self._hold(job)
@@ -231,6 +262,7 @@ class Worker(threading.Thread):
                     self._run_job(job)
                     self._holding_memory = True
                     continue
+                self._drop_kept()  # no job of its content is left to render from it
                 self._release_memory()
                 self.wake.wait(IDLE_WAIT_S)
                 self.wake.clear()
@@ -244,6 +276,7 @@ class Worker(threading.Thread):
             log.critical("the worker stopped on an unexpected error: %s", exc, exc_info=True)
         finally:
             self.ahead.shutdown()  # stops between blocks, its folder removed when it ends
+            self._drop_kept()
             self._encoder.shutdown(wait=True)
 
     def _release_memory(self) -> None:
@@ -292,7 +325,9 @@ class Worker(threading.Thread):
         self.ahead.drop()  # decoded under the old settings (rate, max_duration)
         self.config = new
         self.outbox = Outbox(new.outbox, new.output, self.ledger.node)
-        self.profile, self.profile_params = render_profile(new, self.engine.info)
+        self.profile = render_profile(new, self.engine.info)
+        if self._kept is not None and self._kept.separation != self.profile.separation:
+            self._drop_kept()  # another model now: nothing will be rendered from it
         self.intake.configure(new, self.engine.info)
         log.info("configuration applied")
 
@@ -337,13 +372,22 @@ class Worker(threading.Thread):
             )
             return
         self.current = Current(source.relative, 0.0, job.id)
-        info, outbox, config = self.engine.info, self.outbox, self.config
-        key, params = self.profile, self.profile_params  # what the job's key says
+        info, outbox = self.engine.info, self.outbox
+        config, params = self._render_settings(job)  # what the job's key says
         request = RenderRequest(
-            source.path, source.relative, job.sha256, key, params, f"job{job.id}"
+            source.path, source.relative, job.sha256, job.profile, params, f"job{job.id}"
         )
+        kept = self._kept
+        if kept is not None and (
+            kept.sha256 != job.sha256 or kept.separation != self._separation_of(job)
+        ):
+            self._drop_kept()
+            kept = None
         try:
             if self._settled_before_separating(job, source):
+                return
+            if kept is not None:
+                self._render_kept(job, source, request, kept, config)
                 return
             job_event(
                 logging.INFO,
@@ -358,7 +402,7 @@ class Worker(threading.Thread):
             loaded = self._decoded(job, source, info, config)
             handed_on = False
             try:
-                self._decode_ahead()  # the next job's input, while the model works
+                self._decode_ahead(job)  # the next job's input, while the model works
                 check_room(info, outbox, config, loaded, source.relative)
                 stems = separate_track(
                     self.engine,
@@ -370,9 +414,13 @@ class Worker(threading.Thread):
                 timing = Timing(
                     time.monotonic() - started, self.engine.model_seconds - model_before
                 )
-                done = Separated(job, source, request, stems, loaded, timing, info, outbox, config)
+                # kept for the same content's other jobs until the next claim
+                self._kept = Kept(job.sha256, self._separation_of(job), stems, loaded, job.id)
+                done = Separated(
+                    job, source, request, stems, loaded, timing, info, outbox, config, keep=True
+                )
                 self._finish_behind(done)
-                handed_on = True  # the encoder thread removes the work folder
+                handed_on = True  # the Kept's now: dropped by the worker
             finally:
                 if not handed_on:
                     loaded.work.remove()
@@ -381,6 +429,65 @@ class Worker(threading.Thread):
                 raise
         finally:
             self.current = None
+
+    def _render_settings(self, job: JobRecord) -> tuple[Config, dict[str, Any]]:
+        """The config a job is rendered with (its own output parameters over this
+        worker's config) and those parameters; a job made before jobs kept them is
+        keyed by this worker's own profile (the claim says so)."""
+        params = job.params
+        if params is None:
+            return self.config, self.profile.params
+        output = output_of_params(self.config.output, params)
+        return self.config.model_copy(update={"output": output}), params
+
+    def _separation_of(self, job: JobRecord) -> str:
+        return job.separation or self.profile.separation
+
+    def _render_kept(
+        self,
+        job: JobRecord,
+        source: InputRecord,
+        request: RenderRequest,
+        kept: Kept,
+        config: Config,
+    ) -> None:
+        """A job of content just separated (other stems or format): rendered from
+        the kept stems on the encoder thread, without the model."""
+        self.ahead.forget(source)
+        job_event(
+            logging.INFO,
+            "started",
+            f"{source.relative}: rendering from the separation of job {kept.job_id} "
+            f"(same content and model; worker {self.worker_name})",
+            job,
+            source.relative,
+            self.worker_name,
+        )
+        check_room(self.engine.info, self.outbox, config, kept.loaded, source.relative)
+        done = Separated(
+            job,
+            source,
+            request,
+            kept.stems,
+            kept.loaded,
+            Timing(0.0, 0.0),
+            self.engine.info,
+            self.outbox,
+            config,
+            keep=True,
+        )
+        self._finish_behind(done)
+
+    def _drop_kept(self) -> None:
+        """Let the kept separation go: its folder is removed on the encoder thread,
+        after the renders already handed to it (which read it)."""
+        kept, self._kept = self._kept, None
+        if kept is None:
+            return
+        try:
+            self._encoder.submit(kept.discard)
+        except RuntimeError:  # the encoder is shut down: nothing reads it any more
+            kept.discard()
 
     def _why(self, job: JobRecord, err: BaseException) -> BaseException:
         """A job stopped because its lease was lost is LeaseLost, not cancelled."""
@@ -409,11 +516,12 @@ class Worker(threading.Thread):
             return loaded
         return self.ahead.decode(job.id, info, config, source.path, self._cancelled)
 
-    def _decode_ahead(self) -> None:
+    def _decode_ahead(self, running: JobRecord) -> None:
         if self.ahead.busy or self.stop_requested.is_set():
             return
-        # the running job is claimed: not among them
-        upcoming = self.ledger.next_queued(self.profile)
+        # the running job is claimed: not among them; its content's other jobs are
+        # rendered from its separation, not decoded again
+        upcoming = self.ledger.next_queued(self.profile, running.sha256)
         source = self._source_for(upcoming) if upcoming is not None else None
         if upcoming is None or source is None:
             return
@@ -483,8 +591,9 @@ class Worker(threading.Thread):
         finally:
             if temp is not None:
                 outbox.discard(temp)
-            done.stems.close()
-            done.loaded.work.remove()
+            if not done.keep:
+                done.stems.close()
+                done.loaded.work.remove()
 
     def _settled_before_separating(self, job: JobRecord, source: InputRecord) -> bool:
         """Whether the job's end is known before the model runs: stems a crash left

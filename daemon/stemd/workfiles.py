@@ -43,6 +43,9 @@ def _size(count: int) -> str:
     raise AssertionError("unreachable")
 
 
+PEAK_BLOCK_FRAMES = 1 << 18  # a few seconds of audio a read, when a sum's peak is sought
+
+
 class RawAudio:
     """One work file of float32 frames: appended to in blocks, read in windows."""
 
@@ -105,6 +108,37 @@ class RawAudio:
                 -1, self.channels
             )
         return out.T
+
+
+class SumOfStems:
+    """The sample-wise sum of work files, read in windows as one stem: `no_STEM`
+    (two_stems) from the model's other stems, in their order and in float32, as
+    demucs adds them. Its peak (the clip rule needs it before the first block is
+    written) is found by one pass over the files, when first asked."""
+
+    def __init__(self, parts: list[RawAudio]) -> None:
+        if not parts:
+            raise ValueError("a sum of no stems")
+        self.parts = parts
+        self.channels = parts[0].channels
+        self.frames = max(part.frames for part in parts)
+        self._peak: float | None = None
+
+    def read(self, start: int, count: int) -> np.ndarray:
+        total = np.zeros((self.channels, count), dtype="<f4")
+        for part in self.parts:
+            total += part.read(start, count)
+        return total
+
+    @property
+    def peak(self) -> float:
+        if self._peak is None:
+            peak = 0.0
+            for start in range(0, self.frames, PEAK_BLOCK_FRAMES):
+                block = self.read(start, min(PEAK_BLOCK_FRAMES, self.frames - start))
+                peak = max(peak, float(block.max()), -float(block.min()))
+            self._peak = peak
+        return self._peak
 
 
 @dataclass(frozen=True)

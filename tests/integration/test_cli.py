@@ -9,6 +9,7 @@ from pathlib import Path
 import yaml
 
 from stemd.ledger import LEDGER_FILE, FileStat, JobState, sqlite_ledger
+from stemd.profile import Profile
 from support.audio import make_tone
 from support.daemon import TEST_MODEL, stemd, write_config
 
@@ -149,8 +150,8 @@ def failed_ledger(tmp_path: Path) -> Path:
     ledger = sqlite_ledger(state / LEDGER_FILE)
     record = ledger.add_input(tmp_path / "in/bad.mp3", "bad.mp3", FileStat(1, 1, 10, 1))
     assert record is not None
-    ledger.attach(record.id, "ab" * 32, "p", "bad.mp3")
-    job = ledger.claim_next(profile="p")
+    ledger.attach(record.id, "ab" * 32, Profile("p", {}, "s"), "bad.mp3")
+    job = ledger.claim_next(profile=Profile("p", {}, "s"))
     assert job is not None
     ledger.fail(job, "cannot decode audio")
     ledger.close()

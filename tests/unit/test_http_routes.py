@@ -23,6 +23,7 @@ from stemd.http.metrics import Metrics
 from stemd.http.spool import Spool
 from stemd.ledger import FileStat, Ledger, sqlite_ledger
 from stemd.manifest import MANIFEST, manifest_stems, new_manifest, open_stem
+from stemd.profile import Profile
 
 SHA = "c" * 64
 
@@ -94,8 +95,8 @@ def published_job(daemon: Daemon, folder: str = "demucs_unittest/song") -> int:
     ledger = daemon.ledger
     record = ledger.add_input(daemon.config.inbox / "song.wav", "song.wav", FileStat(1, 1, 2, 3))
     assert record is not None
-    job = ledger.attach(record.id, SHA, "p", "song.wav")
-    claimed = ledger.claim_next(profile="p")
+    job = ledger.attach(record.id, SHA, Profile("p", {}, "s"), "song.wav")
+    claimed = ledger.claim_next(profile=Profile("p", {}, "s"))
     assert claimed is not None and claimed.id == job.id
     ledger.complete(claimed, record.id, folder)
     track = daemon.config.outbox / folder

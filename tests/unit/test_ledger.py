@@ -20,6 +20,7 @@ from stemd.ledger import (
     Drained,
     Fault,
     FileStat,
+    InputRecord,
     InputState,
     InputTaken,
     JobRecord,
@@ -32,12 +33,32 @@ from stemd.ledger import (
     sqlite_ledger,
 )
 from stemd.ledger.schema import BASE_SCHEMA
+from stemd.profile import Profile
 from support.postgres import PostgresServer
 from support.waiting import wait_until
 
 SHA_A = "a" * 64
 SHA_B = "b" * 64
-PROFILE = "p1"
+
+
+def profile(key: str, separation: str = "model-a") -> Profile:
+    """A job key of `key`'s output settings over the separation (model) named."""
+    return Profile(key, {"output": key, "model": separation}, separation)
+
+
+PROFILE = profile("p1")
+# output settings of one model: a worker of either renders jobs of both
+WAV, FLAC, OLD, NEW = profile("wav"), profile("flac"), profile("old"), profile("new")
+# hosts of two models: each renders only its own model's jobs
+FLAC_B, WAV_C = profile("flac", "model-b"), profile("wav", "model-c")
+
+
+def rekey_to(
+    ledger: Ledger, target: Profile, stale_after: float = 60, everything: bool = False
+) -> list[tuple[InputRecord, JobRecord]]:
+    """Re-key what `ledger`'s node may to `target` (its own settings)."""
+    return ledger.rekey_queued(lambda _owner: target, target, everything, stale_after)
+
 
 Opener = Callable[..., Ledger]  # opener(node="") -> another connection to one ledger
 
@@ -98,7 +119,7 @@ def test_same_content_and_profile_share_one_job(ledger: Ledger) -> None:
     job = ledger.attach(first, SHA_A, PROFILE, "a.mp3")
     again = ledger.attach(second, SHA_A, PROFILE, "copy.mp3")
     assert job.id == again.id and again.owner_input == first and again.source == "a.mp3"
-    other_profile = ledger.attach(add(ledger, "b.mp3", 3), SHA_A, "p2", "b.mp3")
+    other_profile = ledger.attach(add(ledger, "b.mp3", 3), SHA_A, profile("p2"), "b.mp3")
     assert other_profile.id != job.id
     assert [r.id for r in ledger.inputs_of(job.id)] == [first, second]
 
@@ -379,7 +400,7 @@ def test_a_version_1_ledger_is_migrated_and_keeps_its_rows(tmp_path: Path) -> No
     assert upload is not None and upload.origin == "http"
     ledger.close()
     db = sqlite3.connect(path)
-    assert db.execute("SELECT value FROM meta WHERE key = 'schema'").fetchone()[0] == "4"
+    assert db.execute("SELECT value FROM meta WHERE key = 'schema'").fetchone()[0] == "5"
 
 
 def test_a_ledger_from_a_newer_stemd_is_refused(tmp_path: Path) -> None:
@@ -409,7 +430,7 @@ def test_queue_position_retry_job_and_recent_jobs(ledger: Ledger) -> None:
     assert again.state is JobState.QUEUED and again.attempts == 0 and again.error is None
     assert [j.id for j in ledger.recent_jobs()] == [second.id, first.id]
     assert [j.id for j in ledger.recent_jobs(JobState.QUEUED, 1)] == [second.id]
-    assert ledger.find_job(SHA_B, PROFILE) == ledger.get_job(second.id)
+    assert ledger.find_job(SHA_B, PROFILE.key) == ledger.get_job(second.id)
     assert ledger.find_job(SHA_B, "other") is None
 
 
@@ -525,19 +546,20 @@ def test_each_daemon_hashes_its_own_inputs_until_it_is_gone(postgres: PostgresSe
 def test_a_host_that_stops_is_no_node_but_its_queue_waits_out_a_restart(
     postgres: PostgresServer,
 ) -> None:
-    """`systemctl restart` on a flac host: while it is down (seconds, or a long
-    model load) a wav host must not take its queue to render as wav."""
+    """`systemctl restart` on a host of another model: while it is down
+    (seconds, or a long model load) a host beside it must not take its queue to
+    separate with its own model."""
     flac, wav = two_hosts(postgres)
     for ledger in (flac, wav):
         ledger.report_node("h", 1, 0.0, 0, [])
-    queued = flac.attach(add(flac, "a.wav", 1), SHA_A, "flac", "a.wav")
+    queued = flac.attach(add(flac, "a.wav", 1), SHA_A, FLAC_B, "a.wav")
     flac.leave()
     assert [n.node for n in wav.nodes()] == ["host-b"]  # stopped: no node that runs
-    assert wav.rekey_queued("wav", stale_after=60) == []
-    assert wav.get_job(queued.id).profile == "flac"
+    assert rekey_to(wav, WAV_C) == []
+    assert wav.get_job(queued.id).profile == FLAC_B.key
     # ... and once it has been away longer than the grace, it is a gone host
-    wav.rekey_queued("wav", stale_after=0)
-    assert wav.get_job(queued.id).profile == "wav"
+    rekey_to(wav, WAV_C, stale_after=0)
+    assert wav.get_job(queued.id).profile == WAV_C.key
 
 
 def test_an_idle_host_takes_over_the_unhashed_files_of_a_host_whose_workers_are_busy(
@@ -577,21 +599,47 @@ def test_a_job_for_an_upload_runs_only_where_the_upload_is(postgres: PostgresSer
     assert claimed is not None and claimed.pinned == "host-a"
 
 
-def test_a_host_claims_only_jobs_keyed_by_the_profile_it_renders(
+def test_a_host_claims_only_jobs_of_the_separation_its_model_makes(
     postgres: PostgresServer,
 ) -> None:
-    """Hosts of different output settings on one ledger: each job is rendered
-    by a host whose settings are the ones its key names."""
+    """Hosts of different models on one ledger: each job is separated by a host
+    whose model is the one its key names."""
     wav_host, flac_host = two_hosts(postgres)
     wav_host.report_node("a", 1, 0.0, 0, [])
     flac_host.report_node("b", 1, 0.0, 0, [])
-    wav_job = wav_host.attach(add(wav_host, "a.wav", 1), SHA_A, "wav", "a.wav")
-    assert flac_host.next_queued("flac") is None
-    assert flac_host.claim_next("w0", profile="flac") is None
+    wav_job = wav_host.attach(add(wav_host, "a.wav", 1), SHA_A, WAV_C, "a.wav")
+    assert flac_host.next_queued(FLAC_B) is None
+    assert flac_host.claim_next("w0", profile=FLAC_B) is None
     # a live host's queued job is its own to render: not re-keyed by the other
-    assert flac_host.rekey_queued("flac", stale_after=60) == []
-    claimed = wav_host.claim_next("w0", profile="wav")
+    assert rekey_to(flac_host, FLAC_B) == []
+    claimed = wav_host.claim_next("w0", profile=WAV_C)
     assert claimed is not None and claimed.id == wav_job.id
+
+
+def test_a_host_of_other_output_settings_claims_a_job_and_keeps_its_key(
+    postgres: PostgresServer,
+) -> None:
+    """Hosts of one model and other output settings (or one host's rules): a
+    job keeps the parameters its key names, so any of them renders it as asked."""
+    wav_host, flac_host = two_hosts(postgres)
+    wav_job = wav_host.attach(add(wav_host, "a.wav", 1), SHA_A, WAV, "a.wav")
+    upcoming = flac_host.next_queued(FLAC)
+    assert upcoming is not None and upcoming.id == wav_job.id
+    claimed = flac_host.claim_next("w0", profile=FLAC)
+    assert claimed is not None and claimed.id == wav_job.id
+    assert claimed.profile == WAV.key and claimed.params == WAV.params
+
+
+def test_a_claim_prefers_the_content_whose_separation_the_worker_holds(opener: Opener) -> None:
+    ledger = opener("host-a")
+    older = ledger.attach(add(ledger, "a.wav", 1), SHA_A, WAV, "a.wav")
+    mine = ledger.attach(add(ledger, "b.wav", 2), SHA_B, FLAC, "b.wav")
+    claimed = ledger.claim_next("w0", profile=WAV, prefer=SHA_B)
+    assert claimed is not None and claimed.id == mine.id
+    # decode-ahead passes over the content in hand
+    assert ledger.next_queued(WAV, other_than=SHA_A) is None
+    upcoming = ledger.next_queued(WAV)
+    assert upcoming is not None and upcoming.id == older.id
 
 
 def test_queued_jobs_take_the_new_profile_and_merge_where_it_has_a_job(opener: Opener) -> None:
@@ -599,27 +647,29 @@ def test_queued_jobs_take_the_new_profile_and_merge_where_it_has_a_job(opener: O
     are keyed by them; content that already has a job under them waits for that
     one, or gets its stems at once when it is done."""
     ledger = opener("host-a")
-    old_only = ledger.attach(add(ledger, "a.wav", 1), SHA_A, "old", "a.wav")
-    waiting = add(ledger, "b.wav", 2)
-    merged = ledger.attach(waiting, SHA_B, "old", "b.wav")
     done_input = add(ledger, "b-earlier.wav", 3)
-    done = ledger.attach(done_input, SHA_B, "new", "b-earlier.wav")
-    claimed = ledger.claim_next("w0", profile="new")
+    done = ledger.attach(done_input, SHA_B, NEW, "b-earlier.wav")
+    claimed = ledger.claim_next("w0", profile=NEW)
     assert claimed is not None and claimed.id == done.id
     ledger.complete(claimed, done_input, "m/b-earlier")
+    old_only = ledger.attach(add(ledger, "a.wav", 1), SHA_A, OLD, "a.wav")
+    waiting = add(ledger, "b.wav", 2)
+    merged = ledger.attach(waiting, SHA_B, OLD, "b.wav")
 
-    moved = ledger.rekey_queued("new", stale_after=60)
+    # the periodic round leaves jobs of this model alone: it renders them as keyed
+    assert rekey_to(ledger, NEW) == []
+    moved = rekey_to(ledger, NEW, everything=True)  # new settings here
 
-    assert ledger.get_job(old_only.id).profile == "new"
+    assert ledger.get_job(old_only.id).profile == NEW.key
+    assert ledger.get_job(old_only.id).params == NEW.params
     with pytest.raises(StateError):
         ledger.get_job(merged.id)  # merged into the job the new profile has
     ((record, job),) = moved
     assert record.id == waiting and job.id == done.id and job.state is JobState.DONE
     assert {r.id for r in ledger.inputs_of(done.id)} == {done_input, waiting}
     assert ledger.job_of_input(waiting).id == done.id  # the input's job, as it is now
-    assert ledger.rekey_queued("new", stale_after=60) == []  # nothing left to move
-    assert ledger.claim_next("w0", profile="old") is None
-    again = ledger.claim_next("w0", profile="new")
+    assert rekey_to(ledger, NEW, everything=True) == []  # nothing left to move
+    again = ledger.claim_next("w0", profile=NEW)
     assert again is not None and again.id == old_only.id
 
 
@@ -681,30 +731,31 @@ def test_a_completion_names_the_inputs_that_wait_for_copies(opener: Opener) -> N
 def test_a_gone_hosts_jobs_of_other_settings_are_rendered_here_and_stay_here(
     postgres: PostgresServer,
 ) -> None:
-    """A host of flac settings died with one job running and one queued: the
-    live wav host takes both (the running one once its lease ran out, counted as
-    lost), and a later flac host leaves them alone: they are the wav host's now."""
+    """A host of another model died with one job running and one queued: the
+    live host takes both (the running one once its lease ran out, counted as
+    lost), and a later host of the dead one's model leaves them alone: they are
+    the live host's now."""
     url = postgres.new_database()
     dead = connect(Path("/d"), url, None, "dead-flac")
     wav = connect(Path("/w"), url, None, "live-wav")
-    running = dead.attach(add(dead, "a.wav", 1), SHA_A, "flac", "a.wav")
-    queued = dead.attach(add(dead, "b.wav", 2), SHA_B, "flac", "b.wav")
-    held = dead.claim_next("w0", lease=0.2, profile="flac")
+    running = dead.attach(add(dead, "a.wav", 1), SHA_A, FLAC_B, "a.wav")
+    queued = dead.attach(add(dead, "b.wav", 2), SHA_B, FLAC_B, "b.wav")
+    held = dead.claim_next("w0", lease=0.2, profile=FLAC_B)
     assert held is not None and held.id == running.id
     dead.close()  # never reported: gone for any grace
     wait_until(
-        lambda: wav.rekey_queued("wav", stale_after=60) == [] and wav.counts()["running"] == 0,
+        lambda: rekey_to(wav, WAV_C) == [] and wav.counts()["running"] == 0,
         10,
         "the dead host's lease to run out and its jobs to be re-keyed",
     )
-    assert {wav.get_job(running.id).profile, wav.get_job(queued.id).profile} == {"wav"}
+    assert {wav.get_job(running.id).profile, wav.get_job(queued.id).profile} == {WAV_C.key}
     assert wav.get_job(running.id).lost == 1
     assert {r.node for r in wav.inputs_of(running.id) + wav.inputs_of(queued.id)} == {"live-wav"}
     later = connect(Path("/f"), url, None, "later-flac")
     later.report_node("f", 1, 0.0, 0, [])
     wav.report_node("w", 1, 0.0, 0, [])
-    assert later.rekey_queued("flac", stale_after=60) == []
-    claimed = {job.id for job in iter(lambda: wav.claim_next("w0", profile="wav"), None)}
+    assert rekey_to(later, FLAC_B) == []
+    claimed = {job.id for job in iter(lambda: wav.claim_next("w0", profile=WAV_C), None)}
     assert claimed == {running.id, queued.id}
 
 
@@ -718,14 +769,14 @@ def test_a_late_holder_of_a_job_merged_away_has_lost_its_lease(
     late = connect(Path("/l"), url, None, "late-flac")  # never reported: gone
     wav = connect(Path("/w"), url, None, "live-wav")
     held_input = add(late, "a.wav", 1)
-    late.attach(held_input, SHA_A, "flac", "a.wav")
-    held = late.claim_next("w0", lease=0.2, profile="flac")
+    late.attach(held_input, SHA_A, FLAC_B, "a.wav")
+    held = late.claim_next("w0", lease=0.2, profile=FLAC_B)
     assert held is not None
-    done = wav.attach(add(wav, "a-again.wav", 2), SHA_A, "wav", "a-again.wav")
-    claimed = wav.claim_next("w0", profile="wav")
+    done = wav.attach(add(wav, "a-again.wav", 2), SHA_A, WAV_C, "a-again.wav")
+    claimed = wav.claim_next("w0", profile=WAV_C)
     assert claimed is not None and claimed.id == done.id
     wav.complete(claimed, done.owner_input or 0, "m/a")
-    moved = wait_until(lambda: wav.rekey_queued("wav", stale_after=60), 10, "the merge")
+    moved = wait_until(lambda: rekey_to(wav, WAV_C), 10, "the merge")
     assert [(record.id, job.id) for record, job in moved] == [(held_input, done.id)]
     with pytest.raises(LeaseLost):
         late.complete(held, held_input, "late/a")
@@ -752,23 +803,23 @@ def test_re_keying_races_attaches_of_both_profiles_without_losing_an_input(
     errors: list[BaseException] = []
     done = threading.Event()
 
-    def attach_all(ledger: Ledger, inputs: list[int], profile: str) -> None:
+    def attach_all(ledger: Ledger, inputs: list[int], key: Profile) -> None:
         try:
             for n, input_id in enumerate(inputs):
-                ledger.attach(input_id, contents[n // (len(inputs) // len(contents))], profile, "x")
+                ledger.attach(input_id, contents[n // (len(inputs) // len(contents))], key, "x")
         except BaseException as err:
             errors.append(err)
 
     def rekey_until_done() -> None:
         try:
             while not done.is_set():
-                rekeying.rekey_queued("new", stale_after=60)
+                rekey_to(rekeying, WAV_C)
         except BaseException as err:
             errors.append(err)
 
     attachers = [
-        threading.Thread(target=attach_all, args=(old_host, olds, "old")),
-        threading.Thread(target=attach_all, args=(new_host, news, "new")),
+        threading.Thread(target=attach_all, args=(old_host, olds, FLAC_B)),
+        threading.Thread(target=attach_all, args=(new_host, news, WAV_C)),
     ]
     rekeyer = threading.Thread(target=rekey_until_done)
     rekeyer.start()
@@ -779,10 +830,10 @@ def test_re_keying_races_attaches_of_both_profiles_without_losing_an_input(
     done.set()
     rekeyer.join(timeout=60)
     assert errors == []
-    rekeying.rekey_queued("new", stale_after=60)
+    rekey_to(rekeying, WAV_C)
     for input_id in olds + news:
         job = rekeying.get_job(rekeying.get_input(input_id).job_id or 0)
-        assert job.profile == "new"
+        assert job.profile == WAV_C.key
     assert rekeying.counts()["queued"] == len(contents)
 
 

@@ -4,8 +4,10 @@ whether its source was disposed of."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import json
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 from stemd.errors import StateError
 from stemd.ledger.backends import Db
@@ -50,15 +52,22 @@ class InputLedger(LedgerCore):
 
     @patient
     def add_input(
-        self, path: Path, relative: str, stat: FileStat, origin: str = ORIGIN_INBOX
+        self,
+        path: Path,
+        relative: str,
+        stat: FileStat,
+        origin: str = ORIGIN_INBOX,
+        choices: Mapping[str, Any] | None = None,
     ) -> InputRecord | None:
-        """Register a settled file. None if this exact version is already known
-        (another host watching the same share may have registered it first)."""
+        """Register a settled file (an upload with the `choices` it was sent
+        with). None if this exact version is already known (another host
+        watching the same share may have registered it first)."""
         with self._write() as db:
             now = self.backend.now(db)
             row = db.execute(
                 "INSERT INTO inputs (path, relative, dev, ino, size, mtime_ns, state, "
-                "detected_at, updated_at, origin, node) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
+                "detected_at, updated_at, origin, node, choices) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
                 "ON CONFLICT DO NOTHING RETURNING *",
                 (
                     str(path),
@@ -72,6 +81,7 @@ class InputLedger(LedgerCore):
                     now,
                     origin,
                     self.node,
+                    json.dumps(dict(choices), sort_keys=True) if choices else None,
                 ),
             ).fetchone()
         return input_of(row) if row else None

@@ -3,7 +3,9 @@ separation; claims under leases, fenced writes, retries and recovery."""
 
 from __future__ import annotations
 
+import json
 import logging
+from typing import TYPE_CHECKING, Any
 
 from stemd.errors import StateError
 from stemd.ledger.backends import Db
@@ -29,13 +31,21 @@ from stemd.ledger.records import (
     job_of,
 )
 
+if TYPE_CHECKING:  # a dataclass of the profile's; the ledger computes none
+    from stemd.profile import Profile
+
 log = logging.getLogger("stemd")
+
+
+def params_text(params: dict[str, Any]) -> str:
+    return json.dumps(params, sort_keys=True, separators=(",", ":"))
 
 
 class JobLedger(LedgerCore):
     @patient
-    def attach(self, input_id: int, sha256: str, profile: str, source: str) -> JobRecord:
-        """Record the input's hash and attach it to the job for (sha256, profile).
+    def attach(self, input_id: int, sha256: str, profile: Profile, source: str) -> JobRecord:
+        """Record the input's hash and attach it to the job for (sha256, profile
+        key); a new job keeps the profile's parameters and separation.
 
         Creates the job (queued, this input its owner) when the key is new. A
         job made for an upload is pinned to this node: only it can read the file.
@@ -59,15 +69,26 @@ class JobLedger(LedgerCore):
             self.backend.lock_content(db, sha256)
             db.execute(
                 "INSERT INTO jobs (sha256, profile, state, source, owner_input, created_at, "
-                "pinned) VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
-                (sha256, profile, JobState.QUEUED.value, source, input_id, now, pinned),
+                "pinned, params, separation) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) "
+                "ON CONFLICT DO NOTHING",
+                (
+                    sha256,
+                    profile.key,
+                    JobState.QUEUED.value,
+                    source,
+                    input_id,
+                    now,
+                    pinned,
+                    params_text(profile.params),
+                    profile.separation,
+                ),
             )
             # the job's row is locked until this commits: a completion (or failure)
             # committing meanwhile is waited for and seen, else it sees this input
             # among the ones waiting for copies (`complete`); either way it is served
             job = db.execute(
                 f"SELECT * FROM jobs WHERE sha256 = ? AND profile = ?{self.backend.lock_rows}",
-                (sha256, profile),
+                (sha256, profile.key),
             ).fetchone()
             if job is None:  # the content lock keeps every other writer of the key out
                 raise StateError(
@@ -136,43 +157,55 @@ class JobLedger(LedgerCore):
 
     def _claimable(self) -> str:
         """Jobs a worker of this node may take: queued and due, or running on a
-        lease that ran out; keyed by the profile the worker renders (a job's
-        stems are the ones its key names); pinned elsewhere excluded."""
+        lease that ran out; of the separation the worker's model makes (it renders
+        the job with the job's own parameters), or, for a job made before jobs
+        kept them, keyed by the profile the worker renders; pinned elsewhere
+        excluded."""
         return (
             f"((state = '{JobState.QUEUED.value}' AND not_before <= ?) OR "
             f"(state = '{JobState.RUNNING.value}' AND lease_until < ?)) "
-            "AND profile = ? AND (pinned IS NULL OR pinned = ?)"
+            "AND (separation = ? OR (separation IS NULL AND profile = ?)) "
+            "AND (pinned IS NULL OR pinned = ?)"
         )
 
     @patient
-    def next_queued(self, profile: str) -> JobRecord | None:
-        """The job `claim_next(profile=...)` would take now, left unclaimed (what
-        to decode ahead)."""
+    def next_queued(self, profile: Profile, other_than: str | None = None) -> JobRecord | None:
+        """The job `claim_next(profile=...)` would take now, left unclaimed, of
+        content other than `other_than` (what to decode ahead: the same content's
+        other jobs are rendered from the separation in hand)."""
         with self._read() as db:
             now = self.backend.now(db)
             row = db.execute(
-                f"SELECT * FROM jobs WHERE {self._claimable()} ORDER BY id LIMIT 1",
-                (now, now, profile, self.node),
+                f"SELECT * FROM jobs WHERE {self._claimable()} AND sha256 != ? ORDER BY id LIMIT 1",
+                (now, now, profile.separation, profile.key, self.node, other_than or ""),
             ).fetchone()
         return job_of(row) if row else None
 
     @patient
     def claim_next(
-        self, worker: str = "worker", lease: float = 30.0, *, profile: str
+        self,
+        worker: str = "worker",
+        lease: float = 30.0,
+        *,
+        profile: Profile,
+        prefer: str | None = None,
     ) -> JobRecord | None:
-        """Take the oldest claimable job keyed by `profile` (the one the worker
-        renders: a host of another config, or a worker still on the config before
-        a reload, leaves the job to one that renders what its key says): ->
-        running under a lease of `lease` seconds held by "node/worker". A queued
-        job's attempt is counted; a job taken over from a lost worker keeps its
-        attempts and counts a loss."""
+        """Take the oldest claimable job (`_claimable`: of the separation of
+        `profile`, the one the worker's model makes; a host of another model, or
+        a worker still on the model before a reload, leaves the job to one that
+        makes it); first of all one of content `prefer` (whose separation the
+        worker holds: rendered without the model): -> running under a lease of
+        `lease` seconds held by "node/worker". A queued job's attempt is
+        counted; a job taken over from a lost worker keeps its attempts and
+        counts a loss."""
         owner = f"{self.node}/{worker}"
         with self._write() as db:
             now = self.backend.now(db)
             row = db.execute(
-                f"SELECT * FROM jobs WHERE {self._claimable()} ORDER BY id LIMIT 1"
+                f"SELECT * FROM jobs WHERE {self._claimable()} "
+                "ORDER BY CASE WHEN sha256 = ? THEN 0 ELSE 1 END, id LIMIT 1"
                 f"{self.backend.skip_locked}",
-                (now, now, profile, self.node),
+                (now, now, profile.separation, profile.key, self.node, prefer or ""),
             ).fetchone()
             if row is None:
                 return None

@@ -123,6 +123,11 @@ class InputRecord:
     disposed: bool
     origin: str = ORIGIN_INBOX
     node: str | None = None  # the daemon that registered it (and hashes it)
+    choices_json: str | None = None  # an upload's own choices (stemd.choices), as JSON
+
+    @property
+    def choices(self) -> dict[str, Any]:
+        return dict(json.loads(self.choices_json)) if self.choices_json else {}
 
 
 @dataclass(frozen=True)
@@ -149,6 +154,14 @@ class JobRecord:
     lost: int = 0  # times its worker was lost (lease ran out) while running it
     pinned: str | None = None  # only this node can read its source (an upload)
     fault: Fault | None = None  # set while failed
+    # what the profile key fingerprints (stemd.profile), and its model part; None
+    # for a job made before they were kept: rendered by a worker of that profile
+    params_json: str | None = None
+    separation: str | None = None
+
+    @property
+    def params(self) -> dict[str, Any] | None:
+        return dict(json.loads(self.params_json)) if self.params_json else None
 
 
 @dataclass(frozen=True)
@@ -210,6 +223,7 @@ def input_of(row: Mapping[str, Any]) -> InputRecord:
         disposed=bool(row["disposed"]),
         origin=row["origin"],
         node=row["node"],
+        choices_json=row["choices"],
     )
 
 
@@ -235,4 +249,6 @@ def job_of(row: Mapping[str, Any]) -> JobRecord:
         lease_until=row["lease_until"],
         lost=row["lost"],
         pinned=row["pinned"],
+        params_json=row["params"],
+        separation=row["separation"],
     )

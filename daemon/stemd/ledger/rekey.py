@@ -2,53 +2,75 @@
 output settings no running host renders are keyed anew (`rekey_queued`), and
 inputs a crash left waiting on an ended job are found (`stranded_inputs`).
 
-A worker claims only jobs keyed by the output profile it renders
-(stemd.ledger.jobs); without this, a reload, a restart with new settings or a
-host that died would leave jobs no one claims."""
+A worker claims only jobs of the separation its model makes (stemd.ledger.jobs);
+without this, a new model, or a host that died, would leave jobs no one claims;
+and a reload's new output settings or rules would not reach what is queued."""
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from stemd.ledger.core import patient
-from stemd.ledger.jobs import JobLedger
+from stemd.ledger.jobs import JobLedger, params_text
 from stemd.ledger.records import InputRecord, InputState, JobRecord, JobState, input_of, job_of
+
+if TYPE_CHECKING:
+    from stemd.profile import Profile
 
 log = logging.getLogger("stemd")
 
 
 class KeyLedger(JobLedger):
-    def _rekeyable(self) -> str:
-        """Jobs keyed by another output profile that this node may re-key: queued,
-        or running on a lease that ran out (its host died or hung); not pinned to
-        another node (an upload only its node can read); and whose owner input is
-        this node's, or a node's gone for longer than the caller's grace (a live
-        host of other settings renders its own)."""
+    def _rekeyable(self, everything: bool) -> str:
+        """Jobs this node may re-key: queued, or running on a lease that ran out
+        (its host died or hung); not pinned to another node (an upload only its
+        node can read). With `everything` (new settings here): those whose owner
+        input is this node's. Else: those this node's workers cannot claim (of
+        another separation, or made before jobs kept their parameters under
+        another profile) whose owner input is this node's or a node's gone for
+        longer than the caller's grace (a live host of another model renders
+        its own; a gone host's jobs of this model are claimed as they are)."""
+        if everything:
+            which = "jobs.owner_input IN (SELECT id FROM inputs WHERE node IS NULL OR node = ?)"
+        else:
+            which = (
+                "(jobs.separation IS NULL AND jobs.profile != ? OR jobs.separation != ?) AND "
+                "jobs.owner_input IN (SELECT id FROM inputs WHERE node IS NULL OR node = ? OR "
+                "NOT EXISTS (SELECT 1 FROM nodes WHERE nodes.node = inputs.node "
+                "AND nodes.seen_at >= ?))"
+            )
         return (
-            "profile != ? AND (pinned IS NULL OR pinned = ?) AND "
-            f"(state = '{JobState.QUEUED.value}' OR "
-            f"(state = '{JobState.RUNNING.value}' AND lease_until < ?)) AND "
-            "owner_input IN (SELECT id FROM inputs WHERE node IS NULL OR node = ? OR "
-            "NOT EXISTS (SELECT 1 FROM nodes WHERE nodes.node = inputs.node "
-            "AND nodes.seen_at >= ?))"
+            "(jobs.pinned IS NULL OR jobs.pinned = ?) AND "
+            f"(jobs.state = '{JobState.QUEUED.value}' OR "
+            f"(jobs.state = '{JobState.RUNNING.value}' AND jobs.lease_until < ?)) AND {which}"
         )
 
     def rekey_queued(
-        self, profile: str, stale_after: float = 120.0, beat: Callable[[], None] = lambda: None
+        self,
+        target_of: Callable[[InputRecord], Profile | None],
+        own: Profile,
+        everything: bool,
+        stale_after: float = 120.0,
+        beat: Callable[[], None] = lambda: None,
     ) -> list[tuple[InputRecord, JobRecord]]:
-        """Jobs this node may re-key (`_rekeyable`) take `profile`: a reload or a
-        restart with new output settings applies to what is still queued, and
-        nothing is left that no running host renders (a dead host's running job
-        goes back to the queue first, counted as lost). A gone host's job becomes
-        this node's (its owner input moves here), so live hosts of different
-        settings do not re-key it back and forth.
+        """Jobs this node may re-key (`_rekeyable`) take the profile `target_of`
+        gives their owner input today (None: leave it): a reload or a restart
+        with new output settings or rules applies to what is still queued
+        (`everything`, after new settings), and nothing is left that no running
+        host renders (a dead host's running job goes back to the queue first,
+        counted as lost; `own`, the profile of this node's defaults, says which
+        separation its workers make). A gone host's job becomes this node's (its
+        owner input moves here), so live hosts of different settings do not
+        re-key it back and forth. A job made before jobs kept their parameters
+        gets them.
 
-        Where this content already has a job under `profile`, the job is merged
-        into it: its inputs move over and it is deleted. Returns the inputs moved
-        onto such a job that still wait for stems, with that job, for intake to
-        settle as a fresh attach would (a copy of finished stems, the failure
-        repeated, or a wait).
+        Where this content already has a job under the new profile, the job is
+        merged into it: its inputs move over and it is deleted. Returns the
+        inputs moved onto such a job that still wait for stems, with that job,
+        for intake to settle as a fresh attach would (a copy of finished stems,
+        the failure repeated, or a wait).
 
         One job per transaction (each run again by itself after a conflict; `beat`
         called between them), under its content's lock as `attach` takes it, so
@@ -56,37 +78,69 @@ class KeyLedger(JobLedger):
         jobs in the other order can still meet it in a cycle: the server breaks
         it, and the loser runs again (`LedgerConflict`)."""
         moved: list[tuple[InputRecord, JobRecord]] = []
-        for job_id, sha256 in self._rekey_candidates(profile, stale_after):
+        for job, owner in self._rekey_candidates(own, everything, stale_after):
+            target = target_of(owner)
+            if target is None or (target.key == job.profile and job.params_json is not None):
+                continue
             beat()
-            moved.extend(self._rekey(job_id, sha256, profile, stale_after))
+            moved.extend(self._rekey(job.id, job.sha256, target, own, everything, stale_after))
         return moved
 
     @patient
-    def _rekey_candidates(self, profile: str, stale_after: float) -> list[tuple[int, str]]:
+    def _rekey_candidates(
+        self, own: Profile, everything: bool, stale_after: float
+    ) -> list[tuple[JobRecord, InputRecord]]:
         with self._read() as db:
             now = self.backend.now(db)
             rows = db.execute(
-                f"SELECT id, sha256 FROM jobs WHERE {self._rekeyable()} ORDER BY sha256, id",
-                self._rekey_params(profile, now, stale_after),
+                f"SELECT jobs.id FROM jobs WHERE {self._rekeyable(everything)} "
+                "ORDER BY jobs.sha256, jobs.id",
+                self._rekey_params(own, everything, now, stale_after),
             ).fetchall()
-        return [(row["id"], row["sha256"]) for row in rows]
+            found: list[tuple[JobRecord, InputRecord]] = []
+            for row in rows:
+                job = db.execute("SELECT * FROM jobs WHERE id = ?", (row["id"],)).fetchone()
+                owner = db.execute(
+                    "SELECT * FROM inputs WHERE id = ?", (job["owner_input"],)
+                ).fetchone()
+                if owner is not None:
+                    found.append((job_of(job), input_of(owner)))
+        return found
 
-    def _rekey_params(self, profile: str, now: float, stale_after: float) -> tuple[object, ...]:
-        return (profile, self.node, now, self.node, self._gone_before(now, stale_after))
+    def _rekey_params(
+        self, own: Profile, everything: bool, now: float, stale_after: float
+    ) -> tuple[object, ...]:
+        if everything:
+            return (self.node, now, self.node)
+        gone = self._gone_before(now, stale_after)
+        return (self.node, now, own.key, own.separation, self.node, gone)
 
     @patient
     def _rekey(
-        self, job_id: int, sha256: str, profile: str, stale_after: float
+        self,
+        job_id: int,
+        sha256: str,
+        target: Profile,
+        own: Profile,
+        everything: bool,
+        stale_after: float,
     ) -> list[tuple[InputRecord, JobRecord]]:
         with self._write() as db:
             now = self.backend.now(db)
             self.backend.lock_content(db, sha256)
             row = db.execute(
-                f"SELECT * FROM jobs WHERE id = ? AND {self._rekeyable()}{self.backend.lock_rows}",
-                (job_id, *self._rekey_params(profile, now, stale_after)),
+                f"SELECT * FROM jobs WHERE jobs.id = ? AND {self._rekeyable(everything)}"
+                f"{self.backend.lock_rows}",
+                (job_id, *self._rekey_params(own, everything, now, stale_after)),
             ).fetchone()
-            if row is None:
+            if row is None or (row["profile"] == target.key and row["params"] is not None):
                 return []  # claimed, re-keyed or merged meanwhile
+            if row["profile"] == target.key:  # made before jobs kept their parameters
+                db.execute(
+                    "UPDATE jobs SET params = ?, separation = ? WHERE id = ?",
+                    (params_text(target.params), target.separation, job_id),
+                )
+                return []
             if row["state"] == JobState.RUNNING.value:
                 self._transition(db, job_id, JobState.QUEUED, lost=row["lost"] + 1, progress=0.0)
                 log.warning(
@@ -100,10 +154,13 @@ class KeyLedger(JobLedger):
             )
             other = db.execute(
                 f"SELECT * FROM jobs WHERE sha256 = ? AND profile = ?{self.backend.lock_rows}",
-                (sha256, profile),
+                (sha256, target.key),
             ).fetchone()
             if other is None:
-                db.execute("UPDATE jobs SET profile = ? WHERE id = ?", (profile, job_id))
+                db.execute(
+                    "UPDATE jobs SET profile = ?, params = ?, separation = ? WHERE id = ?",
+                    (target.key, params_text(target.params), target.separation, job_id),
+                )
                 log.info("%s: queued under the new output settings", row["source"])
                 return []
             waiting = db.execute(

@@ -10,7 +10,7 @@ coarse for a timestamp); SQLite reads the same names with the same meaning.
 
 from __future__ import annotations
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 
 # Version 1: seen files (the stat cache that lets rescans skip unchanged files
 # without rehashing) and jobs, one per (content sha256, output profile).
@@ -83,4 +83,13 @@ MIGRATIONS: dict[int, list[str]] = {
     # corrupt, too long, not audio; the same bytes fail again) or 'stemd' (it gave up
     # after its attempts). /predict answers the first 422, the second 500.
     3: ["ALTER TABLE jobs ADD COLUMN fault TEXT"],
+    # 5: choices per job (stemd.choices). A job keeps the parameters its profile
+    # key fingerprints (JSON), so any worker of the same separation (the model's
+    # part of them, `separation`) renders it as its key says; an upload keeps the
+    # choices it was sent with (JSON), so new output defaults key it anew.
+    4: [
+        "ALTER TABLE jobs ADD COLUMN params TEXT",
+        "ALTER TABLE jobs ADD COLUMN separation TEXT",
+        "ALTER TABLE inputs ADD COLUMN choices TEXT",
+    ],
 }
