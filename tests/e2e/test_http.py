@@ -638,3 +638,78 @@ def test_queue_limit_sigterm_in_flight_and_predict_timeout(tmp_path: Path) -> No
     finally:
         (gate / "open").touch()
         daemon.stop()
+
+
+def test_an_upload_chooses_its_stems_and_format_and_gets_a_job_of_its_own(
+    served: Served,
+) -> None:
+    """The per-job keys beside `file` (or in the query with a raw body): the same
+    content asked for two ways is two jobs, each rendered as asked."""
+    song = served.audio("choices.mp3")
+    chosen = served.http.post(
+        "/api/v1/jobs",
+        files={"file": ("choices.mp3", song.read_bytes())},
+        data={"stems": "vocals", "format": "mp3"},
+    )
+    assert chosen.status_code == 202, chosen.text
+    job = served.wait_done(chosen.json()["id"])
+    assert set(job["stems"]) == {"vocals"}
+    assert job["output"]["stems"] == ["vocals"] and job["output"]["format"] == "mp3"
+    stem = served.http.get(job["stems"]["vocals"])
+    assert stem.headers["content-type"] == "audio/mpeg"
+    # the same bytes, raw, two stems as flac: another job
+    raw = served.http.post(
+        "/api/v1/jobs",
+        params={"filename": "choices.mp3", "two_stems": "vocals", "format": "flac"},
+        content=song.read_bytes(),
+    )
+    assert raw.status_code == 202, raw.text
+    other = served.wait_done(raw.json()["id"])
+    assert other["id"] != job["id"] and set(other["stems"]) == {"vocals", "no_vocals"}
+    assert other["output"]["two_stems"] == "vocals" and other["output"]["format"] == "flac"
+    # asked again as before: the first job's stems, no new job
+    again = served.http.post(
+        "/api/v1/jobs",
+        files={"file": ("again.mp3", song.read_bytes())},
+        data={"format": "mp3", "stems": "vocals"},
+    )
+    assert again.status_code == 200 and again.json()["id"] == job["id"]
+
+
+@pytest.mark.parametrize(
+    ("data", "params", "named"),
+    [
+        ({"colour": "red"}, {}, "colour: not a per-job key"),
+        ({"stems": "piano"}, {}, "stems: 'piano' is not a stem of demucs_unittest"),
+        ({}, {"format": "ogg"}, "format: "),
+        ({"format": "flac", "sample_format": "f32"}, {}, "sample_format: f32 is for wav only"),
+        ({"format": "mp3"}, {"format": "mp3"}, "format: sent as a form field and in the query"),
+    ],
+)
+def test_a_choice_that_cannot_be_rendered_is_refused_naming_the_key(
+    served: Served, data: dict[str, str], params: dict[str, str], named: str
+) -> None:
+    before = spool_files(served.root)
+    answer = served.http.post(
+        "/api/v1/jobs",
+        params=params,
+        files={"file": ("refused.mp3", b"not read: the choice is refused first")},
+        data=data,
+    )
+    assert answer.status_code == 422, answer.text
+    assert answer.json()["detail"].startswith(named)
+    assert spool_files(served.root) == before  # nothing left behind
+
+
+def test_predict_takes_the_per_job_keys_in_its_parameters(served: Served) -> None:
+    song = served.audio("predict-choices.mp3")
+    body = {
+        "instances": [{"b64": base64.b64encode(song.read_bytes()).decode()}],
+        "parameters": {"format": "wav", "two_stems": "vocals"},
+    }
+    answer = served.http.post(PREDICT_ROUTE, json=body)
+    assert answer.status_code == 200, answer.text
+    (prediction,) = answer.json()["predictions"]
+    assert set(prediction) == {"vocals", "no_vocals"}
+    refused = served.http.post(PREDICT_ROUTE, json={**body, "parameters": {"stems": ["piano"]}})
+    assert refused.status_code == 400 and "parameters.stems: 'piano'" in refused.text

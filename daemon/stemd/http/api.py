@@ -101,10 +101,22 @@ async def _drain(request: Request) -> None:
 async def create_job(
     request: Request, ctx: Ctx, filename: Annotated[str | None, Query(max_length=4096)] = None
 ) -> JSONResponse:
+    queried = {key: value for key, value in request.query_params.items() if key != "filename"}
+    ctx.choices(queried)  # refused before the body is read
     await run_in_threadpool(ctx.check_queue)  # the ledger, off the event loop
     spooled = await receive_upload(request, ctx, filename)
+    try:
+        both = sorted(set(queried) & set(spooled.fields))
+        if both:
+            raise HTTPException(
+                422, f"{both[0]}: sent as a form field and in the query; send it once"
+            )
+        choices = ctx.choices({**queried, **spooled.fields})
+    except BaseException:
+        spooled.discard()
+        raise
     await ctx.check(spooled)
-    job, record = await ctx.take(spooled)
+    job, record = await ctx.take(spooled, choices)
     known = answered_at_once(record) or job.state in (JobState.DONE, JobState.FAILED)
     body = await run_in_threadpool(ctx.job_json, job)
     body["upload"] = {"name": spooled.name, "bytes": spooled.size, "state": record.state.value}

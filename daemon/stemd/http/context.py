@@ -12,6 +12,13 @@ from typing import Any, TypeVar
 from fastapi import HTTPException, Request
 from starlette.concurrency import run_in_threadpool
 
+from stemd.choices import (
+    ChoiceError,
+    Choices,
+    choices_from_strings,
+    output_of_params,
+    shown_choices,
+)
 from stemd.config import Config
 from stemd.errors import InputError, StemdError
 from stemd.http.events import EventHub
@@ -109,6 +116,12 @@ class Context:
             "started": job.started_at,
             "finished": job.finished_at,
             "output_dir": job.output_dir or None,
+            # the per-job keys it is rendered with (stemd.choices)
+            "output": shown_choices(
+                output_of_params(self.config.output, job.params)
+                if job.params is not None
+                else self.config.output
+            ),
             "url": url,
             "stems": {stem: f"{url}/stems/{stem}" for stem in stems},
             "zip": f"{url}/stems.zip" if stems else None,
@@ -139,11 +152,28 @@ class Context:
             spooled.discard()
             raise
 
-    async def take(self, spooled: Spooled) -> tuple[JobRecord, InputRecord]:
-        """Hand a checked upload to the worker's intake: its job, and its input."""
+    def choices(self, values: dict[str, str]) -> Choices:
+        """A job's choices sent as text (form fields, query parameters), checked
+        against today's settings and model; 422 naming the key if refused."""
+        try:
+            choices = choices_from_strings(values)
+            self.intake.check_choices(choices)
+        except ChoiceError as err:
+            raise HTTPException(422, str(err)) from None
+        return choices
+
+    async def take(
+        self, spooled: Spooled, choices: Choices | None = None
+    ) -> tuple[JobRecord, InputRecord]:
+        """Hand a checked upload to the worker's intake, with its choices: its job,
+        and its input."""
         try:
             input_id = await run_in_threadpool(
-                self.intake.take_upload, spooled.path, spooled.relative, spooled.sha256
+                self.intake.take_upload,
+                spooled.path,
+                spooled.relative,
+                spooled.sha256,
+                choices or {},
             )
         except BaseException:
             spooled.discard()

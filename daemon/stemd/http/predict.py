@@ -33,6 +33,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.types import Receive, Scope, Send
 
 from stemd.audio import answer_format, probe, transcode
+from stemd.choices import ChoiceError, Choices, choices_from_json
 from stemd.http.context import API, Context, context, unavailable
 from stemd.http.spool import Spooled
 from stemd.ledger import Fault, JobRecord, JobState
@@ -65,7 +66,17 @@ PREDICT_BODY: dict[str, Any] = {
                         },
                         "parameters": {
                             "type": "object",
-                            "properties": {"format": {"type": "string", "enum": list(FORMATS)}},
+                            "properties": {
+                                "format": {"type": "string", "enum": list(FORMATS)},
+                                "stems": {"type": "array", "items": {"type": "string"}},
+                                "two_stems": {"type": "string"},
+                                "mp3_bitrate": {"type": "integer"},
+                                "sample_format": {"enum": ["s16", "s24", "f32"]},
+                                "sample_rate": {"type": ["integer", "string"]},
+                                "tags": {"enum": ["copy", "none"]},
+                                "callback_url": {"type": "string"},
+                            },
+                            "additionalProperties": False,
                         },
                     },
                 },
@@ -102,7 +113,11 @@ def predict_router(route: str) -> APIRouter:
 
 async def predict(request: Request, ctx: Ctx) -> StreamingResponse:
     await run_in_threadpool(ctx.check_queue)
-    instances, fmt = parse_body(await read_body(request, ctx.config.http.max_predict_body))
+    instances, fmt, choices = parse_body(await read_body(request, ctx.config.http.max_predict_body))
+    try:
+        ctx.intake.check_choices(choices)
+    except ChoiceError as err:
+        raise HTTPException(400, f"parameters.{err}") from None
     limit = ctx.config.max_upload
     for index, data in enumerate(instances):
         if len(data) > limit:
@@ -125,7 +140,7 @@ async def predict(request: Request, ctx: Ctx) -> StreamingResponse:
         raise
     jobs: list[tuple[int, str | None]] = []  # (input id, a copy's folder if served at once)
     for upload in spooled:
-        _job, record = await ctx.take(upload)
+        _job, record = await ctx.take(upload, choices)
         jobs.append((record.id, record.output_dir))
     del instances  # the request's copies of the files: the spool has them now
     done = await wait_for(ctx, [input_id for input_id, _ in jobs])
@@ -240,8 +255,9 @@ async def read_body(request: Request, cap: int) -> bytes:
     return b"".join(parts)
 
 
-def parse_body(body: bytes) -> tuple[list[bytes], str]:
-    """The instances' files and the answer's format, or a 400 naming what is wrong."""
+def parse_body(body: bytes) -> tuple[list[bytes], str, Choices]:
+    """The instances' files, the answer's format and the jobs' choices, or a 400
+    naming what is wrong."""
     try:
         payload = json.loads(body)
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
@@ -263,13 +279,16 @@ def parse_body(body: bytes) -> tuple[list[bytes], str]:
     parameters = payload.get("parameters") or {}
     if not isinstance(parameters, dict):
         raise HTTPException(400, 'parameters must be an object, e.g. {"format": "wav"}')
-    unknown = sorted(set(parameters) - {"format"})
-    if unknown:
-        raise HTTPException(400, f"unknown parameter(s) {unknown}; known: format")
     fmt = parameters.get("format", DEFAULT_FORMAT)
     if fmt not in FORMATS:
         raise HTTPException(400, f"parameters.format {fmt!r}: use one of {list(FORMATS)}")
-    return files, str(fmt)
+    # `format` is the answer's (the seed's meaning); the other per-job keys choose
+    # how the job's stems are rendered (stemd.choices)
+    try:
+        choices = choices_from_json({k: v for k, v in parameters.items() if k != "format"})
+    except ChoiceError as err:
+        raise HTTPException(400, f"parameters.{err}") from None
+    return files, str(fmt), choices
 
 
 def _name(data: bytes) -> str:

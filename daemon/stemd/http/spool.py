@@ -14,7 +14,7 @@ import os
 import shutil
 import uuid
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, BinaryIO
 
@@ -47,6 +47,11 @@ class TooLarge(UploadRejected):
         )
 
 
+# the text fields a multipart upload may send beside `file` (its choices)
+MAX_FIELDS = 16
+MAX_FIELD_BYTES = 4096
+
+
 @dataclass(frozen=True)
 class Spooled:
     """A complete upload on disk: its spool path, the client's name made safe,
@@ -56,6 +61,8 @@ class Spooled:
     name: str
     size: int
     sha256: str
+    # the multipart form's other fields (the job's choices: stemd.choices), as text
+    fields: dict[str, str] = field(default_factory=dict)
 
     @property
     def relative(self) -> str:
@@ -132,7 +139,8 @@ class Spool:
         self, chunks: AsyncIterator[bytes], content_type: str, limit: int
     ) -> Spooled:
         """The form field `file` of a multipart/form-data body, parsed as it
-        arrives; other fields are read past."""
+        arrives, and the other fields, small ones (`MAX_FIELD_BYTES`), kept as
+        text."""
         _kind, options = parse_options_header(content_type)
         boundary = options.get(b"boundary")
         if not boundary:
@@ -154,7 +162,8 @@ class Spool:
                         422, "no form field named 'file'; send the audio as -F file=@PATH"
                     )
                 await run_in_threadpool(_sync, sink)
-            return self.complete(part, reader.filename, reader.size, reader.hash.hexdigest())
+            spooled = self.complete(part, reader.filename, reader.size, reader.hash.hexdigest())
+            return replace(spooled, fields=reader.text_fields())
         except BaseException:
             part.unlink(missing_ok=True)
             raise
@@ -210,6 +219,9 @@ class _FileField:
         self._header_value = b""
         self._headers: dict[bytes, bytes] = {}
         self._in_file = False
+        self._fields: dict[str, bytearray] = {}
+        self._field: bytearray | None = None  # the text field being read
+        self._field_name = ""
 
     def callbacks(self) -> MultipartCallbacks:
         return {
@@ -225,6 +237,7 @@ class _FileField:
     def _part_begin(self) -> None:
         self._headers = {}
         self._in_file = False
+        self._field = None
 
     def _header_field(self, data: bytes, start: int, end: int) -> None:
         self._header_name += data[start:end]
@@ -238,12 +251,32 @@ class _FileField:
 
     def _headers_finished(self) -> None:
         _disposition, options = parse_options_header(self._headers.get(b"content-disposition"))
-        if options.get(b"name") == b"file" and not self.found:
+        name = options.get(b"name")
+        if name == b"file" and not self.found:
             self.found = self._in_file = True
             raw = options.get(b"filename")
             self.filename = raw.decode("utf-8", errors="replace") if raw is not None else None
+        elif name is not None and name != b"file":
+            self._field_name = name.decode("utf-8", errors="replace")
+            if self._field_name in self._fields or len(self._fields) >= MAX_FIELDS:
+                self.error = UploadRejected(
+                    422,
+                    f"form field {self._field_name!r}: sent twice, or one of more than "
+                    f"{MAX_FIELDS} fields; send each choice once",
+                )
+                return
+            self._field = self._fields[self._field_name] = bytearray()
 
     def _part_data(self, data: bytes, start: int, end: int) -> None:
+        if self._field is not None and self.error is None:
+            self._field += data[start:end]
+            if len(self._field) > MAX_FIELD_BYTES:
+                self.error = UploadRejected(
+                    422,
+                    f"form field {self._field_name!r} is over {MAX_FIELD_BYTES} bytes; "
+                    "the audio goes in the field named 'file'",
+                )
+            return
         if not self._in_file or self.error is not None:
             return
         self.size += end - start
@@ -256,3 +289,14 @@ class _FileField:
 
     def _part_end(self) -> None:
         self._in_file = False
+        self._field = None
+
+    def text_fields(self) -> dict[str, str]:
+        """The fields beside `file`, as text (UploadRejected if one is not UTF-8)."""
+        fields: dict[str, str] = {}
+        for name, value in self._fields.items():
+            try:
+                fields[name] = value.decode("utf-8")
+            except UnicodeDecodeError:
+                raise UploadRejected(422, f"form field {name!r} is not UTF-8 text") from None
+        return fields

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
+    from stemd.choices import Choices
     from stemd.config import Config
     from stemd.ledger import Ledger
 
@@ -64,8 +65,14 @@ class WorkersView(Protocol):
 
 
 class IntakeView(Protocol):
-    def take_upload(self, path: Path, relative: str, sha256: str) -> int:
-        """Register and attach a spooled upload; its input's id."""
+    def take_upload(
+        self, path: Path, relative: str, sha256: str, choices: Choices | None = None
+    ) -> int:
+        """Register and attach a spooled upload with its choices; its input's id."""
+        ...
+
+    def check_choices(self, choices: Choices) -> None:
+        """ChoiceError (naming the key) unless a job can be rendered with these."""
         ...
 
 
