@@ -50,15 +50,22 @@ class InputLedger(LedgerCore):
 
     @patient
     def add_input(
-        self, path: Path, relative: str, stat: FileStat, origin: str = ORIGIN_INBOX
+        self,
+        path: Path,
+        relative: str,
+        stat: FileStat,
+        origin: str = ORIGIN_INBOX,
+        callback_url: str | None = None,
     ) -> InputRecord | None:
-        """Register a settled file. None if this exact version is already known
-        (another host watching the same share may have registered it first)."""
+        """Register a settled file (with the URL to call when its job ends, if
+        any). None if this exact version is already known (another host
+        watching the same share may have registered it first)."""
         with self._write() as db:
             now = self.backend.now(db)
             row = db.execute(
                 "INSERT INTO inputs (path, relative, dev, ino, size, mtime_ns, state, "
-                "detected_at, updated_at, origin, node) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
+                "detected_at, updated_at, origin, node, callback_url) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
                 "ON CONFLICT DO NOTHING RETURNING *",
                 (
                     str(path),
@@ -72,6 +79,7 @@ class InputLedger(LedgerCore):
                     now,
                     origin,
                     self.node,
+                    callback_url,
                 ),
             ).fetchone()
         return input_of(row) if row else None
