@@ -224,11 +224,17 @@ class Intake:
         event(logging.ERROR, "failed", f"{record.relative}: {reason}", source=record.relative)
         self.dispose(record, success=False)
 
-    def take_upload(self, path: Path, relative: str, digest: str) -> int:
+    def take_upload(
+        self, path: Path, relative: str, digest: str, callback_url: str | None = None
+    ) -> int:
         """An upload the HTTP server spooled and hashed: registered and attached as
         a hashed inbox file is (dedup, copies of finished stems included). Called
-        from the server's threads; returns the new input's id."""
-        record = self.ledger.add_input(path, relative, stat_of(path), origin=ORIGIN_HTTP)
+        from the server's threads; returns the new input's id. `callback_url`,
+        already checked (stemd.callbacks.check_callback_url), is stored with the
+        input before it is attached: a job that ended already is posted at once."""
+        record = self.ledger.add_input(
+            path, relative, stat_of(path), origin=ORIGIN_HTTP, callback_url=callback_url
+        )
         if record is None:  # a new spool file is a new (path, inode): never known
             raise StemdError(f"{path}: this upload is already in the ledger")
         self.attach(record, digest)

@@ -33,8 +33,9 @@ from starlette.concurrency import run_in_threadpool
 from starlette.types import Receive, Scope, Send
 
 from stemd.audio import answer_format, probe, transcode
-from stemd.http.context import API, Context, context, unavailable
+from stemd.http.context import Context, context, unavailable
 from stemd.http.spool import Spooled
+from stemd.jobview import API
 from stemd.ledger import Fault, JobRecord, JobState
 from stemd.manifest import open_stem, read_manifest
 
@@ -44,6 +45,7 @@ DEFAULT_FORMAT = "mp3"  # what the seed answered, at 320 kbps: its web client pl
 WAIT_POLL_S = 0.25
 ANSWER_BLOCK = 3 * 256 * 1024  # a multiple of 3: base64 blocks join without padding
 MP3_BYTES_PER_S = 320_000 // 8
+PARAMETERS = ("format", "callback_url")
 
 PREDICT_BODY: dict[str, Any] = {
     "requestBody": {
@@ -65,7 +67,14 @@ PREDICT_BODY: dict[str, Any] = {
                         },
                         "parameters": {
                             "type": "object",
-                            "properties": {"format": {"type": "string", "enum": list(FORMATS)}},
+                            "properties": {
+                                "format": {"type": "string", "enum": list(FORMATS)},
+                                "callback_url": {
+                                    "type": "string",
+                                    "description": "POSTed each instance's job, signed, "
+                                    "when it ends",
+                                },
+                            },
                         },
                     },
                 },
@@ -91,7 +100,8 @@ def predict_router(route: str) -> APIRouter:
             413: {"description": "Over http.max_predict_body or http.max_upload"},
             422: {
                 "description": "Not audio stemd can take, with the reason: refused on "
-                "arrival, or found corrupt, too long or silent of audio while decoding"
+                "arrival, or found corrupt, too long or silent of audio while decoding; or "
+                "a parameters.callback_url stemd will not call"
             },
             500: {"description": "stemd failed to separate a good file (its job says why)"},
             504: {"description": "Not done within http.predict_timeout: poll the job ids"},
@@ -102,7 +112,10 @@ def predict_router(route: str) -> APIRouter:
 
 async def predict(request: Request, ctx: Ctx) -> StreamingResponse:
     await run_in_threadpool(ctx.check_queue)
-    instances, fmt = parse_body(await read_body(request, ctx.config.http.max_predict_body))
+    instances, fmt, callback = parse_body(
+        await read_body(request, ctx.config.http.max_predict_body)
+    )
+    callback = await ctx.check_callback(callback, "parameters.callback_url")
     limit = ctx.config.max_upload
     for index, data in enumerate(instances):
         if len(data) > limit:
@@ -125,7 +138,7 @@ async def predict(request: Request, ctx: Ctx) -> StreamingResponse:
         raise
     jobs: list[tuple[int, str | None]] = []  # (input id, a copy's folder if served at once)
     for upload in spooled:
-        _job, record = await ctx.take(upload)
+        _job, record = await ctx.take(upload, callback)  # each instance's job calls back
         jobs.append((record.id, record.output_dir))
     del instances  # the request's copies of the files: the spool has them now
     done = await wait_for(ctx, [input_id for input_id, _ in jobs])
@@ -240,8 +253,9 @@ async def read_body(request: Request, cap: int) -> bytes:
     return b"".join(parts)
 
 
-def parse_body(body: bytes) -> tuple[list[bytes], str]:
-    """The instances' files and the answer's format, or a 400 naming what is wrong."""
+def parse_body(body: bytes) -> tuple[list[bytes], str, str | None]:
+    """The instances' files, the answer's format and the callback URL (unchecked),
+    or a 400 naming what is wrong."""
     try:
         payload = json.loads(body)
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
@@ -263,13 +277,16 @@ def parse_body(body: bytes) -> tuple[list[bytes], str]:
     parameters = payload.get("parameters") or {}
     if not isinstance(parameters, dict):
         raise HTTPException(400, 'parameters must be an object, e.g. {"format": "wav"}')
-    unknown = sorted(set(parameters) - {"format"})
+    unknown = sorted(set(parameters) - set(PARAMETERS))
     if unknown:
-        raise HTTPException(400, f"unknown parameter(s) {unknown}; known: format")
+        raise HTTPException(400, f"unknown parameter(s) {unknown}; known: {', '.join(PARAMETERS)}")
     fmt = parameters.get("format", DEFAULT_FORMAT)
     if fmt not in FORMATS:
         raise HTTPException(400, f"parameters.format {fmt!r}: use one of {list(FORMATS)}")
-    return files, str(fmt)
+    callback = parameters.get("callback_url")
+    if callback is not None and not isinstance(callback, str):
+        raise HTTPException(422, "parameters.callback_url must be a string: an http(s) URL")
+    return files, str(fmt), callback
 
 
 def _name(data: bytes) -> str:

@@ -64,8 +64,11 @@ class WorkersView(Protocol):
 
 
 class IntakeView(Protocol):
-    def take_upload(self, path: Path, relative: str, sha256: str) -> int:
-        """Register and attach a spooled upload; its input's id."""
+    def take_upload(
+        self, path: Path, relative: str, sha256: str, callback_url: str | None = None
+    ) -> int:
+        """Register and attach a spooled upload (with its checked callback URL);
+        its input's id."""
         ...
 
 
