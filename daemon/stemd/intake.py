@@ -226,6 +226,11 @@ class Intake:
         if profile is None:
             self.refuse(record, "its choices do not fit the output settings (see the log)")
             return
+        if record.origin != ORIGIN_HTTP:
+            found = self.rules.match(record.relative)
+            if found is not None and found[1].callback_url is not None:
+                # before the attach: a job that ended already is posted at once
+                self.ledger.set_callback_url(record.id, found[1].callback_url)
         job = self.ledger.attach(record.id, digest, profile, record.relative)
         crash_point("hashed")
         job_event(
@@ -262,14 +267,26 @@ class Intake:
         self.dispose(record, success=False)
 
     def take_upload(
-        self, path: Path, relative: str, digest: str, choices: Choices | None = None
+        self,
+        path: Path,
+        relative: str,
+        digest: str,
+        choices: Choices | None = None,
+        callback_url: str | None = None,
     ) -> int:
         """An upload the HTTP server spooled and hashed, with the choices it was
         sent with (checked: `check_choices`): registered and attached as a hashed
         inbox file is (dedup, copies of finished stems included). Called from the
-        server's threads; returns the new input's id."""
+        server's threads; returns the new input's id. `callback_url`, already
+        checked (stemd.callbacks.check_callback_url), is stored with the input
+        before it is attached: a job that ended already is posted at once."""
         record = self.ledger.add_input(
-            path, relative, stat_of(path), origin=ORIGIN_HTTP, choices=choices
+            path,
+            relative,
+            stat_of(path),
+            origin=ORIGIN_HTTP,
+            choices=choices,
+            callback_url=callback_url,
         )
         if record is None:  # a new spool file is a new (path, inode): never known
             raise StemdError(f"{path}: this upload is already in the ledger")

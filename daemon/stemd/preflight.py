@@ -12,6 +12,7 @@ import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from stemd.callbacks.signing import SECRET_KEY, read_secret, secret_path
 from stemd.config import Config
 from stemd.errors import ConfigError, ConfigIssue, ModelError
 
@@ -32,6 +33,7 @@ def secret_files(config: Config) -> list[tuple[str, Path]]:
     files: list[tuple[str, Path]] = []
     if config.http.token_file is not None:
         files.append(("http.token_file", config.http.token_file))
+    files.append((SECRET_KEY, secret_path(config.http.callback_secret_file, config.state_dir)))
     if config.ledger.password_file is not None:
         files.append(("ledger.password_file", config.ledger.password_file))
     for index, target in enumerate(config.notifications):
@@ -75,6 +77,12 @@ def file_issues(config: Config, source: str) -> Findings:
                     "password there, readable by stemd alone",
                 )
             )
+    secret = secret_path(config.http.callback_secret_file, config.state_dir)
+    if secret.exists() or secret.is_symlink():  # a missing one is made at start
+        try:
+            read_secret(secret, source)
+        except ConfigError as err:
+            found.issues.extend(err.issues)
     token_file = config.http.token_file
     if config.http.listen is not None and token_file is not None:
         try:

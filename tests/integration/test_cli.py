@@ -114,6 +114,28 @@ def test_check_warns_of_secrets_others_can_read_and_names_the_fix(tmp_path: Path
     assert "apprise_file" not in result.stderr  # 0600: nothing to say
 
 
+def test_check_reads_the_callback_secret_as_run_will_and_warns_when_others_can(
+    tmp_path: Path,
+) -> None:
+    secret = tmp_path / "cb-secret"
+    config = write_config(
+        tmp_path / "c.yaml",
+        {"model": TEST_MODEL, "http": {"listen": None, "callback_secret_file": str(secret)}},
+    )
+    result = stemd("-c", str(config), "check", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr  # missing: `run` makes it
+    assert not secret.exists()  # check makes nothing
+    secret.write_text("short\n")
+    result = stemd("-c", str(config), "check", cwd=tmp_path)
+    assert result.returncode == 78, result.stderr
+    assert f"c.yaml: http.callback_secret_file: {secret} holds 5 characters" in result.stderr
+    secret.write_text("b" * 64 + "\n")
+    secret.chmod(0o640)
+    result = stemd("-c", str(config), "check", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert f"warning: http.callback_secret_file: {secret} is mode 0640" in result.stderr
+
+
 def test_check_says_when_the_model_is_not_on_disk_to_check_stems_against(
     tmp_path: Path,
 ) -> None:

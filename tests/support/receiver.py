@@ -8,7 +8,7 @@ import json
 import socket
 import threading
 import urllib.parse
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
@@ -19,28 +19,36 @@ from support.waiting import wait_until
 class Received:
     path: str
     body: dict[str, Any]  # JSON, or a form's fields
+    headers: dict[str, str] = field(default_factory=dict, compare=False)
+    raw: bytes = b""  # the body as sent (what a signature covers)
 
 
 class Receiver:
-    """Records each POST; answers 200."""
+    """Records each POST; answers 200 (or, first, the `failures` statuses in turn:
+    a receiver that is down for a while; failed POSTs are recorded too)."""
 
-    def __init__(self, port: int = 0) -> None:
+    def __init__(self, port: int = 0, failures: tuple[int, ...] = ()) -> None:
         self.received: list[Received] = []
+        self._failures = list(failures)
         self._lock = threading.Lock()
         receiver = self
 
         class Handler(BaseHTTPRequestHandler):
             def do_POST(self) -> None:
                 length = int(self.headers.get("Content-Length") or 0)
-                raw = self.rfile.read(length).decode()
+                data = self.rfile.read(length)
+                raw = data.decode()
                 kind = self.headers.get("Content-Type", "")
                 if kind.startswith("application/json"):
                     body = json.loads(raw)
                 else:
                     body = {k: v[0] for k, v in urllib.parse.parse_qs(raw).items()}
                 with receiver._lock:
-                    receiver.received.append(Received(self.path, body))
-                self.send_response(200)
+                    receiver.received.append(
+                        Received(self.path, body, dict(self.headers.items()), data)
+                    )
+                    status = receiver._failures.pop(0) if receiver._failures else 200
+                self.send_response(status)
                 self.send_header("Content-Length", "2")
                 self.end_headers()
                 self.wfile.write(b"{}")

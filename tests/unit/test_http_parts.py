@@ -92,6 +92,27 @@ def test_multipart_spools_the_file_field_and_hashes_it(tmp_path: Path) -> None:
     assert spooled.path.read_bytes() == audio
     assert spooled.sha256 == hashlib.sha256(audio).hexdigest()
     assert spooled.path.parent == tmp_path / "uploads"
+    assert spooled.fields == {"note": "hello"}
+
+
+def test_the_text_fields_beside_the_file_are_kept_before_or_after_it(tmp_path: Path) -> None:
+    spool = Spool(tmp_path)
+    url = "http://127.0.0.1:9000/done?token=abc"
+    body = _multipart(
+        [("a", None, b"1"), ("file", "s.wav", b"RIFF" * 50), ("callback_url", None, url.encode())]
+    )
+    spooled = asyncio.run(
+        spool.from_multipart(_chunks(body, 7), "multipart/form-data; boundary=XyZ", 1 << 20)
+    )
+    assert spooled.fields == {"a": "1", "callback_url": url}
+    assert spooled.path.read_bytes() == b"RIFF" * 50
+    huge = _multipart([("callback_url", None, b"x" * 9000), ("file", "s.wav", b"RIFF")])
+    with pytest.raises(UploadRejected, match="form field 'callback_url' is over 8192 bytes"):
+        asyncio.run(spool.from_multipart(_chunks(huge), "multipart/form-data; boundary=XyZ", 4000))
+    many = _multipart([(f"f{i}", None, b"1") for i in range(40)] + [("file", "s.wav", b"RIFF")])
+    with pytest.raises(UploadRejected, match="more than 32 form fields"):
+        asyncio.run(spool.from_multipart(_chunks(many), "multipart/form-data; boundary=XyZ", 4000))
+    assert [p.name for p in (tmp_path / "uploads").iterdir()] == [spooled.path.name]
 
 
 def test_refused_bodies_leave_no_part_file(tmp_path: Path) -> None:

@@ -400,7 +400,7 @@ def test_a_version_1_ledger_is_migrated_and_keeps_its_rows(tmp_path: Path) -> No
     assert upload is not None and upload.origin == "http"
     ledger.close()
     db = sqlite3.connect(path)
-    assert db.execute("SELECT value FROM meta WHERE key = 'schema'").fetchone()[0] == "5"
+    assert db.execute("SELECT value FROM meta WHERE key = 'schema'").fetchone()[0] == "6"
 
 
 def test_a_ledger_from_a_newer_stemd_is_refused(tmp_path: Path) -> None:
@@ -1104,3 +1104,100 @@ def test_a_postgresql_session_limits_its_statements(
         assert row["statement_timeout"] == "1min"
     finally:
         ledger.close()
+
+
+def due_urls(ledger: Ledger) -> list[str]:
+    return sorted(due.url for due in ledger.due_callbacks())
+
+
+def test_callbacks_are_due_once_per_end_of_the_job_and_per_input(ledger: Ledger) -> None:
+    """The same content submitted twice with two callback URLs calls both, each
+    once the input has what it waited for; a retried job's new end calls again."""
+    first = ledger.add_input(
+        Path("/u/1"), "uploads/a.wav", FileStat(1, 1, 9, 1), "http", "http://h/1"
+    )
+    second = ledger.add_input(
+        Path("/u/2"), "uploads/b.wav", FileStat(1, 2, 9, 1), "http", "http://h/2"
+    )
+    assert first is not None and second is not None
+    ledger.attach(first.id, SHA_A, PROFILE, "uploads/a.wav")
+    job = ledger.attach(second.id, SHA_A, PROFILE, "uploads/b.wav")
+    assert ledger.callbacks_of(job.id) == [(first.id, "http://h/1"), (second.id, "http://h/2")]
+    assert due_urls(ledger) == []  # queued: nothing ended
+    claimed = ledger.claim_next(profile=PROFILE)
+    assert claimed is not None
+    ledger.fail(claimed, "the test model fails", Fault.STEMD)
+    failed = ledger.due_callbacks()
+    assert [d.url for d in failed] == ["http://h/1", "http://h/2"]
+    assert all(ledger.claim_callback(due) for due in failed)
+    for due in failed:
+        ledger.finish_callback(due)
+    assert due_urls(ledger) == []
+
+    # retried and done: a new end. The owner is published at once; the other
+    # input waits for its copy, and is due once it has it
+    assert ledger.retry_job(job.id)
+    running = ledger.claim_next(profile=PROFILE)
+    assert running is not None
+    ledger.complete(running, first.id, "out/a")
+    assert due_urls(ledger) == ["http://h/1"]
+    ledger.finish_input(second.id, InputState.DUPLICATE, "out/b")
+    done = ledger.due_callbacks()
+    assert [d.url for d in done] == ["http://h/1", "http://h/2"]
+    assert all(d.end == ledger.get_job(job.id).finished_at for d in done)
+    assert all(ledger.claim_callback(d) for d in done)
+    # claimed and not marked posted (a crash in between): this node, restarted, posts it
+    assert due_urls(ledger) == ["http://h/1", "http://h/2"]
+    ledger.finish_callback(done[0])
+    ledger.release_callback(done[1])  # stopped before it was posted
+    assert [d.input_id for d in ledger.due_callbacks()] == [second.id]
+
+
+def test_one_host_of_two_posts_a_callback_and_a_gone_hosts_claim_is_taken_over(
+    postgres: PostgresServer,
+) -> None:
+    a, b = two_hosts(postgres)
+    try:
+        for host in (a, b):
+            host.report_node(host.node, 1, time.time(), 0, [])
+        record = a.add_input(
+            Path("/u/1"), "uploads/a.wav", FileStat(0, 1, 9, 1), "http", "http://h/"
+        )
+        assert record is not None
+        a.attach(record.id, SHA_A, PROFILE, "uploads/a.wav")
+        job = a.claim_next(profile=PROFILE)
+        assert job is not None
+        a.complete(job, record.id, "out/a")
+        (due,) = b.due_callbacks(stale_after=60)
+        assert a.claim_callback(due, stale_after=60)
+        assert b.due_callbacks(stale_after=60) == []  # a live host holds it
+        assert not b.claim_callback(due, stale_after=60)
+        # a is gone (not heard from) before it marked the callback posted: b posts it
+        time.sleep(0.3)
+        b.report_node(b.node, 1, time.time(), 0, [])
+        assert b.due_callbacks(stale_after=0.2) == [due]
+        assert b.claim_callback(due, stale_after=0.2)
+        b.finish_callback(due)
+        assert a.due_callbacks() == b.due_callbacks() == []
+        a.finish_callback(due)  # a late mark by the gone host changes nothing
+        assert b.due_callbacks(stale_after=0.2) == []
+    finally:
+        a.close()
+        b.close()
+
+
+def test_an_input_given_a_url_after_its_job_ended_is_due_at_once(ledger: Ledger) -> None:
+    input_id = add(ledger, "a.wav")
+    ledger.attach(input_id, SHA_A, PROFILE, "a.wav")
+    job = ledger.claim_next(profile=PROFILE)
+    assert job is not None
+    ledger.complete(job, input_id, "out/a")
+    assert ledger.due_callbacks() == [] and ledger.callbacks_of(job.id) == []
+    ledger.set_callback_url(input_id, "https://receiver.example/done")
+    (due,) = ledger.due_callbacks()
+    assert (due.input_id, due.job_id, due.source) == (input_id, job.id, "a.wav")
+    assert ledger.claim_callback(due)
+    ledger.finish_callback(due)
+    assert ledger.due_callbacks() == [] and not ledger.claim_callback(due)
+    ledger.set_callback_url(input_id, None)
+    assert ledger.callbacks_of(job.id) == [] and ledger.due_callbacks() == []

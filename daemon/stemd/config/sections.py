@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from pydantic import (
+    AfterValidator,
     BaseModel,
     BeforeValidator,
     ConfigDict,
@@ -21,6 +22,7 @@ from pydantic import (
     model_validator,
 )
 
+from stemd.callbacks.urls import check_callback_url
 from stemd.masking import masked_url
 from stemd.units import format_duration, format_size, parse_duration, parse_size
 
@@ -51,6 +53,7 @@ PATH_KEYS = (
     "source.archive_dir",
     "source.failed_dir",
     "http.token_file",
+    "http.callback_secret_file",
     "ledger.password_file",
 )
 # lame's valid MPEG-1 layer III bitrates
@@ -75,6 +78,16 @@ def _sample_rate(value: object) -> object:
 
 
 SampleRate = Annotated[Literal["model", "source"] | int, BeforeValidator(_sample_rate)]
+
+
+def _callback_url(value: str) -> str:
+    """The API's rule for a callback URL (stemd.callbacks.urls), without DNS: a
+    config loads offline; every send checks the name's addresses anyway."""
+    return check_callback_url(value, resolve=None)
+
+
+# a callback_url in the config (a rule's): http(s), never link-local or metadata
+CallbackUrl = Annotated[str, AfterValidator(_callback_url)]
 
 
 class _Section(BaseModel):
@@ -225,7 +238,7 @@ class JobChoices(_Section):
     sample_format: Literal["s16", "s24", "f32"] | None = None
     sample_rate: SampleRate | None = None
     tags: Literal["copy", "none"] | None = None
-    callback_url: str | None = None  # POSTed the job when it ends (stemd.callbacks)
+    callback_url: CallbackUrl | None = None  # POSTed the job when it ends (stemd.callbacks)
 
     @field_validator("mp3_bitrate")
     @classmethod
@@ -238,13 +251,6 @@ class JobChoices(_Section):
     @classmethod
     def _check_stems(cls, value: tuple[str, ...] | None) -> tuple[str, ...] | None:
         return check_stem_list(value)
-
-    @field_validator("callback_url")
-    @classmethod
-    def _check_callback(cls, value: str | None) -> str | None:
-        if value is not None and not re.match(r"(?i)https?://[^/?#]+", value):
-            raise ValueError(f"{masked_url(value)} is not an http(s) URL")
-        return value
 
     def choices(self) -> dict[str, Any]:
         """The output keys given (those left out are not choices)."""
@@ -301,6 +307,9 @@ class HttpConfig(_Section):
     # host:port; null turns the server off. Port 0 takes a free port (logged).
     listen: str | None = f"127.0.0.1:{DEFAULT_HTTP_PORT}"
     token_file: Path | None = None
+    # the key callbacks are signed with (HMAC-SHA256); null: state_dir/callback-secret.
+    # A missing file is made on the first start (mode 0600).
+    callback_secret_file: Path | None = None
     # null: the same limit as watch.max_file_size
     max_upload: Size | None = Field(default=None, gt=0)
     # /predict's JSON body holds its files in base64, in memory: its own, lower cap

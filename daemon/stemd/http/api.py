@@ -19,9 +19,10 @@ from starlette.concurrency import run_in_threadpool
 from starlette.types import Receive, Scope, Send
 
 from stemd import __version__
-from stemd.http.context import API, Context, answered_at_once, context
+from stemd.http.context import Context, answered_at_once, context
 from stemd.http.events import CLOSED
 from stemd.http.spool import Spooled, UploadRejected
+from stemd.jobview import API
 from stemd.ledger import JobState
 from stemd.manifest import open_stem
 from stemd.report import status_report
@@ -45,7 +46,13 @@ UPLOAD_BODY: dict[str, Any] = {
             "multipart/form-data": {
                 "schema": {
                     "type": "object",
-                    "properties": {"file": {"type": "string", "format": "binary"}},
+                    "properties": {
+                        "file": {"type": "string", "format": "binary"},
+                        "callback_url": {
+                            "type": "string",
+                            "description": "POSTed the job's JSON, signed, when it ends",
+                        },
+                    },
                     "required": ["file"],
                 }
             },
@@ -94,33 +101,73 @@ async def _drain(request: Request) -> None:
         200: {"description": "The content was known: the job as it stands (done or failed)"},
         202: {"description": "Queued"},
         413: {"description": "Over http.max_upload"},
-        422: {"description": "Not audio stemd can take, with the reason"},
+        422: {
+            "description": "Not audio stemd can take, or a callback_url stemd will not "
+            "call, with the reason"
+        },
         503: {"description": "The queue is past http.max_queue (see Retry-After)"},
     },
 )
 async def create_job(
-    request: Request, ctx: Ctx, filename: Annotated[str | None, Query(max_length=4096)] = None
+    request: Request,
+    ctx: Ctx,
+    filename: Annotated[str | None, Query(max_length=4096)] = None,
+    callback_url: Annotated[
+        str | None,
+        Query(
+            max_length=2048,
+            description="POSTed the job's JSON, signed, when it ends (also a form field "
+            "beside `file`); http(s), never a link-local or metadata address",
+        ),
+    ] = None,
 ) -> JSONResponse:
-    queried = {key: value for key, value in request.query_params.items() if key != "filename"}
+    queried = {
+        key: value
+        for key, value in request.query_params.items()
+        if key not in ("filename", "callback_url")
+    }
     ctx.choices(queried)  # refused before the body is read
     await run_in_threadpool(ctx.check_queue)  # the ledger, off the event loop
+    try:  # refused before the body is read, when the query has it
+        checked = await ctx.check_callback(callback_url)
+    except HTTPException:
+        await _drain(request)
+        raise
     spooled = await receive_upload(request, ctx, filename)
     try:
-        both = sorted(set(queried) & set(spooled.fields))
+        fields = {key: value for key, value in spooled.fields.items() if key != "callback_url"}
+        both = sorted(set(queried) & set(fields))
         if both:
             raise HTTPException(
                 422, f"{both[0]}: sent as a form field and in the query; send it once"
             )
-        choices = ctx.choices({**queried, **spooled.fields})
+        choices = ctx.choices({**queried, **fields})
     except BaseException:
         spooled.discard()
         raise
+    checked = await _form_callback(ctx, spooled, checked)
     await ctx.check(spooled)
-    job, record = await ctx.take(spooled, choices)
+    job, record = await ctx.take(spooled, choices, checked)
     known = answered_at_once(record) or job.state in (JobState.DONE, JobState.FAILED)
     body = await run_in_threadpool(ctx.job_json, job)
     body["upload"] = {"name": spooled.name, "bytes": spooled.size, "state": record.state.value}
     return JSONResponse(body, status_code=200 if known else 202, headers={"Location": body["url"]})
+
+
+async def _form_callback(ctx: Context, spooled: Spooled, from_query: str | None) -> str | None:
+    """The form's `callback_url` field, checked (the spool file goes with a refusal)."""
+    field = spooled.fields.get("callback_url")
+    if field is None:
+        return from_query
+    try:
+        if from_query is not None:
+            raise HTTPException(
+                422, "callback_url is both in the query and in the form: give it once"
+            )
+        return await ctx.check_callback(field)
+    except HTTPException:
+        spooled.discard()
+        raise
 
 
 @router.get("/jobs", summary="Jobs, newest first")

@@ -1,5 +1,5 @@
 """The state every route shares: the daemon, the spool, events, metrics, the
-token; and the job as the API shows it."""
+token; the job as the API shows it (stemd.jobview, with a worker's live progress)."""
 
 from __future__ import annotations
 
@@ -12,24 +12,18 @@ from typing import Any, TypeVar
 from fastapi import HTTPException, Request
 from starlette.concurrency import run_in_threadpool
 
-from stemd.choices import (
-    ChoiceError,
-    Choices,
-    choices_from_strings,
-    output_of_params,
-    shown_choices,
-)
+from stemd.callbacks.urls import CallbackRefused, check_callback_url, refusal
+from stemd.choices import ChoiceError, Choices, choices_from_strings
 from stemd.config import Config
 from stemd.errors import InputError, StemdError
 from stemd.http.events import EventHub
 from stemd.http.metrics import Metrics
 from stemd.http.spool import Spool, Spooled
 from stemd.http.view import DaemonView, IntakeView, WorkersView
+from stemd.jobview import API, job_json, stem_files
 from stemd.ledger import InputRecord, InputState, JobRecord, JobState, Ledger
-from stemd.manifest import manifest_stems
 from stemd.track import check_input
 
-API = "/api/v1"
 T = TypeVar("T")
 RETRY_AFTER_S = 30  # what a 503 tells a client to wait
 
@@ -83,49 +77,17 @@ class Context:
             raise HTTPException(404, f"no job {job_id}; list them at {API}/jobs") from None
 
     def stem_files(self, job: JobRecord, folder: str | None = None) -> dict[str, Path]:
-        """stem name -> its file, from the manifest of the job's folder (or `folder`);
-        nothing when that manifest names anything but plain files of its own folder
-        (stemd.manifest: it is on the share, and may have been edited)."""
-        where = folder or job.output_dir
-        if job.state is not JobState.DONE or not where:
-            return {}
-        outbox = self.config.outbox
-        return manifest_stems(outbox / where, outbox) or {}
+        """stem name -> its file (stemd.jobview.stem_files)."""
+        return stem_files(job, self.config.outbox, folder)
 
     def job_json(self, job: JobRecord) -> dict[str, Any]:
-        url = f"{API}/jobs/{job.id}"
-        stems = self.stem_files(job)
-        progress = job.progress
+        progress = None
         workers = self.daemon.workers
         for worker in workers.busy() if workers is not None else []:
             current = worker.current
             if current is not None and current.job_id == job.id and job.state is JobState.RUNNING:
                 progress = current.progress  # fresher than the ledger's (written once a second)
-        return {
-            "id": job.id,
-            "state": job.state.value,
-            "progress": round(progress, 4),
-            "queue_position": self.ledger.queue_position(job),
-            "source": job.source,
-            "sha256": job.sha256,
-            "attempts": job.attempts,
-            "error": job.error,
-            # a failure's cause: "input" (the file; the same bytes fail again) or "stemd"
-            "fault": job.fault.value if job.fault else None,
-            "created": job.created_at,
-            "started": job.started_at,
-            "finished": job.finished_at,
-            "output_dir": job.output_dir or None,
-            # the per-job keys it is rendered with (stemd.choices)
-            "output": shown_choices(
-                output_of_params(self.config.output, job.params)
-                if job.params is not None
-                else self.config.output
-            ),
-            "url": url,
-            "stems": {stem: f"{url}/stems/{stem}" for stem in stems},
-            "zip": f"{url}/stems.zip" if stems else None,
-        }
+        return job_json(job, self.ledger, self.config.outbox, progress)
 
     # -- uploads --------------------------------------------------------------
 
@@ -154,7 +116,8 @@ class Context:
 
     def choices(self, values: dict[str, str]) -> Choices:
         """A job's choices sent as text (form fields, query parameters), checked
-        against today's settings and model; 422 naming the key if refused."""
+        against today's settings and model; 422 naming the key if refused. The
+        callback URL is not among them (`check_callback`)."""
         try:
             choices = choices_from_strings(values)
             self.intake.check_choices(choices)
@@ -163,10 +126,10 @@ class Context:
         return choices
 
     async def take(
-        self, spooled: Spooled, choices: Choices | None = None
+        self, spooled: Spooled, choices: Choices | None = None, callback_url: str | None = None
     ) -> tuple[JobRecord, InputRecord]:
-        """Hand a checked upload to the worker's intake, with its choices: its job,
-        and its input."""
+        """Hand a checked upload to the worker's intake, with its choices (and its
+        checked callback URL): its job, and its input."""
         try:
             input_id = await run_in_threadpool(
                 self.intake.take_upload,
@@ -174,11 +137,22 @@ class Context:
                 spooled.relative,
                 spooled.sha256,
                 choices or {},
+                callback_url,
             )
         except BaseException:
             spooled.discard()
             raise
         return await run_in_threadpool(self._job_of_input, input_id)
+
+    async def check_callback(self, url: str | None, key: str = "callback_url") -> str | None:
+        """The callback URL if stemd may call it (422 naming `key` and why if not);
+        names are resolved off the event loop."""
+        if url is None:
+            return None
+        try:
+            return await run_in_threadpool(check_callback_url, url)
+        except CallbackRefused as err:
+            raise HTTPException(422, refusal(key, url, err)) from None
 
     def _job_of_input(self, input_id: int) -> tuple[JobRecord, InputRecord]:
         return self.ledger.job_of_input(input_id), self.ledger.get_input(input_id)

@@ -34,8 +34,9 @@ from starlette.types import Receive, Scope, Send
 
 from stemd.audio import answer_format, probe, transcode
 from stemd.choices import ChoiceError, Choices, choices_from_json
-from stemd.http.context import API, Context, context, unavailable
+from stemd.http.context import Context, context, unavailable
 from stemd.http.spool import Spooled
+from stemd.jobview import API
 from stemd.ledger import Fault, JobRecord, JobState
 from stemd.manifest import open_stem, read_manifest
 
@@ -74,7 +75,11 @@ PREDICT_BODY: dict[str, Any] = {
                                 "sample_format": {"enum": ["s16", "s24", "f32"]},
                                 "sample_rate": {"type": ["integer", "string"]},
                                 "tags": {"enum": ["copy", "none"]},
-                                "callback_url": {"type": "string"},
+                                "callback_url": {
+                                    "type": "string",
+                                    "description": "POSTed each instance's job, signed, "
+                                    "when it ends",
+                                },
                             },
                             "additionalProperties": False,
                         },
@@ -102,7 +107,8 @@ def predict_router(route: str) -> APIRouter:
             413: {"description": "Over http.max_predict_body or http.max_upload"},
             422: {
                 "description": "Not audio stemd can take, with the reason: refused on "
-                "arrival, or found corrupt, too long or silent of audio while decoding"
+                "arrival, or found corrupt, too long or silent of audio while decoding; or "
+                "a parameters.callback_url stemd will not call"
             },
             500: {"description": "stemd failed to separate a good file (its job says why)"},
             504: {"description": "Not done within http.predict_timeout: poll the job ids"},
@@ -113,11 +119,14 @@ def predict_router(route: str) -> APIRouter:
 
 async def predict(request: Request, ctx: Ctx) -> StreamingResponse:
     await run_in_threadpool(ctx.check_queue)
-    instances, fmt, choices = parse_body(await read_body(request, ctx.config.http.max_predict_body))
+    instances, fmt, choices, callback = parse_body(
+        await read_body(request, ctx.config.http.max_predict_body)
+    )
     try:
         ctx.intake.check_choices(choices)
     except ChoiceError as err:
         raise HTTPException(400, f"parameters.{err}") from None
+    callback = await ctx.check_callback(callback, "parameters.callback_url")
     limit = ctx.config.max_upload
     for index, data in enumerate(instances):
         if len(data) > limit:
@@ -140,7 +149,8 @@ async def predict(request: Request, ctx: Ctx) -> StreamingResponse:
         raise
     jobs: list[tuple[int, str | None]] = []  # (input id, a copy's folder if served at once)
     for upload in spooled:
-        _job, record = await ctx.take(upload, choices)
+        # each instance's job calls back
+        _job, record = await ctx.take(upload, choices, callback)
         jobs.append((record.id, record.output_dir))
     del instances  # the request's copies of the files: the spool has them now
     done = await wait_for(ctx, [input_id for input_id, _ in jobs])
@@ -255,9 +265,9 @@ async def read_body(request: Request, cap: int) -> bytes:
     return b"".join(parts)
 
 
-def parse_body(body: bytes) -> tuple[list[bytes], str, Choices]:
-    """The instances' files, the answer's format and the jobs' choices, or a 400
-    naming what is wrong."""
+def parse_body(body: bytes) -> tuple[list[bytes], str, Choices, str | None]:
+    """The instances' files, the answer's format, the jobs' choices and the
+    callback URL (unchecked), or a 400 naming what is wrong."""
     try:
         payload = json.loads(body)
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
@@ -282,13 +292,17 @@ def parse_body(body: bytes) -> tuple[list[bytes], str, Choices]:
     fmt = parameters.get("format", DEFAULT_FORMAT)
     if fmt not in FORMATS:
         raise HTTPException(400, f"parameters.format {fmt!r}: use one of {list(FORMATS)}")
+    callback = parameters.get("callback_url")
+    if callback is not None and not isinstance(callback, str):
+        raise HTTPException(422, "parameters.callback_url must be a string: an http(s) URL")
     # `format` is the answer's (the seed's meaning); the other per-job keys choose
     # how the job's stems are rendered (stemd.choices)
+    rest = {k: v for k, v in parameters.items() if k not in ("format", "callback_url")}
     try:
-        choices = choices_from_json({k: v for k, v in parameters.items() if k != "format"})
+        choices = choices_from_json(rest)
     except ChoiceError as err:
         raise HTTPException(400, f"parameters.{err}") from None
-    return files, str(fmt), choices
+    return files, str(fmt), choices, callback
 
 
 def _name(data: bytes) -> str:

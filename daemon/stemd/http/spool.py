@@ -14,7 +14,7 @@ import os
 import shutil
 import uuid
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, BinaryIO
 
@@ -29,6 +29,8 @@ if TYPE_CHECKING:  # a TypedDict the library declares for type checkers only
 UPLOADS_DIR = "uploads"  # inside state_dir; also the outbox folder uploads publish into
 PART_SUFFIX = ".part"
 NAMELESS = "upload"
+FIELD_MAX = 8192  # bytes of one form field beside the file (callback_url, choices)
+FIELDS_MAX = 32  # form fields beside the file
 
 
 class UploadRejected(Exception):
@@ -47,11 +49,6 @@ class TooLarge(UploadRejected):
         )
 
 
-# the text fields a multipart upload may send beside `file` (its choices)
-MAX_FIELDS = 16
-MAX_FIELD_BYTES = 4096
-
-
 @dataclass(frozen=True)
 class Spooled:
     """A complete upload on disk: its spool path, the client's name made safe,
@@ -61,8 +58,8 @@ class Spooled:
     name: str
     size: int
     sha256: str
-    # the multipart form's other fields (the job's choices: stemd.choices), as text
-    fields: dict[str, str] = field(default_factory=dict)
+    # a multipart form's other fields (name -> text), e.g. callback_url
+    fields: dict[str, str] = field(default_factory=dict, compare=False, hash=False)
 
     @property
     def relative(self) -> str:
@@ -116,12 +113,19 @@ class Spool:
         self.root.mkdir(parents=True, exist_ok=True)
         return self.root / f"{uuid.uuid4().hex}{PART_SUFFIX}"
 
-    def complete(self, part: Path, client_name: str | None, size: int, digest: str) -> Spooled:
+    def complete(
+        self,
+        part: Path,
+        client_name: str | None,
+        size: int,
+        digest: str,
+        fields: dict[str, str] | None = None,
+    ) -> Spooled:
         name = safe_upload_name(client_name)
         suffix = PurePosixPath(name).suffix if "." in name else ""
         final = part.with_name(part.name.removesuffix(PART_SUFFIX) + suffix)
         os.replace(part, final)
-        return Spooled(final, name, size, digest)
+        return Spooled(final, name, size, digest, fields or {})
 
     async def from_stream(
         self, chunks: AsyncIterator[bytes], client_name: str | None, limit: int
@@ -139,8 +143,8 @@ class Spool:
         self, chunks: AsyncIterator[bytes], content_type: str, limit: int
     ) -> Spooled:
         """The form field `file` of a multipart/form-data body, parsed as it
-        arrives, and the other fields, small ones (`MAX_FIELD_BYTES`), kept as
-        text."""
+        arrives; other fields (up to FIELDS_MAX of FIELD_MAX bytes each) are kept
+        as text in `Spooled.fields`; other files are read past."""
         _kind, options = parse_options_header(content_type)
         boundary = options.get(b"boundary")
         if not boundary:
@@ -162,8 +166,9 @@ class Spool:
                         422, "no form field named 'file'; send the audio as -F file=@PATH"
                     )
                 await run_in_threadpool(_sync, sink)
-            spooled = self.complete(part, reader.filename, reader.size, reader.hash.hexdigest())
-            return replace(spooled, fields=reader.text_fields())
+            return self.complete(
+                part, reader.filename, reader.size, reader.hash.hexdigest(), reader.fields()
+            )
         except BaseException:
             part.unlink(missing_ok=True)
             raise
@@ -219,9 +224,8 @@ class _FileField:
         self._header_value = b""
         self._headers: dict[bytes, bytes] = {}
         self._in_file = False
-        self._fields: dict[str, bytearray] = {}
-        self._field: bytearray | None = None  # the text field being read
-        self._field_name = ""
+        self._field: bytes | None = None  # the name of the text field being read
+        self._texts: dict[bytes, bytearray] = {}
 
     def callbacks(self) -> MultipartCallbacks:
         return {
@@ -256,25 +260,21 @@ class _FileField:
             self.found = self._in_file = True
             raw = options.get(b"filename")
             self.filename = raw.decode("utf-8", errors="replace") if raw is not None else None
-        elif name is not None and name != b"file":
-            self._field_name = name.decode("utf-8", errors="replace")
-            if self._field_name in self._fields or len(self._fields) >= MAX_FIELDS:
-                self.error = UploadRejected(
-                    422,
-                    f"form field {self._field_name!r}: sent twice, or one of more than "
-                    f"{MAX_FIELDS} fields; send each choice once",
-                )
+        elif name and b"filename" not in options and name != b"file":
+            if name not in self._texts and len(self._texts) >= FIELDS_MAX:
+                self.error = UploadRejected(422, f"more than {FIELDS_MAX} form fields")
                 return
-            self._field = self._fields[self._field_name] = bytearray()
+            self._field = name
+            self._texts[name] = bytearray()
 
     def _part_data(self, data: bytes, start: int, end: int) -> None:
         if self._field is not None and self.error is None:
-            self._field += data[start:end]
-            if len(self._field) > MAX_FIELD_BYTES:
+            text = self._texts[self._field]
+            text += data[start:end]
+            if len(text) > FIELD_MAX:
+                name = self._field.decode("utf-8", errors="replace")
                 self.error = UploadRejected(
-                    422,
-                    f"form field {self._field_name!r} is over {MAX_FIELD_BYTES} bytes; "
-                    "the audio goes in the field named 'file'",
+                    422, f"form field {name!r} is over {FIELD_MAX} bytes; it is not a file"
                 )
             return
         if not self._in_file or self.error is not None:
@@ -291,12 +291,9 @@ class _FileField:
         self._in_file = False
         self._field = None
 
-    def text_fields(self) -> dict[str, str]:
-        """The fields beside `file`, as text (UploadRejected if one is not UTF-8)."""
-        fields: dict[str, str] = {}
-        for name, value in self._fields.items():
-            try:
-                fields[name] = value.decode("utf-8")
-            except UnicodeDecodeError:
-                raise UploadRejected(422, f"form field {name!r} is not UTF-8 text") from None
-        return fields
+    def fields(self) -> dict[str, str]:
+        """The text fields beside the file, as text (invalid UTF-8 replaced)."""
+        return {
+            name.decode("utf-8", errors="replace"): bytes(value).decode("utf-8", errors="replace")
+            for name, value in self._texts.items()
+        }

@@ -66,9 +66,15 @@ class WorkersView(Protocol):
 
 class IntakeView(Protocol):
     def take_upload(
-        self, path: Path, relative: str, sha256: str, choices: Choices | None = None
+        self,
+        path: Path,
+        relative: str,
+        sha256: str,
+        choices: Choices | None = None,
+        callback_url: str | None = None,
     ) -> int:
-        """Register and attach a spooled upload with its choices; its input's id."""
+        """Register and attach a spooled upload with its choices (and its checked
+        callback URL); its input's id."""
         ...
 
     def check_choices(self, choices: Choices) -> None:

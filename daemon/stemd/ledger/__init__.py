@@ -5,6 +5,7 @@ schema.py   the tables and their migrations, run by both backends
 backends.py SQLite in state_dir, or PostgreSQL (psycopg 3) for several hosts
 core.py     one backend's transactions, migrations, patience with an unreachable database
 inputs.py   the operations on inputs (files and uploads seen)
+callbacks.py inputs' callback URLs, and which end of their job each was posted for
 jobs.py     the operations on jobs: claims under leases, fenced writes, retries, recovery
 reports.py  nodes, counts, queue positions, failures
 store.py    `Ledger`: the three groups of operations over one core
@@ -18,6 +19,7 @@ from pathlib import Path
 
 from stemd.errors import StateError
 from stemd.ledger.backends import Backend, PostgresBackend, SqliteBackend
+from stemd.ledger.callbacks import DueCallback
 from stemd.ledger.records import (
     ALLOWED_TRANSITIONS,
     ORIGIN_HTTP,
@@ -50,6 +52,7 @@ __all__ = [
     "ORIGIN_INBOX",
     "SCHEMA_VERSION",
     "Drained",
+    "DueCallback",
     "Fault",
     "FileStat",
     "InputRecord",

@@ -58,16 +58,18 @@ class InputLedger(LedgerCore):
         stat: FileStat,
         origin: str = ORIGIN_INBOX,
         choices: Mapping[str, Any] | None = None,
+        callback_url: str | None = None,
     ) -> InputRecord | None:
         """Register a settled file (an upload with the `choices` it was sent
-        with). None if this exact version is already known (another host
+        with; the URL to call when its job ends, if any). None if this exact
+        version is already known (another host
         watching the same share may have registered it first)."""
         with self._write() as db:
             now = self.backend.now(db)
             row = db.execute(
                 "INSERT INTO inputs (path, relative, dev, ino, size, mtime_ns, state, "
-                "detected_at, updated_at, origin, node, choices) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
+                "detected_at, updated_at, origin, node, choices, callback_url) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
                 "ON CONFLICT DO NOTHING RETURNING *",
                 (
                     str(path),
@@ -82,6 +84,7 @@ class InputLedger(LedgerCore):
                     origin,
                     self.node,
                     json.dumps(dict(choices), sort_keys=True) if choices else None,
+                    callback_url,
                 ),
             ).fetchone()
         return input_of(row) if row else None

@@ -10,7 +10,7 @@ coarse for a timestamp); SQLite reads the same names with the same meaning.
 
 from __future__ import annotations
 
-SCHEMA_VERSION = 5
+SCHEMA_VERSION = 6
 
 # Version 1: seen files (the stat cache that lets rescans skip unchanged files
 # without rehashing) and jobs, one per (content sha256, output profile).
@@ -83,11 +83,23 @@ MIGRATIONS: dict[int, list[str]] = {
     # corrupt, too long, not audio; the same bytes fail again) or 'stemd' (it gave up
     # after its attempts). /predict answers the first 422, the second 500.
     3: ["ALTER TABLE jobs ADD COLUMN fault TEXT"],
-    # 5: choices per job (stemd.choices). A job keeps the parameters its profile
+    # 5: an input may ask to be called back when its job ends (`callback_url`, from
+    # the jobs API, /predict or a rule). An end of the job is named by its
+    # finished_at: `callback_end` is the last end posted (or given up on), and
+    # `callback_claim` the node posting `callback_claim_end` now, so each end is
+    # posted once per input, by one host, and again by another if that one is gone.
+    4: [
+        "ALTER TABLE inputs ADD COLUMN callback_url TEXT",
+        "ALTER TABLE inputs ADD COLUMN callback_end DOUBLE PRECISION",
+        "ALTER TABLE inputs ADD COLUMN callback_claim TEXT",
+        "ALTER TABLE inputs ADD COLUMN callback_claim_end DOUBLE PRECISION",
+        "CREATE INDEX inputs_with_callback ON inputs (job_id) WHERE callback_url IS NOT NULL",
+    ],
+    # 6: choices per job (stemd.choices). A job keeps the parameters its profile
     # key fingerprints (JSON), so any worker of the same separation (the model's
     # part of them, `separation`) renders it as its key says; an upload keeps the
     # choices it was sent with (JSON), so new output defaults key it anew.
-    4: [
+    5: [
         "ALTER TABLE jobs ADD COLUMN params TEXT",
         "ALTER TABLE jobs ADD COLUMN separation TEXT",
         "ALTER TABLE inputs ADD COLUMN choices TEXT",

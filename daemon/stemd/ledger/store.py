@@ -23,11 +23,12 @@ backoff) instead of failing; other threads get LedgerUnavailable at once.
 
 from __future__ import annotations
 
+from stemd.ledger.callbacks import CallbackLedger
 from stemd.ledger.inputs import InputLedger
 from stemd.ledger.rekey import KeyLedger
 from stemd.ledger.reports import ReportLedger
 
 
-class Ledger(InputLedger, KeyLedger, ReportLedger):
+class Ledger(InputLedger, KeyLedger, ReportLedger, CallbackLedger):
     """The ledger's operations, grouped by what they are about (inputs, jobs and
-    their keys, reports) over one core (stemd.ledger.core)."""
+    their keys, reports, callbacks) over one core (stemd.ledger.core)."""

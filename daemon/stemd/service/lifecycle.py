@@ -21,6 +21,8 @@ from types import FrameType
 from typing import TYPE_CHECKING
 
 from stemd.audio import kill_children
+from stemd.callbacks.delivery import Callbacks
+from stemd.callbacks.signing import ensure_secret, secret_path
 from stemd.config import Config, changed_keys, load_config
 from stemd.engine import Engine, share_cpu, worker_devices
 from stemd.errors import ConfigError, StemdError
@@ -72,6 +74,7 @@ class Service:
         self.folders: SharedFolders | None = None
         self.http: HttpServer | None = None
         self.notifications: Notifications | None = None  # messages to people (apprise, webhooks)
+        self.callbacks: Callbacks | None = None  # each input's callback_url, signed
         self.started_at = time.time()
         self.model_load_seconds: float | None = None
         self._fatal: str | None = None  # why the main loop stopped on its own
@@ -112,6 +115,7 @@ class Service:
         found.raise_issues()
         self._prepare_folders(config)
         self.state_lock = StateDirLock(config.state_dir)
+        secret = self._callback_secret(config)
         self.node = node_id(config.state_dir)
         self.ledger = ledger = self._connect_ledger(
             lambda: connect(
@@ -164,6 +168,7 @@ class Service:
         self.workers = Workers(self.ledger, config, self.intake, engines)
         self.notifications = Notifications(config, self.ledger, self._settling)
         self.notifications.start()  # before the workers: their first job's end is heard
+        self.callbacks = self._start_callbacks(config, secret)
         self.workers.start()
         self.liveness.attach(self.workers)  # before the startup scan: it may be long
         self.inbox = InboxFeed(
@@ -183,6 +188,29 @@ class Service:
             self.ledger.where,
             self.node,
         )
+
+    def _callback_secret(self, config: Config) -> bytes:
+        """The key callbacks are signed with, made now if there is none (before
+        the model loads: a secret that cannot be made fails the start at once)."""
+        path = secret_path(config.http.callback_secret_file, config.state_dir)
+        source = self.config_path.name if self.config_path else "config"
+        secret, made = ensure_secret(path, source)
+        if made:
+            log.info("callbacks: made a signing secret in %s (mode 0600)", path)
+        return secret
+
+    def _start_callbacks(self, config: Config, secret: bytes) -> Callbacks:
+        """Callbacks' owner, on a ledger connection of its own (its polls never
+        queue before a worker's writes)."""
+        assert self.ledger is not None
+        callbacks = Callbacks(
+            self._connect_ledger(self.ledger.another_connection),
+            config.outbox,
+            secret,
+            node_gone=NODE_GONE_S,
+        )
+        callbacks.start()
+        return callbacks
 
     def _connect_ledger(self, opener: Callable[[], Ledger]) -> Ledger:
         """The ledger `opener` connects to; a database that cannot be reached yet
@@ -394,6 +422,8 @@ class Service:
         self.workers.request_reload(new)
         if self.notifications is not None:
             self.notifications.reload(new)
+        if self.callbacks is not None:
+            self.callbacks.reload(new.outbox)
         running = [worker.current.source for worker in self.workers.busy() if worker.current]
         log.info(
             "configuration reloaded%s",
@@ -439,6 +469,9 @@ class Service:
             log.warning("killed %d ffmpeg process(es) still running", killed)
         if self.notifications is not None:
             self.notifications.stop()  # the last jobs' messages, briefly
+        if self.callbacks is not None:
+            self.callbacks.stop()  # the last jobs' callbacks, briefly; the rest released
+            self.callbacks.ledger.close()
         if self.ledger is not None:
             # a stopped daemon is no node, settling nothing (if the ledger is
             # unreachable, the others see it gone once it is not heard from)

@@ -1,0 +1,307 @@
+"""Callbacks in one process: which URLs are refused and why (at submission and
+again at the send, for DNS that changes), the signature a receiver checks, the
+secret file, and the owner posting what the ledger (real SQLite) says is due to
+a real local receiver, with retries, a bounded stop and claims released."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import logging
+import re
+import socket
+import sqlite3
+import stat
+import time
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import pytest
+
+from stemd.callbacks import CallbackRefused, check_callback_url
+from stemd.callbacks.delivery import Callbacks
+from stemd.callbacks.sender import NotDelivered, post
+from stemd.callbacks.signing import (
+    SIGNATURE_HEADER,
+    TIMESTAMP_HEADER,
+    ensure_secret,
+    read_secret,
+    signature,
+    signed_headers,
+    verify,
+)
+from stemd.callbacks.urls import AddrInfo, refusal, vetted_addresses
+from stemd.errors import ConfigError
+from stemd.ledger import FileStat, Ledger, sqlite_ledger
+from support.receiver import Hanging, Receiver, refused_port
+from support.waiting import wait_until
+
+SECRET = b"0123456789abcdef0123456789abcdef"
+
+
+def resolver(*answers: str) -> object:
+    """A stand-in for getaddrinfo that gives these addresses, in turn per call
+    (one call's answer: addresses joined by ',')."""
+    calls = iter(answers)
+
+    def resolve(host: str, port: int) -> Sequence[AddrInfo]:
+        found = next(calls)
+        return [
+            (
+                socket.AF_INET6 if ":" in a else socket.AF_INET,
+                socket.SOCK_STREAM,
+                6,
+                "",
+                (a, port),
+            )
+            for a in found.split(",")
+        ]
+
+    return resolve
+
+
+@pytest.mark.parametrize(
+    ("url", "why"),
+    [
+        ("ftp://example.com/done", "only http:// and https:// URLs are called back, not ftp://"),
+        ("example.com/done", "not a URL without a scheme"),
+        ("http:///done", "has no host"),
+        ("http://169.254.169.254/latest/meta-data", "169.254.169.254 is link-local"),
+        ("http://[fe80::1]/x", "fe80::1 is link-local (fe80::/10)"),
+        ("http://[fe80::1%25eth0]:8080/x", "fe80::1 is link-local"),
+        ("http://[::ffff:169.254.169.254]/x", "::ffff:a9fe:a9fe is 169.254.169.254"),
+        ("http://2852039166/x", "169.254.169.254 is link-local"),  # the same, as one number
+        ("http://0xa9.0xfe.0xa9.0xfe/x", "169.254.169.254 is link-local"),
+        ("http://[fd00:ec2::254]/x", "fd00:ec2::254 is a cloud metadata address"),
+        ("http://0.0.0.0/x", "0.0.0.0 is not an address a receiver has"),
+        ("http://example.com:99999/x", "not a URL"),
+        ("http://exa mple.com/x", "spaces or control characters"),
+        ("", "empty"),
+    ],
+)
+def test_urls_stemd_will_not_call_are_refused_with_the_reason(url: str, why: str) -> None:
+    with pytest.raises(CallbackRefused, match=None) as refused:
+        check_callback_url(url, resolve=resolver("192.0.2.1"))
+    assert why in str(refused.value)
+
+
+def test_a_name_is_refused_when_any_address_it_resolves_to_is_link_local() -> None:
+    with pytest.raises(CallbackRefused, match=r"meta\.test resolves to 169\.254\.169\.254 is link"):
+        check_callback_url("http://meta.test/x", resolve=resolver("192.0.2.7,169.254.169.254"))
+    with pytest.raises(CallbackRefused, match="resolves to fe80::2"):
+        check_callback_url("http://six.test/x", resolve=resolver("fe80::2"))
+
+    def nowhere(host: str, port: int) -> Sequence[AddrInfo]:
+        raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
+
+    with pytest.raises(CallbackRefused, match=r"nowhere\.test does not resolve"):
+        check_callback_url("http://nowhere.test/x", resolve=nowhere)
+    # a config's rule is checked without DNS; the name is checked at each send
+    assert check_callback_url("http://nowhere.test/x", resolve=None) == "http://nowhere.test/x"
+    with pytest.raises(CallbackRefused, match="link-local"):
+        check_callback_url("http://169.254.1.1/x", resolve=None)
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://127.0.0.1:8000/hook",
+        "https://[::1]/hook?token=abc",
+        "http://10.0.0.5/x",
+        "HTTPS://receiver.test/stemd",
+        "http://user:pass@192.168.1.20:9000/",
+    ],
+)
+def test_loopback_lan_and_public_receivers_are_allowed(url: str) -> None:
+    assert check_callback_url(url, resolve=resolver("192.168.1.9")) == url
+
+
+def test_the_refusal_names_the_key_and_hides_the_urls_secrets() -> None:
+    url = "ftp://user:hunter2@example.com/hook/s3cret?token=t0k"
+    with pytest.raises(CallbackRefused) as refused:
+        check_callback_url(url)
+    message = refusal("callback_url", url, refused.value)
+    assert message.startswith("callback_url ftp://***@example.com/***?***: only http://")
+    assert "hunter2" not in message and "s3cret" not in message and "t0k" not in message
+
+
+def test_each_send_checks_the_name_again_dns_rebinding_is_refused() -> None:
+    resolve = resolver("192.0.2.10", "169.254.169.254")
+    assert vetted_addresses("rebind.test", 80, resolve) == [(socket.AF_INET, ("192.0.2.10", 80))]
+    with pytest.raises(CallbackRefused, match=r"rebind\.test resolves to 169\.254\.169\.254"):
+        vetted_addresses("rebind.test", 80, resolve)
+
+
+def test_a_post_to_a_name_that_now_resolves_to_link_local_never_connects() -> None:
+    with Receiver() as receiver:
+        resolve = resolver("169.254.169.254")
+        with pytest.raises(NotDelivered) as err:
+            post(f"http://rebind.test:{receiver.port}/x", b"{}", {}, 5.0, resolve=resolve)
+        assert err.value.final and "refused now" in str(err.value)
+        # the checked address is the one connected to: the receiver on loopback
+        status = post(
+            f"http://receiver.test:{receiver.port}/hook", b'{"a": 1}', {"X-T": "1"}, 5.0,
+            resolve=resolver("127.0.0.1"),
+        )  # fmt: skip
+        assert status == 200
+        (got,) = receiver.at("/hook")
+        assert got.raw == b'{"a": 1}' and got.headers["X-T"] == "1"
+        assert got.headers["Host"] == f"receiver.test:{receiver.port}"  # the name, not the address
+
+
+def test_a_receiver_that_never_answers_costs_one_timeout() -> None:
+    with Hanging() as hanging:
+        started = time.monotonic()
+        with pytest.raises(NotDelivered, match=r"no answer within 0\.5s"):
+            post(f"http://127.0.0.1:{hanging.port}/x", b"{}", {}, 0.5)
+        assert time.monotonic() - started < 3
+    with pytest.raises(NotDelivered, match="Connection refused"):
+        post(f"http://127.0.0.1:{refused_port()}/x", b"{}", {}, 2.0)
+
+
+def test_the_signature_is_hmac_sha256_of_timestamp_dot_body() -> None:
+    body = b'{"id": 7, "state": "done"}'
+    # computed by hand, as the README's receiver does
+    expected = hmac.new(SECRET, b"1700000000." + body, hashlib.sha256).hexdigest()
+    assert signature(body, SECRET, 1700000000) == f"sha256={expected}"
+    headers = signed_headers(body, SECRET, now=1700000000.9)
+    assert headers == {TIMESTAMP_HEADER: "1700000000", SIGNATURE_HEADER: f"sha256={expected}"}
+    now = 1700000100.0
+    assert verify(body, "1700000000", headers[SIGNATURE_HEADER], SECRET, now=now)
+    assert not verify(body + b" ", "1700000000", headers[SIGNATURE_HEADER], SECRET, now=now)
+    assert not verify(body, "1700000001", headers[SIGNATURE_HEADER], SECRET, now=now)
+    assert not verify(body, "1700000000", headers[SIGNATURE_HEADER], b"x" * 32, now=now)
+    # a replay: the same request, well after it was signed
+    assert not verify(body, "1700000000", headers[SIGNATURE_HEADER], SECRET, now=now + 3600)
+
+
+def test_a_missing_secret_is_made_once_owner_only_and_never_replaced(tmp_path: Path) -> None:
+    path = tmp_path / "callback-secret"
+    secret, made = ensure_secret(path)
+    assert made and len(secret) == 64 and int(secret, 16) >= 0
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert ensure_secret(path) == (secret, False)
+    path.write_text("too short\n")
+    with pytest.raises(ConfigError, match=r"http\.callback_secret_file: .* holds 9 characters"):
+        read_secret(path)
+    with pytest.raises(ConfigError, match=r"http\.callback_secret_file: there is no .* cannot be"):
+        ensure_secret(tmp_path / "no-such-folder" / "secret")
+
+
+# -- the owner, over a real ledger and a real receiver ------------------------------
+
+
+@pytest.fixture
+def ledger(tmp_path: Path) -> Iterator[Ledger]:
+    opened = sqlite_ledger(tmp_path / "ledger.sqlite", "node")
+    yield opened
+    opened.close()
+
+
+def ended_job(ledger: Ledger, name: str, url: str, ino: int, fail: bool = False) -> int:
+    record = ledger.add_input(Path(f"/u/{name}"), name, FileStat(1, ino, 9, 1), "http", url)
+    assert record is not None
+    ledger.attach(record.id, f"{ino:064x}", "p", name)
+    job = ledger.claim_next(profile="p")
+    assert job is not None
+    if fail:
+        ledger.fail(job, "the test fails it")
+    else:
+        ledger.complete(job, record.id, f"out/{name}")
+    return job.id
+
+
+def test_due_callbacks_are_posted_signed_and_retried_until_the_receiver_takes_them(
+    ledger: Ledger, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="stemd")
+    with Receiver(failures=(503, 500)) as receiver:
+        url = f"http://127.0.0.1:{receiver.port}/cb"
+        done = ended_job(ledger, "a.wav", url, 1)
+        owner = Callbacks(ledger, tmp_path, SECRET, poll=0.2, retry_first=0.2)
+        owner.start()
+        try:
+            got = receiver.wait_for("/cb", 3, 30)  # two refusals, then taken
+        finally:
+            owner.stop(grace=2)
+        failed = ended_job(ledger, "b.wav", url, 2, fail=True)
+        owner = Callbacks(ledger, tmp_path, SECRET, poll=0.2)
+        owner.start()
+        try:
+            got = receiver.wait_for("/cb", 4, 30)
+        finally:
+            owner.stop(grace=2)
+    bodies = [json.loads(r.raw) for r in got]
+    assert [(b["id"], b["state"]) for b in bodies] == [
+        (done, "done"), (done, "done"), (done, "done"), (failed, "failed")
+    ]  # fmt: skip
+    assert bodies[3]["error"] == "the test fails it"
+    for r in got:
+        assert verify(r.raw, r.headers[TIMESTAMP_HEADER], r.headers[SIGNATURE_HEADER], SECRET)
+    tries = [m for m in caplog.messages if "callback for job" in m]
+    assert len(tries) == 4, tries  # one line a try
+    assert "answered HTTP 503 (try 1 of 10" in tries[0] and "trying again in 0.2s" in tries[0]
+    assert "delivered (HTTP 200, try 3" in tries[2]
+    assert ledger.due_callbacks() == []
+
+
+def test_stopping_releases_what_was_not_delivered_for_the_next_start(
+    ledger: Ledger, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    def claimed_by() -> list[str | None]:
+        with sqlite3.connect(ledger.path) as db:
+            return [row[0] for row in db.execute("SELECT callback_claim FROM inputs")]
+
+    caplog.set_level(logging.INFO, logger="stemd")
+    url = f"http://127.0.0.1:{refused_port()}/cb"
+    ended_job(ledger, "a.wav", url, 1)
+    owner = Callbacks(ledger, tmp_path, SECRET, poll=0.1, retry_first=60)
+    owner.start()
+    wait_until(lambda: "trying again in 60s" in caplog.text, 10, "the first try")
+    assert claimed_by() == ["node"]
+    started = time.monotonic()
+    owner.stop(grace=1)
+    assert time.monotonic() - started < 5  # the retry an hour away is not waited for
+    assert claimed_by() == [None]  # any host posts it now
+    assert [d.url for d in ledger.due_callbacks()] == [url]
+    assert "1 not delivered before stopping; sent after the next start" in caplog.text
+
+
+def test_the_readmes_receiver_accepts_stemds_signature_and_refuses_a_replay() -> None:
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    (snippet,) = [
+        block.split("\n", 1)[1]
+        for block in readme.split("```")
+        if block.startswith("python\n") and "def from_stemd" in block
+    ]
+    assert len(snippet.strip().splitlines()) == 6
+    scope: dict[str, object] = {}
+    exec(snippet, scope)  # the README's own code, run as a reader would
+    from_stemd = scope["from_stemd"]
+    assert callable(from_stemd)
+    body = b'{"id": 7, "state": "done"}'
+    headers = signed_headers(body, SECRET)
+    assert from_stemd(body, headers, SECRET) is True
+    assert from_stemd(body.replace(b"done", b"fail"), headers, SECRET) is False
+    old = signed_headers(body, SECRET, now=time.time() - 3600)
+    assert from_stemd(body, old, SECRET) is False
+
+
+def test_a_configs_callback_url_follows_the_same_rule_without_dns() -> None:
+    from pydantic import BaseModel, ValidationError
+
+    from stemd.config import CallbackUrl
+
+    class Rule(BaseModel):
+        callback_url: CallbackUrl | None = None
+
+    assert (
+        Rule(callback_url="http://receiver.invalid/x").callback_url == "http://receiver.invalid/x"
+    )
+    for url, why in [
+        ("http://[::ffff:169.254.169.254]/", "is 169.254.169.254"),
+        ("gopher://x/", "not gopher://"),
+    ]:
+        with pytest.raises(ValidationError, match=re.escape(why)):
+            Rule(callback_url=url)
