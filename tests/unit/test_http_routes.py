@@ -196,3 +196,14 @@ def test_odd_origins_are_refused_not_failed(http: TestClient) -> None:
     proxied["X-Forwarded-Host"] = "localhost"
     proxied["Origin"] = "https://localhost"
     assert http.post("/api/v1/jobs/1/retry", headers=proxied).status_code == 404
+
+
+def test_a_405_names_every_method_of_its_path_and_a_huge_id_is_refused(http: TestClient) -> None:
+    jobs = http.request("DELETE", "/api/v1/jobs")
+    assert jobs.status_code == 405
+    assert {m.strip() for m in jobs.headers["allow"].split(",")} == {"GET", "POST"}
+    assert "DELETE" in jobs.json()["detail"]
+    one = http.request("PUT", "/api/v1/jobs/7")
+    assert one.status_code == 405 and one.headers["allow"] == "GET"
+    huge = http.get(f"/api/v1/jobs/{2**64}")  # past the ledger's 64-bit ids: not a 500
+    assert huge.status_code == 422

@@ -33,6 +33,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.types import Receive, Scope, Send
 
 from stemd.audio import answer_format, probe, transcode
+from stemd.http.answers import PendingProblem, Problem, errors
 from stemd.http.context import API, Context, context, unavailable
 from stemd.http.spool import Spooled
 from stemd.ledger import Fault, JobRecord, JobState
@@ -87,14 +88,27 @@ def predict_router(route: str) -> APIRouter:
         openapi_extra=PREDICT_BODY,
         responses={
             200: {"description": "stem name -> base64 file; several: {predictions: [...]}"},
-            400: {"description": "Not JSON, not the shape, or invalid base64"},
-            413: {"description": "Over http.max_predict_body or http.max_upload"},
-            422: {
-                "description": "Not audio stemd can take, with the reason: refused on "
-                "arrival, or found corrupt, too long or silent of audio while decoding"
+            **errors(
+                400,
+                422,
+                503,
+                e400="Not JSON, not the shape, or invalid base64",
+                e422="Not audio stemd can take, with the reason: refused on "
+                "arrival, or found corrupt, too long or silent of audio while decoding",
+            ),
+            413: {
+                "description": "Over http.max_predict_body or http.max_upload, or an "
+                "answer over http.max_predict_answer (then the jobs and their zips)",
+                "model": PendingProblem,
             },
-            500: {"description": "stemd failed to separate a good file (its job says why)"},
-            504: {"description": "Not done within http.predict_timeout: poll the job ids"},
+            500: {
+                "description": "stemd failed to separate a good file (its job says why)",
+                "model": Problem,
+            },
+            504: {
+                "description": "Not done within http.predict_timeout: poll the job ids",
+                "model": PendingProblem,
+            },
         },
     )
     return router
