@@ -25,6 +25,7 @@ from stemd.http.context import API, Context, answered_at_once, context
 from stemd.http.events import CLOSED
 from stemd.http.spool import Spooled, UploadRejected
 from stemd.ledger import JobState
+from stemd.logs import retried_by_hand
 from stemd.manifest import open_stem
 from stemd.report import status_report
 
@@ -127,8 +128,15 @@ def list_jobs(
     ctx: Ctx,
     state: JobState | None = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
+    dismissed: Annotated[
+        bool,
+        Query(
+            description="also the failures taken off the list, as `stemd status` leaves them out"
+        ),
+    ] = False,
 ) -> dict[str, Any]:
-    return {"jobs": [ctx.job_json(job) for job in ctx.ledger.recent_jobs(state, limit)]}
+    jobs = ctx.ledger.recent_jobs(state, limit, dismissed=dismissed)
+    return {"jobs": [ctx.job_json(job) for job in jobs]}
 
 
 @router.get(
@@ -212,7 +220,22 @@ def retry_job(job_id: JobId, ctx: Ctx) -> dict[str, Any]:
     job = ctx.job(job_id)
     if not ctx.ledger.retry_job(job.id):
         raise HTTPException(409, f"job {job_id} is {job.state.value}, not failed: nothing to retry")
+    retried_by_hand(job, "the API")
     ctx.workers.wake()
+    return ctx.job_json(ctx.job(job_id))
+
+
+@router.post(
+    "/jobs/{job_id}/dismiss",
+    summary="Take a failed job off the list (`stemd dismiss` for one job)",
+    responses=errors(404, 409, 422, 503, e409="The job is not failed: nothing to dismiss"),
+)
+def dismiss_job(job_id: JobId, ctx: Ctx) -> dict[str, Any]:
+    job = ctx.job(job_id)
+    if not ctx.ledger.dismiss_job(job.id):
+        raise HTTPException(
+            409, f"job {job_id} is {job.state.value}, not failed: nothing to dismiss"
+        )
     return ctx.job_json(ctx.job(job_id))
 
 
