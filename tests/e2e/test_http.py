@@ -379,6 +379,15 @@ def test_a_cancelled_upload_leaves_no_spool_file(served: Served) -> None:
     # the client hung up mid-body
     wait_until(lambda: spool_files(served.root) == [], 15, "the part file to be removed")
     assert served.http.get("/ping").status_code == 200
+    # said in one line naming the upload, not a starlette traceback
+    said = wait_until(
+        lambda: [line for line in served.daemon.log().splitlines() if "gone.wav" in line],
+        10,
+        "the log to say the client went away",
+    )
+    assert len(said) == 1 and "went away" in said[0], said
+    assert "ClientDisconnect" not in served.daemon.log()
+    assert "Traceback" not in served.daemon.log()
 
 
 # -- operations -----------------------------------------------------------------------

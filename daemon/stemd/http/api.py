@@ -17,11 +17,12 @@ from fastapi import APIRouter, Depends, HTTPException, Query, Request
 from fastapi import Path as PathParam
 from fastapi.responses import FileResponse, JSONResponse, StreamingResponse
 from starlette.concurrency import run_in_threadpool
+from starlette.requests import ClientDisconnect
 from starlette.types import Receive, Scope, Send
 
 from stemd import __version__
 from stemd.http.answers import errors
-from stemd.http.context import API, Context, answered_at_once, context
+from stemd.http.context import API, Context, answered_at_once, client_gone, context
 from stemd.http.events import CLOSED
 from stemd.http.spool import Spooled, UploadRejected
 from stemd.ledger import JobState
@@ -75,6 +76,15 @@ async def receive_upload(request: Request, ctx: Context, filename: str | None) -
     except UploadRejected as err:
         await _drain(request)
         raise HTTPException(err.status, err.message) from None
+    except ClientDisconnect:
+        name = (
+            f"upload {filename!r}"
+            if filename
+            else "an upload (multipart)"
+            if multipart
+            else "an upload"
+        )
+        raise client_gone(name) from None
 
 
 async def _drain(request: Request) -> None:

@@ -4,6 +4,7 @@ token; and the job as the API shows it."""
 from __future__ import annotations
 
 import asyncio
+import logging
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,6 +26,10 @@ from stemd.track import check_input
 API = "/api/v1"
 T = TypeVar("T")
 RETRY_AFTER_S = 30  # what a 503 tells a client to wait
+# nginx's "client closed request": nobody reads it, but /metrics counts it so
+CLIENT_GONE = 499
+
+log = logging.getLogger("stemd")
 
 
 @dataclass
@@ -171,6 +176,16 @@ class Context:
 def answered_at_once(record: InputRecord) -> bool:
     """The upload's content was separated before: its stems are there already."""
     return record.state in (InputState.PUBLISHED, InputState.DUPLICATE, InputState.SKIPPED)
+
+
+def client_gone(what: str, received: int | None = None) -> HTTPException:
+    """A client hung up before its whole body arrived (starlette's ClientDisconnect):
+    one log line, no traceback; the spool has already dropped what came."""
+    got = f" after {received} bytes" if received is not None else ""
+    log.warning(
+        "%s: the client went away%s, before the end of its body; nothing was kept", what, got
+    )
+    return HTTPException(CLIENT_GONE, f"{what}: the client went away")
 
 
 def unavailable(message: str) -> HTTPException:

@@ -30,11 +30,12 @@ import anyio
 from fastapi import APIRouter, Depends, HTTPException, Request
 from fastapi.responses import StreamingResponse
 from starlette.concurrency import run_in_threadpool
+from starlette.requests import ClientDisconnect
 from starlette.types import Receive, Scope, Send
 
 from stemd.audio import answer_format, probe, transcode
 from stemd.http.answers import PendingProblem, Problem, errors
-from stemd.http.context import API, Context, context, unavailable
+from stemd.http.context import API, Context, client_gone, context, unavailable
 from stemd.http.spool import Spooled
 from stemd.ledger import Fault, JobRecord, JobState
 from stemd.manifest import open_stem, read_manifest
@@ -246,11 +247,14 @@ async def read_body(request: Request, cap: int) -> bytes:
         raise HTTPException(413, f"{length} bytes is over http.max_predict_body ({cap} bytes)")
     parts: list[bytes] = []
     size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > cap:
-            raise HTTPException(413, f"the body is over http.max_predict_body ({cap} bytes)")
-        parts.append(chunk)
+    try:
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > cap:
+                raise HTTPException(413, f"the body is over http.max_predict_body ({cap} bytes)")
+            parts.append(chunk)
+    except ClientDisconnect:
+        raise client_gone(f"{request.url.path} request", size) from None
     return b"".join(parts)
 
 
