@@ -125,7 +125,7 @@ async def create_job(
 ) -> JSONResponse:
     await run_in_threadpool(ctx.check_queue)  # the ledger, off the event loop
     spooled = await receive_upload(request, ctx, filename)
-    await ctx.check(spooled)
+    spooled = await ctx.check(spooled)
     job, record = await ctx.take(spooled)
     known = answered_at_once(record) or job.state in (JobState.DONE, JobState.FAILED)
     body = await run_in_threadpool(ctx.job_json, job)

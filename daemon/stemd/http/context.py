@@ -13,6 +13,7 @@ from typing import Any, TypeVar
 from fastapi import HTTPException, Request
 from starlette.concurrency import run_in_threadpool
 
+from stemd.audio import probe_ffprobe
 from stemd.config import Config
 from stemd.errors import InputError, StemdError
 from stemd.http.events import EventHub
@@ -134,19 +135,25 @@ class Context:
                 f"{queued} jobs are queued (http.max_queue is {limit}); try again later"
             )
 
-    async def check(self, spooled: Spooled) -> None:
+    async def check(self, spooled: Spooled) -> Spooled:
         """Refuse (422, with the reason) what the inbox would refuse; the spool
-        file goes with a refusal."""
+        file goes with a refusal. A nameless upload is named for its content and
+        what the probe found (`upload-<hash>.mp3`)."""
         try:
             if spooled.size == 0:
                 raise HTTPException(422, f"{spooled.name}: the file is empty")
             try:
-                await run_in_threadpool(check_input, spooled.path, self.config)
+                found = await run_in_threadpool(check_input, spooled.path, self.config)
+                if spooled.nameless and not found.codec:  # read in-process: no codec name
+                    found = await run_in_threadpool(probe_ffprobe, spooled.path)
             except InputError as err:
                 raise HTTPException(422, f"{spooled.name}: {err.reason}") from None
+            if spooled.nameless:
+                spooled = await run_in_threadpool(spooled.named, found.extension)
         except BaseException:
             spooled.discard()
             raise
+        return spooled
 
     async def take(self, spooled: Spooled) -> tuple[JobRecord, InputRecord]:
         """Hand a checked upload to the worker's intake: its job, and its input."""

@@ -131,7 +131,7 @@ async def predict(request: Request, ctx: Ctx) -> StreamingResponse:
         for index, data in enumerate(instances):
             spooled.append(await run_in_threadpool(ctx.spool.from_bytes, data, _name(data)))
             try:
-                await ctx.check(spooled[-1])
+                spooled[-1] = await ctx.check(spooled[-1])
             except HTTPException as err:
                 raise HTTPException(err.status_code, f"instances[{index}]: {err.detail}") from None
     except BaseException:
