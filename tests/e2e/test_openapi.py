@@ -6,12 +6,14 @@ method of its path, and no request may get a server error."""
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
 
 from support.daemon import Daemon, service_config, stemd
 from support.http import EPHEMERAL, client, http_url
+from support.waiting import wait_until
 
 # Every check but positive_data_acceptance: a request that fits the schema may still
 # be refused for its content (bytes that are not audio get 422 with the reason), and
@@ -35,7 +37,16 @@ def test_every_answer_is_one_the_description_lists(tmp_path: Path) -> None:
     daemon = Daemon(service_config(tmp_path, http=http), tmp_path).start()
     try:
         url = http_url(daemon)
+        # a failed job 1 (the id the generated requests try first, the minimum), so
+        # retry, dismiss and the job's routes answer more than 404
+        (tmp_path / "junk.mp3").write_text("not music\n")
+        os.rename(tmp_path / "junk.mp3", tmp_path / "inbox/junk.mp3")
         with client(url, token=token) as api:
+            wait_until(
+                lambda: api.get("/api/v1/jobs/1").json().get("state") == "failed",
+                60,
+                "job 1 to fail",
+            )
             described = api.get("/openapi.json").json()
         # the statuses each route can answer are in the description, with bodies
         retry = described["paths"]["/api/v1/jobs/{job_id}/retry"]["post"]["responses"]
