@@ -43,6 +43,9 @@ def job_json(
         "error": job.error,
         # a failure's cause: "input" (the file; the same bytes fail again) or "stemd"
         "fault": job.fault.value if job.fault else None,
+        # a failure taken off the list (stemd dismiss, the dismiss route, or its
+        # file replaced by good audio): not counted, listed only when asked for
+        "dismissed": job.state is JobState.FAILED and not ledger.failure_is_current(job.id),
         "created": job.created_at,
         "started": job.started_at,
         "finished": job.finished_at,

@@ -17,7 +17,10 @@ import logging
 import os
 import socket
 import sys
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
+
+if TYPE_CHECKING:
+    from stemd.ledger.records import JobRecord
 
 LOGGER_NAME = "stemd"
 # Where sd_journal_send() writes; systemd-python has no way to point it elsewhere.
@@ -60,6 +63,38 @@ def event(
     if worker is not None:
         fields["STEMD_WORKER"] = worker
     log.log(level, message, extra=fields, exc_info=exc_info)
+
+
+def retried_by_hand(job: JobRecord, by: str) -> None:
+    """The `retried` event of a failed job queued again by hand (`stemd retry`,
+    the API), as outcomes.py logs an automatic retry."""
+    event(
+        logging.INFO,
+        "retried",
+        f"{job.source}: queued again by hand ({by}); attempts start over",
+        job=job.id,
+        sha256=job.sha256,
+        source=job.source,
+    )
+
+
+def journal_events() -> bool:
+    """A command's own job events (`stemd retry`'s `retried`) to the journal, beside
+    the daemon's and with its identifier, when journald listens: there they are
+    what `journalctl -t stemd STEMD_EVENT=retried` finds. Nowhere else: the
+    command prints what it did. Returns whether they go there."""
+    if journal_unreachable() is not None:
+        return False
+    try:
+        handler = _journal_handler()
+    except ImportError:
+        return False
+    handler.setLevel(logging.INFO)
+    setattr(handler, OUTPUT_MARK, True)
+    log.setLevel(logging.INFO)
+    log.propagate = False
+    log.addHandler(handler)
+    return True
 
 
 def event_item(record: logging.LogRecord) -> Item | None:

@@ -8,6 +8,7 @@ see each other's jobs); the token, limits and shutdown tests start their own.
 from __future__ import annotations
 
 import base64
+import hashlib
 import io
 import json
 import random
@@ -209,20 +210,26 @@ def test_jobs_api_round_trip(served: Served) -> None:
 
 
 def test_client_names_are_stored_under_safe_names(served: Served) -> None:
-    cases = {
+    cases: dict[str | None, str] = {
         "../../escape.wav": "escape.wav",
         "a\0b.wav": "a_b.wav",
-        "..": "upload",
+        "..": "upload-{hash}.wav",  # no name left: named for its content and codec
+        None: "upload-{hash}.mp3",  # no ?filename= at all
         "x" * 300 + ".wav": "x" * 251 + ".wav",
     }
     for index, (given, safe) in enumerate(cases.items()):
-        body = served.audio(f"name{index}.wav", mp3=False).read_bytes()
-        response = served.http.post("/api/v1/jobs", params={"filename": given}, content=body)
+        mp3 = safe.endswith(".mp3")
+        body = served.audio(f"name{index}.{'mp3' if mp3 else 'wav'}", mp3=mp3).read_bytes()
+        params = {"filename": given} if given is not None else {}
+        response = served.http.post("/api/v1/jobs", params=params, content=body)
         assert response.status_code == 202, response.text
         job = response.json()
+        safe = safe.format(hash=hashlib.sha256(body).hexdigest()[:12])
         assert job["source"] == f"uploads/{safe}"
         done = served.wait_done(job["id"])
         assert done["output_dir"].startswith(f"{MODEL_DIR}/uploads/")
+        if given is None:  # its folder is named for it too, not `upload`
+            assert done["output_dir"] == f"{MODEL_DIR}/uploads/{safe.removesuffix('.mp3')}"
     assert not (served.root.parent / "escape.wav").exists()
     assert len(spool_files(served.root)) == 0
 
@@ -379,6 +386,15 @@ def test_a_cancelled_upload_leaves_no_spool_file(served: Served) -> None:
     # the client hung up mid-body
     wait_until(lambda: spool_files(served.root) == [], 15, "the part file to be removed")
     assert served.http.get("/ping").status_code == 200
+    # said in one line naming the upload, not a starlette traceback
+    said = wait_until(
+        lambda: [line for line in served.daemon.log().splitlines() if "gone.wav" in line],
+        10,
+        "the log to say the client went away",
+    )
+    assert len(said) == 1 and "went away" in said[0], said
+    assert "ClientDisconnect" not in served.daemon.log()
+    assert "Traceback" not in served.daemon.log()
 
 
 # -- operations -----------------------------------------------------------------------

@@ -160,3 +160,47 @@ def test_an_exception_is_logged_at_err_with_its_traceback(tmp_path: Path) -> Non
     assert record["MESSAGE"].startswith("the worker stopped on an unexpected error")
     assert "Traceback" in record["EXCEPTION_TEXT"]
     assert "ValueError: boom" in record["EXCEPTION_TEXT"]
+
+
+def test_stemd_retry_logs_a_retried_event_for_each_job_it_queues(tmp_path: Path) -> None:
+    """A retry by hand is a `retried` job event in the journal, as an automatic one is."""
+    from stemd.ledger import FileStat, sqlite_ledger
+
+    journal = PrivateJournal(tmp_path / "journal")
+    config = journal_config(tmp_path)
+    (tmp_path / "state").mkdir()
+    ledger = sqlite_ledger(tmp_path / "state/ledger.sqlite")
+    try:
+        record = ledger.add_input(tmp_path / "inbox/bad.mp3", "bad.mp3", FileStat(1, 1, 2, 3))
+        assert record is not None
+        job = ledger.attach(record.id, "d" * 64, "p", "bad.mp3")
+        claimed = ledger.claim_next(profile="p")
+        assert claimed is not None
+        ledger.fail(claimed, "not audio")
+    finally:
+        ledger.close()
+    try:
+        retry = subprocess.run(
+            [
+                *journal.prefix,
+                sys.executable,
+                "-m",
+                "stemd",
+                "-c",
+                str(config),
+                "retry",
+                "--failed",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            cwd=tmp_path,
+        )
+        assert retry.returncode == 0, retry.stderr
+        assert "1 job(s) queued again" in retry.stdout
+        entry = journal.wait_for_message("queued again by hand", 10, STEMD_EVENT="retried")
+    finally:
+        journal.stop_journald()
+    assert entry["SYSLOG_IDENTIFIER"] == "stemd"
+    assert entry["STEMD_JOB"] == str(job.id) and entry["STEMD_SOURCE"] == "bad.mp3"
+    assert entry["STEMD_SHA256"] == "d" * 64

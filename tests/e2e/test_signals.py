@@ -244,3 +244,37 @@ def test_a_second_sigterm_stops_the_encoder_of_the_job_before_too(
         assert stopped_in < 20, f"{stopped_in:.1f}s after the second SIGTERM"
     finally:
         daemon.kill()
+
+
+def test_a_sighup_changing_http_listen_says_it_needs_a_restart_and_what_it_applied(
+    tmp_path: Path,
+) -> None:
+    """The reload's log is true: the http.listen change is named as waiting for a
+    restart (the server keeps listening where it was), the rest as applied; no
+    "changed: nothing" when something did change in the file."""
+    from support.http import EPHEMERAL, client, http_url
+
+    config = service_config(tmp_path, http=EPHEMERAL)
+    daemon = Daemon(config, tmp_path).start()
+    try:
+        daemon.wait_ready()
+        url = http_url(daemon)
+        settings = yaml.safe_load(config.read_text())
+        settings["http"] = {"listen": "127.0.0.1:1"}
+        settings["output"] = {"format": "flac"}
+        write_config(config, settings)
+        daemon.signal(signal.SIGHUP)  # what `kill -HUP` sends outside systemd, too
+        wait_until(lambda: "configuration reloaded" in daemon.log(), 30, "the reload")
+        lines = daemon.log().splitlines()
+        [kept] = [line for line in lines if "needs a restart" in line]
+        assert "http.listen: '127.0.0.1:0' -> '127.0.0.1:1'" in kept, kept
+        [changed] = [line for line in lines if "stemd: INFO: changed: " in line]
+        assert changed == (
+            "stemd: INFO: changed: output.format: 'wav' -> 'flac'; "
+            "after a restart: http.listen: '127.0.0.1:0' -> '127.0.0.1:1'"
+        )
+        with client(url) as http:  # still where it was
+            assert http.get("/ping").status_code == 200
+        assert daemon.stop() == 0
+    finally:
+        daemon.kill()

@@ -197,3 +197,26 @@ def test_odd_origins_are_refused_not_failed(http: TestClient) -> None:
     proxied["X-Forwarded-Host"] = "localhost"
     proxied["Origin"] = "https://localhost"
     assert http.post("/api/v1/jobs/1/retry", headers=proxied).status_code == 404
+
+
+def test_a_405_names_every_method_of_its_path_and_a_huge_id_is_refused(http: TestClient) -> None:
+    jobs = http.request("DELETE", "/api/v1/jobs")
+    assert jobs.status_code == 405
+    assert {m.strip() for m in jobs.headers["allow"].split(",")} == {"GET", "POST"}
+    assert "DELETE" in jobs.json()["detail"]
+    one = http.request("PUT", "/api/v1/jobs/7")
+    assert one.status_code == 405 and one.headers["allow"] == "GET"
+    huge = http.get(f"/api/v1/jobs/{2**64}")  # past the ledger's 64-bit ids: not a 500
+    assert huge.status_code == 422
+
+
+def test_only_a_failed_job_can_be_dismissed(http: TestClient, daemon: Daemon) -> None:
+    job_id = published_job(daemon)
+    done = http.post(f"/api/v1/jobs/{job_id}/dismiss")
+    assert done.status_code == 409 and "done, not failed" in done.json()["detail"]
+    assert http.get(f"/api/v1/jobs/{job_id}").json()["dismissed"] is False
+    assert http.post("/api/v1/jobs/999/dismiss").status_code == 404
+    refused = http.post(
+        f"/api/v1/jobs/{job_id}/dismiss", headers={"Origin": "https://evil.example"}
+    )
+    assert refused.status_code == 403

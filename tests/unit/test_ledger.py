@@ -368,6 +368,35 @@ def test_dismiss_by_prefix_or_all_takes_failures_off_the_list(ledger: Ledger) ->
     assert [item["source"] for item in ledger.failed_report()] == ["a again.mp3"]
 
 
+def test_a_retried_dismissed_job_is_current_again_but_not_where_good_audio_replaced_it(
+    ledger: Ledger,
+) -> None:
+    """A retry makes the inputs dismissed by hand wait for the job again (failing
+    again, it is counted and listed); one whose path good audio took since stays put."""
+    kept = fail_job(ledger, "a.mp3", SHA_A, 1)
+    replaced = add(ledger, "b.mp3", 2)
+    job = ledger.attach(replaced, SHA_A, PROFILE, "b.mp3")  # the same bad bytes: failed
+    assert job.state is JobState.FAILED
+    ledger.fail_input(replaced, "not audio")
+    copy = add(ledger, "b.mp3", 3)  # good audio at b.mp3, served as a copy
+    ledger.finish_input(copy, InputState.DUPLICATE, "m/other")
+    assert ledger.dismiss(None) == 1
+    assert ledger.recent_jobs(JobState.FAILED) == [] and ledger.counts()["failed"] == 0
+    assert [j.id for j in ledger.recent_jobs(JobState.FAILED, dismissed=True)] == [job.id]
+    assert not ledger.failure_is_current(job.id)
+
+    assert ledger.retry_job(job.id) is True
+    assert ledger.get_input(kept).state is InputState.ATTACHED
+    assert ledger.get_input(replaced).state is InputState.DISMISSED
+    claimed = ledger.claim_next(profile=PROFILE)
+    assert claimed is not None and claimed.id == job.id
+    ledger.fail(claimed, "not audio, still")
+    assert ledger.failure_is_current(job.id) and ledger.counts()["failed"] == 1
+    assert [item["source"] for item in ledger.failed_report()] == ["a.mp3"]
+    assert ledger.dismiss_job(job.id) is True
+    assert ledger.counts()["failed"] == 0
+
+
 def test_a_version_1_ledger_is_migrated_and_keeps_its_rows(tmp_path: Path) -> None:
     path = tmp_path / "ledger.sqlite"
     old = sqlite3.connect(path)

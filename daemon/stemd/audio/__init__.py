@@ -13,7 +13,7 @@
 from stemd.audio.children import kill_children
 from stemd.audio.decoding import BlockSink, Decoded, decode, decode_to, decoder_errors
 from stemd.audio.encoding import StemFormat, StemReader, encode, encode_stem, stems_to_write
-from stemd.audio.probe import Probe, probe
+from stemd.audio.probe import Probe, probe, probe_ffprobe
 from stemd.audio.resample import stem_rate
 from stemd.audio.tags import Tags, read_tags, write_tags
 from stemd.audio.transcode import MP3_320, answer_format, transcode
@@ -34,6 +34,7 @@ __all__ = [
     "encode_stem",
     "kill_children",
     "probe",
+    "probe_ffprobe",
     "read_tags",
     "stem_rate",
     "stems_to_write",

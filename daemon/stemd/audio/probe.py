@@ -18,6 +18,22 @@ from stemd.errors import InputError
 STREAMED_SIZE = b"\xff\xff\xff\xff"  # a WAV written to a pipe: the length is unknown
 
 
+# a codec (ffprobe's codec_name) -> the extension files of it usually have
+CODEC_EXTENSIONS = {
+    "mp3": "mp3",
+    "mp2": "mp2",
+    "flac": "flac",
+    "aac": "m4a",
+    "alac": "m4a",
+    "vorbis": "ogg",
+    "opus": "opus",
+    "wmav1": "wma",
+    "wmav2": "wma",
+    "ac3": "ac3",
+    "eac3": "eac3",
+}
+
+
 @dataclass(frozen=True)
 class Probe:
     duration: float | None  # seconds; None if the container does not say
@@ -25,6 +41,14 @@ class Probe:
     samplerate: int
     codec: str = ""
     bit_rate: int | None = None  # bits per second, as the container or stream states it
+
+    @property
+    def extension(self) -> str:
+        """The file extension its audio usually comes under (`mp3`, `flac`, `m4a`),
+        for a file that came without a name; `audio` for a codec not listed."""
+        if self.codec.startswith("pcm_"):
+            return "aiff" if self.codec.endswith("be") else "wav"
+        return CODEC_EXTENSIONS.get(self.codec, "audio")
 
     @property
     def exact_duration(self) -> bool:

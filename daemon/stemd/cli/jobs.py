@@ -98,9 +98,16 @@ def _on_failures(
 
 
 def cmd_retry(args: argparse.Namespace) -> int:
-    return _on_failures(
-        args, lambda ledger, prefix: ledger.retry(prefix), "{count} job(s) queued again"
-    )
+    from stemd.logs import journal_events, retried_by_hand
+
+    def retry(ledger: Any, prefix: str | None) -> int:
+        jobs = ledger.retry_failed(prefix)
+        if jobs and journal_events():  # a `retried` event each, as the daemon logs its own
+            for job in jobs:
+                retried_by_hand(job, "stemd retry")
+        return len(jobs)
+
+    return _on_failures(args, retry, "{count} job(s) queued again")
 
 
 def cmd_dismiss(args: argparse.Namespace) -> int:

@@ -14,20 +14,26 @@ from typing import Annotated, Any
 from urllib.parse import quote
 
 from fastapi import APIRouter, Depends, HTTPException, Query, Request
+from fastapi import Path as PathParam
 from fastapi.responses import FileResponse, JSONResponse, StreamingResponse
 from starlette.concurrency import run_in_threadpool
+from starlette.requests import ClientDisconnect
 from starlette.types import Receive, Scope, Send
 
 from stemd import __version__
-from stemd.http.context import Context, answered_at_once, context
+from stemd.http.answers import errors
+from stemd.http.context import Context, answered_at_once, client_gone, context
 from stemd.http.events import CLOSED
 from stemd.http.spool import Spooled, UploadRejected
 from stemd.jobview import API
 from stemd.ledger import JobState
+from stemd.logs import retried_by_hand
 from stemd.manifest import open_stem
 from stemd.report import status_report
 
 Ctx = Annotated[Context, Depends(context)]
+# the ledger's ids are 64-bit: a larger number is refused (422), not a 500 from SQLite
+JobId = Annotated[int, PathParam(ge=1, le=2**63 - 1, description="the job's id")]
 
 MULTIPART_SLACK = 1 << 20  # a form's boundaries and headers around the file
 DRAIN_MAX = 16 << 20  # read past this much of a refused body so the client hears why
@@ -77,6 +83,15 @@ async def receive_upload(request: Request, ctx: Context, filename: str | None) -
     except UploadRejected as err:
         await _drain(request)
         raise HTTPException(err.status, err.message) from None
+    except ClientDisconnect:
+        name = (
+            f"upload {filename!r}"
+            if filename
+            else "an upload (multipart)"
+            if multipart
+            else "an upload"
+        )
+        raise client_gone(name) from None
 
 
 async def _drain(request: Request) -> None:
@@ -100,12 +115,17 @@ async def _drain(request: Request) -> None:
     responses={
         200: {"description": "The content was known: the job as it stands (done or failed)"},
         202: {"description": "Queued"},
-        413: {"description": "Over http.max_upload"},
-        422: {
-            "description": "Not audio stemd can take, or a callback_url stemd will not "
-            "call, with the reason"
-        },
-        503: {"description": "The queue is past http.max_queue (see Retry-After)"},
+        **errors(
+            400,
+            413,
+            422,
+            503,
+            e400="A multipart body without its boundary",
+            e413="Over http.max_upload",
+            e422="Not audio stemd can take, a choice it cannot render (naming the key), "
+            "or a callback_url stemd will not call, with the reason",
+            e503="The queue is past http.max_queue, or stemd is stopping (see Retry-After)",
+        ),
     },
 )
 async def create_job(
@@ -146,7 +166,7 @@ async def create_job(
         spooled.discard()
         raise
     checked = await _form_callback(ctx, spooled, checked)
-    await ctx.check(spooled)
+    spooled = await ctx.check(spooled)
     job, record = await ctx.take(spooled, choices, checked)
     known = answered_at_once(record) or job.state in (JobState.DONE, JobState.FAILED)
     body = await run_in_threadpool(ctx.job_json, job)
@@ -170,17 +190,28 @@ async def _form_callback(ctx: Context, spooled: Spooled, from_query: str | None)
         raise
 
 
-@router.get("/jobs", summary="Jobs, newest first")
+@router.get("/jobs", summary="Jobs, newest first", responses=errors(422, 503))
 def list_jobs(
     ctx: Ctx,
     state: JobState | None = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
+    dismissed: Annotated[
+        bool,
+        Query(
+            description="also the failures taken off the list, as `stemd status` leaves them out"
+        ),
+    ] = False,
 ) -> dict[str, Any]:
-    return {"jobs": [ctx.job_json(job) for job in ctx.ledger.recent_jobs(state, limit)]}
+    jobs = ctx.ledger.recent_jobs(state, limit, dismissed=dismissed)
+    return {"jobs": [ctx.job_json(job) for job in jobs]}
 
 
-@router.get("/jobs/{job_id}", summary="One job: state, progress, queue position, stems")
-def get_job(job_id: int, ctx: Ctx) -> dict[str, Any]:
+@router.get(
+    "/jobs/{job_id}",
+    summary="One job: state, progress, queue position, stems",
+    responses=errors(404, 422, 503),
+)
+def get_job(job_id: JobId, ctx: Ctx) -> dict[str, Any]:
     return ctx.job_json(ctx.job(job_id))
 
 
@@ -188,8 +219,9 @@ def get_job(job_id: int, ctx: Ctx) -> dict[str, Any]:
     "/jobs/{job_id}/stems/{stem}",
     summary="One stem's file (Range requests work, for players)",
     response_class=FileResponse,
+    responses=errors(404, 422, 503),
 )
-def get_stem(job_id: int, stem: str, ctx: Ctx) -> FileResponse:
+def get_stem(job_id: JobId, stem: str, ctx: Ctx) -> FileResponse:
     job = ctx.job(job_id)
     files = ctx.stem_files(job)
     if not files:
@@ -230,8 +262,9 @@ class DescriptorFileResponse(FileResponse):
     "/jobs/{job_id}/stems.zip",
     summary="Every stem in one zip, streamed",
     response_class=StreamingResponse,
+    responses=errors(404, 422, 503),
 )
-def get_zip(job_id: int, ctx: Ctx) -> StreamingResponse:
+def get_zip(job_id: JobId, ctx: Ctx) -> StreamingResponse:
     job = ctx.job(job_id)
     files = ctx.stem_files(job)
     if not files:
@@ -245,21 +278,40 @@ def get_zip(job_id: int, ctx: Ctx) -> StreamingResponse:
     )
 
 
-@router.post("/jobs/{job_id}/retry", summary="Queue a failed job again")
-def retry_job(job_id: int, ctx: Ctx) -> dict[str, Any]:
+@router.post(
+    "/jobs/{job_id}/retry",
+    summary="Queue a failed job again (a dismissed one too: it counts again)",
+    responses=errors(404, 409, 422, 503, e409="The job is not failed: nothing to retry"),
+)
+def retry_job(job_id: JobId, ctx: Ctx) -> dict[str, Any]:
     job = ctx.job(job_id)
     if not ctx.ledger.retry_job(job.id):
         raise HTTPException(409, f"job {job_id} is {job.state.value}, not failed: nothing to retry")
+    retried_by_hand(job, "the API")
     ctx.workers.wake()
     return ctx.job_json(ctx.job(job_id))
 
 
-@router.get("/status", summary="What `stemd status --json` prints")
+@router.post(
+    "/jobs/{job_id}/dismiss",
+    summary="Take a failed job off the list (`stemd dismiss` for one job)",
+    responses=errors(404, 409, 422, 503, e409="The job is not failed: nothing to dismiss"),
+)
+def dismiss_job(job_id: JobId, ctx: Ctx) -> dict[str, Any]:
+    job = ctx.job(job_id)
+    if not ctx.ledger.dismiss_job(job.id):
+        raise HTTPException(
+            409, f"job {job_id} is {job.state.value}, not failed: nothing to dismiss"
+        )
+    return ctx.job_json(ctx.job(job_id))
+
+
+@router.get("/status", summary="What `stemd status --json` prints", responses=errors(503))
 def get_status(ctx: Ctx) -> dict[str, Any]:
     return status_report(ctx.ledger)
 
 
-@router.get("/info", summary="Model, device, outbox space, workers")
+@router.get("/info", summary="Model, device, outbox space, workers", responses=errors(503))
 def get_info(ctx: Ctx) -> dict[str, Any]:
     workers = ctx.workers
     info = workers.model_info

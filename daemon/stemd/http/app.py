@@ -9,10 +9,12 @@ from fastapi import FastAPI, Request
 from fastapi.responses import HTMLResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
 from starlette.datastructures import Headers
+from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import Message, Receive, Scope, Send
 
 from stemd import __version__
 from stemd.http import ops
+from stemd.http.answers import describe_guard, method_not_allowed
 from stemd.http.api import router as api_router
 from stemd.http.auth import OPEN_PATHS, authorized
 from stemd.http.context import Context
@@ -38,6 +40,7 @@ def create_app(ctx: Context) -> Guard:
     )
     app.state.stemd = ctx
     app.add_exception_handler(LedgerUnavailable, ledger_unavailable)
+    app.add_exception_handler(StarletteHTTPException, method_not_allowed)
     app.include_router(api_router)
     predict_routes = {"/predict", os.environ.get(PREDICT_ROUTE_ENV) or "/predict"}
     for route in sorted(predict_routes):
@@ -50,11 +53,13 @@ def create_app(ctx: Context) -> Guard:
             methods=["GET"],
             tags=["operations"],
             summary='The seed\'s health check: {"status": "healthy"}',
+            responses=ops.UNHEALTHY,
         )
     app.add_api_route(
         "/", page, methods=["GET"], include_in_schema=False, response_class=HTMLResponse
     )
     app.mount("/static", StaticFiles(directory=str(STATIC)), name="static")
+    describe_guard(app)
     return Guard(app, ctx)
 
 

@@ -4,6 +4,7 @@ token; the job as the API shows it (stemd.jobview, with a worker's live progress
 from __future__ import annotations
 
 import asyncio
+import logging
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -12,6 +13,7 @@ from typing import Any, TypeVar
 from fastapi import HTTPException, Request
 from starlette.concurrency import run_in_threadpool
 
+from stemd.audio import probe_ffprobe
 from stemd.callbacks.urls import CallbackRefused, check_callback_url, refusal
 from stemd.choices import ChoiceError, Choices, choices_from_strings
 from stemd.config import Config
@@ -26,6 +28,10 @@ from stemd.track import check_input
 
 T = TypeVar("T")
 RETRY_AFTER_S = 30  # what a 503 tells a client to wait
+# nginx's "client closed request": nobody reads it, but /metrics counts it so
+CLIENT_GONE = 499
+
+log = logging.getLogger("stemd")
 
 
 @dataclass
@@ -100,19 +106,25 @@ class Context:
                 f"{queued} jobs are queued (http.max_queue is {limit}); try again later"
             )
 
-    async def check(self, spooled: Spooled) -> None:
+    async def check(self, spooled: Spooled) -> Spooled:
         """Refuse (422, with the reason) what the inbox would refuse; the spool
-        file goes with a refusal."""
+        file goes with a refusal. A nameless upload is named for its content and
+        what the probe found (`upload-<hash>.mp3`)."""
         try:
             if spooled.size == 0:
                 raise HTTPException(422, f"{spooled.name}: the file is empty")
             try:
-                await run_in_threadpool(check_input, spooled.path, self.config)
+                found = await run_in_threadpool(check_input, spooled.path, self.config)
+                if spooled.nameless and not found.codec:  # read in-process: no codec name
+                    found = await run_in_threadpool(probe_ffprobe, spooled.path)
             except InputError as err:
                 raise HTTPException(422, f"{spooled.name}: {err.reason}") from None
+            if spooled.nameless:
+                spooled = await run_in_threadpool(spooled.named, found.extension)
         except BaseException:
             spooled.discard()
             raise
+        return spooled
 
     def choices(self, values: dict[str, str]) -> Choices:
         """A job's choices sent as text (form fields, query parameters), checked
@@ -171,6 +183,16 @@ class Context:
 def answered_at_once(record: InputRecord) -> bool:
     """The upload's content was separated before: its stems are there already."""
     return record.state in (InputState.PUBLISHED, InputState.DUPLICATE, InputState.SKIPPED)
+
+
+def client_gone(what: str, received: int | None = None) -> HTTPException:
+    """A client hung up before its whole body arrived (starlette's ClientDisconnect):
+    one log line, no traceback; the spool has already dropped what came."""
+    got = f" after {received} bytes" if received is not None else ""
+    log.warning(
+        "%s: the client went away%s, before the end of its body; nothing was kept", what, got
+    )
+    return HTTPException(CLIENT_GONE, f"{what}: the client went away")
 
 
 def unavailable(message: str) -> HTTPException:

@@ -30,11 +30,13 @@ import anyio
 from fastapi import APIRouter, Depends, HTTPException, Request
 from fastapi.responses import StreamingResponse
 from starlette.concurrency import run_in_threadpool
+from starlette.requests import ClientDisconnect
 from starlette.types import Receive, Scope, Send
 
 from stemd.audio import answer_format, probe, transcode
 from stemd.choices import ChoiceError, Choices, choices_from_json
-from stemd.http.context import Context, context, unavailable
+from stemd.http.answers import PendingProblem, Problem, errors
+from stemd.http.context import Context, client_gone, context, unavailable
 from stemd.http.spool import Spooled
 from stemd.jobview import API
 from stemd.ledger import Fault, JobRecord, JobState
@@ -103,15 +105,29 @@ def predict_router(route: str) -> APIRouter:
         openapi_extra=PREDICT_BODY,
         responses={
             200: {"description": "stem name -> base64 file; several: {predictions: [...]}"},
-            400: {"description": "Not JSON, not the shape, or invalid base64"},
-            413: {"description": "Over http.max_predict_body or http.max_upload"},
-            422: {
-                "description": "Not audio stemd can take, with the reason: refused on "
+            **errors(
+                400,
+                422,
+                503,
+                e400="Not JSON, not the shape, invalid base64, or parameters stemd cannot "
+                "render (naming the key)",
+                e422="Not audio stemd can take, with the reason: refused on "
                 "arrival, or found corrupt, too long or silent of audio while decoding; or "
-                "a parameters.callback_url stemd will not call"
+                "a parameters.callback_url stemd will not call",
+            ),
+            413: {
+                "description": "Over http.max_predict_body or http.max_upload, or an "
+                "answer over http.max_predict_answer (then the jobs and their zips)",
+                "model": PendingProblem,
             },
-            500: {"description": "stemd failed to separate a good file (its job says why)"},
-            504: {"description": "Not done within http.predict_timeout: poll the job ids"},
+            500: {
+                "description": "stemd failed to separate a good file (its job says why)",
+                "model": Problem,
+            },
+            504: {
+                "description": "Not done within http.predict_timeout: poll the job ids",
+                "model": PendingProblem,
+            },
         },
     )
     return router
@@ -140,7 +156,7 @@ async def predict(request: Request, ctx: Ctx) -> StreamingResponse:
         for index, data in enumerate(instances):
             spooled.append(await run_in_threadpool(ctx.spool.from_bytes, data, _name(data)))
             try:
-                await ctx.check(spooled[-1])
+                spooled[-1] = await ctx.check(spooled[-1])
             except HTTPException as err:
                 raise HTTPException(err.status_code, f"instances[{index}]: {err.detail}") from None
     except BaseException:
@@ -257,11 +273,14 @@ async def read_body(request: Request, cap: int) -> bytes:
         raise HTTPException(413, f"{length} bytes is over http.max_predict_body ({cap} bytes)")
     parts: list[bytes] = []
     size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > cap:
-            raise HTTPException(413, f"the body is over http.max_predict_body ({cap} bytes)")
-        parts.append(chunk)
+    try:
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > cap:
+                raise HTTPException(413, f"the body is over http.max_predict_body ({cap} bytes)")
+            parts.append(chunk)
+    except ClientDisconnect:
+        raise client_gone(f"{request.url.path} request", size) from None
     return b"".join(parts)
 
 

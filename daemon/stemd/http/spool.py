@@ -66,8 +66,22 @@ class Spooled:
         """Where the ledger and the outbox layout see it: `uploads/<name>`."""
         return f"{UPLOADS_DIR}/{self.name}"
 
+    @property
+    def nameless(self) -> bool:
+        """The client gave no usable name (`?filename=` left out, or `..`)."""
+        return self.name == NAMELESS
+
     def discard(self) -> None:
         self.path.unlink(missing_ok=True)
+
+    def named(self, extension: str) -> Spooled:
+        """A nameless upload under a name of its own, `upload-<hash>.<extension>`,
+        so its outbox folder and stems are told apart from other nameless ones
+        and say what the file was."""
+        name = f"{NAMELESS}-{self.sha256[:12]}.{extension}"
+        path = self.path.with_name(self.path.name.split(".", 1)[0] + "." + extension)
+        os.replace(self.path, path)
+        return Spooled(path, name, self.size, self.sha256)
 
 
 def safe_upload_name(client_name: str | None) -> str:

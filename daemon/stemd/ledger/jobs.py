@@ -36,6 +36,15 @@ if TYPE_CHECKING:  # a dataclass of the profile's; the ledger computes none
 
 log = logging.getLogger("stemd")
 
+# an input (of the UPDATE's table) whose path no later input published stems for:
+# dismissed by hand, not replaced by good audio (ledger.core's _supersede)
+NOT_REPLACED = (
+    "NOT EXISTS (SELECT 1 FROM inputs AS later WHERE later.relative = inputs.relative "
+    "AND later.id > inputs.id AND later.state IN "
+    f"('{InputState.PUBLISHED.value}', '{InputState.DUPLICATE.value}', "
+    f"'{InputState.SKIPPED.value}'))"
+)
+
 
 def params_text(params: dict[str, Any]) -> str:
     return json.dumps(params, sort_keys=True, separators=(",", ":"))
@@ -386,12 +395,20 @@ class JobLedger(LedgerCore):
 
         Attempts start over. Returns how many jobs were requeued.
         """
+        return len(self.retry_failed(sha256))
+
+    def retry_failed(self, sha256: str | None = None) -> list[JobRecord]:
+        """`retry`, returning the jobs queued again (for their `retried` events)."""
         return self._retry_where(
             f"{CURRENT_FAILED_JOB} AND sha256 LIKE ?", (prefix_pattern(sha256),)
         )
 
     @patient
-    def _retry_where(self, condition: str, params: tuple[object, ...]) -> int:
+    def _retry_where(self, condition: str, params: tuple[object, ...]) -> list[JobRecord]:
+        """Queue these failed jobs again; their failed inputs, and those dismissed by
+        hand, wait for them again, so a new failure is current (counted, listed)
+        again. An input dismissed because good audio replaced it at its path (a
+        later input there has stems) stays dismissed."""
         with self._write() as db:
             now = self.backend.now(db)
             rows = db.execute(f"SELECT id FROM jobs WHERE {condition}", params).fetchall()
@@ -401,10 +418,19 @@ class JobLedger(LedgerCore):
                 )
                 db.execute(
                     "UPDATE inputs SET state = ?, error = NULL, disposed = 0, updated_at = ? "
-                    "WHERE job_id = ? AND state = ?",
-                    (InputState.ATTACHED.value, now, row["id"], InputState.FAILED.value),
+                    f"WHERE job_id = ? AND (state = ? OR (state = ? AND {NOT_REPLACED}))",
+                    (
+                        InputState.ATTACHED.value,
+                        now,
+                        row["id"],
+                        InputState.FAILED.value,
+                        InputState.DISMISSED.value,
+                    ),
                 )
-        return len(rows)
+            return [
+                job_of(db.execute("SELECT * FROM jobs WHERE id = ?", (row["id"],)).fetchone())
+                for row in rows
+            ]
 
     @patient
     def dismiss(self, sha256: str | None = None) -> int:
@@ -468,9 +494,32 @@ class JobLedger(LedgerCore):
         return job_of(row) if row else None
 
     def retry_job(self, job_id: int) -> bool:
-        """One failed job back to the queue, attempts from zero. False if it is
-        not failed (done, queued or running already)."""
+        """One failed job back to the queue, attempts from zero, a dismissed one
+        too (it is current again). False if it is not failed (done, queued or
+        running already)."""
         job = self.get_job(job_id)
         if job.state is not JobState.FAILED:
             return False
-        return self._retry_where("jobs.id = ?", (job_id,)) > 0
+        return bool(self._retry_where("jobs.id = ? AND jobs.state = ?", (job_id, job.state.value)))
+
+    @patient
+    def dismiss_job(self, job_id: int) -> bool:
+        """One failure off the list (`dismiss` for one job): its failed inputs are
+        dismissed. True for a failed job (dismissed already, or now); False if it
+        is not failed."""
+        with self._write() as db:
+            row = db.execute(
+                f"SELECT state FROM jobs WHERE id = ?{self.backend.lock_rows}", (job_id,)
+            ).fetchone()
+            if row is None or row["state"] != JobState.FAILED.value:
+                return False
+            db.execute(
+                "UPDATE inputs SET state = ?, updated_at = ? WHERE job_id = ? AND state = ?",
+                (
+                    InputState.DISMISSED.value,
+                    self.backend.now(db),
+                    job_id,
+                    InputState.FAILED.value,
+                ),
+            )
+        return True

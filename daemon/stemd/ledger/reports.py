@@ -163,11 +163,30 @@ class ReportLedger(LedgerCore):
             ).fetchone()
         return int(row["n"]) + 1
 
-    def recent_jobs(self, state: JobState | None = None, limit: int = 50) -> list[JobRecord]:
-        """The newest jobs first, all or in one state."""
+    def recent_jobs(
+        self, state: JobState | None = None, limit: int = 50, dismissed: bool = False
+    ) -> list[JobRecord]:
+        """The newest jobs first, all or in one state; failures no longer current
+        (dismissed, or their file replaced by good audio) only with `dismissed`."""
+        where = []
+        params: list[object] = []
         if state is not None:
-            return self.jobs_in(state, limit)
-        return self._jobs("SELECT * FROM jobs ORDER BY id DESC LIMIT ?", (limit,))
+            where.append("state = ?")
+            params.append(state.value)
+        if not dismissed:
+            where.append(f"(state != '{JobState.FAILED.value}' OR {CURRENT_FAILED_JOB})")
+        sql = "SELECT * FROM jobs" + (" WHERE " + " AND ".join(where) if where else "")
+        return self._jobs(sql + " ORDER BY id DESC LIMIT ?", (*params, limit))
+
+    @patient
+    def failure_is_current(self, job_id: int) -> bool:
+        """Whether this job is a failure `status` counts and lists: failed, with an
+        input still failed (not dismissed, not replaced by good audio)."""
+        with self._read() as db:
+            row = db.execute(
+                f"SELECT 1 FROM jobs WHERE id = ? AND {CURRENT_FAILED_JOB}", (job_id,)
+            ).fetchone()
+        return row is not None
 
     def jobs_in(self, state: JobState, limit: int = 50) -> list[JobRecord]:
         return self._jobs(

@@ -387,29 +387,45 @@ class Service:
             self.notifier.ready()
             return
         old = self.config
+        asked = changed_keys(old, new)  # what the file now says, before any is kept back
+
+        def needs_restart(what: str, *prefixes: str) -> None:
+            keys = [change for change in asked if change.startswith(prefixes)]
+            log.warning(
+                "%s: a change here needs a restart, not applied until then (%s); keeping %s",
+                " and ".join(prefix.rstrip(".") for prefix in prefixes),
+                "; ".join(keys) or "a key not shown",
+                what,
+            )
+
         if new.state_dir != old.state_dir:
-            log.warning("state_dir changes need a restart; keeping %s", old.state_dir)
+            needs_restart(str(old.state_dir), "state_dir")
             new = new.model_copy(update={"state_dir": old.state_dir})
         if new.model.cache != old.model.cache:
             # HF_HOME is read once, when huggingface_hub is imported
-            log.warning("model.cache changes need a restart; keeping %s", old.model.cache)
+            needs_restart(str(old.model.cache), "model.cache")
             new = new.model_copy(
                 update={"model": new.model.model_copy(update={"cache": old.model.cache})}
             )
         if new.logging != old.logging:
             setup_logging(new.logging.target, new.logging.level)
         if new.http != old.http:
-            log.warning("http changes need a restart; keeping the running server's settings")
+            needs_restart("the running server's settings", "http.")
             new = new.model_copy(update={"http": old.http})
         if new.ledger != old.ledger:
-            log.warning("ledger changes need a restart; keeping %s", self.ledger_where)
+            needs_restart(self.ledger_where, "ledger.")
             new = new.model_copy(update={"ledger": old.ledger})
         if (new.model.device, new.model.workers) != (old.model.device, old.model.workers):
-            log.warning("model.device and model.workers changes need a restart")
+            needs_restart("the running workers", "model.device", "model.workers")
             kept = {"device": old.model.device, "workers": old.model.workers}
             new = new.model_copy(update={"model": new.model.model_copy(update=kept)})
         changes = changed_keys(old, new)
-        log.info("changed: %s", "; ".join(changes) if changes else "nothing (no key differs)")
+        waiting = [change for change in asked if change not in changes]
+        log.info(
+            "changed: %s%s",
+            "; ".join(changes) if changes else "nothing" if waiting else "nothing (no key differs)",
+            f"; after a restart: {'; '.join(waiting)}" if waiting else "",
+        )
         self.config = new
         if new.inbox != old.inbox or new.outbox != old.outbox:
             self.folders = SharedFolders(new.inbox, new.outbox)
