@@ -23,7 +23,7 @@ from stemd.http.context import API, Context, answered_at_once, context
 from stemd.http.events import CLOSED
 from stemd.http.spool import Spooled, UploadRejected
 from stemd.ledger import JobState
-from stemd.manifest import open_stem
+from stemd.manifest import manifest_peaks, open_stem
 from stemd.report import status_report
 
 Ctx = Annotated[Context, Depends(context)]
@@ -116,8 +116,19 @@ def list_jobs(
     ctx: Ctx,
     state: JobState | None = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
+    q: Annotated[
+        str | None,
+        Query(max_length=200, description="only sources whose name holds this (any case)"),
+    ] = None,
+    before: Annotated[
+        int | None,
+        Query(ge=1, description="only jobs older than this id: the next page after it"),
+    ] = None,
 ) -> dict[str, Any]:
-    return {"jobs": [ctx.job_json(job) for job in ctx.ledger.recent_jobs(state, limit)]}
+    jobs = ctx.ledger.recent_jobs(state, limit, query=q or None, before=before)
+    # a full page may have more behind it: the id to ask `before=` for the next one
+    more = jobs[-1].id if len(jobs) == limit else None
+    return {"jobs": [ctx.job_json(job) for job in jobs], "next_before": more}
 
 
 @router.get("/jobs/{job_id}", summary="One job: state, progress, queue position, stems")
@@ -149,6 +160,29 @@ def get_stem(job_id: int, stem: str, ctx: Ctx) -> FileResponse:
         filename=path.name,
         content_disposition_type="inline",
     )
+
+
+@router.get(
+    "/jobs/{job_id}/peaks",
+    summary="The stems' waveform pictures (peaks.json: min/max in a few thousand points)",
+    response_class=FileResponse,
+    responses={404: {"description": "No stems, or stems made before stemd wrote peaks"}},
+)
+def get_peaks(job_id: int, ctx: Ctx) -> FileResponse:
+    job = ctx.job(job_id)
+    if not ctx.stem_files(job):
+        raise HTTPException(404, f"job {job_id} has no stems ({job.state.value})")
+    outbox = ctx.config.outbox
+    path = manifest_peaks(outbox / job.output_dir, outbox) if job.output_dir else None
+    if path is None:
+        raise HTTPException(
+            404, f"job {job_id}'s stems have no peaks (made before stemd wrote them)"
+        )
+    try:
+        fd = open_stem(path, outbox)  # the share: as safely as a stem
+    except OSError:
+        raise HTTPException(404, f"job {job_id}: its {path.name} is gone") from None
+    return DescriptorFileResponse(fd, media_type="application/json")
 
 
 class DescriptorFileResponse(FileResponse):

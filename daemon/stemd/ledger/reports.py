@@ -163,11 +163,31 @@ class ReportLedger(LedgerCore):
             ).fetchone()
         return int(row["n"]) + 1
 
-    def recent_jobs(self, state: JobState | None = None, limit: int = 50) -> list[JobRecord]:
-        """The newest jobs first, all or in one state."""
+    def recent_jobs(
+        self,
+        state: JobState | None = None,
+        limit: int = 50,
+        query: str | None = None,
+        before: int | None = None,
+    ) -> list[JobRecord]:
+        """The newest jobs first, all or in one state; with `query`, those whose
+        source name holds it (any case: ASCII letters on SQLite, whose lower()
+        folds no others); with `before`, only jobs older than that id (the next
+        page: pass the last id of the page before)."""
+        where: list[str] = []
+        params: list[object] = []
         if state is not None:
-            return self.jobs_in(state, limit)
-        return self._jobs("SELECT * FROM jobs ORDER BY id DESC LIMIT ?", (limit,))
+            where.append("state = ?")
+            params.append(state.value)
+        if query:
+            escaped = query.lower().replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+            where.append("lower(source) LIKE ? ESCAPE '\\'")
+            params.append(f"%{escaped}%")
+        if before is not None:
+            where.append("id < ?")
+            params.append(before)
+        clause = f"WHERE {' AND '.join(where)} " if where else ""
+        return self._jobs(f"SELECT * FROM jobs {clause}ORDER BY id DESC LIMIT ?", (*params, limit))
 
     def jobs_in(self, state: JobState, limit: int = 50) -> list[JobRecord]:
         return self._jobs(
