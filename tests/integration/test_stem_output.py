@@ -258,7 +258,12 @@ def test_separate_takes_the_stems_rate_and_tags_as_flags(tmp_path: Path) -> None
     )
     assert result.returncode == 0, result.stderr
     folder = tmp_path / "out" / "demucs_unittest" / "song"
-    assert sorted(p.name for p in folder.iterdir()) == ["drums.wav", "peaks.json", "stemd.json", "vocals.wav"]
+    assert sorted(p.name for p in folder.iterdir()) == [
+        "drums.wav",
+        "peaks.json",
+        "stemd.json",
+        "vocals.wav",
+    ]
     assert probe(folder / "vocals.wav")["sample_rate"] == "22050"
     assert mutagen.File(folder / "vocals.wav").tags is None
     refused = stemd(
