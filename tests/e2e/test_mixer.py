@@ -41,10 +41,14 @@ def browser() -> Iterator[WebDriver]:
 
 
 def row(driver: WebDriver, section: str, name: str) -> WebElement | None:
-    for item in driver.find_elements(By.CSS_SELECTOR, f"#{section} li.job"):
-        if item.find_element(By.CSS_SELECTOR, ".title").text == name:
-            return item
-    return None
+    """The job's row in one section, found in one script (rows come and go)."""
+    found: WebElement | None = driver.execute_script(
+        "return [...document.querySelectorAll(`#${arguments[0]} li.job`)].find("
+        "(li) => li.querySelector('.title').textContent === arguments[1]) || null;",
+        section,
+        name,
+    )
+    return found
 
 
 def mixer_call(driver: WebDriver, job: int, expression: str) -> Any:

@@ -125,10 +125,11 @@ def list_jobs(
         Query(ge=1, description="only jobs older than this id: the next page after it"),
     ] = None,
 ) -> dict[str, Any]:
-    jobs = ctx.ledger.recent_jobs(state, limit, query=q or None, before=before)
-    # a full page may have more behind it: the id to ask `before=` for the next one
-    more = jobs[-1].id if len(jobs) == limit else None
-    return {"jobs": [ctx.job_json(job) for job in jobs], "next_before": more}
+    # one more than asked: whether another page follows, without a second query
+    jobs = ctx.ledger.recent_jobs(state, limit + 1, query=q or None, before=before)
+    page = jobs[:limit]
+    more = page[-1].id if len(jobs) > limit else None  # `before=` this for the next page
+    return {"jobs": [ctx.job_json(job) for job in page], "next_before": more}
 
 
 @router.get("/jobs/{job_id}", summary="One job: state, progress, queue position, stems")
