@@ -82,8 +82,9 @@ function graph() {
 }
 
 const SYNC_EVERY_MS = 200;
-const NUDGE_S = 0.01;        // closer than this: leave it alone
-const JUMP_S = 0.25;         // further than this: move it, rather than nudge
+const NUDGE_S = 0.008;       // closer than this: leave it alone
+const JUMP_S = 0.12;         // further than this: move it, rather than nudge
+const NUDGE_MAX = 0.06;      // the most a stem's rate is changed by to catch up
 
 class Mixer {
   constructor(job) {
@@ -235,8 +236,15 @@ class Mixer {
     for (const track of this.tracks.values()) {
       if (Math.abs(track.audio.currentTime - at) > NUDGE_S) track.audio.currentTime = at;
     }
-    await Promise.all([...this.tracks.values()].map((t) => t.audio.play().catch(() => {})));
     if (this.timer === null) this.timer = setInterval(() => this.sync(), SYNC_EVERY_MS);
+    // start them in one go once every stem has data where the clock stands
+    // (resumeIfReady, on each element's canplay), not each as its data comes
+    if ([...this.tracks.values()].some((t) => t.audio.readyState < HTMLMediaElement.HAVE_FUTURE_DATA)) {
+      this.held = true;
+      return;
+    }
+    this.held = false;
+    await Promise.all([...this.tracks.values()].map((t) => t.audio.play().catch(() => {})));
   }
 
   pause() {
@@ -268,7 +276,6 @@ class Mixer {
   resumeIfReady() {
     if (!this.held || !this.playing) return;
     if ([...this.tracks.values()].some((t) => t.audio.readyState < HTMLMediaElement.HAVE_FUTURE_DATA)) return;
-    this.held = false;
     this.play();
   }
 
@@ -279,7 +286,9 @@ class Mixer {
       if (track === this.leader) continue;
       const ahead = track.audio.currentTime - clockAt;
       if (Math.abs(ahead) > JUMP_S) { track.audio.currentTime = clockAt; track.audio.playbackRate = 1; }
-      else if (Math.abs(ahead) > NUDGE_S) track.audio.playbackRate = 1 - Math.max(-0.05, Math.min(0.05, ahead));
+      else if (Math.abs(ahead) > NUDGE_S) {
+        track.audio.playbackRate = 1 - Math.max(-NUDGE_MAX, Math.min(NUDGE_MAX, 2 * ahead));
+      }
       else track.audio.playbackRate = 1;
     }
     this.show();
