@@ -18,7 +18,7 @@ from selenium.webdriver.common.action_chains import ActionChains
 from selenium.webdriver.common.by import By
 from selenium.webdriver.remote.webdriver import WebDriver
 from selenium.webdriver.remote.webelement import WebElement
-from selenium.webdriver.support.ui import WebDriverWait
+from selenium.webdriver.support.ui import Select, WebDriverWait
 
 from support.audio import make_tone
 from support.browser import chromium
@@ -287,6 +287,28 @@ def test_the_library_searches_pages_and_dismisses(
         search.send_keys(" ")  # an input event; a blank query is none
         wait.until(lambda d: row(d, "failed", "broken.wav"))
 
+        # Upload choices: sent as form fields beside `file`, only those that differ
+        # from the defaults (a plain upload sends none).
+        def upload(name: str) -> dict[str, str]:
+            proxy.bodies.clear()
+            song = make_tone(tmp_path / "up" / name, 1.0, frequency=700 + len(name))
+            browser.find_element(By.ID, "file-input").send_keys(str(song))
+            wait.until(lambda d: not d.find_elements(By.CSS_SELECTOR, "#uploads li"))
+            (path, body), *_ = proxy.bodies
+            assert path == "/api/v1/jobs"
+            return form_fields(body)
+
+        assert upload("plain.wav") == {"file": "plain.wav"}
+        Select(browser.find_element(By.ID, "mode")).select_by_value("two")
+        Select(browser.find_element(By.ID, "two-stem")).select_by_value("drums")
+        Select(browser.find_element(By.ID, "format")).select_by_value("mp3")
+        assert upload("two.wav") == {"two_stems": "drums", "format": "mp3", "file": "two.wav"}
+        Select(browser.find_element(By.ID, "mode")).select_by_value("all")
+        Select(browser.find_element(By.ID, "format")).select_by_value("wav")  # the default
+        for stem in ("bass", "other"):
+            browser.find_element(By.CSS_SELECTOR, f"#stem-boxes input[value='{stem}']").click()
+        assert upload("some.wav") == {"stems": "drums,vocals", "file": "some.wav"}
+
         # Dismiss a failure from the page (POST /api/v1/jobs/{id}/dismiss).
         with httpx.Client(base_url=url, timeout=30) as client:
             described = client.get("/openapi.json").json()["paths"]
@@ -296,7 +318,7 @@ def test_the_library_searches_pages_and_dismisses(
         assert broken is not None
         broken.find_element(By.CSS_SELECTOR, "button.dismiss").click()
         wait.until(lambda d: row(d, "failed", "broken.wav") is None)
-        browser.refresh()
+        browser.get(proxy.url)
         wait.until(lambda d: row(d, "done", "gamma.wav"))
         assert row(browser, "failed", "broken.wav") is None  # gone for good
     finally:
@@ -312,3 +334,20 @@ def wait_done(url: str, source: str, state: str = "done") -> None:
         return any(j["source"] == source and j["state"] == state for j in jobs)
 
     wait_until(ended, WAIT_S, f"{source} to be {state}")
+
+
+def form_fields(body: bytes) -> dict[str, str]:
+    """A multipart body's fields, in order: name -> value (a file's: its file name)."""
+    fields = {}
+    boundary = body.split(b"\r\n", 1)[0]  # the body's first line: --BOUNDARY
+    for part in body.split(boundary)[1:]:
+        head, _, value = part.partition(b"\r\n\r\n")
+        if b'name="' not in head:
+            continue  # the closing "--", or the end of what the proxy kept
+        value = value.removesuffix(b"\r\n")
+        name = head.split(b'name="', 1)[1].split(b'"', 1)[0].decode()
+        if b'filename="' in head:
+            fields[name] = head.split(b'filename="', 1)[1].split(b'"', 1)[0].decode()
+        else:
+            fields[name] = value.decode()
+    return fields

@@ -31,6 +31,7 @@ HOP = {
 }
 UPSTREAM_TIMEOUT_S = 120.0
 BLOCK = 64 << 10
+BODY_KEPT = 64 << 10
 
 
 class PrefixProxy:
@@ -44,6 +45,7 @@ class PrefixProxy:
         self._lock = threading.Lock()
         self._sent: dict[str, int] = defaultdict(int)
         self.requests: list[tuple[str, str, str]] = []  # (method, path, Range header)
+        self.bodies: list[tuple[str, bytes]] = []  # (path, the first 64 KiB) of each body
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
         self._server.daemon_threads = True  # an open event stream must not hold stop()
         self._thread = threading.Thread(
@@ -73,6 +75,7 @@ class PrefixProxy:
         with self._lock:
             self._sent.clear()
             self.requests.clear()
+            self.bodies.clear()
 
     def _count(self, path: str, n: int) -> None:
         with self._lock:
@@ -115,6 +118,9 @@ class PrefixProxy:
                 headers["X-Forwarded-For"] = self.client_address[0]
                 length = int(self.headers.get("Content-Length") or 0)
                 body = self.rfile.read(length) if length else None
+                if body:
+                    with proxy._lock:
+                        proxy.bodies.append((upstream_path, body[:BODY_KEPT]))
                 upstream = http.client.HTTPConnection(*proxy.upstream, timeout=UPSTREAM_TIMEOUT_S)
                 try:
                     try:
