@@ -122,6 +122,8 @@ def test_the_mixer_behind_a_path_prefix(tmp_path: Path, browser: WebDriver) -> N
         # One transport: after 3 s the four stems are within 50 ms of each other.
         done.find_element(By.CSS_SELECTOR, "button.play").click()
         positions = wait_position(browser, job, 3.0)
+        # heard through the page's Web Audio graph, which runs (the click was a gesture)
+        assert browser.execute_script("return window.stemd.graph().state") == "running"
         print(f"after 3 s: {positions}")
         assert len(positions) == 4
         assert spread(positions) < SYNC_S, positions

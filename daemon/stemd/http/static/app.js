@@ -668,8 +668,8 @@ function listen() {
   }
 }
 
-// for tests and the curious: the mixers by job id
-window.stemd = { mixers };
+// for tests and the curious: the mixers by job id, and the page's audio graph
+window.stemd = { mixers, graph: () => audioGraph };
 
 setUpUploads();
 setUpLibrary();
