@@ -86,6 +86,7 @@ def wait_position(driver: WebDriver, job: int, at_least: float) -> dict[str, flo
     return positions
 
 
+@pytest.mark.slow
 def test_the_mixer_behind_a_path_prefix(tmp_path: Path, browser: WebDriver) -> None:
     config = service_config(tmp_path, http=EPHEMERAL)
     daemon = Daemon(config, tmp_path).start()
@@ -225,6 +226,7 @@ def daemon_job(daemon: Daemon, job: int) -> dict[str, Any]:
         return body
 
 
+@pytest.mark.slow
 def test_the_library_searches_pages_and_dismisses(
     tmp_path: Path, browser: WebDriver, instrumented_repo: Path
 ) -> None:
