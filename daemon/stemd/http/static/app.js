@@ -453,6 +453,11 @@ async function refresh() {
   try {
     const body = await getJSON(listURL(null));
     if (asked !== query) return;  // the search changed meanwhile: its own refresh follows
+    if (older.size) {
+      // older pages are shown: what new jobs push off the newest page joins them
+      const oldest = Math.min(...body.jobs.map((job) => job.id));
+      for (const [id, job] of jobs) if (id < oldest) older.set(id, job);
+    }
     jobs.clear();
     for (const job of body.jobs) jobs.set(job.id, job);
     const end = body.next_before ?? null;
