@@ -43,7 +43,7 @@ from stemd.ledger import (
     Ledger,
 )
 from stemd.logs import Event, event
-from stemd.manifest import MANIFEST, new_manifest, read_manifest, trusted_stems
+from stemd.manifest import MANIFEST, manifest_peaks, new_manifest, read_manifest, trusted_stems
 from stemd.outbox import Outbox, TrackNames, dispose_source, stem_filename, track_folder
 from stemd.profile import Profile, render_profile
 
@@ -358,8 +358,13 @@ class Intake:
         temp = self.outbox.new_temp(f"dup{input_id}")
         try:
             renamed = {name: files[stem] for stem, name in stems.items()}
+            peaks = manifest_peaks(original, self.outbox.root)
+            if peaks is not None and peaks.is_file():  # the waveforms go with the stems
+                renamed[peaks.name] = peaks.name
             self.outbox.copy_stems(original, temp, renamed, link=mode == "link")
             copy = dict(manifest)
+            if peaks is None or peaks.name not in renamed:
+                copy.pop("peaks", None)
             copy.update(
                 source=record.relative,
                 stems=files,

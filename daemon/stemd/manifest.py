@@ -88,6 +88,18 @@ def trusted_stems(
     return files
 
 
+def manifest_peaks(folder: Path, root: Path) -> Path | None:
+    """The waveform file (`peaks.json`, stemd.audio.peaks) the manifest of
+    `folder` names, when the manifest can be trusted (manifest_stems) and the
+    name is a plain file of the folder; None otherwise, as for stems made before
+    stemd wrote one. Open it with open_stem, as a stem."""
+    manifest = read_manifest(folder)
+    if trusted_stems(folder, root, manifest) is None or manifest is None:
+        return None
+    name = manifest.get("peaks")
+    return folder / name if isinstance(name, str) and plain_name(name) else None
+
+
 def open_stem(path: Path, root: Path) -> int:
     """A read-only descriptor of a stem file below `root` (the outbox): OSError if
     `path` is a link, not a regular file, or the file opened lies outside `root`

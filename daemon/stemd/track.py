@@ -22,7 +22,9 @@ import torch
 
 from stemd import __version__
 from stemd.audio import (
+    PEAKS,
     Decoded,
+    Peaks,
     Probe,
     StemFormat,
     StemReader,
@@ -33,6 +35,7 @@ from stemd.audio import (
     probe,
     read_tags,
     stem_rate,
+    write_peaks,
     write_tags,
 )
 from stemd.choices import shown_choices
@@ -289,13 +292,17 @@ def write_stems(
     temp = outbox.new_temp(request.label)
     try:
         files: dict[str, str] = {}
+        peaks: dict[str, Peaks] = {}
         for stem, raw in stems.readers(stem_names(info, config)).items():
             filename = stem_filename(output.layout, names, stem, fmt.format)
-            encode_stem(raw, temp / filename, info.samplerate, fmt, cancelled, out_rate=rate)
+            peaks[stem] = encode_stem(
+                raw, temp / filename, info.samplerate, fmt, cancelled, out_rate=rate
+            )
             write_tags(temp / filename, fmt.format, tags, stem)
             files[stem] = filename
             if progress is not None:
                 progress(1.0)  # a stem encoded: still alive (long tracks encode for minutes)
+        write_peaks(temp / PEAKS, rate, peaks)  # published with the stems, in one rename
         outbox.seal(
             temp,
             new_manifest(
@@ -306,6 +313,7 @@ def write_stems(
                 parameters=request.params,
                 output=shown_choices(output),  # the per-job keys it was rendered with
                 stems=files,
+                peaks=PEAKS,
                 samplerate=rate,
                 model_samplerate=info.samplerate,
                 tags="copied" if not tags.empty else "none",

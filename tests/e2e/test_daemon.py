@@ -132,6 +132,13 @@ def test_dropped_files_become_stems_exactly_once(tmp_path: Path, instrumented_re
         for name in copy_manifest["stems"].values():
             original = track_dir(tmp_path, "song") / name
             assert (track_dir(tmp_path, "song copy") / name).stat().st_ino == original.stat().st_ino
+        # and the waveforms the page draws go with them
+        assert copy_manifest["peaks"] == "peaks.json"
+        copied_peaks = track_dir(tmp_path, "song copy") / "peaks.json"
+        assert (
+            copied_peaks.stat().st_ino == (track_dir(tmp_path, "song") / "peaks.json").stat().st_ino
+        )
+        assert set(json.loads(copied_peaks.read_text())["stems"]) == set(copy_manifest["stems"])
         # The model's own record: the only 3 s track (song.mp3 and its copy) and the
         # only 4 s one (pieces.wav) were each separated once.
         assert record.count(3.0, tolerance=0.1) == 1

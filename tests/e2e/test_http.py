@@ -183,6 +183,9 @@ def test_jobs_api_round_trip(served: Served) -> None:
     with zipfile.ZipFile(io.BytesIO(archive.content)) as opened:
         assert sorted(opened.namelist()) == sorted(f"{s}.wav" for s in STEMS)
         assert opened.read("vocals.wav") == (folder / "vocals.wav").read_bytes()
+    peaks = served.http.get(f"/api/v1/jobs/{job['id']}/peaks").json()  # the mixer's waveforms
+    assert set(peaks["stems"]) == STEMS and peaks["frames"] > 0
+    assert all(len(p["min"]) == len(p["max"]) == peaks["points"] for p in peaks["stems"].values())
     listed = served.http.get("/api/v1/jobs", params={"state": "done", "limit": 500}).json()
     assert job["id"] in [j["id"] for j in listed["jobs"]]
     status = served.http.get("/api/v1/status").json()
@@ -198,6 +201,7 @@ def test_jobs_api_round_trip(served: Served) -> None:
         "/api/v1/jobs/{job_id}",
         "/api/v1/jobs/{job_id}/stems/{stem}",
         "/api/v1/jobs/{job_id}/stems.zip",
+        "/api/v1/jobs/{job_id}/peaks",
         "/api/v1/jobs/{job_id}/retry",
         "/api/v1/status",
         "/api/v1/events",

@@ -1,6 +1,5 @@
-"""The page in a real browser: Debian's chromium, driven by selenium through
-Debian's chromedriver (scripts/install-system-deps.sh installs both; selenium is
-given the driver's path, so it never downloads one)."""
+"""The page in a real browser (support.browser: Debian's chromium and
+chromedriver): upload, progress, workers, a result, a failure retried."""
 
 from __future__ import annotations
 
@@ -8,14 +7,13 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from selenium import webdriver
-from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 from selenium.webdriver.remote.webdriver import WebDriver
 from selenium.webdriver.remote.webelement import WebElement
 from selenium.webdriver.support.ui import WebDriverWait
 
 from support.audio import make_tone
+from support.browser import chromium
 from support.daemon import Daemon, service_config
 from support.http import EPHEMERAL, http_url
 from support.instrumented_model import (
@@ -27,32 +25,13 @@ from support.instrumented_model import (
     model_env,
 )
 
-CHROMIUM = "/usr/bin/chromium"
-CHROMEDRIVER = "/usr/bin/chromedriver"
 WAIT_S = 90
 
 
 @pytest.fixture
 def browser() -> Iterator[WebDriver]:
-    for needed in (CHROMIUM, CHROMEDRIVER):
-        assert Path(needed).exists(), f"{needed} is missing: run scripts/install-system-deps.sh"
-    options = webdriver.ChromeOptions()
-    options.binary_location = CHROMIUM
-    for argument in (
-        "--headless=new",
-        "--no-sandbox",
-        "--disable-dev-shm-usage",
-        "--window-size=1200,1600",
-        "--autoplay-policy=no-user-gesture-required",
-    ):
-        options.add_argument(argument)
-    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
-    driver.set_page_load_timeout(30)
-    driver.set_script_timeout(30)
-    try:
+    with chromium() as driver:
         yield driver
-    finally:
-        driver.quit()
 
 
 def row(driver: WebDriver, section: str, name: str) -> WebElement | None:
@@ -115,13 +94,14 @@ def test_the_page_uploads_shows_progress_plays_and_retries(
         assert len(players) == 4
         assert len(done.find_elements(By.LINK_TEXT, "download")) == 4
         assert done.find_element(By.CSS_SELECTOR, "a.zip").get_attribute("href")
+        # the mixer opens its streams when it first plays
+        done.find_element(By.CSS_SELECTOR, "button.play").click()
         duration = wait.until(
             lambda d: d.execute_script(
                 "const a = arguments[0]; return a.readyState >= 1 ? a.duration : 0;", players[3]
             )
         )
         assert abs(duration - 12.0) < 0.2
-        browser.execute_script("return arguments[0].play()", players[3])
 
         # A file the model fails on: its reason and a retry button; retried, done.
         fail.touch()

@@ -244,6 +244,7 @@ def test_separate_without_a_config_writes_where_demucs_would(tmp_path: Path) -> 
     folder = tmp_path / "separated" / "demucs_unittest" / "tune"
     assert sorted(p.name for p in folder.iterdir()) == [
         "no_vocals.flac",
+        "peaks.json",
         "stemd.json",
         "vocals.flac",
     ]

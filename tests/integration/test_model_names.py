@@ -140,6 +140,7 @@ def test_offline_with_cached_weights_separates_without_asking_the_hub(tmp_path: 
         "bass.wav",
         "drums.wav",
         "other.wav",
+        "peaks.json",
         "stemd.json",
         "vocals.wav",
     ]

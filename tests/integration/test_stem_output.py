@@ -210,7 +210,7 @@ def test_only_the_stems_asked_for_are_written(tmp_path: Path, engine: Engine) ->
     source = make_tone(tmp_path / "song.wav", 1.0)
     folder, manifest = render(tmp_path / "one", engine, source, stems=["vocals"])
     assert set(manifest["stems"]) == {"vocals"}
-    assert sorted(p.name for p in folder.iterdir()) == ["stemd.json", "vocals.wav"]
+    assert sorted(p.name for p in folder.iterdir()) == ["peaks.json", "stemd.json", "vocals.wav"]
     assert manifest["parameters"]["stems"] == ["vocals"]
 
 
@@ -234,6 +234,7 @@ def test_changing_the_stems_separates_again_rather_than_reusing(
     assert runs[2] == f"{song}: reused the stems already in {model_dir / 'song'}\n"
     assert sorted(p.name for p in (model_dir / "song (2)").iterdir()) == [
         "drums.wav",
+        "peaks.json",
         "stemd.json",
         "vocals.wav",
     ]
@@ -257,7 +258,12 @@ def test_separate_takes_the_stems_rate_and_tags_as_flags(tmp_path: Path) -> None
     )
     assert result.returncode == 0, result.stderr
     folder = tmp_path / "out" / "demucs_unittest" / "song"
-    assert sorted(p.name for p in folder.iterdir()) == ["drums.wav", "stemd.json", "vocals.wav"]
+    assert sorted(p.name for p in folder.iterdir()) == [
+        "drums.wav",
+        "peaks.json",
+        "stemd.json",
+        "vocals.wav",
+    ]
     assert probe(folder / "vocals.wav")["sample_rate"] == "22050"
     assert mutagen.File(folder / "vocals.wav").tags is None
     refused = stemd(

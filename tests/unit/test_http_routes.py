@@ -220,3 +220,61 @@ def test_only_a_failed_job_can_be_dismissed(http: TestClient, daemon: Daemon) ->
         f"/api/v1/jobs/{job_id}/dismiss", headers={"Origin": "https://evil.example"}
     )
     assert refused.status_code == 403
+
+
+def with_peaks(daemon: Daemon, name: object = "peaks.json") -> Path:
+    """The published job's folder, its manifest naming `name` as its peaks."""
+    folder = daemon.config.outbox / "demucs_unittest/song"
+    (folder / "peaks.json").write_text('{"version": 1, "stems": {}}')
+    manifest = folder / MANIFEST
+    data = json.loads(manifest.read_text())
+    data["peaks"] = name
+    manifest.write_text(json.dumps(data))
+    return folder
+
+
+def test_the_peaks_are_served_as_safely_as_a_stem(http: TestClient, daemon: Daemon) -> None:
+    job_id = published_job(daemon)
+    before = http.get(f"/api/v1/jobs/{job_id}/peaks")  # stems made before stemd wrote peaks
+    assert before.status_code == 404 and "peaks" in before.json()["detail"]
+    folder = with_peaks(daemon)
+    answer = http.get(f"/api/v1/jobs/{job_id}/peaks")
+    assert answer.status_code == 200 and answer.json() == {"version": 1, "stems": {}}
+    assert answer.headers["content-type"] == "application/json"
+    secret = daemon.config.state_dir / "secret"
+    secret.write_text('{"token": 1}')
+    (folder / "peaks.json").unlink()
+    os.symlink(secret, folder / "peaks.json")  # the share user's swap
+    assert http.get(f"/api/v1/jobs/{job_id}/peaks").status_code == 404
+
+
+@pytest.mark.parametrize("name", ["../../../state/secret", "/etc/hostname", 7])
+def test_a_manifest_naming_peaks_outside_its_folder_serves_none(
+    http: TestClient, daemon: Daemon, name: object
+) -> None:
+    job_id = published_job(daemon)
+    (daemon.config.state_dir / "secret").write_text('{"token": 1}')
+    with_peaks(daemon, name)
+    answer = http.get(f"/api/v1/jobs/{job_id}/peaks")
+    assert answer.status_code == 404 and b"token" not in answer.content
+
+
+def test_the_jobs_list_searches_and_pages(http: TestClient, daemon: Daemon) -> None:
+    ledger = daemon.ledger
+    for n, name in enumerate(["Rock/Song.wav", "jazz/tune.wav", "rock/other_50%.wav"]):
+        record = ledger.add_input(daemon.config.inbox / name, name, FileStat(n + 1, 1, 2, 3))
+        assert record is not None
+        ledger.attach(record.id, f"{n}" * 64, Profile("p", {}, "s"), name)
+
+    def sources(**params: object) -> tuple[list[str], int | None]:
+        body = http.get("/api/v1/jobs", params=params).json()
+        return [j["source"] for j in body["jobs"]], body["next_before"]
+
+    assert sources(q="ROCK") == (["rock/other_50%.wav", "Rock/Song.wav"], None)
+    assert sources(q="50%") == (["rock/other_50%.wav"], None)
+    # LIKE's wildcards are plain characters: "o_k" would match "rock", "k%s" "Rock/Song"
+    assert sources(q="o_k") == ([], None)
+    assert sources(q="k%s") == ([], None)
+    first, after = sources(limit=2)
+    assert first == ["rock/other_50%.wav", "jazz/tune.wav"] and after is not None
+    assert sources(limit=2, before=after) == (["Rock/Song.wav"], None)

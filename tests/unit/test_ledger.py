@@ -1230,3 +1230,22 @@ def test_an_input_given_a_url_after_its_job_ended_is_due_at_once(ledger: Ledger)
     assert ledger.due_callbacks() == [] and not ledger.claim_callback(due)
     ledger.set_callback_url(input_id, None)
     assert ledger.callbacks_of(job.id) == [] and ledger.due_callbacks() == []
+
+
+def test_recent_jobs_by_a_piece_of_their_name_and_page_by_page(ledger: Ledger) -> None:
+    names = ["Rock/Song.wav", "jazz/tune.wav", "rock/odd_100%\\.wav"]
+    ids = [
+        ledger.attach(add(ledger, name, n + 1), f"{n}" * 64, PROFILE, name).id
+        for n, name in enumerate(names)
+    ]
+
+    def found(query: str | None = None, before: int | None = None, limit: int = 50) -> list[str]:
+        return [j.source for j in ledger.recent_jobs(None, limit, query=query, before=before)]
+
+    assert found("ROCK") == [names[2], names[0]]  # any case, newest first
+    assert found("_100%\\") == [names[2]]  # LIKE's wildcards and escape are plain characters
+    assert found("o_k") == [] and found("k%s") == []
+    assert found(limit=2) == [names[2], names[1]]
+    assert found(before=ids[1]) == [names[0]]
+    assert found("rock", before=ids[2]) == [names[0]]
+    assert [j.id for j in ledger.recent_jobs(JobState.QUEUED, 5, query="tune")] == [ids[1]]

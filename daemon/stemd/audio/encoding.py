@@ -22,6 +22,7 @@ import numpy as np
 import torch
 
 from stemd.audio.children import FFMPEG_TIMEOUT_S, CancelCheck, ffmpeg_input, last_line, run
+from stemd.audio.peaks import Peaks
 from stemd.audio.resample import resampled_blocks, resampled_frames
 from stemd.errors import JobCancelled, StemdError
 
@@ -118,16 +119,26 @@ def encode_stem(
     fmt: StemFormat,
     cancelled: CancelCheck | None = None,
     out_rate: int | None = None,
-) -> None:
+) -> Peaks:
     """Write one stem (at `samplerate`) to `path` in the configured format, at
     `out_rate` when given (resampled block by block). The clip rule is applied
     at the model's rate, where the peak was taken; the resampler's overshoot of
-    a peak is clamped with the rest when samples become integers."""
+    a peak is clamped with the rest when samples become integers. Returns the
+    stem's waveform picture (stemd.audio.peaks), taken from the blocks as they
+    went to the encoder: no second read of the stem."""
     bits = 24 if fmt.sample_format == "s24" else 16
     rate = out_rate or samplerate
     frames = resampled_frames(stem.frames, samplerate, rate)
-    blocks = resampled_blocks(
-        _clipped_blocks(stem, fmt.clip, cancelled), stem.channels, stem.frames, samplerate, rate
+    peaks = Peaks(frames)
+    blocks = _observed(
+        resampled_blocks(
+            _clipped_blocks(stem, fmt.clip, cancelled),
+            stem.channels,
+            stem.frames,
+            samplerate,
+            rate,
+        ),
+        peaks,
     )
     try:
         if fmt.format == "flac":
@@ -140,6 +151,15 @@ def encode_stem(
             raise ValueError(f"unknown format {fmt.format!r}")
     except (RuntimeError, OSError) as err:
         raise StemdError(f"{path}: cannot encode the stem: {err}") from err
+    return peaks
+
+
+def _observed(blocks: Iterator[torch.Tensor], peaks: Peaks) -> Iterator[torch.Tensor]:
+    """The blocks as they are, each shown to `peaks` on its way to the encoder
+    (clamped as every encoder clamps it)."""
+    for block in blocks:
+        peaks.add(block.clamp(-1, 1).numpy())
+        yield block
 
 
 def encode(
@@ -148,9 +168,9 @@ def encode(
     samplerate: int,
     fmt: StemFormat,
     cancelled: CancelCheck | None = None,
-) -> None:
+) -> Peaks:
     """Write one stem held in memory ([channels, samples])."""
-    encode_stem(TensorReader(wav), path, samplerate, fmt, cancelled)
+    return encode_stem(TensorReader(wav), path, samplerate, fmt, cancelled)
 
 
 def _encode_wav(

@@ -28,7 +28,7 @@ from stemd.http.spool import Spooled, UploadRejected
 from stemd.jobview import API
 from stemd.ledger import JobState
 from stemd.logs import retried_by_hand
-from stemd.manifest import open_stem
+from stemd.manifest import manifest_peaks, open_stem
 from stemd.report import status_report
 
 Ctx = Annotated[Context, Depends(context)]
@@ -201,9 +201,22 @@ def list_jobs(
             description="also the failures taken off the list, as `stemd status` leaves them out"
         ),
     ] = False,
+    q: Annotated[
+        str | None,
+        Query(max_length=200, description="only sources whose name holds this (any case)"),
+    ] = None,
+    before: Annotated[
+        int | None,
+        Query(ge=1, le=2**63 - 1, description="only jobs older than this id: the next page"),
+    ] = None,
 ) -> dict[str, Any]:
-    jobs = ctx.ledger.recent_jobs(state, limit, dismissed=dismissed)
-    return {"jobs": [ctx.job_json(job) for job in jobs]}
+    # one more than asked: whether another page follows, without a second query
+    jobs = ctx.ledger.recent_jobs(
+        state, limit + 1, query=q or None, before=before, dismissed=dismissed
+    )
+    page = jobs[:limit]
+    more = page[-1].id if len(jobs) > limit else None  # `before=` this for the next page
+    return {"jobs": [ctx.job_json(job) for job in page], "next_before": more}
 
 
 @router.get(
@@ -240,6 +253,31 @@ def get_stem(job_id: JobId, stem: str, ctx: Ctx) -> FileResponse:
         filename=path.name,
         content_disposition_type="inline",
     )
+
+
+@router.get(
+    "/jobs/{job_id}/peaks",
+    summary="The stems' waveform pictures (peaks.json: min/max in a few thousand points)",
+    response_class=FileResponse,
+    responses=errors(
+        404, 422, 503, e404="No such job, no stems, or stems made before stemd wrote peaks"
+    ),
+)
+def get_peaks(job_id: JobId, ctx: Ctx) -> FileResponse:
+    job = ctx.job(job_id)
+    if not ctx.stem_files(job):
+        raise HTTPException(404, f"job {job_id} has no stems ({job.state.value})")
+    outbox = ctx.config.outbox
+    path = manifest_peaks(outbox / job.output_dir, outbox) if job.output_dir else None
+    if path is None:
+        raise HTTPException(
+            404, f"job {job_id}'s stems have no peaks (made before stemd wrote them)"
+        )
+    try:
+        fd = open_stem(path, outbox)  # the share: as safely as a stem
+    except OSError:
+        raise HTTPException(404, f"job {job_id}: its {path.name} is gone") from None
+    return DescriptorFileResponse(fd, media_type="application/json")
 
 
 class DescriptorFileResponse(FileResponse):

@@ -164,19 +164,34 @@ class ReportLedger(LedgerCore):
         return int(row["n"]) + 1
 
     def recent_jobs(
-        self, state: JobState | None = None, limit: int = 50, dismissed: bool = False
+        self,
+        state: JobState | None = None,
+        limit: int = 50,
+        query: str | None = None,
+        before: int | None = None,
+        dismissed: bool = False,
     ) -> list[JobRecord]:
-        """The newest jobs first, all or in one state; failures no longer current
+        """The newest jobs first, all or in one state; with `query`, those whose
+        source name holds it (any case: ASCII letters on SQLite, whose lower()
+        folds no others); with `before`, only jobs older than that id (the next
+        page: pass the last id of the page before); failures no longer current
         (dismissed, or their file replaced by good audio) only with `dismissed`."""
-        where = []
+        where: list[str] = []
         params: list[object] = []
         if state is not None:
             where.append("state = ?")
             params.append(state.value)
         if not dismissed:
             where.append(f"(state != '{JobState.FAILED.value}' OR {CURRENT_FAILED_JOB})")
-        sql = "SELECT * FROM jobs" + (" WHERE " + " AND ".join(where) if where else "")
-        return self._jobs(sql + " ORDER BY id DESC LIMIT ?", (*params, limit))
+        if query:
+            escaped = query.lower().replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+            where.append("lower(source) LIKE ? ESCAPE '\\'")
+            params.append(f"%{escaped}%")
+        if before is not None:
+            where.append("id < ?")
+            params.append(before)
+        clause = f"WHERE {' AND '.join(where)} " if where else ""
+        return self._jobs(f"SELECT * FROM jobs {clause}ORDER BY id DESC LIMIT ?", (*params, limit))
 
     @patient
     def failure_is_current(self, job_id: int) -> bool:
