@@ -73,18 +73,21 @@ def test_a_done_and_a_failed_job_each_call_back_once_signed_with_the_secret(
             assert stat.S_IMODE(secret_file.stat().st_mode) == 0o600
             secret = secret_file.read_bytes().strip()
 
-            # a multipart upload: callback_url is a form field beside the file
+            # a multipart upload: callback_url is a form field beside the file, with
+            # the job's own choices (only the vocals, as mp3)
+            vocals_mp3 = {"stems": "vocals", "format": "mp3"}
             with open(tone(tmp_path, "good.wav", 330), "rb") as file:
                 answer = http.post(
                     "/api/v1/jobs",
                     files={"file": ("good.wav", file)},
-                    data={"callback_url": f"{hook}/done?token=abc"},
+                    data={"callback_url": f"{hook}/done?token=abc", **vocals_mp3},
                 )
             assert answer.status_code == 202, answer.text
             done = wait_state(http, answer.json()["id"], "done")
             (call,) = receiver.wait_for("/done?token=abc", 1, 30)
             assert checked(call, secret) == done  # the job as GET /api/v1/jobs/{id} shows it
-            assert sorted(done["stems"]) == ["bass", "drums", "other", "vocals"]
+            assert sorted(done["stems"]) == ["vocals"]
+            assert done["output"]["stems"] == ["vocals"] and done["output"]["format"] == "mp3"
 
             # a raw body: callback_url in the query; the model fails it
             fail.touch()
@@ -106,7 +109,7 @@ def test_a_done_and_a_failed_job_each_call_back_once_signed_with_the_secret(
                 answer = http.post(
                     "/api/v1/jobs",
                     files={"file": ("again.wav", file)},
-                    data={"callback_url": f"{hook}/again"},
+                    data={"callback_url": f"{hook}/again", **vocals_mp3},
                 )
             assert answer.status_code == 200 and answer.json()["id"] == done["id"], answer.text
             (call,) = receiver.wait_for("/again", 1, 30)

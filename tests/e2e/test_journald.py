@@ -165,6 +165,7 @@ def test_an_exception_is_logged_at_err_with_its_traceback(tmp_path: Path) -> Non
 def test_stemd_retry_logs_a_retried_event_for_each_job_it_queues(tmp_path: Path) -> None:
     """A retry by hand is a `retried` job event in the journal, as an automatic one is."""
     from stemd.ledger import FileStat, sqlite_ledger
+    from stemd.profile import Profile
 
     journal = PrivateJournal(tmp_path / "journal")
     config = journal_config(tmp_path)
@@ -173,8 +174,8 @@ def test_stemd_retry_logs_a_retried_event_for_each_job_it_queues(tmp_path: Path)
     try:
         record = ledger.add_input(tmp_path / "inbox/bad.mp3", "bad.mp3", FileStat(1, 1, 2, 3))
         assert record is not None
-        job = ledger.attach(record.id, "d" * 64, "p", "bad.mp3")
-        claimed = ledger.claim_next(profile="p")
+        job = ledger.attach(record.id, "d" * 64, Profile("p", {}, "s"), "bad.mp3")
+        claimed = ledger.claim_next(profile=Profile("p", {}, "s"))
         assert claimed is not None
         ledger.fail(claimed, "not audio")
     finally:

@@ -57,7 +57,7 @@ def test_one_song_in_four_folders_is_separated_once_and_rendered_four_ways(
     assert record.count(3.0, tolerance=0.1) == 1, record.passes()
     out = tmp_path / "outbox" / RECORDER
     files = {
-        folder: {p.name for p in (out / folder / "song").iterdir() if p.name != "stemd.json"}
+        folder: {p.name for p in (out / folder / "song").iterdir() if p.suffix != ".json"}
         for folder in ("karaoke", "practice", "float-four", "float-two")
     }
     assert files["karaoke"] == {"vocals.mp3", "no_vocals.mp3"}
@@ -106,5 +106,5 @@ def test_a_reload_gives_queued_files_the_new_rules(tmp_path: Path) -> None:
     held, queued = (
         ("first", "second") if "first.flac: separating" in started else ("second", "first")
     )
-    assert {p.suffix for p in out.rglob(f"{held}/*") if p.name != "stemd.json"} == {".wav"}
-    assert {p.suffix for p in out.rglob(f"{queued}/*") if p.name != "stemd.json"} == {".flac"}
+    assert {p.suffix for p in out.rglob(f"{held}/*") if p.suffix != ".json"} == {".wav"}
+    assert {p.suffix for p in out.rglob(f"{queued}/*") if p.suffix != ".json"} == {".flac"}

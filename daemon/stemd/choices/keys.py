@@ -99,7 +99,7 @@ def output_of_params(output: OutputConfig, params: Mapping[str, Any]) -> OutputC
     what a worker renders the job with, whichever host made it."""
     return output.model_copy(
         update={
-            "format": params["format"],
+            "format": params.get("format", output.format),
             "sample_format": params.get("sample_format") or output.sample_format,
             "mp3_bitrate": params.get("mp3_bitrate") or output.mp3_bitrate,
             "clip": params.get("clip", output.clip),

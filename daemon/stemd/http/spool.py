@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, BinaryIO
 
+from python_multipart.exceptions import MultipartParseError
 from python_multipart.multipart import MultipartParser, parse_options_header
 from starlette.concurrency import run_in_threadpool
 
@@ -168,11 +169,16 @@ class Spool:
             with open(part, "wb") as sink:
                 reader = _FileField(sink, limit)
                 parser = MultipartParser(boundary, reader.callbacks())
-                async for chunk in chunks:
-                    parser.write(chunk)
-                    if reader.error is not None:
-                        raise reader.error
-                parser.finalize()
+                try:
+                    async for chunk in chunks:
+                        parser.write(chunk)
+                        if reader.error is not None:
+                            raise reader.error
+                    parser.finalize()
+                except MultipartParseError as err:
+                    raise UploadRejected(
+                        400, f"the multipart/form-data body is malformed ({err}); nothing was kept"
+                    ) from None
                 if reader.error is not None:
                     raise reader.error
                 if not reader.found:

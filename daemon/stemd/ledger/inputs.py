@@ -57,8 +57,9 @@ class InputLedger(LedgerCore):
         relative: str,
         stat: FileStat,
         origin: str = ORIGIN_INBOX,
-        choices: Mapping[str, Any] | None = None,
         callback_url: str | None = None,
+        *,
+        choices: Mapping[str, Any] | None = None,
     ) -> InputRecord | None:
         """Register a settled file (an upload with the `choices` it was sent
         with; the URL to call when its job ends, if any). None if this exact
