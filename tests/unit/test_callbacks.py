@@ -305,3 +305,36 @@ def test_a_configs_callback_url_follows_the_same_rule_without_dns() -> None:
     ]:
         with pytest.raises(ValidationError, match=re.escape(why)):
             Rule(callback_url=url)
+
+
+@pytest.mark.parametrize(
+    ("timestamp", "signed"),
+    [
+        ("1700000000²", "sha256=00"),  # a Unicode digit isdigit() takes and int() does not
+        ("١٧٠٠٠٠٠٠٠٠", "sha256=00"),  # Arabic-Indic digits: int() reads them
+        ("", "sha256=00"),
+        (" 1700000000", "sha256=00"),
+        ("-1", "sha256=00"),
+        ("1" * 13, "sha256=00"),
+        ("1700000000", "sha256=é"),  # compare_digest raises on non-ASCII str
+        ("1700000000", "sha256=\udcff"),
+    ],
+)
+def test_verify_says_false_and_never_raises_on_a_malformed_header(
+    timestamp: str, signed: str
+) -> None:
+    body = b'{"id": 7}'
+    assert verify(body, timestamp, signed, SECRET, now=1700000000.0) is False
+
+
+def test_verify_still_takes_the_right_signature_given_as_it_is_sent() -> None:
+    body = b'{"id": 7}'
+    headers = signed_headers(body, SECRET, now=1700000000)
+    assert verify(
+        body, headers[TIMESTAMP_HEADER], headers[SIGNATURE_HEADER], SECRET, now=1700000000
+    )
+
+
+def test_verify_says_false_for_a_missing_header() -> None:
+    assert verify(b"{}", None, "sha256=00", SECRET) is False  # type: ignore[arg-type]
+    assert verify(b"{}", "1700000000", None, SECRET) is False  # type: ignore[arg-type]
