@@ -338,3 +338,43 @@ def test_verify_still_takes_the_right_signature_given_as_it_is_sent() -> None:
 def test_verify_says_false_for_a_missing_header() -> None:
     assert verify(b"{}", None, "sha256=00", SECRET) is False  # type: ignore[arg-type]
     assert verify(b"{}", "1700000000", None, SECRET) is False  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("host", "why"),
+    [
+        ("[64:ff9b::169.254.169.254]", "64:ff9b::a9fe:a9fe is 169.254.169.254, and"),  # NAT64
+        ("[64:ff9b::a9fe:a9fe]", "is 169.254.169.254, and 169.254.169.254 is link-local"),
+        ("[64:ff9b:1::a9fe:a9fe]", "is 169.254.169.254"),  # NAT64, the local-use prefix
+        ("[64:ff9b::6464:64c8]", "is 100.100.100.200, and 100.100.100.200 is a cloud metadata"),
+        ("[::169.254.169.254]", "::a9fe:a9fe is 169.254.169.254"),  # IPv4-compatible
+        ("[::a9fe:a9fe]", "is 169.254.169.254, and 169.254.169.254 is link-local"),
+        # Teredo: the client's IPv4 address is the last 32 bits, inverted
+        ("[2001:0:4136:e378:8000:63bf:5601:5601]", "is 169.254.169.254, and"),
+    ],
+)
+def test_the_metadata_address_inside_nat64_ipv4_compatible_and_teredo_is_refused(
+    host: str, why: str
+) -> None:
+    with pytest.raises(CallbackRefused) as refused:
+        check_callback_url(f"http://{host}/latest/meta-data", resolve=None)
+    assert why in str(refused.value)
+    address = host.strip("[]")
+    with pytest.raises(CallbackRefused, match="resolves to"):
+        check_callback_url("http://meta.test/x", resolve=resolver(address))
+    with pytest.raises(CallbackRefused):
+        vetted_addresses("meta.test", 80, resolver(address))
+
+
+@pytest.mark.parametrize(
+    "host",
+    [
+        "[64:ff9b::c000:201]",  # NAT64 of 192.0.2.1
+        "[::1]",  # loopback, not an IPv4-compatible 0.0.0.1
+        "[2001:0:4136:e378:8000:63bf:3ffd:fdfe]",  # Teredo of 192.2.2.1
+        "[2001:db8::a9fe:a9fe]",  # the same last 32 bits, outside those prefixes
+    ],
+)
+def test_nat64_ipv4_compatible_and_teredo_of_allowed_addresses_are_allowed(host: str) -> None:
+    url = f"http://{host}/hook"
+    assert check_callback_url(url, resolve=None) == url
