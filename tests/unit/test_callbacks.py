@@ -34,10 +34,12 @@ from stemd.callbacks.signing import (
 from stemd.callbacks.urls import AddrInfo, refusal, vetted_addresses
 from stemd.errors import ConfigError
 from stemd.ledger import FileStat, Ledger, sqlite_ledger
+from stemd.profile import Profile
 from support.receiver import Hanging, Receiver, refused_port
 from support.waiting import wait_until
 
 SECRET = b"0123456789abcdef0123456789abcdef"
+PROFILE = Profile("p", {"model": "m", "format": "wav"}, "m")
 
 
 def resolver(*answers: str) -> object:
@@ -200,10 +202,12 @@ def ledger(tmp_path: Path) -> Iterator[Ledger]:
 
 
 def ended_job(ledger: Ledger, name: str, url: str, ino: int, fail: bool = False) -> int:
-    record = ledger.add_input(Path(f"/u/{name}"), name, FileStat(1, ino, 9, 1), "http", url)
+    record = ledger.add_input(
+        Path(f"/u/{name}"), name, FileStat(1, ino, 9, 1), "http", callback_url=url
+    )
     assert record is not None
-    ledger.attach(record.id, f"{ino:064x}", "p", name)
-    job = ledger.claim_next(profile="p")
+    ledger.attach(record.id, f"{ino:064x}", PROFILE, name)
+    job = ledger.claim_next(profile=PROFILE)
     assert job is not None
     if fail:
         ledger.fail(job, "the test fails it")
