@@ -5,6 +5,7 @@ a real local receiver, with retries, a bounded stop and claims released."""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import hmac
 import json
@@ -13,8 +14,10 @@ import re
 import socket
 import sqlite3
 import stat
+import threading
 import time
 from collections.abc import Iterator, Sequence
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -382,3 +385,152 @@ def test_the_metadata_address_inside_nat64_ipv4_compatible_and_teredo_is_refused
 def test_nat64_ipv4_compatible_and_teredo_of_allowed_addresses_are_allowed(host: str) -> None:
     url = f"http://{host}/hook"
     assert check_callback_url(url, resolve=None) == url
+
+
+# -- a try has one deadline, whatever the receiver does ----------------------------
+
+
+class Dripping:
+    """Takes each connection, reads the request, then answers `answer` one byte
+    every `every` seconds (a receiver that holds a sender by never going quiet
+    for a whole socket timeout), for `lasts` seconds at most."""
+
+    def __init__(self, answer: bytes, every: float = 0.2, lasts: float = 8.0) -> None:
+        self.answer, self.every, self.lasts = answer, every, lasts
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        self.connections = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._serve, daemon=True)
+
+    def _serve(self) -> None:
+        self.listener.settimeout(0.2)
+        while not self._stop.is_set():
+            try:
+                conn, _ = self.listener.accept()
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            self.connections += 1
+            with conn:
+                conn.settimeout(2)
+                with contextlib.suppress(OSError):
+                    conn.recv(65536)
+                    ends = time.monotonic() + self.lasts
+                    for byte in self.answer:
+                        if self._stop.wait(self.every) or time.monotonic() > ends:
+                            break
+                        conn.sendall(bytes([byte]))
+
+    def __enter__(self) -> Dripping:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self._stop.set()
+        self._thread.join(10)
+        self.listener.close()
+
+
+# a status line that never ends, and one that is followed by headers that never end
+ENDLESS_STATUS = b"HTTP/1.1 200 OK" + b" " * 1000
+ENDLESS_HEADERS = b"HTTP/1.1 200 OK\r\n" + b"X-Slow: " + b"a" * 1000
+
+
+def test_a_receiver_dripping_its_status_line_costs_one_timeout_not_hours() -> None:
+    with Dripping(ENDLESS_STATUS) as dripping:
+        started = time.monotonic()
+        with pytest.raises(NotDelivered, match=r"no answer within 1s"):
+            post(f"http://127.0.0.1:{dripping.port}/x", b"{}", {}, 1.0)
+        took = time.monotonic() - started
+    assert took < 1.8, took  # the try's one deadline, not a timeout per byte
+
+
+def test_only_the_status_line_is_read_headers_dripped_after_it_do_not_hold_the_sender() -> None:
+    with Dripping(ENDLESS_HEADERS, every=0.01) as dripping:
+        started = time.monotonic()
+        assert post(f"http://127.0.0.1:{dripping.port}/x", b"{}", {}, 1.0) == 200
+        took = time.monotonic() - started
+    assert took < 1.0, took
+
+
+def test_connecting_to_several_addresses_that_never_accept_costs_one_timeout() -> None:
+    # a listener whose backlog is full: the kernel drops further SYNs, connect hangs
+    with socket.create_server(("127.0.0.1", 0), backlog=0) as full:
+        port = full.getsockname()[1]
+        with socket.create_connection(("127.0.0.1", port), timeout=2):
+            started = time.monotonic()
+            with pytest.raises(NotDelivered, match=r"no answer within 1s"):
+                post(
+                    f"http://many.test:{port}/x", b"{}", {}, 1.0,
+                    resolve=resolver("127.0.0.1,127.0.0.1,127.0.0.1"),
+                )  # fmt: skip
+            took = time.monotonic() - started
+    assert took < 1.8, took  # not 3 s: one per address
+
+
+class Redirecting:
+    """A receiver that answers 302 to `target`, and records the paths it was asked."""
+
+    def __init__(self, target: str) -> None:
+        self.paths: list[str] = []
+        outer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                outer.paths.append(self.path)
+                self.send_response(302)
+                self.send_header("Location", target)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            def log_message(self, *_args: object) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.port = self.server.server_address[1]
+        self._thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    def __enter__(self) -> Redirecting:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+        self._thread.join(10)
+
+
+def test_a_redirect_is_not_followed_it_is_a_failed_try() -> None:
+    with Receiver() as target, Redirecting(f"http://127.0.0.1:{target.port}/moved") as moved:
+        with pytest.raises(NotDelivered, match="answered HTTP 302") as err:
+            post(f"http://127.0.0.1:{moved.port}/hook", b"{}", {}, 2.0)
+        assert not err.value.final  # tried again later, like any other status
+        assert moved.paths == ["/hook"]
+        assert target.received == []  # nothing reached the redirect's target
+
+
+def test_a_dripping_receiver_holds_its_sender_one_timeout_then_the_next_is_delivered(
+    ledger: Ledger, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="stemd")
+    with Dripping(ENDLESS_STATUS) as dripping, Receiver() as receiver:
+        ended_job(ledger, "slow.wav", f"http://127.0.0.1:{dripping.port}/slow", 1)
+        ended_job(ledger, "next.wav", f"http://127.0.0.1:{receiver.port}/next", 2)
+        # one sender: the dripping receiver is tried first, and holds it
+        owner = Callbacks(
+            ledger, tmp_path, SECRET, senders=1, timeout=1.0, poll=0.2, retry_first=60
+        )
+        started = time.monotonic()
+        owner.start()
+        try:
+            receiver.wait_for("/next", 1, 4)
+            took = time.monotonic() - started
+        finally:
+            owner.stop(grace=1)
+    assert took < 3, took
+    assert dripping.connections == 1
+    (slow,) = [m for m in caplog.messages if "(slow.wav)" in m]
+    assert "no answer within 1s (try 1 of 10" in slow, slow

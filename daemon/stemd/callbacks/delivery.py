@@ -48,7 +48,7 @@ SENDERS = 4  # callbacks posted at once (a hung receiver holds one for a timeout
 # claimed and not yet delivered or given up (queued, or waiting for a retry);
 # more stay due in the ledger until there is room
 OUTSTANDING_MAX = 100
-SEND_TIMEOUT_S = 10.0  # connect, send, and the answer's head: each try
+SEND_TIMEOUT_S = 10.0  # a try's deadline: connect, TLS, send, the answer's status line
 POLL_S = 5.0  # the ledger is asked this often even when no job event woke it
 RETRY_FIRST_S = 5.0
 RETRY_MAX_S = 600.0
