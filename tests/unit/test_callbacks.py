@@ -204,13 +204,20 @@ def ledger(tmp_path: Path) -> Iterator[Ledger]:
     opened.close()
 
 
-def ended_job(ledger: Ledger, name: str, url: str, ino: int, fail: bool = False) -> int:
+def ended_job(
+    ledger: Ledger,
+    name: str,
+    url: str,
+    ino: int,
+    fail: bool = False,
+    profile: Profile = PROFILE,
+) -> int:
     record = ledger.add_input(
         Path(f"/u/{name}"), name, FileStat(1, ino, 9, 1), "http", callback_url=url
     )
     assert record is not None
-    ledger.attach(record.id, f"{ino:064x}", PROFILE, name)
-    job = ledger.claim_next(profile=PROFILE)
+    ledger.attach(record.id, f"{ino:064x}", profile, name)
+    job = ledger.claim_next(profile=profile)
     assert job is not None
     if fail:
         ledger.fail(job, "the test fails it")
@@ -534,3 +541,68 @@ def test_a_dripping_receiver_holds_its_sender_one_timeout_then_the_next_is_deliv
     assert dripping.connections == 1
     (slow,) = [m for m in caplog.messages if "(slow.wav)" in m]
     assert "no answer within 1s (try 1 of 10" in slow, slow
+
+
+# -- one callback that fails oddly stops only itself ----------------------------------
+
+
+def test_a_job_whose_body_cannot_be_made_is_given_up_and_the_next_is_still_delivered(
+    ledger: Ledger, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="stemd")
+    # parameters without "format" (a ledger written by some other version): the
+    # job's JSON cannot be made (KeyError)
+    odd = ended_job(
+        ledger, "odd.wav", "http://127.0.0.1:1/odd", 1, profile=Profile("o", {"model": "m"}, "m")
+    )
+    with Receiver() as receiver:
+        owner = Callbacks(ledger, tmp_path, SECRET, senders=1, poll=0.2)
+        owner.start()
+        try:
+            wait_until(lambda: "(odd.wav)" in caplog.text, 10, "the odd callback's line")
+            ended_job(ledger, "next.wav", f"http://127.0.0.1:{receiver.port}/next", 2)
+            owner.wake()
+            (got,) = receiver.wait_for("/next", 1, 10)
+            threads = {t.name: t.is_alive() for t in [owner._dispatcher, *owner._senders]}
+        finally:
+            owner.stop(grace=1)
+    assert json.loads(got.raw)["state"] == "done"
+    assert threads == {"stemd-callbacks": True, "stemd-callback-1": True}
+    (line,) = [m for m in caplog.messages if "(odd.wav)" in m]
+    assert f"callback for job {odd} (odd.wav)" in line and "KeyError" in line, line
+    assert line.endswith("given up"), line
+    assert ledger.due_callbacks() == []  # given up: not claimed again at every look
+
+
+def test_a_send_that_fails_unexpectedly_is_given_up_and_the_sender_lives_on(
+    ledger: Ledger,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import stemd.callbacks.delivery as delivery
+
+    real_post = delivery.post
+
+    def post_or_break(url: str, *args: object, **kwargs: object) -> int:
+        if url.endswith("/boom"):
+            raise RuntimeError("a bug in the sender")
+        return real_post(url, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(delivery, "post", post_or_break)
+    caplog.set_level(logging.INFO, logger="stemd")
+    with Receiver() as receiver:
+        ended_job(ledger, "boom.wav", f"http://127.0.0.1:{receiver.port}/boom", 1)
+        ended_job(ledger, "next.wav", f"http://127.0.0.1:{receiver.port}/next", 2)
+        owner = Callbacks(ledger, tmp_path, SECRET, senders=1, poll=0.2, retry_first=0.2)
+        owner.start()
+        try:
+            receiver.wait_for("/next", 1, 10)
+            wait_until(lambda: ledger.due_callbacks() == [], 10, "both marked posted")
+            alive = owner._senders[0].is_alive()
+        finally:
+            owner.stop(grace=1)
+        assert receiver.at("/boom") == []
+    assert alive
+    (line,) = [m for m in caplog.messages if "(boom.wav)" in m]
+    assert "RuntimeError: a bug in the sender (try 1" in line and line.endswith("given up"), line

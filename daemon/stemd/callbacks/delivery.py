@@ -40,7 +40,7 @@ from stemd.errors import StemdError
 from stemd.jobview import job_json
 from stemd.ledger import DueCallback, Ledger, LedgerUnavailable
 from stemd.logs import LOGGER_NAME, event_item
-from stemd.masking import masked_url
+from stemd.masking import masked_url, scrub
 
 log = logging.getLogger("stemd")
 
@@ -64,9 +64,17 @@ class _Delivery:
     tries: int = 0
 
     def name(self) -> str:
-        return (
-            f"callback for job {self.due.job_id} ({self.due.source}) to {masked_url(self.due.url)}"
-        )
+        return _name(self.due)
+
+
+def _name(due: DueCallback) -> str:
+    """How a log line names a callback (the URL masked)."""
+    return f"callback for job {due.job_id} ({due.source}) to {masked_url(due.url)}"
+
+
+def _what(err: Exception, url: str) -> str:
+    """An unexpected exception in one line, without the URL's secrets."""
+    return scrub(f"{type(err).__name__}: {err}", url)
 
 
 class _EventTap(logging.Handler):
@@ -182,10 +190,17 @@ class Callbacks:
     def _run(self) -> None:
         while True:
             stopping = self._stop.is_set()
-            self._mark_ended()
-            self._requeue_due()
-            if not stopping or self._deadline > time.monotonic():
-                self._claim_due()
+            try:
+                self._mark_ended()
+                self._requeue_due()
+                if not stopping or self._deadline > time.monotonic():
+                    self._claim_due()
+            except Exception as err:  # a bug must not end callbacks for good: look again
+                log.error(
+                    "callbacks: looking for due callbacks failed (%s); looking again in %gs",
+                    f"{type(err).__name__}: {err}",
+                    self.poll,
+                )
             if stopping:
                 return
             self._woken.wait(self._next_wait())
@@ -246,6 +261,16 @@ class Callbacks:
                 with contextlib.suppress(LedgerUnavailable):
                     self.ledger.finish_callback(callback)
                 continue
+            except Exception as err:  # odd parameters, a bad manifest: it would fail each look
+                log.error(
+                    "%s (input %d): its body cannot be made (%s); given up",
+                    _name(callback),
+                    callback.input_id,
+                    _what(err, callback.url),
+                )
+                with contextlib.suppress(LedgerUnavailable):
+                    self.ledger.finish_callback(callback)
+                continue
             with self._lock:
                 self._held.add(callback.input_id)
             self._queue.put_nowait(_Delivery(callback, body))
@@ -280,6 +305,17 @@ class Callbacks:
             )
         except NotDelivered as err:
             self._failed(item, err, time.monotonic() - started)
+        except Exception as err:  # a bug: this callback is given up, the sender lives on
+            log.error(
+                "%s: %s (try %d, %.1fs); given up",
+                item.name(),
+                _what(err, item.due.url),
+                item.tries,
+                time.monotonic() - started,
+            )
+            with self._lock:
+                self._ended.append(item)
+            self._woken.set()
         else:
             log.info(
                 "%s: delivered (HTTP %d, try %d, %.1fs)",
