@@ -36,7 +36,7 @@ from stemd.callbacks.signing import (
 )
 from stemd.callbacks.urls import AddrInfo, refusal, vetted_addresses
 from stemd.errors import ConfigError
-from stemd.ledger import FileStat, Ledger, sqlite_ledger
+from stemd.ledger import DueCallback, FileStat, Ledger, LedgerUnavailable, sqlite_ledger
 from stemd.profile import Profile
 from support.receiver import Hanging, Receiver, refused_port
 from support.waiting import wait_until
@@ -606,3 +606,86 @@ def test_a_send_that_fails_unexpectedly_is_given_up_and_the_sender_lives_on(
     assert alive
     (line,) = [m for m in caplog.messages if "(boom.wav)" in m]
     assert "RuntimeError: a bug in the sender (try 1" in line and line.endswith("given up"), line
+
+
+# -- stop stays bounded when the ledger does not answer ------------------------------
+
+
+def claimed_by(ledger: Ledger) -> list[str | None]:
+    with sqlite3.connect(ledger.path) as db:
+        return [row[0] for row in db.execute("SELECT callback_claim FROM inputs ORDER BY id")]
+
+
+def test_stopping_with_the_ledger_down_asks_it_once_and_leaves_the_claims_for_the_next_start(
+    ledger: Ledger,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    caplog.set_level(logging.INFO, logger="stemd")
+    url = f"http://127.0.0.1:{refused_port()}/cb"
+    for n in range(5):
+        ended_job(ledger, f"{n}.wav", url, n + 1)
+    owner = Callbacks(ledger, tmp_path, SECRET, poll=0.1, retry_first=60)
+    owner.start()
+    wait_until(lambda: caplog.text.count("trying again in 60s") == 5, 10, "the first tries")
+    asked: list[int] = []
+
+    def down(due: DueCallback) -> None:
+        asked.append(due.input_id)
+        raise LedgerUnavailable("the test's ledger is down")
+
+    monkeypatch.setattr(ledger, "release_callback", down)
+    owner.stop(grace=0.5)
+    assert len(asked) == 1  # one call that fails, not one per callback (each a timeout)
+    assert claimed_by(ledger) == ["node"] * 5
+    assert "5 not delivered before stopping stay claimed here" in caplog.text
+    # which is no loss: this node's own claims are due again after its restart
+    assert [d.input_id for d in ledger.due_callbacks()] == [1, 2, 3, 4, 5]
+
+
+def test_stopping_while_the_dispatcher_is_stuck_in_the_ledger_leaves_the_ledger_alone(
+    ledger: Ledger,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    caplog.set_level(logging.INFO, logger="stemd")
+    ended_job(ledger, "a.wav", f"http://127.0.0.1:{refused_port()}/cb", 1)
+    owner = Callbacks(ledger, tmp_path, SECRET, poll=0.1, retry_first=60)
+    owner.start()
+    wait_until(lambda: "trying again in 60s" in caplog.text, 10, "the first try")
+    real_due = ledger.due_callbacks
+    stuck, gate = threading.Event(), threading.Event()
+    used_by_stop: list[str] = []
+
+    def slow_due(*args: object, **kwargs: object) -> list[DueCallback]:
+        stuck.set()
+        gate.wait(30)  # a ledger that takes its time (a connect timeout, a lock)
+        return real_due(*args, **kwargs)  # type: ignore[arg-type]
+
+    def noted(name: str) -> object:
+        real = getattr(ledger, name)
+
+        def call(*args: object, **kwargs: object) -> object:
+            if threading.current_thread() is threading.main_thread():
+                used_by_stop.append(name)
+            return real(*args, **kwargs)
+
+        return call
+
+    monkeypatch.setattr(ledger, "due_callbacks", slow_due)
+    for name in ("release_callback", "finish_callback"):
+        monkeypatch.setattr(ledger, name, noted(name))
+    try:
+        assert stuck.wait(5)
+        started = time.monotonic()
+        owner.stop(grace=0.2)
+        took = time.monotonic() - started
+    finally:
+        gate.set()
+        owner._dispatcher.join(10)
+    assert took < 3, took
+    assert used_by_stop == []  # not the dispatcher's connection, from another thread
+    assert claimed_by(ledger) == ["node"]  # due again after the next start
+    assert "the ledger is still busy with the callbacks thread" in caplog.text

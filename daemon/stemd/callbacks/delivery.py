@@ -18,7 +18,9 @@ for any of this.
 At shutdown the senders get a few seconds for what is queued (no new tries);
 what is left is released in the ledger, so the next start (or another host)
 posts it. A send still under way then, or a crash, leaves the claim: this
-node's next start posts it again (a receiver may then get that end twice).
+node's next start posts it again (a receiver may then get that end twice). So
+does a ledger that fails at stop (asked once, not once per callback) or that
+the owner's thread is still waiting on (stop then leaves the ledger alone).
 """
 
 from __future__ import annotations
@@ -149,7 +151,15 @@ class Callbacks:
         """Claim what is due once more, give the senders `grace` seconds for the
         queue (no retries), join every thread, and release in the ledger what was
         not delivered (the next start posts it). A send still under way past the
-        grace ends by its own timeout (a daemon thread) and is logged."""
+        grace ends by its own timeout (a daemon thread) and is logged.
+
+        Bounded: the ledger is asked at most once after it fails (one call may
+        wait out a connect timeout; one per callback would be a hundred), and not
+        at all while the owner's thread is still in it (its connection is not
+        this thread's to share, and is closed after this). What is not released
+        stays claimed by this node, and this node's own claims are due again
+        after its next start (another host's, once this one is gone): late,
+        never lost."""
         logging.getLogger(LOGGER_NAME).removeHandler(self._tap)
         self._deadline = time.monotonic() + grace
         self._stop.set()
@@ -157,26 +167,56 @@ class Callbacks:
         self._dispatcher.join(grace + 1.0)
         for thread in self._senders:
             thread.join(max(0.0, self._deadline - time.monotonic()) + 0.5)
-        self._mark_ended()  # what the senders finished after the dispatcher's last look
         with self._lock:
+            hung = len(self._in_flight)
+            held = len(self._held)
+        if self._dispatcher.is_alive():
+            log.warning(
+                "callbacks: the ledger is still busy with the callbacks thread; %d callback(s) "
+                "not marked in it stay claimed here: posted after the next start (again, "
+                "for any delivered just now)",
+                held,
+            )
+            return
+        # what the senders finished after the dispatcher's last look
+        reached = self._mark_ended()
+        with self._lock:
+            unmarked = len(self._ended)
             left = self._left + [item for _when, _n, item in self._later]
             self._left, self._later = [], []
-            hung = len(self._in_flight)
         while True:
             try:
                 left.append(self._queue.get_nowait())
             except queue.Empty:
                 break
         released = 0
-        for item in left:
+        for item in left if reached else []:
             try:
                 self.ledger.release_callback(item.due)
-                released += 1
-            except LedgerUnavailable:
-                log.error("%s: not delivered, and the ledger cannot be told: lost", item.name())
+            except LedgerUnavailable as err:
+                log.error(
+                    "callbacks: %d not delivered before stopping stay claimed here, the "
+                    "ledger cannot be told (%s): posted after the next start",
+                    len(left) - released,
+                    err,
+                )
+                break
+            released += 1
+        if not reached and left:
+            log.error(
+                "callbacks: %d not delivered before stopping stay claimed here, the ledger "
+                "cannot be told: posted after the next start",
+                len(left),
+            )
         if released:
             log.warning(
                 "callbacks: %d not delivered before stopping; sent after the next start", released
+            )
+        if unmarked:
+            log.warning(
+                "callbacks: %d delivered or given up but not marked in the ledger: posted "
+                "again after the next start",
+                unmarked,
             )
         if hung:
             log.warning(
@@ -220,9 +260,10 @@ class Callbacks:
                 _when, _n, item = heapq.heappop(self._later)
             self._queue.put_nowait(item)
 
-    def _mark_ended(self) -> None:
+    def _mark_ended(self) -> bool:
         """Delivered or given up: posted, in the ledger (an unreachable one is
-        asked again at the next look; until then the input stays held here)."""
+        asked again at the next look; until then the input stays held here).
+        False when the ledger could not be reached."""
         with self._lock:
             ended, self._ended = self._ended, []
         for position, item in enumerate(ended):
@@ -231,9 +272,10 @@ class Callbacks:
             except LedgerUnavailable:
                 with self._lock:
                     self._ended += ended[position:]
-                return
+                return False
             with self._lock:
                 self._held.discard(item.due.input_id)
+        return True
 
     def _claim_due(self) -> None:
         with self._lock:
