@@ -689,3 +689,12 @@ def test_stopping_while_the_dispatcher_is_stuck_in_the_ledger_leaves_the_ledger_
     assert used_by_stop == []  # not the dispatcher's connection, from another thread
     assert claimed_by(ledger) == ["node"]  # due again after the next start
     assert "the ledger is still busy with the callbacks thread" in caplog.text
+
+
+def test_an_interim_100_continue_is_skipped_for_the_final_status() -> None:
+    answer = b"HTTP/1.1 100 Continue\r\nX-A: b\r\n\r\nHTTP/1.1 204 No Content\r\n\r\n"
+    with Dripping(answer, every=0.001) as dripping:
+        assert post(f"http://127.0.0.1:{dripping.port}/x", b"{}", {}, 2.0) == 204
+    endless = Dripping(b"HTTP/1.1 102 Processing\r\n\r\n" * 400, every=0.0)
+    with endless, pytest.raises(NotDelivered, match="no final status within 8192 bytes"):
+        post(f"http://127.0.0.1:{endless.port}/x", b"{}", {}, 2.0)

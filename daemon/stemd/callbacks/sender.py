@@ -86,23 +86,34 @@ def _vetted_connect(
 
 
 def _status(sock: socket.socket, deadline: float) -> int:
-    """The status of the answer's first line, read within the deadline (each
-    read given what is left: a receiver that drips bytes gains nothing); the
-    headers and body are never read."""
+    """The status of the answer's status line, read within the deadline (each
+    read given what is left: a receiver that drips bytes gains nothing); its
+    headers and body are never read. An interim answer (`100 Continue`, which
+    http.client skipped too) is passed over to the final one; all of it within
+    STATUS_LINE_MAX bytes."""
     head = b""
-    while b"\n" not in head:
-        if len(head) > STATUS_LINE_MAX:
-            raise NotDelivered(f"answered a first line longer than {STATUS_LINE_MAX} bytes")
+    received = 0
+    while True:
+        if b"\n" in head:
+            line = head.split(b"\n", 1)[0].rstrip(b"\r")
+            matched = re.fullmatch(rb"HTTP/[0-9]\.[0-9] ([0-9]{3})(?:[ \t].*)?", line, re.DOTALL)
+            if matched is None:
+                raise NotDelivered("did not answer HTTP")
+            status = int(matched.group(1))
+            if not 100 <= status < 200:
+                return status
+            interim_end = re.search(rb"\r?\n\r?\n", head)
+            if interim_end is not None:
+                head = head[interim_end.end() :]
+                continue
+        if received > STATUS_LINE_MAX:
+            raise NotDelivered(f"answered no final status within {STATUS_LINE_MAX} bytes")
         sock.settimeout(_left(deadline))
         chunk = sock.recv(STATUS_LINE_MAX)
         if not chunk:
             raise NotDelivered("closed the connection without an answer")
         head += chunk
-    line = head.split(b"\n", 1)[0].rstrip(b"\r")
-    matched = re.fullmatch(rb"HTTP/[0-9]\.[0-9] ([0-9]{3})(?:[ \t].*)?", line, re.DOTALL)
-    if matched is None:
-        raise NotDelivered("did not answer HTTP")
-    return int(matched.group(1))
+        received += len(chunk)
 
 
 def post(
