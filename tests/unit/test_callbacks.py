@@ -5,6 +5,7 @@ a real local receiver, with retries, a bounded stop and claims released."""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import hmac
 import json
@@ -13,8 +14,10 @@ import re
 import socket
 import sqlite3
 import stat
+import threading
 import time
 from collections.abc import Iterator, Sequence
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -33,11 +36,13 @@ from stemd.callbacks.signing import (
 )
 from stemd.callbacks.urls import AddrInfo, refusal, vetted_addresses
 from stemd.errors import ConfigError
-from stemd.ledger import FileStat, Ledger, sqlite_ledger
+from stemd.ledger import DueCallback, FileStat, Ledger, LedgerUnavailable, sqlite_ledger
+from stemd.profile import Profile
 from support.receiver import Hanging, Receiver, refused_port
 from support.waiting import wait_until
 
 SECRET = b"0123456789abcdef0123456789abcdef"
+PROFILE = Profile("p", {"model": "m", "format": "wav"}, "m")
 
 
 def resolver(*answers: str) -> object:
@@ -199,11 +204,20 @@ def ledger(tmp_path: Path) -> Iterator[Ledger]:
     opened.close()
 
 
-def ended_job(ledger: Ledger, name: str, url: str, ino: int, fail: bool = False) -> int:
-    record = ledger.add_input(Path(f"/u/{name}"), name, FileStat(1, ino, 9, 1), "http", url)
+def ended_job(
+    ledger: Ledger,
+    name: str,
+    url: str,
+    ino: int,
+    fail: bool = False,
+    profile: Profile = PROFILE,
+) -> int:
+    record = ledger.add_input(
+        Path(f"/u/{name}"), name, FileStat(1, ino, 9, 1), "http", callback_url=url
+    )
     assert record is not None
-    ledger.attach(record.id, f"{ino:064x}", "p", name)
-    job = ledger.claim_next(profile="p")
+    ledger.attach(record.id, f"{ino:064x}", profile, name)
+    job = ledger.claim_next(profile=profile)
     assert job is not None
     if fail:
         ledger.fail(job, "the test fails it")
@@ -305,3 +319,382 @@ def test_a_configs_callback_url_follows_the_same_rule_without_dns() -> None:
     ]:
         with pytest.raises(ValidationError, match=re.escape(why)):
             Rule(callback_url=url)
+
+
+@pytest.mark.parametrize(
+    ("timestamp", "signed"),
+    [
+        ("1700000000²", "sha256=00"),  # a Unicode digit isdigit() takes and int() does not
+        ("١٧٠٠٠٠٠٠٠٠", "sha256=00"),  # Arabic-Indic digits: int() reads them
+        ("", "sha256=00"),
+        (" 1700000000", "sha256=00"),
+        ("-1", "sha256=00"),
+        ("1" * 13, "sha256=00"),
+        ("1700000000", "sha256=é"),  # compare_digest raises on non-ASCII str
+        ("1700000000", "sha256=\udcff"),
+    ],
+)
+def test_verify_says_false_and_never_raises_on_a_malformed_header(
+    timestamp: str, signed: str
+) -> None:
+    body = b'{"id": 7}'
+    assert verify(body, timestamp, signed, SECRET, now=1700000000.0) is False
+
+
+def test_verify_still_takes_the_right_signature_given_as_it_is_sent() -> None:
+    body = b'{"id": 7}'
+    headers = signed_headers(body, SECRET, now=1700000000)
+    assert verify(
+        body, headers[TIMESTAMP_HEADER], headers[SIGNATURE_HEADER], SECRET, now=1700000000
+    )
+
+
+def test_verify_says_false_for_a_missing_header() -> None:
+    assert verify(b"{}", None, "sha256=00", SECRET) is False  # type: ignore[arg-type]
+    assert verify(b"{}", "1700000000", None, SECRET) is False  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("host", "why"),
+    [
+        ("[64:ff9b::169.254.169.254]", "64:ff9b::a9fe:a9fe is 169.254.169.254, and"),  # NAT64
+        ("[64:ff9b::a9fe:a9fe]", "is 169.254.169.254, and 169.254.169.254 is link-local"),
+        ("[64:ff9b:1::a9fe:a9fe]", "is 169.254.169.254"),  # NAT64, the local-use prefix
+        ("[64:ff9b::6464:64c8]", "is 100.100.100.200, and 100.100.100.200 is a cloud metadata"),
+        ("[::169.254.169.254]", "::a9fe:a9fe is 169.254.169.254"),  # IPv4-compatible
+        ("[::a9fe:a9fe]", "is 169.254.169.254, and 169.254.169.254 is link-local"),
+        # Teredo: the client's IPv4 address is the last 32 bits, inverted
+        ("[2001:0:4136:e378:8000:63bf:5601:5601]", "is 169.254.169.254, and"),
+    ],
+)
+def test_the_metadata_address_inside_nat64_ipv4_compatible_and_teredo_is_refused(
+    host: str, why: str
+) -> None:
+    with pytest.raises(CallbackRefused) as refused:
+        check_callback_url(f"http://{host}/latest/meta-data", resolve=None)
+    assert why in str(refused.value)
+    address = host.strip("[]")
+    with pytest.raises(CallbackRefused, match="resolves to"):
+        check_callback_url("http://meta.test/x", resolve=resolver(address))
+    with pytest.raises(CallbackRefused):
+        vetted_addresses("meta.test", 80, resolver(address))
+
+
+@pytest.mark.parametrize(
+    "host",
+    [
+        "[64:ff9b::c000:201]",  # NAT64 of 192.0.2.1
+        "[::1]",  # loopback, not an IPv4-compatible 0.0.0.1
+        "[2001:0:4136:e378:8000:63bf:3ffd:fdfe]",  # Teredo of 192.2.2.1
+        "[2001:db8::a9fe:a9fe]",  # the same last 32 bits, outside those prefixes
+    ],
+)
+def test_nat64_ipv4_compatible_and_teredo_of_allowed_addresses_are_allowed(host: str) -> None:
+    url = f"http://{host}/hook"
+    assert check_callback_url(url, resolve=None) == url
+
+
+# -- a try has one deadline, whatever the receiver does ----------------------------
+
+
+class Dripping:
+    """Takes each connection, reads the request, then answers `answer` one byte
+    every `every` seconds (a receiver that holds a sender by never going quiet
+    for a whole socket timeout), for `lasts` seconds at most."""
+
+    def __init__(self, answer: bytes, every: float = 0.2, lasts: float = 8.0) -> None:
+        self.answer, self.every, self.lasts = answer, every, lasts
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        self.connections = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._serve, daemon=True)
+
+    def _serve(self) -> None:
+        self.listener.settimeout(0.2)
+        while not self._stop.is_set():
+            try:
+                conn, _ = self.listener.accept()
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            self.connections += 1
+            with conn:
+                conn.settimeout(2)
+                with contextlib.suppress(OSError):
+                    conn.recv(65536)
+                    ends = time.monotonic() + self.lasts
+                    for byte in self.answer:
+                        if self._stop.wait(self.every) or time.monotonic() > ends:
+                            break
+                        conn.sendall(bytes([byte]))
+
+    def __enter__(self) -> Dripping:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self._stop.set()
+        self._thread.join(10)
+        self.listener.close()
+
+
+# a status line that never ends, and one that is followed by headers that never end
+ENDLESS_STATUS = b"HTTP/1.1 200 OK" + b" " * 1000
+ENDLESS_HEADERS = b"HTTP/1.1 200 OK\r\n" + b"X-Slow: " + b"a" * 1000
+
+
+def test_a_receiver_dripping_its_status_line_costs_one_timeout_not_hours() -> None:
+    with Dripping(ENDLESS_STATUS) as dripping:
+        started = time.monotonic()
+        with pytest.raises(NotDelivered, match=r"no answer within 1s"):
+            post(f"http://127.0.0.1:{dripping.port}/x", b"{}", {}, 1.0)
+        took = time.monotonic() - started
+    assert took < 1.8, took  # the try's one deadline, not a timeout per byte
+
+
+def test_only_the_status_line_is_read_headers_dripped_after_it_do_not_hold_the_sender() -> None:
+    with Dripping(ENDLESS_HEADERS, every=0.01) as dripping:
+        started = time.monotonic()
+        assert post(f"http://127.0.0.1:{dripping.port}/x", b"{}", {}, 1.0) == 200
+        took = time.monotonic() - started
+    assert took < 1.0, took
+
+
+def test_connecting_to_several_addresses_that_never_accept_costs_one_timeout() -> None:
+    # a listener whose backlog is full: the kernel drops further SYNs, connect hangs
+    with socket.create_server(("127.0.0.1", 0), backlog=0) as full:
+        port = full.getsockname()[1]
+        with socket.create_connection(("127.0.0.1", port), timeout=2):
+            started = time.monotonic()
+            with pytest.raises(NotDelivered, match=r"no answer within 1s"):
+                post(
+                    f"http://many.test:{port}/x", b"{}", {}, 1.0,
+                    resolve=resolver("127.0.0.1,127.0.0.1,127.0.0.1"),
+                )  # fmt: skip
+            took = time.monotonic() - started
+    assert took < 1.8, took  # not 3 s: one per address
+
+
+class Redirecting:
+    """A receiver that answers 302 to `target`, and records the paths it was asked."""
+
+    def __init__(self, target: str) -> None:
+        self.paths: list[str] = []
+        outer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                outer.paths.append(self.path)
+                self.send_response(302)
+                self.send_header("Location", target)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            def log_message(self, *_args: object) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.port = self.server.server_address[1]
+        self._thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    def __enter__(self) -> Redirecting:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+        self._thread.join(10)
+
+
+def test_a_redirect_is_not_followed_it_is_a_failed_try() -> None:
+    with Receiver() as target, Redirecting(f"http://127.0.0.1:{target.port}/moved") as moved:
+        with pytest.raises(NotDelivered, match="answered HTTP 302") as err:
+            post(f"http://127.0.0.1:{moved.port}/hook", b"{}", {}, 2.0)
+        assert not err.value.final  # tried again later, like any other status
+        assert moved.paths == ["/hook"]
+        assert target.received == []  # nothing reached the redirect's target
+
+
+def test_a_dripping_receiver_holds_its_sender_one_timeout_then_the_next_is_delivered(
+    ledger: Ledger, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="stemd")
+    with Dripping(ENDLESS_STATUS) as dripping, Receiver() as receiver:
+        ended_job(ledger, "slow.wav", f"http://127.0.0.1:{dripping.port}/slow", 1)
+        ended_job(ledger, "next.wav", f"http://127.0.0.1:{receiver.port}/next", 2)
+        # one sender: the dripping receiver is tried first, and holds it
+        owner = Callbacks(
+            ledger, tmp_path, SECRET, senders=1, timeout=1.0, poll=0.2, retry_first=60
+        )
+        started = time.monotonic()
+        owner.start()
+        try:
+            receiver.wait_for("/next", 1, 4)
+            took = time.monotonic() - started
+        finally:
+            owner.stop(grace=1)
+    assert took < 3, took
+    assert dripping.connections == 1
+    (slow,) = [m for m in caplog.messages if "(slow.wav)" in m]
+    assert "no answer within 1s (try 1 of 10" in slow, slow
+
+
+# -- one callback that fails oddly stops only itself ----------------------------------
+
+
+def test_a_job_whose_body_cannot_be_made_is_given_up_and_the_next_is_still_delivered(
+    ledger: Ledger, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="stemd")
+    # parameters without "format" (a ledger written by some other version): the
+    # job's JSON cannot be made (KeyError)
+    odd = ended_job(
+        ledger, "odd.wav", "http://127.0.0.1:1/odd", 1, profile=Profile("o", {"model": "m"}, "m")
+    )
+    with Receiver() as receiver:
+        owner = Callbacks(ledger, tmp_path, SECRET, senders=1, poll=0.2)
+        owner.start()
+        try:
+            wait_until(lambda: "(odd.wav)" in caplog.text, 10, "the odd callback's line")
+            ended_job(ledger, "next.wav", f"http://127.0.0.1:{receiver.port}/next", 2)
+            owner.wake()
+            (got,) = receiver.wait_for("/next", 1, 10)
+            threads = {t.name: t.is_alive() for t in [owner._dispatcher, *owner._senders]}
+        finally:
+            owner.stop(grace=1)
+    assert json.loads(got.raw)["state"] == "done"
+    assert threads == {"stemd-callbacks": True, "stemd-callback-1": True}
+    (line,) = [m for m in caplog.messages if "(odd.wav)" in m]
+    assert f"callback for job {odd} (odd.wav)" in line and "KeyError" in line, line
+    assert line.endswith("given up"), line
+    assert ledger.due_callbacks() == []  # given up: not claimed again at every look
+
+
+def test_a_send_that_fails_unexpectedly_is_given_up_and_the_sender_lives_on(
+    ledger: Ledger,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import stemd.callbacks.delivery as delivery
+
+    real_post = delivery.post
+
+    def post_or_break(url: str, *args: object, **kwargs: object) -> int:
+        if url.endswith("/boom"):
+            raise RuntimeError("a bug in the sender")
+        return real_post(url, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(delivery, "post", post_or_break)
+    caplog.set_level(logging.INFO, logger="stemd")
+    with Receiver() as receiver:
+        ended_job(ledger, "boom.wav", f"http://127.0.0.1:{receiver.port}/boom", 1)
+        ended_job(ledger, "next.wav", f"http://127.0.0.1:{receiver.port}/next", 2)
+        owner = Callbacks(ledger, tmp_path, SECRET, senders=1, poll=0.2, retry_first=0.2)
+        owner.start()
+        try:
+            receiver.wait_for("/next", 1, 10)
+            wait_until(lambda: ledger.due_callbacks() == [], 10, "both marked posted")
+            alive = owner._senders[0].is_alive()
+        finally:
+            owner.stop(grace=1)
+        assert receiver.at("/boom") == []
+    assert alive
+    (line,) = [m for m in caplog.messages if "(boom.wav)" in m]
+    assert "RuntimeError: a bug in the sender (try 1" in line and line.endswith("given up"), line
+
+
+# -- stop stays bounded when the ledger does not answer ------------------------------
+
+
+def claimed_by(ledger: Ledger) -> list[str | None]:
+    with sqlite3.connect(ledger.path) as db:
+        return [row[0] for row in db.execute("SELECT callback_claim FROM inputs ORDER BY id")]
+
+
+def test_stopping_with_the_ledger_down_asks_it_once_and_leaves_the_claims_for_the_next_start(
+    ledger: Ledger,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    caplog.set_level(logging.INFO, logger="stemd")
+    url = f"http://127.0.0.1:{refused_port()}/cb"
+    for n in range(5):
+        ended_job(ledger, f"{n}.wav", url, n + 1)
+    owner = Callbacks(ledger, tmp_path, SECRET, poll=0.1, retry_first=60)
+    owner.start()
+    wait_until(lambda: caplog.text.count("trying again in 60s") == 5, 10, "the first tries")
+    asked: list[int] = []
+
+    def down(due: DueCallback) -> None:
+        asked.append(due.input_id)
+        raise LedgerUnavailable("the test's ledger is down")
+
+    monkeypatch.setattr(ledger, "release_callback", down)
+    owner.stop(grace=0.5)
+    assert len(asked) == 1  # one call that fails, not one per callback (each a timeout)
+    assert claimed_by(ledger) == ["node"] * 5
+    assert "5 not delivered before stopping stay claimed here" in caplog.text
+    # which is no loss: this node's own claims are due again after its restart
+    assert [d.input_id for d in ledger.due_callbacks()] == [1, 2, 3, 4, 5]
+
+
+def test_stopping_while_the_dispatcher_is_stuck_in_the_ledger_leaves_the_ledger_alone(
+    ledger: Ledger,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    caplog.set_level(logging.INFO, logger="stemd")
+    ended_job(ledger, "a.wav", f"http://127.0.0.1:{refused_port()}/cb", 1)
+    owner = Callbacks(ledger, tmp_path, SECRET, poll=0.1, retry_first=60)
+    owner.start()
+    wait_until(lambda: "trying again in 60s" in caplog.text, 10, "the first try")
+    real_due = ledger.due_callbacks
+    stuck, gate = threading.Event(), threading.Event()
+    used_by_stop: list[str] = []
+
+    def slow_due(*args: object, **kwargs: object) -> list[DueCallback]:
+        stuck.set()
+        gate.wait(30)  # a ledger that takes its time (a connect timeout, a lock)
+        return real_due(*args, **kwargs)  # type: ignore[arg-type]
+
+    def noted(name: str) -> object:
+        real = getattr(ledger, name)
+
+        def call(*args: object, **kwargs: object) -> object:
+            if threading.current_thread() is threading.main_thread():
+                used_by_stop.append(name)
+            return real(*args, **kwargs)
+
+        return call
+
+    monkeypatch.setattr(ledger, "due_callbacks", slow_due)
+    for name in ("release_callback", "finish_callback"):
+        monkeypatch.setattr(ledger, name, noted(name))
+    try:
+        assert stuck.wait(5)
+        started = time.monotonic()
+        owner.stop(grace=0.2)
+        took = time.monotonic() - started
+    finally:
+        gate.set()
+        owner._dispatcher.join(10)
+    assert took < 3, took
+    assert used_by_stop == []  # not the dispatcher's connection, from another thread
+    assert claimed_by(ledger) == ["node"]  # due again after the next start
+    assert "the ledger is still busy with the callbacks thread" in caplog.text
+
+
+def test_an_interim_100_continue_is_skipped_for_the_final_status() -> None:
+    answer = b"HTTP/1.1 100 Continue\r\nX-A: b\r\n\r\nHTTP/1.1 204 No Content\r\n\r\n"
+    with Dripping(answer, every=0.001) as dripping:
+        assert post(f"http://127.0.0.1:{dripping.port}/x", b"{}", {}, 2.0) == 204
+    endless = Dripping(b"HTTP/1.1 102 Processing\r\n\r\n" * 400, every=0.0)
+    with endless, pytest.raises(NotDelivered, match="no final status within 8192 bytes"):
+        post(f"http://127.0.0.1:{endless.port}/x", b"{}", {}, 2.0)

@@ -5,7 +5,7 @@ each time the job ends.
     urls      which URLs may be called: http(s), never link-local or a metadata
               address (checked at submission, at config load, and at each send)
     signing   X-Stemd-Timestamp and X-Stemd-Signature (HMAC-SHA256), the secret file
-    sender    one POST within a timeout, to the address that was checked
+    sender    one POST within one deadline, to the address that was checked
     delivery  the owner (Callbacks): due callbacks from the ledger, sender
               threads, retries with backoff, a bounded stop
 

@@ -18,7 +18,9 @@ for any of this.
 At shutdown the senders get a few seconds for what is queued (no new tries);
 what is left is released in the ledger, so the next start (or another host)
 posts it. A send still under way then, or a crash, leaves the claim: this
-node's next start posts it again (a receiver may then get that end twice).
+node's next start posts it again (a receiver may then get that end twice). So
+does a ledger that fails at stop (asked once, not once per callback) or that
+the owner's thread is still waiting on (stop then leaves the ledger alone).
 """
 
 from __future__ import annotations
@@ -40,7 +42,7 @@ from stemd.errors import StemdError
 from stemd.jobview import job_json
 from stemd.ledger import DueCallback, Ledger, LedgerUnavailable
 from stemd.logs import LOGGER_NAME, event_item
-from stemd.masking import masked_url
+from stemd.masking import masked_url, scrub
 
 log = logging.getLogger("stemd")
 
@@ -48,7 +50,7 @@ SENDERS = 4  # callbacks posted at once (a hung receiver holds one for a timeout
 # claimed and not yet delivered or given up (queued, or waiting for a retry);
 # more stay due in the ledger until there is room
 OUTSTANDING_MAX = 100
-SEND_TIMEOUT_S = 10.0  # connect, send, and the answer's head: each try
+SEND_TIMEOUT_S = 10.0  # a try's deadline: connect, TLS, send, the answer's status line
 POLL_S = 5.0  # the ledger is asked this often even when no job event woke it
 RETRY_FIRST_S = 5.0
 RETRY_MAX_S = 600.0
@@ -64,9 +66,17 @@ class _Delivery:
     tries: int = 0
 
     def name(self) -> str:
-        return (
-            f"callback for job {self.due.job_id} ({self.due.source}) to {masked_url(self.due.url)}"
-        )
+        return _name(self.due)
+
+
+def _name(due: DueCallback) -> str:
+    """How a log line names a callback (the URL masked)."""
+    return f"callback for job {due.job_id} ({due.source}) to {masked_url(due.url)}"
+
+
+def _what(err: Exception, url: str) -> str:
+    """An unexpected exception in one line, without the URL's secrets."""
+    return scrub(f"{type(err).__name__}: {err}", url)
 
 
 class _EventTap(logging.Handler):
@@ -141,7 +151,15 @@ class Callbacks:
         """Claim what is due once more, give the senders `grace` seconds for the
         queue (no retries), join every thread, and release in the ledger what was
         not delivered (the next start posts it). A send still under way past the
-        grace ends by its own timeout (a daemon thread) and is logged."""
+        grace ends by its own timeout (a daemon thread) and is logged.
+
+        Bounded: the ledger is asked at most once after it fails (one call may
+        wait out a connect timeout; one per callback would be a hundred), and not
+        at all while the owner's thread is still in it (its connection is not
+        this thread's to share, and is closed after this). What is not released
+        stays claimed by this node, and this node's own claims are due again
+        after its next start (another host's, once this one is gone): late,
+        never lost."""
         logging.getLogger(LOGGER_NAME).removeHandler(self._tap)
         self._deadline = time.monotonic() + grace
         self._stop.set()
@@ -149,26 +167,56 @@ class Callbacks:
         self._dispatcher.join(grace + 1.0)
         for thread in self._senders:
             thread.join(max(0.0, self._deadline - time.monotonic()) + 0.5)
-        self._mark_ended()  # what the senders finished after the dispatcher's last look
         with self._lock:
+            hung = len(self._in_flight)
+            held = len(self._held)
+        if self._dispatcher.is_alive():
+            log.warning(
+                "callbacks: the ledger is still busy with the callbacks thread; %d callback(s) "
+                "not marked in it stay claimed here: posted after the next start (again, "
+                "for any delivered just now)",
+                held,
+            )
+            return
+        # what the senders finished after the dispatcher's last look
+        reached = self._mark_ended()
+        with self._lock:
+            unmarked = len(self._ended)
             left = self._left + [item for _when, _n, item in self._later]
             self._left, self._later = [], []
-            hung = len(self._in_flight)
         while True:
             try:
                 left.append(self._queue.get_nowait())
             except queue.Empty:
                 break
         released = 0
-        for item in left:
+        for item in left if reached else []:
             try:
                 self.ledger.release_callback(item.due)
-                released += 1
-            except LedgerUnavailable:
-                log.error("%s: not delivered, and the ledger cannot be told: lost", item.name())
+            except LedgerUnavailable as err:
+                log.error(
+                    "callbacks: %d not delivered before stopping stay claimed here, the "
+                    "ledger cannot be told (%s): posted after the next start",
+                    len(left) - released,
+                    err,
+                )
+                break
+            released += 1
+        if not reached and left:
+            log.error(
+                "callbacks: %d not delivered before stopping stay claimed here, the ledger "
+                "cannot be told: posted after the next start",
+                len(left),
+            )
         if released:
             log.warning(
                 "callbacks: %d not delivered before stopping; sent after the next start", released
+            )
+        if unmarked:
+            log.warning(
+                "callbacks: %d delivered or given up but not marked in the ledger: posted "
+                "again after the next start",
+                unmarked,
             )
         if hung:
             log.warning(
@@ -182,10 +230,17 @@ class Callbacks:
     def _run(self) -> None:
         while True:
             stopping = self._stop.is_set()
-            self._mark_ended()
-            self._requeue_due()
-            if not stopping or self._deadline > time.monotonic():
-                self._claim_due()
+            try:
+                self._mark_ended()
+                self._requeue_due()
+                if not stopping or self._deadline > time.monotonic():
+                    self._claim_due()
+            except Exception as err:  # a bug must not end callbacks for good: look again
+                log.error(
+                    "callbacks: looking for due callbacks failed (%s); looking again in %gs",
+                    f"{type(err).__name__}: {err}",
+                    self.poll,
+                )
             if stopping:
                 return
             self._woken.wait(self._next_wait())
@@ -205,9 +260,10 @@ class Callbacks:
                 _when, _n, item = heapq.heappop(self._later)
             self._queue.put_nowait(item)
 
-    def _mark_ended(self) -> None:
+    def _mark_ended(self) -> bool:
         """Delivered or given up: posted, in the ledger (an unreachable one is
-        asked again at the next look; until then the input stays held here)."""
+        asked again at the next look; until then the input stays held here).
+        False when the ledger could not be reached."""
         with self._lock:
             ended, self._ended = self._ended, []
         for position, item in enumerate(ended):
@@ -216,9 +272,10 @@ class Callbacks:
             except LedgerUnavailable:
                 with self._lock:
                     self._ended += ended[position:]
-                return
+                return False
             with self._lock:
                 self._held.discard(item.due.input_id)
+        return True
 
     def _claim_due(self) -> None:
         with self._lock:
@@ -243,6 +300,16 @@ class Callbacks:
                 return
             except StemdError as err:  # the job is gone from the ledger: nothing to post
                 log.error("callback for input %d: %s; given up", callback.input_id, err)
+                with contextlib.suppress(LedgerUnavailable):
+                    self.ledger.finish_callback(callback)
+                continue
+            except Exception as err:  # odd parameters, a bad manifest: it would fail each look
+                log.error(
+                    "%s (input %d): its body cannot be made (%s); given up",
+                    _name(callback),
+                    callback.input_id,
+                    _what(err, callback.url),
+                )
                 with contextlib.suppress(LedgerUnavailable):
                     self.ledger.finish_callback(callback)
                 continue
@@ -280,6 +347,17 @@ class Callbacks:
             )
         except NotDelivered as err:
             self._failed(item, err, time.monotonic() - started)
+        except Exception as err:  # a bug: this callback is given up, the sender lives on
+            log.error(
+                "%s: %s (try %d, %.1fs); given up",
+                item.name(),
+                _what(err, item.due.url),
+                item.tries,
+                time.monotonic() - started,
+            )
+            with self._lock:
+                self._ended.append(item)
+            self._woken.set()
         else:
             log.info(
                 "%s: delivered (HTTP %d, try %d, %.1fs)",

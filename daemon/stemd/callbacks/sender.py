@@ -1,5 +1,13 @@
 """One callback POST within a timeout, to an address checked at send time.
 
+The timeout is one deadline for the whole try: every address connected to,
+TLS, the request, and the answer's status line each get what is left of it
+(a socket's own timeout is per operation: a receiver dripping a byte every
+few seconds, or a name with many addresses that do not answer, would
+otherwise hold a sender for as long as it likes). Of the answer only the
+status line is read; the headers and body are left unread and the connection
+closed.
+
 http.client, not urllib: no proxy from the environment (a proxy would reach
 the address stemd refused), no redirects followed (a 3xx to a metadata address
 would be one), and the socket connected to the address `vetted_addresses`
@@ -10,8 +18,10 @@ the certificate against the URL's host name as usual.
 from __future__ import annotations
 
 import http.client
+import re
 import socket
 import ssl
+import time
 from collections.abc import Callable
 from urllib.parse import urlsplit
 
@@ -25,7 +35,7 @@ from stemd.callbacks.urls import (
 )
 from stemd.masking import scrub
 
-ANSWER_READ_MAX = 64 * 1024  # of a receiver's answer body, read and dropped
+STATUS_LINE_MAX = 8 * 1024  # of the answer, only the status line is read
 
 
 class NotDelivered(Exception):
@@ -37,27 +47,73 @@ class NotDelivered(Exception):
         self.final = final
 
 
-def _vetted_connect(host: str, port: int, resolve: Resolver) -> Callable[..., socket.socket]:
+def _left(deadline: float) -> float:
+    """Seconds left to the try's deadline; TimeoutError once it has passed."""
+    left = deadline - time.monotonic()
+    if left <= 0:
+        raise TimeoutError("the try's time is up")
+    return left
+
+
+def _vetted_connect(
+    host: str, port: int, resolve: Resolver, deadline: float
+) -> Callable[..., socket.socket]:
     """A replacement for socket.create_connection that connects only to the
-    addresses `host` has now, each checked (tried in the resolver's order)."""
+    addresses `host` has now, each checked (tried in the resolver's order), all
+    of them within what is left of the try (not a timeout per address)."""
 
     def connect(
-        _address: tuple[str, int], timeout: float | None = None, source: object = None
+        _address: tuple[str, int], _timeout: float | None = None, _source: object = None
     ) -> socket.socket:
         last: OSError | None = None
         for family, sockaddr in vetted_addresses(host, port, resolve):
             sock = socket.socket(family, socket.SOCK_STREAM)
             try:
-                sock.settimeout(timeout)
+                sock.settimeout(_left(deadline))
                 sock.connect(sockaddr)
+                # TLS's handshake, on this socket, is bounded by one timeout as a whole
+                sock.settimeout(_left(deadline))
                 return sock
             except OSError as err:
                 sock.close()
+                if isinstance(err, TimeoutError) and time.monotonic() >= deadline:
+                    raise
                 last = err
         assert last is not None  # vetted_addresses gives at least one
         raise last
 
     return connect
+
+
+def _status(sock: socket.socket, deadline: float) -> int:
+    """The status of the answer's status line, read within the deadline (each
+    read given what is left: a receiver that drips bytes gains nothing); its
+    headers and body are never read. An interim answer (`100 Continue`, which
+    http.client skipped too) is passed over to the final one; all of it within
+    STATUS_LINE_MAX bytes."""
+    head = b""
+    received = 0
+    while True:
+        if b"\n" in head:
+            line = head.split(b"\n", 1)[0].rstrip(b"\r")
+            matched = re.fullmatch(rb"HTTP/[0-9]\.[0-9] ([0-9]{3})(?:[ \t].*)?", line, re.DOTALL)
+            if matched is None:
+                raise NotDelivered("did not answer HTTP")
+            status = int(matched.group(1))
+            if not 100 <= status < 200:
+                return status
+            interim_end = re.search(rb"\r?\n\r?\n", head)
+            if interim_end is not None:
+                head = head[interim_end.end() :]
+                continue
+        if received > STATUS_LINE_MAX:
+            raise NotDelivered(f"answered no final status within {STATUS_LINE_MAX} bytes")
+        sock.settimeout(_left(deadline))
+        chunk = sock.recv(STATUS_LINE_MAX)
+        if not chunk:
+            raise NotDelivered("closed the connection without an answer")
+        head += chunk
+        received += len(chunk)
 
 
 def post(
@@ -67,8 +123,10 @@ def post(
     timeout: float,
     resolve: Resolver = system_resolve,
 ) -> int:
-    """POST `body` (JSON) to `url`; the HTTP status of a 2xx answer, else
-    NotDelivered (with `final` when the URL is refused at this send)."""
+    """POST `body` (JSON) to `url` within `timeout` seconds in all (resolving,
+    connecting, TLS, sending, the answer's status line); the HTTP status of a 2xx
+    answer, else NotDelivered (with `final` when the URL is refused at this send)."""
+    deadline = time.monotonic() + timeout
     parts = urlsplit(url)
     host = parts.hostname or ""
     port = default_port(parts)
@@ -80,11 +138,14 @@ def post(
     else:
         connection = http.client.HTTPConnection(host, port, timeout=timeout)
     # http.client calls self._create_connection for the TCP connection (TLS wraps it after)
-    setattr(connection, "_create_connection", _vetted_connect(host, port, resolve))  # noqa: B010
+    setattr(connection, "_create_connection", _vetted_connect(host, port, resolve, deadline))  # noqa: B010
     target = parts.path or "/"
     if parts.query:
         target += f"?{parts.query}"
     try:
+        connection.connect()
+        assert connection.sock is not None
+        connection.sock.settimeout(_left(deadline))  # the request is small: one send
         connection.request(
             "POST",
             target,
@@ -92,11 +153,11 @@ def post(
             headers={
                 "Content-Type": "application/json",
                 "User-Agent": f"stemd/{__version__}",
+                "Connection": "close",
                 **headers,
             },
         )
-        answer = connection.getresponse()
-        answer.read(ANSWER_READ_MAX)
+        status = _status(connection.sock, deadline)
     except CallbackRefused as err:
         raise NotDelivered(f"refused now: {err}", final=True) from None
     except TimeoutError:
@@ -108,6 +169,6 @@ def post(
         raise NotDelivered(reason) from None
     finally:
         connection.close()
-    if not 200 <= answer.status < 300:
-        raise NotDelivered(f"answered HTTP {answer.status}")
-    return answer.status
+    if not 200 <= status < 300:
+        raise NotDelivered(f"answered HTTP {status}")
+    return status

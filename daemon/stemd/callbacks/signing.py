@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import os
+import re
 import secrets
 import time
 from pathlib import Path
@@ -52,12 +53,18 @@ def verify(
     now: float | None = None,
 ) -> bool:
     """What a receiver does (the README's snippet, as a function): the signature
-    matches, compared in constant time, and the timestamp is recent."""
-    if not timestamp.isdigit():
+    matches, compared in constant time, and the timestamp is recent. False, never
+    an exception, for any malformed header: a timestamp is 1 to 12 ASCII digits
+    (str.isdigit takes '²', which int() refuses, and other scripts' digits), and
+    the signatures are compared as bytes (compare_digest raises on non-ASCII str)."""
+    if not isinstance(timestamp, str) or not isinstance(signed, str):
+        return False
+    if re.fullmatch(r"[0-9]{1,12}", timestamp) is None:
         return False
     if abs((time.time() if now is None else now) - int(timestamp)) > tolerance:
         return False
-    return hmac.compare_digest(signature(body, secret, int(timestamp)), signed)
+    expected = signature(body, secret, int(timestamp)).encode()
+    return hmac.compare_digest(expected, signed.encode("utf-8", "surrogateescape"))
 
 
 def secret_path(configured: Path | None, state_dir: Path) -> Path:

@@ -5,8 +5,9 @@ A callback URL is the caller's, not the operator's: whoever may submit a job
 could otherwise make stemd POST to a cloud's metadata service (169.254.169.254,
 fd00:ec2::254) or to link-local devices. So a URL must be http(s) with a host,
 and no address it names or resolves to may be link-local or a metadata address,
-written however an address can be written: IPv4-mapped IPv6
-(`[::ffff:169.254.169.254]`), the old numeric forms `inet_aton` still reads
+written however an address can be written: IPv4 inside IPv6 (mapped
+`[::ffff:169.254.169.254]`, 6to4, NAT64 `[64:ff9b::a9fe:a9fe]`, IPv4-compatible
+`[::a9fe:a9fe]`, Teredo), the old numeric forms `inet_aton` still reads
 (`http://2852039166/`, `0xa9.0xfe.0xa9.0xfe`). A name is resolved at submission
 and again at each send (`vetted_addresses`), and the connection goes to the
 address that was checked, not to a fresh lookup: DNS that changes between the
@@ -35,6 +36,8 @@ MAX_URL_LENGTH = 2048
 METADATA_ADDRESSES = frozenset(
     {ipaddress.ip_address("fd00:ec2::254"), ipaddress.ip_address("100.100.100.200")}
 )
+NAT64_PREFIXES = (ipaddress.ip_network("64:ff9b::/96"), ipaddress.ip_network("64:ff9b:1::/48"))
+IPV4_COMPATIBLE = ipaddress.ip_network("::/96")
 
 
 class CallbackRefused(ValueError):
@@ -45,13 +48,31 @@ def system_resolve(host: str, port: int) -> Sequence[AddrInfo]:
     return socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
 
 
+def embedded_ipv4(address: ipaddress.IPv6Address) -> list[ipaddress.IPv4Address]:
+    """The IPv4 addresses an IPv6 address carries, which a packet to it may reach:
+    IPv4-mapped (::ffff:0:0/96), 6to4 (2002::/16), NAT64 (64:ff9b::/96, and the
+    local-use 64:ff9b:1::/48 with the address in the last 32 bits, as a /96 puts
+    it), IPv4-compatible (::/96, but not :: and ::1), Teredo (2001::/32: its
+    server, and the client, whose bits are inverted)."""
+    last = ipaddress.IPv4Address(int(address) & 0xFFFFFFFF)
+    found = [a for a in (address.ipv4_mapped, address.sixtofour) if a is not None]
+    if address in NAT64_PREFIXES[0] or address in NAT64_PREFIXES[1]:
+        found.append(last)
+    if address in IPV4_COMPATIBLE and int(address) > 1:
+        found.append(last)
+    if address.teredo is not None:
+        server, client = address.teredo
+        found += [client, server]
+    return found
+
+
 def forbidden(address: IPAddress) -> str | None:
     """Why stemd will not send to this address, or None."""
     if isinstance(address, ipaddress.IPv6Address):
-        embedded = address.ipv4_mapped or address.sixtofour
-        if embedded is not None:
+        for embedded in embedded_ipv4(address):
             why = forbidden(embedded)
-            return f"{address} is {embedded}, and {why}" if why else None
+            if why:
+                return f"{address} is {embedded}, and {why}"
     if address in METADATA_ADDRESSES:
         return f"{address} is a cloud metadata address"
     if address.is_link_local:

@@ -216,6 +216,8 @@ def test_a_callback_not_delivered_before_stemd_stopped_is_posted_after_its_next_
         "http://[fe80::1]/x",
         "http://[::ffff:169.254.169.254]/x",
         "http://2852039166/x",
+        "http://[64:ff9b::a9fe:a9fe]/x",  # NAT64
+        "http://[2001:0:4136:e378:8000:63bf:5601:5601]/x",  # Teredo
         "localhost:8080/x",
     ],
 )
