@@ -156,18 +156,19 @@ class Intake:
 
     def _tidy_due(self, beat: Callable[[], None]) -> None:
         """Now and then (after each change of settings, then every `node_gone`
-        seconds): queued jobs keyed by other output settings (this node's, from
-        before a reload or a restart, or a gone host's) are keyed by today's,
-        since workers claim only jobs keyed by what they render
-        (stemd.ledger.jobs); and inputs a crash left waiting on a job that ended
-        get what they waited for."""
+        seconds): queued jobs take the profile today's settings and rules give
+        them (after new settings, all of this node's; every round, those of
+        another model, this node's or a gone host's, which no worker here could
+        claim: stemd.ledger.rekey); and inputs a crash left waiting on a job that
+        ended get what they waited for."""
         if time.monotonic() < self._next_tidy:
             return
         self._next_tidy = time.monotonic() + self.node_gone
-        everything, self._rekey_all = self._rekey_all, False
-        for record, job in self.ledger.rekey_queued(
-            self.profile_for, self.profile, everything, REKEY_GONE_S, beat
-        ):
+        moved = self.ledger.rekey_queued(
+            self.profile_for, self.profile, self._rekey_all, REKEY_GONE_S, beat
+        )
+        self._rekey_all = False  # once it went through: an outage leaves it for next time
+        for record, job in moved:
             beat()
             self.settle_attached(record, job)
         for record, job in self.ledger.stranded_inputs(STRANDED_AFTER_S, self.node_gone):
@@ -358,12 +359,9 @@ class Intake:
         temp = self.outbox.new_temp(f"dup{input_id}")
         try:
             renamed = {name: files[stem] for stem, name in stems.items()}
-            peaks = manifest_peaks(original, self.outbox.root)
-            if peaks is not None and peaks.is_file():  # the waveforms go with the stems
-                renamed[peaks.name] = peaks.name
             self.outbox.copy_stems(original, temp, renamed, link=mode == "link")
             copy = dict(manifest)
-            if peaks is None or peaks.name not in renamed:
+            if not self._copy_peaks(original, temp, mode == "link"):
                 copy.pop("peaks", None)
             copy.update(
                 source=record.relative,
@@ -399,6 +397,19 @@ class Intake:
             record.relative,
         )
         self.dispose(record, success=True)
+
+    def _copy_peaks(self, original: Path, temp: Path, link: bool) -> bool:
+        """The waveforms go with the stems when the original's are stemd's own; a
+        copy without them is still a copy (the page draws none)."""
+        peaks = manifest_peaks(original, self.outbox.root)
+        if peaks is None:
+            return False
+        try:
+            self.outbox.copy_stems(original, temp, {peaks.name: peaks.name}, link=link)
+        except (OSError, OutboxError) as err:
+            log.warning("%s: its %s is not copied: %s", original, peaks.name, err)
+            return False
+        return True
 
     def dispose(self, record: InputRecord, success: bool) -> None:
         if record.origin == ORIGIN_HTTP:

@@ -20,7 +20,9 @@ from pathlib import Path
 from typing import Any
 
 MANIFEST = "stemd.json"
-OPEN_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC
+# O_NONBLOCK: a FIFO planted on the share under a stem's or the manifest's name
+# must not hold the reader (an HTTP thread) for ever; regular files ignore it
+OPEN_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
 
 
 def new_manifest(**fields: Any) -> dict[str, Any]:
@@ -94,10 +96,20 @@ def manifest_peaks(folder: Path, root: Path) -> Path | None:
     name is a plain file of the folder; None otherwise, as for stems made before
     stemd wrote one. Open it with open_stem, as a stem."""
     manifest = read_manifest(folder)
-    if trusted_stems(folder, root, manifest) is None or manifest is None:
+    stems = trusted_stems(folder, root, manifest)
+    if stems is None or manifest is None:
         return None
     name = manifest.get("peaks")
-    return folder / name if isinstance(name, str) and plain_name(name) else None
+    if not (isinstance(name, str) and plain_name(name)):
+        return None
+    if name in {path.name for path in stems.values()}:
+        return None  # a stem's own file named as the peaks: foreign
+    path = folder / name
+    try:
+        info = os.lstat(path)
+    except OSError:
+        return None
+    return path if stat.S_ISREG(info.st_mode) else None  # no link, FIFO or folder
 
 
 def open_stem(path: Path, root: Path) -> int:

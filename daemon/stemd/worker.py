@@ -414,13 +414,14 @@ class Worker(threading.Thread):
                 timing = Timing(
                     time.monotonic() - started, self.engine.model_seconds - model_before
                 )
-                # kept for the same content's other jobs until the next claim
-                self._kept = Kept(job.sha256, self._separation_of(job), stems, loaded, job.id)
                 done = Separated(
                     job, source, request, stems, loaded, timing, info, outbox, config, keep=True
                 )
                 self._finish_behind(done)
                 handed_on = True  # the Kept's now: dropped by the worker
+                # kept for the same content's other jobs until the next claim (set once
+                # handed on: a failure before that removes the folder, see finally)
+                self._kept = Kept(job.sha256, self._separation_of(job), stems, loaded, job.id)
             finally:
                 if not handed_on:
                     loaded.work.remove()

@@ -49,6 +49,8 @@ def test_one_song_in_four_folders_is_separated_once_and_rendered_four_ways(
         for folder in sorted(drop.iterdir()):  # one after the other, as people drop them
             folder.rename(tmp_path / "inbox" / folder.name)
         wait_until(lambda: daemon.report()["counts"]["done"] == 4, 120, "four jobs done")
+        work = tmp_path / "state" / "work"  # the kept separation, let go once idle
+        wait_until(lambda: not any(work.iterdir()), 30, "the work area emptied")
         assert daemon.stop() == 0
     finally:
         daemon.kill()

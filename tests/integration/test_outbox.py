@@ -11,7 +11,7 @@ import pytest
 
 from stemd.config import OutputConfig
 from stemd.ledger import FileStat
-from stemd.manifest import MANIFEST, new_manifest
+from stemd.manifest import MANIFEST, manifest_peaks, new_manifest, open_stem
 from stemd.outbox import TEMP_DIR, Outbox, dispose_source
 
 SHA = "c" * 64
@@ -144,3 +144,26 @@ def test_a_planted_or_tampered_folder_with_our_hash_is_not_adopted(tmp_path: Pat
     assert outbox.find_ours(PurePosixPath("m/song"), SHA, "p") is None
     target = outbox.publish(sealed(outbox), PurePosixPath("m/song"), SHA, "p")
     assert target == PurePosixPath("m/song (2)")
+
+
+def test_a_pipe_is_refused_at_once_and_peaks_only_as_a_plain_file_of_its_own(
+    tmp_path: Path,
+) -> None:
+    """The outbox is a share: a FIFO under a stem's name would hold a reader (an
+    HTTP thread) for ever, and a manifest may name anything as its peaks."""
+    folder = tmp_path / "m" / "song"
+    folder.mkdir(parents=True)
+    (folder / "vocals.wav").write_bytes(b"RIFF")
+    os.mkfifo(folder / "pipe.wav")
+    with pytest.raises(OSError, match="not a regular file"):
+        open_stem(folder / "pipe.wav", tmp_path)  # at once: O_NONBLOCK
+    manifest = new_manifest(sha256="a" * 64, stems={"vocals": "vocals.wav"})
+    for name, kept in (("peaks.json", True), ("pipe.wav", False), ("vocals.wav", False)):
+        if name == "peaks.json":
+            (folder / name).write_text("{}")
+        (folder / MANIFEST).write_text(json.dumps({**manifest, "peaks": name}))
+        assert (manifest_peaks(folder, tmp_path) is not None) is kept, name
+    (folder / "peaks.json").unlink()
+    os.symlink(folder / "vocals.wav", folder / "peaks.json")
+    (folder / MANIFEST).write_text(json.dumps({**manifest, "peaks": "peaks.json"}))
+    assert manifest_peaks(folder, tmp_path) is None

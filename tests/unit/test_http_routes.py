@@ -246,6 +246,20 @@ def test_the_peaks_are_served_as_safely_as_a_stem(http: TestClient, daemon: Daem
     (folder / "peaks.json").unlink()
     os.symlink(secret, folder / "peaks.json")  # the share user's swap
     assert http.get(f"/api/v1/jobs/{job_id}/peaks").status_code == 404
+    (folder / "peaks.json").unlink()
+    os.mkfifo(folder / "peaks.json")  # a pipe no one writes: would hold a reader for ever
+    assert http.get(f"/api/v1/jobs/{job_id}/peaks", timeout=10).status_code == 404
+
+
+def test_a_stem_swapped_for_a_pipe_is_refused_not_waited_on(
+    http: TestClient, daemon: Daemon
+) -> None:
+    job_id = published_job(daemon)
+    stem = daemon.config.outbox / "demucs_unittest/song" / "vocals.wav"
+    stem.unlink()
+    os.mkfifo(stem)  # a pipe in its place: refused, never waited on
+    answer = http.get(f"/api/v1/jobs/{job_id}/stems/vocals", timeout=10)
+    assert answer.status_code == 404
 
 
 @pytest.mark.parametrize("name", ["../../../state/secret", "/etc/hostname", 7])
