@@ -550,10 +550,14 @@ def test_a_job_whose_body_cannot_be_made_is_given_up_and_the_next_is_still_deliv
     ledger: Ledger, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.INFO, logger="stemd")
-    # parameters without "format" (a ledger written by some other version): the
-    # job's JSON cannot be made (KeyError)
+    # parameters no stemd writes (a ledger edited by hand, or some other version):
+    # the job's JSON cannot be made (stems that are not a list: TypeError)
     odd = ended_job(
-        ledger, "odd.wav", "http://127.0.0.1:1/odd", 1, profile=Profile("o", {"model": "m"}, "m")
+        ledger,
+        "odd.wav",
+        "http://127.0.0.1:1/odd",
+        1,
+        profile=Profile("o", {"model": "m", "stems": 7}, "m"),
     )
     with Receiver() as receiver:
         owner = Callbacks(ledger, tmp_path, SECRET, senders=1, poll=0.2)
@@ -569,7 +573,7 @@ def test_a_job_whose_body_cannot_be_made_is_given_up_and_the_next_is_still_deliv
     assert json.loads(got.raw)["state"] == "done"
     assert threads == {"stemd-callbacks": True, "stemd-callback-1": True}
     (line,) = [m for m in caplog.messages if "(odd.wav)" in m]
-    assert f"callback for job {odd} (odd.wav)" in line and "KeyError" in line, line
+    assert f"callback for job {odd} (odd.wav)" in line and "TypeError" in line, line
     assert line.endswith("given up"), line
     assert ledger.due_callbacks() == []  # given up: not claimed again at every look
 
