@@ -12,10 +12,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from stemd.config import Config
-from stemd.engine import ModelInfo
 from stemd.ledger import FileStat, InputRecord
+from stemd.separation.engine import ModelInfo
+from stemd.separation.workfiles import WorkArea
 from stemd.track import Loaded, decode_track
-from stemd.workfiles import WorkArea
 
 
 @dataclass(frozen=True)

@@ -48,7 +48,7 @@ from stemd.outbox import Outbox, TrackNames, dispose_source, stem_filename, trac
 from stemd.profile import Profile, render_profile
 
 if TYPE_CHECKING:  # the model's description only: intake needs no torch
-    from stemd.engine import ModelInfo
+    from stemd.separation.engine import ModelInfo
 
 log = logging.getLogger("stemd")
 

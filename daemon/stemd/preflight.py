@@ -97,7 +97,7 @@ def model_issues(config: Config, source: str) -> Findings:
     the real loading code from disk (as `run` loads it: a model.repo's files are
     code you trust). A hub model not downloaded yet is a note: nothing is
     downloaded here."""
-    from stemd.engine import model_sources, stems_issue
+    from stemd.separation.engine import model_sources, stems_issue
 
     found = Findings()
     two_stems = config.output.two_stems

@@ -24,7 +24,7 @@ from stemd.choices import apply_choices
 from stemd.config import Config
 
 if TYPE_CHECKING:  # engine imports torch; the profile only reads two fields
-    from stemd.engine import ModelInfo
+    from stemd.separation.engine import ModelInfo
 
 # the parameters that decide what the model computes, before anything is written
 SEPARATION_KEYS = ("model", "weights", "shifts", "overlap", "segment", "precision")

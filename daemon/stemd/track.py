@@ -4,7 +4,7 @@
     separate_track   mix.f32 -> model, window by window -> stem-NAME.f32 files
     write_stems      stem files -> encoders, block by block -> sealed temp folder
 
-Nothing here holds a whole track in memory: the work files (stemd.workfiles)
+Nothing here holds a whole track in memory: the work files (stemd.separation.workfiles)
 carry it between the steps. The worker runs the steps on its threads (decode
 ahead, separate, finish behind); `stemd separate` runs them one after another
 (`render_track`). The caller owns the job's work folder and removes it.
@@ -40,7 +40,6 @@ from stemd.audio import (
 )
 from stemd.choices import shown_choices
 from stemd.config import Config
-from stemd.engine import CancelCheck, Engine, ModelInfo, ProgressHook
 from stemd.errors import InputError
 from stemd.manifest import new_manifest
 from stemd.outbox import (
@@ -50,7 +49,8 @@ from stemd.outbox import (
     stems_size_estimate,
     track_folder,
 )
-from stemd.workfiles import JobWork, MixStats, MixWriter, RawAudio, SumOfStems, WorkArea
+from stemd.separation.engine import CancelCheck, Engine, ModelInfo, ProgressHook
+from stemd.separation.workfiles import JobWork, MixStats, MixWriter, RawAudio, SumOfStems, WorkArea
 
 log = logging.getLogger("stemd")
 

@@ -12,7 +12,7 @@ Decoding and encoding overlap the model's work, each on a thread of its own with
 room for one track: while job N separates, the next queued job's input is
 decoded ("decode-ahead"), and job N-1's stems are encoded and published
 ("finish-behind"). The tracks themselves wait in work files on local disk
-(stemd.workfiles, one folder per job under state_dir/work), so memory holds a
+(stemd.separation.workfiles, one folder per job under state_dir/work), so memory holds a
 block per thread, not a track: at most three work folders exist, the one
 decoded ahead, the one in the model, the one being written.
 
@@ -41,7 +41,6 @@ from stemd.choices import output_of_params
 from stemd.config import Config
 from stemd.crash import crash_point
 from stemd.decodeahead import DecodeAhead
-from stemd.engine import Engine, ModelInfo
 from stemd.errors import ConfigError, StemdError
 from stemd.folders import SharedFolders
 from stemd.intake import Intake, job_event, stat_of
@@ -60,6 +59,8 @@ from stemd.outbox import (
 )
 from stemd.outcomes import Outcomes
 from stemd.profile import render_profile
+from stemd.separation.engine import Engine, ModelInfo
+from stemd.separation.workfiles import WorkArea
 from stemd.track import (
     Loaded,
     RenderRequest,
@@ -69,7 +70,6 @@ from stemd.track import (
     separate_track,
     write_stems,
 )
-from stemd.workfiles import WorkArea
 
 log = logging.getLogger("stemd")
 

@@ -11,11 +11,11 @@ import time
 from typing import Any
 
 from stemd.config import Config
-from stemd.engine import Engine, ModelInfo
 from stemd.intake import Intake
 from stemd.ledger import Ledger
+from stemd.separation.engine import Engine, ModelInfo
+from stemd.separation.workfiles import WorkArea
 from stemd.worker import Worker
-from stemd.workfiles import WorkArea
 
 log = logging.getLogger("stemd")
 

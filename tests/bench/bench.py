@@ -221,8 +221,8 @@ def floor_seconds(repo: Path, tracks: list[Path]) -> float:
     from stemd.allocator import tune_for_model
     from stemd.audio import decode
     from stemd.config import ModelConfig
-    from stemd.engine import Engine
-    from stemd.streaming import TensorSource, separate_streamed
+    from stemd.separation.engine import Engine
+    from stemd.separation.streaming import TensorSource, separate_streamed
 
     tune_for_model()  # main thread here: the arena limit does not matter, the rest does
     engine = Engine(ModelConfig(name=MODEL, repo=repo, device="cpu"))

@@ -149,7 +149,7 @@ def track(seconds: float, seed: int = 0) -> torch.Tensor:
 
 def engine(repo: Path, name: str, device: str, **settings: Any) -> Any:
     from stemd.config import ModelConfig
-    from stemd.engine import Engine
+    from stemd.separation.engine import Engine
 
     return Engine(ModelConfig(name=name, repo=repo, device=device, **settings))
 

@@ -115,7 +115,7 @@ def test_block_encoded_flac_holds_the_samples_demucs_writes(
 
 def test_a_stem_read_in_blocks_from_a_file_is_encoded_whole(tmp_path: Path) -> None:
     from stemd.audio import encode_stem
-    from stemd.workfiles import RawAudio
+    from stemd.separation.workfiles import RawAudio
 
     wav = stem(seconds=5.0)
     with RawAudio(tmp_path / "stem.f32", 2) as raw:

@@ -21,8 +21,8 @@ import torch
 from demucs.apply import apply_model
 from demucs.pretrained import get_model
 
-from stemd.batching import batches, plan_chunks
-from stemd.streaming import TensorSource, separate_streamed
+from stemd.separation.batching import batches, plan_chunks
+from stemd.separation.streaming import TensorSource, separate_streamed
 
 TOLERANCE = 1e-4
 # the 6.3 s track's three 4 s chunks make two batches, so two regions

@@ -14,10 +14,10 @@ from pathlib import Path
 import pytest
 
 from stemd.config import load_config
-from stemd.engine import ModelInfo
 from stemd.errors import InputError
+from stemd.separation.engine import ModelInfo
+from stemd.separation.workfiles import WorkArea
 from stemd.track import decode_track
-from stemd.workfiles import WorkArea
 from support.audio import make_tone
 
 INFO = ModelInfo(

@@ -10,8 +10,8 @@ import torch
 from demucs.apply import BagOfModels, apply_model
 
 from stemd.config import ModelConfig
-from stemd.engine import Engine, resolve_device
 from stemd.errors import ConfigError, JobCancelled, ModelError
+from stemd.separation.engine import Engine, resolve_device
 from support.models import build_capped_repo
 
 

@@ -173,8 +173,8 @@ def test_models_list_shows_what_is_on_disk_its_size_and_the_configured_one(
 def test_the_hub_repository_names_agree_with_demucs() -> None:
     from demucs.hf import hf_repo_name as demucs_hf_repo_name
 
-    from stemd.modelcache import hf_repo_name
-    from stemd.modelnames import remote_bags
+    from stemd.separation.modelcache import hf_repo_name
+    from stemd.separation.modelnames import remote_bags
 
     assert remote_bags(), "demucs' own model list was not found"
     for name in remote_bags():

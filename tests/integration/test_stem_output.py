@@ -16,12 +16,12 @@ import mutagen
 import pytest
 
 from stemd.config import Config
-from stemd.engine import Engine
 from stemd.manifest import read_manifest
 from stemd.outbox import Outbox
 from stemd.profile import profile_key, profile_params
+from stemd.separation.engine import Engine
+from stemd.separation.workfiles import WorkArea
 from stemd.track import RenderRequest, render_track
-from stemd.workfiles import WorkArea
 from support.audio import make_tone, probe
 from support.daemon import stemd, write_config
 

@@ -8,7 +8,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from stemd.hub import proxy_for, unreachable_reason
+from stemd.separation.hub import proxy_for, unreachable_reason
 
 PROXY_VARIABLES = ("http_proxy", "https_proxy", "all_proxy", "no_proxy")
 

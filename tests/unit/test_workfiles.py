@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from stemd.errors import WorkAreaFull
-from stemd.workfiles import RawAudio, RunningStats, WorkArea
+from stemd.separation.workfiles import RawAudio, RunningStats, WorkArea
 
 
 def noise(channels: int, frames: int, seed: int = 0) -> np.ndarray:

@@ -9,7 +9,7 @@ from pathlib import Path
 from stemd.cli.common import config_from, use_model_cache
 from stemd.config import Config
 from stemd.errors import EX_OK, ConfigError
-from stemd.modelnames import BUILT_IN, HUB_PREFIX, bag_members, unknown_name_problem
+from stemd.separation.modelnames import BUILT_IN, HUB_PREFIX, bag_members, unknown_name_problem
 
 
 def _size(paths: Sequence[Path]) -> str:
@@ -27,8 +27,8 @@ def _repo_files(repo: Path, name: str) -> list[Path]:
 
 def _list_models(config: Config) -> int:
     use_model_cache(config)
-    from stemd.modelcache import cached_files, model_caches
-    from stemd.modelnames import BUILT_IN, remote_bags, repo_names
+    from stemd.separation.modelcache import cached_files, model_caches
+    from stemd.separation.modelnames import BUILT_IN, remote_bags, repo_names
 
     configured = config.model.name
     repo = config.model.repo
@@ -67,14 +67,14 @@ def cmd_models(args: argparse.Namespace) -> int:
         print(f"{args.name}: built into demucs, nothing to fetch")
         return EX_OK
     use_model_cache(config)
-    from stemd.modelcache import cached_files, check_reachable, model_caches
+    from stemd.separation.modelcache import cached_files, check_reachable, model_caches
 
     hf_home, torch_home = model_caches()
     if cached_files(args.name.removeprefix(HUB_PREFIX)) is not None:
         print(f"{args.name}: already in the model cache ({hf_home}, {torch_home})")
         return EX_OK
     check_reachable(args.name, None, fetching=True)  # before torch is imported
-    from stemd.engine import load_model
+    from stemd.separation.engine import load_model
 
     load_model(args.name, None, fetching=True)
     print(f"{args.name}: fetched into the model cache ({hf_home}, {torch_home})")

@@ -14,10 +14,10 @@ from stemd.config import Config, default_config_path, load_config
 from stemd.errors import EX_OK, EX_SOFTWARE, ConfigError, ConfigIssue
 
 if TYPE_CHECKING:  # torch comes with these: imported when a command needs them
-    from stemd.engine import Engine
     from stemd.outbox import Outbox
+    from stemd.separation.engine import Engine
+    from stemd.separation.workfiles import WorkArea
     from stemd.track import Rendered, RenderRequest
-    from stemd.workfiles import WorkArea
 
 # `stemd separate` flag -> (config section, key)
 SEPARATE_OVERRIDES = {
@@ -93,12 +93,12 @@ def cmd_separate(args: argparse.Namespace) -> int:
         raise ConfigError([_as_flag(issue, args) for issue in err.issues]) from None
     setup_logging("stderr", config.logging.level)
     use_model_cache(config)
-    from stemd.modelcache import check_reachable
+    from stemd.separation.modelcache import check_reachable
 
     check_reachable(config.model.name, config.model.repo)  # an offline start fails here, fast
-    from stemd.engine import Engine
+    from stemd.separation.engine import Engine
+    from stemd.separation.workfiles import WorkArea
     from stemd.track import RenderRequest, stems_folder
-    from stemd.workfiles import WorkArea
 
     engine = Engine(config.model)
     try:

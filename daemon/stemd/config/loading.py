@@ -33,7 +33,7 @@ from stemd.config.sections import (
     listen_address,
 )
 from stemd.errors import ConfigError, ConfigIssue
-from stemd.modelnames import unknown_name_problem
+from stemd.separation.modelnames import unknown_name_problem
 
 
 def changed_keys(old: Config, new: Config) -> list[str]:

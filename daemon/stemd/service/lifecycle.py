@@ -24,7 +24,6 @@ from stemd.audio import kill_children
 from stemd.callbacks.delivery import Callbacks
 from stemd.callbacks.signing import ensure_secret, secret_path
 from stemd.config import Config, changed_keys, load_config
-from stemd.engine import Engine, share_cpu, worker_devices
 from stemd.errors import ConfigError, StemdError
 from stemd.folders import SharedFolders
 from stemd.intake import Intake
@@ -41,6 +40,7 @@ from stemd.notifications.dispatch import Notifications
 from stemd.notify import Notifier
 from stemd.outbox import Outbox
 from stemd.preflight import file_issues
+from stemd.separation.engine import Engine, share_cpu, worker_devices
 from stemd.service.inbox import InboxFeed
 from stemd.service.liveness import MAIN_LOOP_STALL_S, NODE_GONE_S, Liveness
 from stemd.workers import Workers

@@ -15,8 +15,14 @@ from pathlib import Path
 import huggingface_hub.constants
 
 from stemd.errors import ModelError
-from stemd.hub import hub_endpoint, unreachable_reason
-from stemd.modelnames import BUILT_IN, HUB_PREFIX, bag_members, remote_files, remote_members
+from stemd.separation.hub import hub_endpoint, unreachable_reason
+from stemd.separation.modelnames import (
+    BUILT_IN,
+    HUB_PREFIX,
+    bag_members,
+    remote_files,
+    remote_members,
+)
 
 log = logging.getLogger("stemd")
 

@@ -5,7 +5,7 @@ buffer. Here the mix is read a chunk at a time from wherever it lives (a work
 file on disk; a tensor in tests) and the stems leave in regions, so memory holds
 one batch of chunks and a short window of output whatever the track's length.
 
-The arithmetic is apply_model's (see stemd.batching for the chunk plan):
+The arithmetic is apply_model's (see stemd.separation.batching for the chunk plan):
 
 - every (model, shift) pair is a *stream*: a window over the track starting at
   offset - max_shift (shifts) or 0 (no shifts) and ending at the track's end,
@@ -37,7 +37,7 @@ import torch
 from demucs.apply import BagOfModels
 from demucs.utils import center_trim
 
-from stemd.batching import (
+from stemd.separation.batching import (
     BatchHook,
     Chunk,
     Forward,
@@ -45,7 +45,7 @@ from stemd.batching import (
     segment_length,
     triangle_weight,
 )
-from stemd.workfiles import MixStats
+from stemd.separation.workfiles import MixStats
 
 # the sink gets regions [sources, channels, n] in order, starting at track position 0
 RegionSink = Callable[[int, torch.Tensor], None]

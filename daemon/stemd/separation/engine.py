@@ -4,7 +4,7 @@ This is the only module that imports torch model code. Separation computes what
 `python -m demucs.separate` computes (demucs.api.Separator.separate_tensor): the
 mix is normalised by the mean and std of its mono reference, run through
 `demucs.apply.apply_model`'s arithmetic with the same shifts/overlap/segment
-(batched and streamed: stemd.batching, stemd.streaming), and scaled back. A
+(batched and streamed: stemd.separation.batching, stemd.separation.streaming), and scaled back. A
 track is read from its work file a window at a time and its stems leave in
 regions, so memory does not grow with its length.
 
@@ -33,12 +33,12 @@ from demucs.apply import BagOfModels
 from demucs.htdemucs import HTDemucs
 from demucs.pretrained import get_model
 
-from stemd.batching import model_valid_length, segment_length
 from stemd.config import ModelConfig
 from stemd.errors import ConfigError, ConfigIssue, JobCancelled, ModelError
-from stemd.modelcache import cached_files, check_reachable, model_caches
-from stemd.modelnames import BUILT_IN, HUB_PREFIX
-from stemd.streaming import (
+from stemd.separation.batching import model_valid_length, segment_length
+from stemd.separation.modelcache import cached_files, check_reachable, model_caches
+from stemd.separation.modelnames import BUILT_IN, HUB_PREFIX
+from stemd.separation.streaming import (
     MixSource,
     NormalisedSource,
     RawFrames,
@@ -46,7 +46,7 @@ from stemd.streaming import (
     TensorSource,
     separate_streamed,
 )
-from stemd.workfiles import MixStats
+from stemd.separation.workfiles import MixStats
 
 log = logging.getLogger("stemd")
 

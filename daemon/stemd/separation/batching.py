@@ -2,7 +2,7 @@
 
 apply_model runs one chunk per forward pass, recursing through bag -> shifts ->
 split -> chunk. Here the same chunks are planned up front, so that they can go
-through the model `batch_size` at a time; stemd.streaming adds their results up
+through the model `batch_size` at a time; stemd.separation.streaming adds their results up
 exactly as apply_model does:
 
 - bag: each model's estimate scaled by its per-source weight, summed, divided
