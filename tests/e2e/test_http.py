@@ -704,10 +704,14 @@ def test_an_upload_chooses_its_stems_and_format_and_gets_a_job_of_its_own(
         ({}, {"format": "ogg"}, "format: "),
         ({"format": "flac", "sample_format": "f32"}, {}, "sample_format: f32 is for wav only"),
         ({"format": "mp3"}, {"format": "mp3"}, "format: sent as a form field and in the query"),
+        ({}, [("stems", "vocals"), ("stems", "drums")], "stems: sent twice in the query"),
     ],
 )
 def test_a_choice_that_cannot_be_rendered_is_refused_naming_the_key(
-    served: Served, data: dict[str, str], params: dict[str, str], named: str
+    served: Served,
+    data: dict[str, str],
+    params: dict[str, str] | list[tuple[str, str]],
+    named: str,
 ) -> None:
     before = spool_files(served.root)
     answer = served.http.post(

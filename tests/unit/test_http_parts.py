@@ -109,6 +109,11 @@ def test_the_text_fields_beside_the_file_are_kept_before_or_after_it(tmp_path: P
     huge = _multipart([("callback_url", None, b"x" * 9000), ("file", "s.wav", b"RIFF")])
     with pytest.raises(UploadRejected, match="form field 'callback_url' is over 8192 bytes"):
         asyncio.run(spool.from_multipart(_chunks(huge), "multipart/form-data; boundary=XyZ", 4000))
+    twice = _multipart(
+        [("format", None, b"mp3"), ("format", None, b"flac"), ("file", "s.wav", b"")]
+    )
+    with pytest.raises(UploadRejected, match="format: sent twice"):
+        asyncio.run(spool.from_multipart(_chunks(twice), "multipart/form-data; boundary=XyZ", 4000))
     many = _multipart([(f"f{i}", None, b"1") for i in range(40)] + [("file", "s.wav", b"RIFF")])
     with pytest.raises(UploadRejected, match="more than 32 form fields"):
         asyncio.run(spool.from_multipart(_chunks(many), "multipart/form-data; boundary=XyZ", 4000))

@@ -141,6 +141,10 @@ async def create_job(
         ),
     ] = None,
 ) -> JSONResponse:
+    keys = [key for key, _value in request.query_params.multi_items()]
+    twice = sorted({key for key in keys if keys.count(key) > 1})
+    if twice:  # which one would count? say so instead of choosing
+        raise HTTPException(422, f"{twice[0]}: sent twice in the query; send each once")
     queried = {
         key: value
         for key, value in request.query_params.items()

@@ -281,7 +281,11 @@ class _FileField:
             raw = options.get(b"filename")
             self.filename = raw.decode("utf-8", errors="replace") if raw is not None else None
         elif name and b"filename" not in options and name != b"file":
-            if name not in self._texts and len(self._texts) >= FIELDS_MAX:
+            if name in self._texts:  # which one would count? say so instead of choosing
+                text = name.decode("utf-8", errors="replace")
+                self.error = UploadRejected(422, f"{text}: sent twice; send each field once")
+                return
+            if len(self._texts) >= FIELDS_MAX:
                 self.error = UploadRejected(422, f"more than {FIELDS_MAX} form fields")
                 return
             self._field = name

@@ -8,7 +8,8 @@
 "use strict";
 
 const API = "api/v1";
-const PAGE_SIZE = Number(new URLSearchParams(location.search).get("page_size")) || 100;
+// ?page_size=N on the page's URL (the API takes 1..500 a page)
+const PAGE_SIZE = Math.min(500, Math.max(1, Number(new URLSearchParams(location.search).get("page_size")) || 100));
 const jobs = new Map();      // id -> job as the API shows it (the newest page)
 const older = new Map();     // id -> job from the pages asked for with "older jobs"
 const rows = new Map();      // id -> <li>
