@@ -522,7 +522,7 @@ class Worker(threading.Thread):
             return
         # the running job is claimed: not among them; its content's other jobs are
         # rendered from its separation, not decoded again
-        upcoming = self.ledger.next_queued(self.profile, running.sha256)
+        upcoming = self.ledger.next_queued(self.profile, running.sha256, self.worker_name)
         source = self._source_for(upcoming) if upcoming is not None else None
         if upcoming is None or source is None:
             return

@@ -659,6 +659,35 @@ def test_a_host_of_other_output_settings_claims_a_job_and_keeps_its_key(
     assert claimed.profile == WAV.key and claimed.params == WAV.params
 
 
+def test_content_another_worker_is_separating_waits_for_that_worker(opener: Opener) -> None:
+    """Two workers, one song asked for two ways: the second job is left to the
+    worker separating the song (it renders it from that separation), not
+    separated again by the idle one; a lease that ran out frees it."""
+    ledger = opener("host-a")
+    first = ledger.attach(add(ledger, "karaoke/a.wav", 1), SHA_A, WAV, "karaoke/a.wav")
+    twin = ledger.attach(add(ledger, "practice/a.wav", 2), SHA_A, FLAC, "practice/a.wav")
+    other = ledger.attach(add(ledger, "b.wav", 3), SHA_B, WAV, "b.wav")
+    held = ledger.claim_next("w0", lease=0.5, profile=WAV)
+    assert held is not None and held.id == first.id
+    assert ledger.next_queued(WAV, worker="w1") == ledger.get_job(other.id)
+    taken = ledger.claim_next("w1", profile=WAV)
+    assert taken is not None and taken.id == other.id  # not the twin
+    assert ledger.claim_next("w1", profile=WAV) is None
+    # the separating worker itself takes it next (its finish-behind still runs job 1)
+    mine = ledger.claim_next("w0", profile=WAV, prefer=SHA_A)
+    assert mine is not None and mine.id == twin.id
+    ledger.requeue(mine, None, 0.0, False)
+
+    # w0 is gone: once its lease ran out, w1 takes the first job over, then the twin
+    def w1_takes() -> list[int]:
+        got = ledger.claim_next("w1", profile=FLAC)
+        return [got.id] if got is not None else []
+
+    assert wait_until(w1_takes, 10, "the first job's lease to run out") == [first.id]
+    again = ledger.claim_next("w1", profile=FLAC)
+    assert again is not None and again.id == twin.id
+
+
 def test_a_claim_prefers_the_content_whose_separation_the_worker_holds(opener: Opener) -> None:
     ledger = opener("host-a")
     older = ledger.attach(add(ledger, "a.wav", 1), SHA_A, WAV, "a.wav")

@@ -169,24 +169,36 @@ class JobLedger(LedgerCore):
         lease that ran out; of the separation the worker's model makes (it renders
         the job with the job's own parameters), or, for a job made before jobs
         kept them, keyed by the profile the worker renders; pinned elsewhere
-        excluded."""
+        excluded; and not of content another worker is separating under the same
+        model right now (that worker renders the content's other jobs from its
+        separation next: claimed here, the content would be separated twice)."""
         return (
             f"((state = '{JobState.QUEUED.value}' AND not_before <= ?) OR "
             f"(state = '{JobState.RUNNING.value}' AND lease_until < ?)) "
             "AND (separation = ? OR (separation IS NULL AND profile = ?)) "
-            "AND (pinned IS NULL OR pinned = ?)"
+            "AND (pinned IS NULL OR pinned = ?) "
+            "AND NOT EXISTS (SELECT 1 FROM jobs AS twin WHERE twin.sha256 = jobs.sha256 "
+            "AND twin.separation = jobs.separation AND twin.id != jobs.id "
+            f"AND twin.state = '{JobState.RUNNING.value}' AND twin.lease_until >= ? "
+            "AND twin.lease_owner != ?)"
         )
 
+    def _claim_params(self, now: float, profile: Profile, worker: str) -> tuple[object, ...]:
+        owner = f"{self.node}/{worker}"
+        return (now, now, profile.separation, profile.key, self.node, now, owner)
+
     @patient
-    def next_queued(self, profile: Profile, other_than: str | None = None) -> JobRecord | None:
-        """The job `claim_next(profile=...)` would take now, left unclaimed, of
-        content other than `other_than` (what to decode ahead: the same content's
-        other jobs are rendered from the separation in hand)."""
+    def next_queued(
+        self, profile: Profile, other_than: str | None = None, worker: str = "worker"
+    ) -> JobRecord | None:
+        """The job `claim_next(worker, profile=...)` would take now, left
+        unclaimed, of content other than `other_than` (what to decode ahead: the
+        same content's other jobs are rendered from the separation in hand)."""
         with self._read() as db:
             now = self.backend.now(db)
             row = db.execute(
                 f"SELECT * FROM jobs WHERE {self._claimable()} AND sha256 != ? ORDER BY id LIMIT 1",
-                (now, now, profile.separation, profile.key, self.node, other_than or ""),
+                (*self._claim_params(now, profile, worker), other_than or ""),
             ).fetchone()
         return job_of(row) if row else None
 
@@ -214,7 +226,7 @@ class JobLedger(LedgerCore):
                 f"SELECT * FROM jobs WHERE {self._claimable()} "
                 "ORDER BY CASE WHEN sha256 = ? THEN 0 ELSE 1 END, id LIMIT 1"
                 f"{self.backend.skip_locked}",
-                (now, now, profile.separation, profile.key, self.node, prefer or ""),
+                (*self._claim_params(now, profile, worker), prefer or ""),
             ).fetchone()
             if row is None:
                 return None
