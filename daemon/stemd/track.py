@@ -97,7 +97,7 @@ class Loaded:
     duration: float  # seconds
     decoded: Decoded
     source_rate: int  # the input's own sample rate (output.sample_rate: source)
-    tags: Tags  # the input's tags and cover (empty unless output.tags: copy)
+    tags: Tags  # the input's tags and cover, written on the stems when output.tags: copy
 
 
 def stem_names(info: ModelInfo, config: Config) -> list[str]:
@@ -253,7 +253,6 @@ class StemFiles:
 def separate_track(
     engine: Engine,
     loaded: Loaded,
-    config: Config,
     progress: ProgressHook | None = None,
     cancelled: CancelCheck | None = None,
 ) -> StemFiles:
@@ -356,7 +355,7 @@ def render_track(
     try:
         loaded = decode_track(engine.info, config, request.path, work, cancelled)
         check_room(engine.info, outbox, config, loaded, request.relative)
-        stems = separate_track(engine, loaded, config, progress, cancelled)
+        stems = separate_track(engine, loaded, progress, cancelled)
         try:
             timing = Timing(time.monotonic() - started, engine.model_seconds - model_before)
             return write_stems(

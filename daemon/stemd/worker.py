@@ -407,7 +407,6 @@ class Worker(threading.Thread):
                 stems = separate_track(
                     self.engine,
                     loaded,
-                    config,
                     progress=lambda f: self._progress(job, f),
                     cancelled=self._cancelled,
                 )
