@@ -115,15 +115,17 @@ class Intake:
         """An input's choices: an upload's own, an inbox file's rule's."""
         if record.origin == ORIGIN_HTTP:
             return record.choices
-        found = self.rules.match(record.relative)
-        return found[1].choices() if found else {}
+        return self.rules.rule_for(record.relative).choices()
 
     def profile_for(self, record: InputRecord) -> Profile | None:
         """The profile the input's job is keyed by under today's settings; None
         when its choices no longer fit them (an upload's mp3 and a new default
         rate of 96 kHz): it keeps the job it has."""
+        return self._profile(record, self.choices_for(record))
+
+    def _profile(self, record: InputRecord, choices: Choices) -> Profile | None:
         try:
-            return render_profile(self.config, self.model, self.choices_for(record))
+            return render_profile(self.config, self.model, choices)
         except ChoiceError as err:
             log.warning("%s: its choices do not fit the settings now: %s", record.relative, err)
             return None
@@ -223,15 +225,15 @@ class Intake:
             log.debug("%s: hashed by another host meanwhile", record.relative)
 
     def attach(self, record: InputRecord, digest: str) -> None:
-        profile = self.profile_for(record)
+        # an inbox file's rule, looked up once: its choices and its callback
+        rule = None if record.origin == ORIGIN_HTTP else self.rules.rule_for(record.relative)
+        profile = self._profile(record, rule.choices() if rule else record.choices)
         if profile is None:
             self.refuse(record, "its choices do not fit the output settings (see the log)")
             return
-        if record.origin != ORIGIN_HTTP:
-            found = self.rules.match(record.relative)
-            if found is not None and found[1].callback_url is not None:
-                # before the attach: a job that ended already is posted at once
-                self.ledger.set_callback_url(record.id, found[1].callback_url)
+        if rule is not None and rule.callback_url is not None:
+            # before the attach: a job that ended already is posted at once
+            self.ledger.set_callback_url(record.id, rule.callback_url)
         job = self.ledger.attach(record.id, digest, profile, record.relative)
         crash_point("hashed")
         job_event(

@@ -64,3 +64,12 @@ class RuleBook:
             if pattern.fullmatch(relative):
                 return index, rule
         return None
+
+    def rule_for(self, relative: str) -> RuleConfig:
+        """The rule an inbox path takes; no rule matching is an empty one (the
+        `output` section's keys, no callback)."""
+        found = self.match(relative)
+        return found[1] if found is not None else NO_RULE
+
+
+NO_RULE = RuleConfig(match="**")  # chooses nothing

@@ -120,14 +120,12 @@ def explain_paths(config: Config, paths: list[str]) -> list[str]:
                 lines.append(f"{given}: not inside the inbox {config.inbox}")
                 continue
         found = book.match(relative)
-        if found is None:
-            which = "no rule matches: the output section"
-            choices: dict[str, object] = {}
-        else:
-            index, rule = found
-            choices = rule.choices()
-            which = f"rules[{index}] (match {rule.match!r})"
-        output = apply_choices(config.output, choices)
+        which = (
+            f"rules[{found[0]}] (match {found[1].match!r})"
+            if found is not None
+            else "no rule matches: the output section"
+        )
+        output = apply_choices(config.output, book.rule_for(relative).choices())
         shown = ", ".join(f"{key}: {value}" for key, value in shown_choices(output).items())
         lines.append(f"{relative}: {which} -> {shown}")
     return lines
