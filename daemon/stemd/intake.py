@@ -42,7 +42,7 @@ from stemd.ledger import (
     JobState,
     Ledger,
 )
-from stemd.logs import Event, event
+from stemd.logs import event, job_event
 from stemd.manifest import MANIFEST, manifest_peaks, new_manifest, read_manifest, trusted_stems
 from stemd.outbox import Outbox, TrackNames, dispose_source, stem_filename, track_folder
 from stemd.profile import Profile, render_profile
@@ -58,14 +58,6 @@ REKEY_GONE_S = 120.0
 # an input still waiting on a job that ended this long ago was left by a crash:
 # the host that ends a job serves its copies right after the commit
 STRANDED_AFTER_S = 600.0
-
-
-def job_event(
-    level: int, name: Event, message: str, job: JobRecord, source: str, worker: str | None = None
-) -> None:
-    """Log a job event with its journal fields (STEMD_JOB, STEMD_SHA256,
-    STEMD_SOURCE, and STEMD_WORKER when a worker did it)."""
-    event(level, name, message, job=job.id, sha256=job.sha256, source=source, worker=worker)
 
 
 def stat_of(path: Path) -> FileStat:

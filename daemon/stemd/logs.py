@@ -65,16 +65,23 @@ def event(
     log.log(level, message, extra=fields, exc_info=exc_info)
 
 
+def job_event(
+    level: int, name: Event, message: str, job: JobRecord, source: str, worker: str | None = None
+) -> None:
+    """Log a job event with its journal fields (STEMD_JOB, STEMD_SHA256,
+    STEMD_SOURCE, and STEMD_WORKER when a worker did it)."""
+    event(level, name, message, job=job.id, sha256=job.sha256, source=source, worker=worker)
+
+
 def retried_by_hand(job: JobRecord, by: str) -> None:
     """The `retried` event of a failed job queued again by hand (`stemd retry`,
     the API), as outcomes.py logs an automatic retry."""
-    event(
+    job_event(
         logging.INFO,
         "retried",
         f"{job.source}: queued again by hand ({by}); attempts start over",
-        job=job.id,
-        sha256=job.sha256,
-        source=job.source,
+        job,
+        job.source,
     )
 
 

@@ -14,9 +14,9 @@ from pathlib import PurePosixPath
 from stemd.config import Config
 from stemd.crash import crash_point
 from stemd.errors import InputError, JobCancelled, NoSpace, StemdError
-from stemd.intake import Intake, job_event
+from stemd.intake import Intake
 from stemd.ledger import Fault, InputRecord, InputState, JobRecord, LeaseLost, Ledger
-from stemd.logs import event
+from stemd.logs import event, job_event
 from stemd.outbox import is_disk_full
 
 log = logging.getLogger("stemd")

@@ -43,7 +43,7 @@ from stemd.crash import crash_point
 from stemd.decodeahead import DecodeAhead
 from stemd.errors import ConfigError, StemdError
 from stemd.folders import SharedFolders
-from stemd.intake import Intake, job_event, stat_of
+from stemd.intake import Intake, stat_of
 from stemd.ledger import (
     InputRecord,
     InputState,
@@ -52,6 +52,7 @@ from stemd.ledger import (
     Ledger,
     LedgerUnavailable,
 )
+from stemd.logs import job_event
 from stemd.outbox import (
     Outbox,
     TrackNames,
