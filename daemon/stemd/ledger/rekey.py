@@ -92,19 +92,27 @@ class KeyLedger(JobLedger):
     ) -> list[tuple[JobRecord, InputRecord]]:
         with self._read() as db:
             now = self.backend.now(db)
-            rows = db.execute(
-                f"SELECT jobs.id FROM jobs WHERE {self._rekeyable(everything)} "
-                "ORDER BY jobs.sha256, jobs.id",
+            where, params = (
+                self._rekeyable(everything),
                 self._rekey_params(own, everything, now, stale_after),
+            )
+            jobs = db.execute(
+                f"SELECT * FROM jobs WHERE {where} ORDER BY jobs.sha256, jobs.id", params
             ).fetchall()
-            found: list[tuple[JobRecord, InputRecord]] = []
-            for row in rows:
-                job = db.execute("SELECT * FROM jobs WHERE id = ?", (row["id"],)).fetchone()
-                owner = db.execute(
-                    "SELECT * FROM inputs WHERE id = ?", (job["owner_input"],)
-                ).fetchone()
-                if owner is not None:
-                    found.append((job_of(job), input_of(owner)))
+            # their owner inputs in one read, not one a job
+            owners = {
+                row["id"]: input_of(row)
+                for row in db.execute(
+                    "SELECT * FROM inputs WHERE id IN "
+                    f"(SELECT jobs.owner_input FROM jobs WHERE {where})",
+                    params,
+                ).fetchall()
+            }
+        found = [
+            (job_of(job), owners[job["owner_input"]])
+            for job in jobs
+            if job["owner_input"] in owners
+        ]
         return found
 
     def _rekey_params(
