@@ -8,7 +8,7 @@ import json
 import os
 import time
 import zipfile
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path, PurePosixPath
 from typing import Annotated, Any
 from urllib.parse import quote
@@ -26,7 +26,7 @@ from stemd.http.context import Context, answered_at_once, client_gone, context
 from stemd.http.events import CLOSED
 from stemd.http.spool import Spooled, UploadRejected
 from stemd.jobview import API
-from stemd.ledger import JobState
+from stemd.ledger import JobRecord, JobState
 from stemd.logs import retried_by_hand
 from stemd.manifest import manifest_peaks, open_stem
 from stemd.report import status_report
@@ -269,10 +269,11 @@ def get_stem(job_id: JobId, stem: str, ctx: Ctx) -> FileResponse:
 )
 def get_peaks(job_id: JobId, ctx: Ctx) -> FileResponse:
     job = ctx.job(job_id)
-    if not ctx.stem_files(job):
+    if job.state is not JobState.DONE or not job.output_dir:
         raise HTTPException(404, f"job {job_id} has no stems ({job.state.value})")
     outbox = ctx.config.outbox
-    path = manifest_peaks(outbox / job.output_dir, outbox) if job.output_dir else None
+    # one read of the manifest on the share: manifest_peaks vets its stems too
+    path = manifest_peaks(outbox / job.output_dir, outbox)
     if path is None:
         raise HTTPException(
             404, f"job {job_id}'s stems have no peaks (made before stemd wrote them)"
@@ -326,9 +327,7 @@ def get_zip(job_id: JobId, ctx: Ctx) -> StreamingResponse:
     responses=errors(404, 409, 422, 503, e409="The job is not failed: nothing to retry"),
 )
 def retry_job(job_id: JobId, ctx: Ctx) -> dict[str, Any]:
-    job = ctx.job(job_id)
-    if not ctx.ledger.retry_job(job.id):
-        raise HTTPException(409, f"job {job_id} is {job.state.value}, not failed: nothing to retry")
+    job = _act_on_failure(ctx, job_id, ctx.ledger.retry_job, "retry")
     retried_by_hand(job, "the API")
     ctx.workers.wake()
     return ctx.job_json(ctx.job(job_id))
@@ -340,12 +339,19 @@ def retry_job(job_id: JobId, ctx: Ctx) -> dict[str, Any]:
     responses=errors(404, 409, 422, 503, e409="The job is not failed: nothing to dismiss"),
 )
 def dismiss_job(job_id: JobId, ctx: Ctx) -> dict[str, Any]:
-    job = ctx.job(job_id)
-    if not ctx.ledger.dismiss_job(job.id):
-        raise HTTPException(
-            409, f"job {job_id} is {job.state.value}, not failed: nothing to dismiss"
-        )
+    _act_on_failure(ctx, job_id, ctx.ledger.dismiss_job, "dismiss")
     return ctx.job_json(ctx.job(job_id))
+
+
+def _act_on_failure(ctx: Context, job_id: int, act: Callable[[int], bool], verb: str) -> JobRecord:
+    """`act` (the ledger's retry or dismiss) on a failed job; 404 for no such
+    job, 409 when it is not failed. Returns the job as it was."""
+    job = ctx.job(job_id)
+    if not act(job.id):
+        raise HTTPException(
+            409, f"job {job_id} is {job.state.value}, not failed: nothing to {verb}"
+        )
+    return job
 
 
 @router.get("/status", summary="What `stemd status --json` prints", responses=errors(503))
