@@ -64,11 +64,12 @@ class CallbackLedger(LedgerCore):
             ).fetchall()
         return [(row["id"], row["callback_url"]) for row in rows]
 
-    def _held_elsewhere(self) -> str:
-        """SQL: a live host other than this one holds a claim on the job's end."""
+    def _held_elsewhere(self, end: str = "jobs.finished_at") -> str:
+        """SQL: a live host other than this one holds a claim on the job's end
+        (`end`: the SQL naming it; parameters: this node, [end,] gone before)."""
         return (
             "(inputs.callback_claim IS NOT NULL AND inputs.callback_claim != ? "
-            "AND inputs.callback_claim_end = jobs.finished_at AND EXISTS (SELECT 1 FROM nodes "
+            f"AND inputs.callback_claim_end = {end} AND EXISTS (SELECT 1 FROM nodes "
             "WHERE nodes.node = inputs.callback_claim AND nodes.seen_at >= ?))"
         )
 
@@ -121,9 +122,7 @@ class CallbackLedger(LedgerCore):
                 "AND (callback_end IS NULL OR callback_end != ?) "
                 "AND EXISTS (SELECT 1 FROM jobs WHERE jobs.id = inputs.job_id "
                 "AND jobs.finished_at = ? AND jobs.state IN (?, ?)) "
-                "AND NOT (callback_claim IS NOT NULL AND callback_claim != ? "
-                "AND callback_claim_end = ? AND EXISTS (SELECT 1 FROM nodes "
-                "WHERE nodes.node = inputs.callback_claim AND nodes.seen_at >= ?))",
+                f"AND NOT {self._held_elsewhere('?')}",
                 (
                     self.node,
                     due.end,
