@@ -205,9 +205,7 @@ class OutputConfig(_Section):
     @field_validator("mp3_bitrate")
     @classmethod
     def _check_bitrate(cls, value: int) -> int:
-        if value not in MP3_BITRATES:
-            raise ValueError(f"{value} is not an mp3 bitrate; use one of {list(MP3_BITRATES)}")
-        return value
+        return check_bitrate(value)
 
     @field_validator("file_mode", "dir_mode", mode="before")
     @classmethod
@@ -243,9 +241,7 @@ class JobChoices(_Section):
     @field_validator("mp3_bitrate")
     @classmethod
     def _check_bitrate(cls, value: int | None) -> int | None:
-        if value is not None and value not in MP3_BITRATES:
-            raise ValueError(f"{value} is not an mp3 bitrate; use one of {list(MP3_BITRATES)}")
-        return value
+        return None if value is None else check_bitrate(value)
 
     @field_validator("stems")
     @classmethod
@@ -476,6 +472,12 @@ class Config(_Section):
                 if target.get(key):
                     target[key] = masked_url(target[key])
         return data
+
+
+def check_bitrate(value: int) -> int:
+    if value not in MP3_BITRATES:
+        raise ValueError(f"{value} is not an mp3 bitrate; use one of {list(MP3_BITRATES)}")
+    return value
 
 
 def check_stem_list(value: tuple[str, ...] | None) -> tuple[str, ...] | None:
