@@ -61,7 +61,11 @@ def test_every_answer_is_one_the_description_lists(tmp_path: Path) -> None:
                 *("--header", f"Authorization: Bearer {token}"),
                 *("--checks", CHECKS),
                 *("--max-examples", str(EXAMPLES), "--seed", "30"),
-                *("--phases", "examples,coverage,fuzzing", "--workers", "2"),
+                # one worker: CPython 3.11 before 3.11.8 builds ASTs racily from threads
+                # (gh-106905, "AST constructor recursion depth mismatch"), and
+                # schemathesis compiles code while it generates: two workers made
+                # the run fail now and then with a SystemError of its own
+                *("--phases", "examples,coverage,fuzzing", "--workers", "1"),
                 # the event stream never ends by itself: tests/e2e/test_http.py reads it
                 *("--exclude-path", "/api/v1/events"),
                 *("--request-timeout", "20", "--no-shrink"),
