@@ -94,6 +94,12 @@ class Share:
             found.setdefault(manifest["source"], []).append(manifest)
         return found
 
+    def archived(self) -> list[str]:
+        """The names in the archive folder, sorted (none before it exists)."""
+        if not self.archive.is_dir():
+            return []
+        return sorted(p.name for p in self.archive.iterdir())
+
     def status(self) -> dict[str, Any]:
         """`stemd status --json` as run on the first host."""
         assert self.daemons
@@ -164,7 +170,7 @@ def test_three_daemons_share_200_files_each_separated_and_disposed_once(share: S
     assert all(len(manifests) == 1 for manifests in published.values())
     # every source moved once, by one daemon
     wait_until(lambda: not any(share.inbox.iterdir()), 30, "the inbox to be emptied")
-    assert sorted(p.name for p in share.archive.iterdir()) == sorted(names)
+    assert share.archived() == sorted(names)
     moved = sum(daemon.log().count(": source moved") for daemon in daemons)
     assert moved == 200
     for daemon in daemons:
@@ -250,7 +256,8 @@ def test_a_dead_host_is_taken_over_a_stopped_one_publishes_nothing_and_a_restart
         log = daemon.log()
         assert "is reachable again" in log or "reachable; starting" in log, log[-3000:]
         assert "Traceback" not in log
-    assert sorted(p.name for p in share.archive.iterdir()) == sorted(names)
+    # a job counts as done before its source is moved: wait for the last move
+    wait_until(lambda: share.archived() == sorted(names), 30, "every source archived")
     # the killed host is gone from status: the two that run are there
     assert len(share.status()["nodes"]) == 2
 
@@ -328,7 +335,8 @@ def test_files_that_settle_while_the_database_is_away_are_taken_in_when_it_is_ba
     finally:
         postgres.start()
     wait_until(lambda: sorted(share.published()) == names, 60, "all five separated")
-    assert sorted(p.name for p in share.archive.iterdir()) == names
+    # the source moves after its stems are published: wait for the last move
+    wait_until(lambda: share.archived() == names, 30, "all five sources archived")
 
 
 def stopped(pid: int) -> bool:
