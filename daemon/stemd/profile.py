@@ -51,7 +51,7 @@ def profile_params(
         "shifts": config.model.shifts,
         "overlap": config.model.overlap,
         "segment": config.model.segment,
-        "precision": config.model.precision,
+        "precision": model.precision,  # as it runs (model.precision auto resolved)
         "two_stems": output.two_stems,
         "format": output.format,
         "sample_format": output.sample_format if output.format != "mp3" else None,

@@ -60,7 +60,7 @@ from stemd.outbox import (
 )
 from stemd.outcomes import Outcomes
 from stemd.profile import render_profile
-from stemd.separation.engine import Engine, ModelInfo
+from stemd.separation.engine import EXPORTS, Engine, ModelInfo
 from stemd.separation.workfiles import WorkArea
 from stemd.track import (
     Loaded,
@@ -310,7 +310,7 @@ class Worker(threading.Thread):
         if new.model != self.config.model:
             log.info("model settings changed; loading %s", new.model.name)
             try:
-                engine = Engine(new.model, self.device_name)
+                engine = Engine(new.model, self.device_name, new.state_dir / EXPORTS)
             except StemdError as err:
                 log.error("reload: keeping model %s: %s", self.config.model.name, err)
                 new = new.model_copy(update={"model": self.config.model})

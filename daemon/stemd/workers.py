@@ -130,6 +130,8 @@ class Workers:
                 {
                     "name": worker.worker_name,
                     "device": worker.engine.info.device,
+                    "backend": worker.engine.info.backend,
+                    "precision": worker.engine.info.precision,
                     "alive": worker.is_alive(),
                     "job": current.job_id if current else None,
                     "source": current.source if current else None,

@@ -126,7 +126,15 @@ class ModelConfig(_Section):
     overlap: float = Field(default=0.25, ge=0, lt=1)
     segment: float | None = Field(default=None, gt=0)
     batch_size: Literal["auto"] | Annotated[int, Field(ge=1)] = "auto"
-    precision: Literal["fp32", "tf32", "bf16", "fp16"] = "fp32"
+    # auto: bf16 on a CPU that computes it natively (AVX-512 BF16, AMX), else fp32;
+    # tf32 and fp16 are for CUDA
+    precision: Literal["fp32", "tf32", "bf16", "fp16", "auto"] = "fp32"
+    # what runs the forward pass on the CPU: torch, openvino (HTDemucs' network,
+    # exported once into state_dir), or auto: whichever measured faster here
+    backend: Literal["torch", "openvino", "auto"] = "auto"
+    # threads of one forward pass on the CPU (null: the physical cores, shared
+    # among the CPU workers)
+    threads: int | None = Field(default=None, ge=1, le=1024)
     # Where downloaded weights live (HF_HOME and TORCH_HOME below it); null keeps
     # the environment's caches. The service and `stemd models fetch` share it.
     cache: Path | None = None

@@ -367,6 +367,9 @@ def get_info(ctx: Ctx) -> dict[str, Any]:
         "version": __version__,
         "model": info.name,
         "device": info.device,
+        # what runs the forward pass (torch, openvino) and at what precision
+        "backend": info.backend,
+        "precision": info.precision,
         "stems": list(info.sources),
         "format": ctx.config.output.format,
         "outbox": str(ctx.config.outbox),

@@ -48,6 +48,12 @@ class ModelFacts(Protocol):
     @property
     def sources(self) -> tuple[str, ...]: ...
 
+    @property
+    def backend(self) -> str: ...
+
+    @property
+    def precision(self) -> str: ...
+
 
 class WorkersView(Protocol):
     @property

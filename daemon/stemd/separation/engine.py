@@ -35,7 +35,10 @@ from demucs.pretrained import get_model
 
 from stemd.config import ModelConfig
 from stemd.errors import ConfigError, ConfigIssue, JobCancelled, ModelError
+from stemd.separation.backends import MemberForward, Preparer, StepHook, resolve_precision
 from stemd.separation.batching import model_valid_length, segment_length
+from stemd.separation.cpu import ThreadPlan, plan_threads
+from stemd.separation.exports import ExportStore
 from stemd.separation.modelcache import cached_files, check_reachable, model_caches
 from stemd.separation.modelnames import BUILT_IN, HUB_PREFIX
 from stemd.separation.streaming import (
@@ -63,6 +66,8 @@ AUTO_MEMORY_SHARE = 0.6
 # stems leave a streamed separation in regions of at least this much audio: few
 # enough writes, and a window of output a few chunks long
 SINK_REGION_SECONDS = 10.0
+# exported networks, below state_dir (stemd.separation.exports)
+EXPORTS = "exports"
 
 
 def worker_devices(config: ModelConfig) -> list[str]:
@@ -79,16 +84,19 @@ def worker_devices(config: ModelConfig) -> list[str]:
     return [name for name in names for _ in range(config.workers)]
 
 
-def share_cpu(devices: list[str]) -> int | None:
-    """Workers on the CPU split its cores: each forward pass gets its share of
-    threads (torch's intra-op pool; each worker thread runs its own team).
-    Returns the threads per worker, or None when one worker (or none) is there."""
+def cpu_threads(config: ModelConfig) -> ThreadPlan:
+    """The one place a forward pass's CPU threads are set, for every runtime:
+    model.threads, else the physical cores shared among the workers on the CPU
+    (stemd.separation.cpu.plan_threads). Applied to torch here (its intra-op pool
+    is the process's; each worker thread runs its own team of that size); OpenVINO
+    is compiled with the same number. Idempotent: every engine computes the same."""
+    devices = worker_devices(config)
     on_cpu = sum(1 for name in devices if resolve_device(name).type == "cpu")
-    if on_cpu < 2:
-        return None
-    threads = max(1, (os.cpu_count() or 1) // on_cpu)
-    torch.set_num_threads(threads)
-    return threads
+    plan = plan_threads(on_cpu, config.threads)
+    torch.set_num_threads(plan.intra_op)
+    with contextlib.suppress(RuntimeError):  # settable only before torch's first parallel work
+        torch.set_num_interop_threads(plan.inter_op)
+    return plan
 
 
 def in_container() -> bool:
@@ -264,17 +272,28 @@ class ModelInfo:
     weights: str  # fingerprint
     device: str
     models_in_bag: int
+    backend: str = "torch"  # what runs the forward pass: torch, openvino, openvino+torch
+    precision: str = "fp32"  # as it runs (model.precision auto resolved)
 
 
 class Engine:
     """One preloaded model on one device."""
 
-    def __init__(self, config: ModelConfig, device: str | None = None) -> None:
+    def __init__(
+        self,
+        config: ModelConfig,
+        device: str | None = None,
+        exports: Path | None = None,
+        on_step: StepHook | None = None,
+    ) -> None:
         """`device`: this engine's own (a worker's, from worker_devices);
-        None takes model.device's first."""
+        None takes model.device's first. `exports`: where exported networks are
+        kept (state_dir/exports); None runs every model in torch. `on_step` hears
+        of each long step of preparing them (an export)."""
         self.config = config
         requested = device or config.devices[0]
         self.device = resolve_device(requested)
+        self.precision = resolve_precision(config.precision, self.device)
         fallback = cpu_fallback_note(requested)
         if fallback is not None:
             log.log(fallback[0], "%s", fallback[1])
@@ -296,6 +315,8 @@ class Engine:
             tf32 = config.precision == "tf32"
             torch.backends.cuda.matmul.allow_tf32 = tf32
             torch.backends.cudnn.allow_tf32 = tf32
+        self._forwards: dict[int, MemberForward] = {}
+        backend = self._prepare_backend(exports, on_step)
         bag = len(model.models) if isinstance(model, BagOfModels) else 1
         self.info = ModelInfo(
             name=config.name,
@@ -306,16 +327,48 @@ class Engine:
             weights=weights_fingerprint(model),
             device=str(self.device),
             models_in_bag=bag,
+            backend=backend,
+            precision=self.precision,
         )
         log.info(
-            "model %s loaded on %s in %.1fs (%d Hz, %d channels, stems: %s)",
+            "model %s loaded on %s (%s, %s) in %.1fs (%d Hz, %d channels, stems: %s)",
             config.name,
             self.device,
+            backend,
+            self.precision,
             time.monotonic() - started,
             self.info.samplerate,
             self.info.audio_channels,
             ", ".join(self.info.sources),
         )
+
+    def _prepare_backend(self, exports: Path | None, on_step: StepHook | None) -> str:
+        """model.backend on this engine's device: which models another runtime
+        runs (stemd.separation.backends); returns what runs them."""
+        requested = self.config.backend
+        if self.device.type != "cpu":
+            if requested == "openvino":
+                log.warning(
+                    "model.backend openvino runs on the CPU only; torch runs on %s", self.device
+                )
+            return "torch"
+        threads = cpu_threads(self.config)
+        if requested == "torch":
+            return "torch"
+        if exports is None:  # a one-shot command keeps no state to keep an export in
+            return "torch"
+        preparer = Preparer(
+            requested,
+            self.precision,
+            threads,
+            self.batch_size(),
+            ExportStore(exports),
+            weights_fingerprint,
+            on_step,
+        )
+        prepared = preparer.prepare(self.model, self.config.name)
+        self._forwards = prepared.forwards
+        return prepared.backend
 
     def check_stem(self, stem: str | None, source: str, key: str) -> None:
         """Raise ConfigError unless `stem` (output.two_stems) is one of the model's."""
@@ -337,7 +390,7 @@ class Engine:
 
     @contextlib.contextmanager
     def _precision(self) -> Iterator[None]:
-        dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(self.config.precision)
+        dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(self.precision)
         if dtype is None:
             yield
             return
@@ -377,9 +430,14 @@ class Engine:
         else:
             batch = batch.to(self.device)
         started = time.perf_counter()
+        runtime = self._forwards.get(id(model))
         try:
-            with torch.no_grad(), self._precision():
-                out: torch.Tensor = model(batch)
+            if runtime is not None:  # another runtime, at its own precision
+                with torch.no_grad():
+                    out: torch.Tensor = runtime(batch)
+            else:
+                with torch.no_grad(), self._precision():
+                    out = model(batch)
             # the copy to the host also waits for an asynchronous GPU to finish
             return out.float().to("cpu")  # the track's buffers stay on the host
         finally:

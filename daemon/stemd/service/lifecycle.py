@@ -40,7 +40,13 @@ from stemd.notifications.dispatch import Notifications
 from stemd.notify import Notifier
 from stemd.outbox import Outbox
 from stemd.preflight import file_issues
-from stemd.separation.engine import Engine, share_cpu, worker_devices
+from stemd.separation.engine import (
+    EXPORTS,
+    Engine,
+    cpu_threads,
+    resolve_device,
+    worker_devices,
+)
 from stemd.service.inbox import InboxFeed
 from stemd.service.liveness import MAIN_LOOP_STALL_S, NODE_GONE_S, Liveness
 from stemd.workers import Workers
@@ -152,14 +158,14 @@ class Service:
         self._bind_http(config)  # a taken port fails now, not after a long model load
         self.folders = SharedFolders(config.inbox, config.outbox)
         devices = worker_devices(config.model)
-        threads = share_cpu(devices)
-        if threads is not None:
-            log.info("%d workers on the CPU: %d threads each", len(devices), threads)
+        if any(resolve_device(device).type == "cpu" for device in devices):
+            threads = cpu_threads(config.model)
+            log.info("CPU threads: %d per forward pass (%s)", threads.intra_op, threads.why)
         engines: list[Engine] = []
         loading = time.monotonic()
         with self.notifier.keep_alive():  # a first download can take minutes
             for device in devices:  # a model instance per worker
-                engines.append(Engine(config.model, device))
+                engines.append(Engine(config.model, device, config.state_dir / EXPORTS))
                 if len(engines) == 1:  # the model is checked, and timed, once
                     self.model_load_seconds = time.monotonic() - loading
                     engines[0].check_stem(config.output.two_stems, "config", "output.two_stems")
