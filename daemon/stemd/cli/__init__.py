@@ -6,7 +6,7 @@ a family of commands:
 - `daemon`: run, check, install-service;
 - `separate`: separate;
 - `jobs`: status, retry, dismiss;
-- `models`: models list, models fetch;
+- `models`: models list, models fetch, models export;
 - `common`: the config a command runs on, the model cache, the ledger.
 """
 

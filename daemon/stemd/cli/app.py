@@ -108,7 +108,7 @@ def build_parser() -> argparse.ArgumentParser:
     which.add_argument("--failed", action="store_true", help="every failure")
     which.add_argument("sha256", nargs="?", help="the content hash (a prefix of 6+ digits)")
 
-    models = sub.add_parser("models", help="list or fetch models")
+    models = sub.add_parser("models", help="list, fetch or export models")
     _add_config_flag(models, top=False)
     models_sub = models.add_subparsers(dest="models_command", required=True, metavar="ACTION")
     listing = models_sub.add_parser(
@@ -118,6 +118,12 @@ def build_parser() -> argparse.ArgumentParser:
     fetch = models_sub.add_parser("fetch", help="download a model into the local cache")
     _add_config_flag(fetch, top=False)
     fetch.add_argument("name")
+    export = models_sub.add_parser(
+        "export",
+        help="export the configured model for model.backend (openvino, auto) now, "
+        "not at the daemon's first start",
+    )
+    _add_config_flag(export, top=False)
 
     token = sub.add_parser("token", help="make an access token for the HTTP server")
     _add_config_flag(token, top=False)

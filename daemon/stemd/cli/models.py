@@ -1,4 +1,5 @@
-"""`stemd models`: which models there are, which are on disk; fetching one."""
+"""`stemd models`: which models there are, which are on disk; fetching one;
+exporting the configured one for its CPU runtime ahead of the first start."""
 
 from __future__ import annotations
 
@@ -56,10 +57,46 @@ def _list_models(config: Config) -> int:
     return EX_OK
 
 
+def _export_model(config: Config) -> int:
+    """What the daemon does at its first start with model.backend openvino or auto
+    (the export, the parity check, auto's timing), done now, with its steps on
+    stderr; the daemon then finds it all in state_dir/exports."""
+    import sys
+
+    from stemd.logs import setup_logging
+
+    if config.model.backend == "torch":
+        print("model.backend is torch: nothing to export (set it to openvino or auto)")
+        return EX_OK
+    setup_logging("stderr", "info")  # the steps and what each found
+    use_model_cache(config)
+    from stemd.separation.engine import EXPORTS, Engine, resolve_device, worker_devices
+
+    if not any(resolve_device(name).type == "cpu" for name in worker_devices(config.model)):
+        print("model.device has no CPU worker: the exported network runs on the CPU only")
+        return EX_OK
+    steps = 0
+
+    def step(words: str) -> None:
+        nonlocal steps
+        steps += 1
+        print(f"stemd: [{steps}] {words}", file=sys.stderr, flush=True)
+
+    exports = config.state_dir / EXPORTS
+    engine = Engine(config.model, "cpu", exports, on_step=step)
+    print(
+        f"{config.model.name}: {engine.info.backend}, {engine.info.precision}"
+        f" (exports in {exports})"
+    )
+    return EX_OK
+
+
 def cmd_models(args: argparse.Namespace) -> int:
     config, _path = config_from(args, optional=True)  # `models` works without a config
     if args.models_command == "list":
         return _list_models(config)
+    if args.models_command == "export":
+        return _export_model(config)
     problem = unknown_name_problem(args.name, None)
     if problem is not None:
         raise ConfigError.single("command line", "NAME", problem)

@@ -96,11 +96,13 @@ def cmd_separate(args: argparse.Namespace) -> int:
     from stemd.separation.modelcache import check_reachable
 
     check_reachable(config.model.name, config.model.repo)  # an offline start fails here, fast
-    from stemd.separation.engine import Engine
+    from stemd.separation.engine import EXPORTS, Engine
     from stemd.separation.workfiles import WorkArea
     from stemd.track import RenderRequest, stems_folder
 
-    engine = Engine(config.model)
+    # exported networks (model.backend) are kept where the work files are
+    state = config.state_dir if use_file else separate_cache_dir()
+    engine = Engine(config.model, exports=state / EXPORTS)
     try:
         engine.check_stem(config.output.two_stems, "config", "output.two_stems")
         engine.check_stems(config.output.stems, "config", "output.stems")
@@ -112,7 +114,7 @@ def cmd_separate(args: argparse.Namespace) -> int:
     key = profile_key(params)
     # decoded mix and stems wait on local disk, never in memory: in state_dir
     # when a config names one, else in the user's cache (not /tmp: often RAM)
-    work_area = WorkArea(config.state_dir if use_file else separate_cache_dir())
+    work_area = WorkArea(state)
     failures = 0
     for file in args.files:
         if not file.is_file():
