@@ -352,3 +352,36 @@ def test_models_fetch_of_the_built_in_model_fetches_nothing(tmp_path: Path) -> N
     result = stemd("models", "fetch", "demucs_unittest", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     assert result.stdout == "demucs_unittest: built into demucs, nothing to fetch\n"
+
+
+def test_models_export_prepares_the_first_start_ahead_of_time(
+    tmp_path: Path, model_repo: tuple[Path, dict[str, str]]
+) -> None:
+    """`stemd models export` leaves in state_dir what the daemon's first start would
+    make (the export, auto's measurement); a second run finds it all there."""
+    repo, names = model_repo
+    model = {"name": names["htdemucs"], "repo": str(repo), "device": "cpu"}
+    config = write_config(
+        tmp_path / "c.yaml", {"state_dir": str(tmp_path / "state"), "model": model}
+    )
+    first = stemd("-c", str(config), "models", "export", cwd=tmp_path, timeout=300)
+    assert first.returncode == 0, first.stderr
+    assert "[1] exporting tiny_ht for OpenVINO" in first.stderr
+    assert "[2] timing torch and OpenVINO on tiny_ht" in first.stderr
+    (folder,) = [p for p in (tmp_path / "state" / "exports").iterdir() if p.is_dir()]
+    assert (folder / "export.json").is_file() and list(folder.glob("auto-*.json"))
+    chosen = json.loads(next(folder.glob("auto-*.json")).read_text())["chosen"]
+    backend = "openvino" if chosen == "openvino" else "torch"
+    assert first.stdout.startswith(f"tiny_ht: {backend}, fp32")
+
+    again = stemd("-c", str(config), "models", "export", cwd=tmp_path, timeout=300)
+    assert again.returncode == 0, again.stderr
+    assert "exporting" not in again.stderr and "timing" not in again.stderr
+    assert "not made again" in again.stderr and "as measured on" in again.stderr
+
+    torch_only = write_config(
+        tmp_path / "t.yaml", {"model": {**model, "backend": "torch"}, "state_dir": "t"}
+    )
+    result = stemd("-c", str(torch_only), "models", "export", cwd=tmp_path)
+    assert result.returncode == 0 and "nothing to export" in result.stdout
+    assert not (tmp_path / "t").exists()
