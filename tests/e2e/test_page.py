@@ -15,7 +15,7 @@ from selenium.webdriver.support.ui import WebDriverWait
 from support.audio import make_tone
 from support.browser import chromium
 from support.daemon import Daemon, service_config
-from support.http import EPHEMERAL, http_url
+from support.http import EPHEMERAL, client, http_url
 from support.instrumented_model import (
     FAIL_ENV,
     GATE_AFTER_ENV,
@@ -64,6 +64,14 @@ def test_the_page_uploads_shows_progress_plays_and_retries(
         wait = WebDriverWait(browser, WAIT_S)
         wait.until(lambda d: d.find_element(By.ID, "model").text == GATED)
         assert browser.find_element(By.ID, "device").text == "cpu"
+        # beside the device, what runs the forward pass, as /api/v1/info says
+        with client(url) as http:
+            info = http.get("/api/v1/info").json()
+        runs = f"{info['backend']} {info['precision']}"
+        assert runs == "torch fp32"  # demucs_unittest's architecture: never exported
+        assert browser.find_element(By.ID, "runtime").text == f"· {runs}"
+        device_fact = browser.find_element(By.ID, "device").find_element(By.XPATH, "..")
+        assert device_fact.text == f"cpu · {runs}"
         assert browser.find_element(By.ID, "free").text.endswith("B")
         wait.until(lambda d: d.find_element(By.ID, "live").text == "connected")
 

@@ -506,6 +506,9 @@ async function showInfo() {
     info = await getJSON(`${API}/info`);
     document.getElementById("model").textContent = info.model;
     document.getElementById("device").textContent = info.device;
+    // what runs the forward pass, beside the device: "cpu · openvino fp32"
+    document.getElementById("runtime").textContent =
+      info.backend ? ` · ${info.backend} ${info.precision}` : "";
     document.getElementById("free").textContent = size(info.outbox_free_bytes);
     showChoices();
   } catch (error) {
