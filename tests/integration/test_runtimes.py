@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import logging
 import shutil
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -228,11 +229,10 @@ def test_a_damaged_export_is_said_unusable_and_made_again(
     torch_stems: torch.Tensor,
     tmp_path: Path,
     caplog: pytest.LogCaptureFixture,
-    damage: object,
+    damage: Callable[[Path], str],
 ) -> None:
     exports = copy_of(first_export, tmp_path)
     folder = export_folder(exports)
-    assert callable(damage)
     named = damage(folder)
     caplog.set_level(logging.INFO, logger="stemd")
     again = engine(model_repo, "htdemucs", exports)
