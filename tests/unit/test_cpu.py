@@ -164,3 +164,17 @@ def test_a_folder_left_half_built_is_not_found(tmp_path: Path) -> None:
     store.build(KEY, write_network)
     found, why = store.find(KEY)
     assert found is not None and why is None
+
+
+@pytest.mark.parametrize("files", [[], {}, "network.bin"], ids=["a list", "none", "a string"])
+def test_an_export_json_listing_no_files_is_unusable(tmp_path: Path, files: object) -> None:
+    # a hand edit that leaves export.json valid JSON: said unusable (and so made
+    # again), not an error out of find, nor an export whose files go unchecked
+    store = ExportStore(tmp_path / "exports")
+    store.build(KEY, write_network)
+    path = store.folder(KEY) / MANIFEST
+    manifest = json.loads(path.read_text())
+    path.write_text(json.dumps({**manifest, "files": files}))
+    found, why = store.find(KEY)
+    assert found is None
+    assert why is not None and MANIFEST in why

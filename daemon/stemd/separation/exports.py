@@ -101,6 +101,9 @@ class ExportStore:
             files: dict[str, str] = manifest["files"]
             if manifest.get("key") != asdict(key):
                 return None, f"{manifest_path} was made from something else"
+            if not isinstance(files, dict) or not files:
+                # an edit that left it JSON: nothing would be checked
+                return None, f"{manifest_path} lists no files"
         except (OSError, ValueError, KeyError, TypeError) as exc:
             return None, f"{manifest_path} cannot be read ({exc})"
         for name, expected in files.items():
