@@ -153,9 +153,12 @@ def run_cli_per_file(repo: Path, work: Path, out: Path, tracks: list[Path]) -> f
 def daemon_config(root: Path, repo: Path, model: str = MODEL, **watch: str) -> Path:
     """A CPU daemon in `root` on a model of `repo`, settle 1 s unless `watch` says."""
     root.mkdir(parents=True, exist_ok=True)
+    # model.backend torch, not the default auto: a, b, c and d compare stemd's
+    # pipeline with the demucs CLI on the same (torch) forward pass;
+    # tests/bench/backends.py compares the forward passes themselves
     return service_config(
         root,
-        model={"name": model, "repo": str(repo), "device": "cpu"},
+        model={"name": model, "repo": str(repo), "device": "cpu", "backend": "torch"},
         watch={"settle": "1s", **watch},
     )
 
