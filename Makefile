@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 CONFIG ?= config/stemd.yaml
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test lint unit bench bench-hosts gpu-check check-config clean system-deps lock outdated image image-test
+.PHONY: run test lint unit bench bench-hosts bench-backends gpu-check check-config clean system-deps lock outdated image image-test
 
 system-deps:
 	@bash scripts/install-system-deps.sh
@@ -58,15 +58,22 @@ image-test: $(STAMP) image
 	$(BIN)/python -m pytest tests/image -s --timeout 900
 
 # stemd against the demucs CLI, then jobs per second through the ledger (SQLite,
-# PostgreSQL, three daemons); BENCH_ARGS=--quick for a short run. Tables on
-# stdout, JSON in bench-results/bench.json and bench-results/hosts.json.
+# PostgreSQL, three daemons), then the CPU forward pass's runtimes side by side
+# (torch and OpenVINO, fp32 and bf16, and under an AVX2 cap); BENCH_ARGS=--quick
+# for a short run. Tables on stdout, JSON in bench-results/bench.json,
+# bench-results/hosts.json and bench-results/backends.json.
 bench: $(STAMP)
 	$(BIN)/python tests/bench/bench.py $(BENCH_ARGS)
 	$(BIN)/python tests/bench/hosts.py $(BENCH_ARGS)
+	$(BIN)/python tests/bench/backends.py $(BENCH_ARGS)
 
 # the ledger part alone
 bench-hosts: $(STAMP)
 	$(BIN)/python tests/bench/hosts.py $(BENCH_ARGS)
+
+# the runtimes part alone
+bench-backends: $(STAMP)
+	$(BIN)/python tests/bench/backends.py $(BENCH_ARGS)
 
 # The prepared GPU run: a table on a CUDA machine, one line elsewhere. A bare GPU
 # machine has no .venv: scripts/gpu-wheels.sh prepares the wheels it needs, and

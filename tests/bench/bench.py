@@ -150,15 +150,23 @@ def run_cli_per_file(repo: Path, work: Path, out: Path, tracks: list[Path]) -> f
     return total
 
 
-def daemon_config(root: Path, repo: Path, model: str = MODEL, **watch: str) -> Path:
-    """A CPU daemon in `root` on a model of `repo`, settle 1 s unless `watch` says."""
+def daemon_config(
+    root: Path,
+    repo: Path,
+    model: str = MODEL,
+    settings: dict[str, Any] | None = None,
+    **watch: str,
+) -> Path:
+    """A CPU daemon in `root` on a model of `repo`, settle 1 s unless `watch` says;
+    `settings` adds to or replaces the model section's keys."""
     root.mkdir(parents=True, exist_ok=True)
     # model.backend torch, not the default auto: a, b, c and d compare stemd's
     # pipeline with the demucs CLI on the same (torch) forward pass;
     # tests/bench/backends.py compares the forward passes themselves
+    section = {"name": model, "repo": str(repo), "device": "cpu", "backend": "torch"}
     return service_config(
         root,
-        model={"name": model, "repo": str(repo), "device": "cpu", "backend": "torch"},
+        model={**section, **(settings or {})},
         watch={"settle": "1s", **watch},
     )
 
