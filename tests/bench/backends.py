@@ -215,15 +215,18 @@ def run_child(setup: Setup, variant: Variant, tag: str, **extra: Any) -> dict[st
     with open(log, "wb") as stderr:
         done = subprocess.run(
             [sys.executable, __file__, "--child", json.dumps(spec)],
-            env={**os.environ, **variant.env},
+            # a crash leaves its Python stack in the log: where a runtime died
+            env={**os.environ, **variant.env, "PYTHONFAULTHANDLER": "1"},
             stdout=subprocess.PIPE,
             stderr=stderr,
             timeout=CHILD_TIMEOUT_S,
             check=False,
         )
     if done.returncode < 0:
+        number = -done.returncode
         return {
-            "died": f"died with signal {-done.returncode}, {signal.Signals(-done.returncode).name}"
+            "died": f"died with signal {number}, {signal.Signals(number).name}",
+            "where": crash_frames(log),
         }
     if done.returncode != 0:
         tail = log.read_text(errors="replace").strip().splitlines()[-1:] or ["no output"]
@@ -231,6 +234,20 @@ def run_child(setup: Setup, variant: Variant, tag: str, **extra: Any) -> dict[st
     result: dict[str, Any] = json.loads(done.stdout.decode().strip().splitlines()[-1])
     result["log"] = str(log)
     return result
+
+
+def crash_frames(log: Path) -> str:
+    """Where a child crashed, from the stack faulthandler wrote: the innermost frame
+    of the crashed thread, then stemd's own functions on the way there (what it was
+    doing: a parity check, a separation)."""
+    text = log.read_text(errors="replace")
+    _before, found, crashed = text.partition("Current thread")
+    frames = re.findall(r'File "(.+)", line (\d+) in (\S+)', crashed.split("\n\n")[0])
+    if not found or not frames:
+        return "unknown"
+    path, line, name = frames[0]
+    ours = [f"{Path(f).stem}.{function}" for f, _line, function in frames if "/stemd/" in f]
+    return " < ".join([f"{Path(path).name}:{line} {name}", *ours])
 
 
 def compare(reference: Path, stems: Path) -> dict[str, float]:
@@ -284,7 +301,7 @@ def cpu_ghz(cpuinfo: Path = PROC_CPUINFO) -> tuple[float, str]:
     text = cpuinfo.read_text()
     mhz = re.search(r"^cpu MHz\s*:\s*([\d.]+)", text, re.M)
     if mhz:
-        return float(mhz.group(1)) / 1000, "/proc/cpuinfo's cpu MHz (the clock now, not a turbo)"
+        return float(mhz.group(1)) / 1000, "/proc/cpuinfo's cpu MHz: the clock now, not a turbo"
     named = re.search(r"@\s*([\d.]+)\s*GHz", cpu_model(cpuinfo))
     if named:
         return float(named.group(1)), "the model name's base clock"
@@ -351,9 +368,9 @@ def summarise(runs: dict[str, list[dict[str, Any]]], variants: list[Variant]) ->
     out: dict[str, Any] = {}
     for variant in variants:
         mine = runs[variant.name]
-        died = next((r["died"] for r in mine if "died" in r), None)
+        died = next((r for r in mine if "died" in r), None)
         if died is not None:
-            out[variant.name] = {"died": died}
+            out[variant.name] = {"died": died["died"], "where": died.get("where", "unknown")}
             continue
         base = runs[baseline(variant).name]
         chunk = [statistics.median(r["chunk_s"]) for r in mine]
@@ -452,7 +469,9 @@ def head(r: dict[str, Any]) -> list[str]:
         f"{r['flops_per_chunk'] / 1e9:.1f} GFLOP per chunk (torch.utils.flop_counter, one "
         f"torch forward; the STFT's FFTs are not counted); OpenVINO export "
         f"{r['export_seconds']:.1f} s (once, before the rounds)",
-        f"{r['mode']} run, {r['rounds']} round(s); chunk: median and worst of "
+        f"{r['mode']} run, {r['rounds']} round(s); load: Engine() in a fresh process "
+        "(OpenVINO's includes compiling the export and the parity check, a pass of each "
+        "runtime); chunk: median and worst of "
         f"{TIMED_PASSES} passes after a warm-up; track: a {r['plan']['track_seconds']:g} s "
         "seeded mix, shifts=1; x torch: torch fp32 time / this time within a round "
         "(AVX2 rows: against torch fp32 under the same cap; torch's own AVX2 row: against "
@@ -506,12 +525,14 @@ def table(r: dict[str, Any]) -> str:
             lines.append(row(uncapped, summary[uncapped], "avx512", r, note))
         else:
             lines.append(f"| {name}{note.split(';')[0]} |" + " |" * 11)
+    deaths = [f"{name} {s['died']} in {s['where']}" for name, s in summary.items() if "died" in s]
     d = r["daemon_memory"]
     verdict = "within" if d["within_limit"] else "OVER"
     lines += [
         "",
         f"daemon on {d['runs_in']}, a {d['seconds'] / 60:g} min track: ready {d['ready_mib']:.0f} "
         f"MiB, peak RSS {d['peak_mib']:.0f} MiB ({verdict} {MEMORY_LIMIT_GIB:g} GiB)",
+        *deaths,
     ]
     return "\n".join(lines)
 
