@@ -24,6 +24,9 @@ import torch
 import torch.nn.functional as F
 from demucs.htdemucs import HTDemucs
 
+# this cut's version, part of every export's key: a change to Network or to what
+# CutForward hands it makes the exports again
+CUT_VERSION = 1
 # the middle, as another runtime runs it: (x, xt) -> (x, xt)
 NetworkCall = Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
 

@@ -47,6 +47,9 @@ class ExportKey:
     weights: str  # the model's weights fingerprint
     length: int  # samples per chunk
     batch: int  # chunks per pass
+    # what turned the model into the export (torch, its exporter's opset, demucs,
+    # stemd's cut of the graph): an upgrade of any of them makes it again
+    toolchain: str = ""
 
     def folder_name(self) -> str:
         text = json.dumps(asdict(self), sort_keys=True)
@@ -73,7 +76,8 @@ class Export:
 
     @property
     def export_seconds(self) -> float:
-        return float(self.manifest.get("export_seconds", 0.0))
+        value = self.manifest.get("export_seconds", 0.0)
+        return float(value) if isinstance(value, (int, float)) else 0.0
 
 
 # builds an export's files into the folder it is given; returns their names
@@ -89,9 +93,12 @@ class ExportStore:
     def folder(self, key: ExportKey) -> Path:
         return self.root / key.folder_name()
 
-    def find(self, key: ExportKey) -> tuple[Export | None, str | None]:
-        """The export for `key` if it is there and whole; else (None, why not),
-        with why None when there simply is none."""
+    def find(
+        self, key: ExportKey, expected: tuple[str, ...] | None = None
+    ) -> tuple[Export | None, str | None]:
+        """The export for `key` if it is there and whole (and, given `expected`,
+        made of exactly those files); else (None, why not), with why None when
+        there simply is none."""
         folder = self.folder(key)
         manifest_path = folder / MANIFEST
         if not folder.exists():
@@ -104,15 +111,19 @@ class ExportStore:
             if not isinstance(files, dict) or not files:
                 # an edit that left it JSON: nothing would be checked
                 return None, f"{manifest_path} lists no files"
+            if any(Path(name).name != name or name in ("", ".", "..") for name in files):
+                return None, f"{manifest_path} names files outside its folder"
+            if expected is not None and set(files) != set(expected):
+                return None, f"{manifest_path} lists {sorted(files)}, not {sorted(expected)}"
         except (OSError, ValueError, KeyError, TypeError) as exc:
             return None, f"{manifest_path} cannot be read ({exc})"
-        for name, expected in files.items():
+        for name, digest in files.items():
             path = folder / name
             try:
                 actual = file_digest(path)
             except OSError as exc:
                 return None, f"{path} cannot be read ({exc.strerror or exc})"
-            if actual != expected:
+            if actual != digest:
                 return None, f"{path} does not match its SHA-256 in {MANIFEST} (damaged)"
         return Export(folder, manifest), None
 
@@ -120,8 +131,10 @@ class ExportStore:
         """Build the export for `key` (replacing a damaged one) and return it."""
         self.root.mkdir(parents=True, exist_ok=True)
         folder = self.folder(key)
+        # builds run under the key's lock: any folder a build left is a dead one's
+        for stale in self.root.glob(f"{folder.name}.building-*"):
+            shutil.rmtree(stale, ignore_errors=True)
         building = folder.with_name(f"{folder.name}.building-{os.getpid()}")
-        shutil.rmtree(building, ignore_errors=True)
         building.mkdir()
         try:
             started = time.monotonic()
@@ -142,17 +155,30 @@ class ExportStore:
         return Export(folder, manifest)
 
     @contextlib.contextmanager
-    def locked(self, key: ExportKey, timeout: float = LOCK_WAIT_SECONDS) -> Iterator[None]:
-        """Held while one process finds or builds `key`'s export."""
+    def locked(
+        self,
+        key: ExportKey,
+        timeout: float = LOCK_WAIT_SECONDS,
+        on_wait: Callable[[], None] | None = None,
+    ) -> Iterator[None]:
+        """Held while one process finds, builds and measures `key`'s export.
+        `on_wait` is called at every poll while another holds it (a worker's
+        heartbeat: the wait may be minutes)."""
         self.root.mkdir(parents=True, exist_ok=True)
         lock_path = self.root / f".{key.folder_name()}.lock"
         with lock_path.open("a") as lock:
             deadline = time.monotonic() + timeout
+            told = False
             while True:
                 try:
                     fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
                     break
                 except BlockingIOError:
+                    if not told:
+                        log.info("waiting for another process making the export (%s)", lock_path)
+                        told = True
+                    if on_wait is not None:
+                        on_wait()
                     if time.monotonic() > deadline:
                         raise ExportLockTimeout(
                             f"{lock_path} was held for over {timeout:.0f}s by another process"

@@ -14,7 +14,9 @@ model.precision asks for bf16.
 from __future__ import annotations
 
 import contextlib
+import importlib.metadata
 import logging
+import threading
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,7 +24,7 @@ from pathlib import Path
 import openvino as ov
 import torch
 
-from stemd.separation.cutgraph import Network
+from stemd.separation.cutgraph import CUT_VERSION, Network
 
 log = logging.getLogger("stemd")
 
@@ -30,21 +32,35 @@ RUNTIME = "openvino"
 VERSION = ov.get_version()
 XML, BIN = "network.xml", "network.bin"
 ONNX_OPSET = 17
+# what else made an export (stemd.separation.exports.ExportKey.toolchain): a new
+# torch exporter, demucs or cut of the graph makes it again
+TOOLCHAIN = (
+    f"torch {torch.__version__}, onnx opset {ONNX_OPSET}, demucs "
+    f"{importlib.metadata.version('demucs')}, cut {CUT_VERSION}"
+)
+
+
+# one export at a time in a process: the fast-path switch below is process-wide, and
+# two exports overlapping would restore it wrongly
+_EXPORTING = threading.Lock()
 
 
 @contextlib.contextmanager
 def _exportable() -> Iterator[None]:
     """torch as the exporter needs it: no fused attention kernel (it has no ONNX
     operator), no gradients, the tracer's warnings about Python values kept out of
-    the log (the shapes are fixed: that is the point)."""
-    enabled = torch.backends.mha.get_fastpath_enabled()
-    torch.backends.mha.set_fastpath_enabled(False)
-    try:
-        with torch.no_grad(), warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            yield
-    finally:
-        torch.backends.mha.set_fastpath_enabled(enabled)
+    the log (the shapes are fixed: that is the point). The switch is torch's, for
+    the whole process: a worker whose model torch runs may take the unfused
+    attention for the minute an export lasts (the same sums, in another order)."""
+    with _EXPORTING:
+        enabled = torch.backends.mha.get_fastpath_enabled()
+        torch.backends.mha.set_fastpath_enabled(False)
+        try:
+            with torch.no_grad(), warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                yield
+        finally:
+            torch.backends.mha.set_fastpath_enabled(enabled)
 
 
 def export_network(network: Network, x: torch.Tensor, xt: torch.Tensor, folder: Path) -> list[str]:
