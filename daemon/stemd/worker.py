@@ -310,7 +310,10 @@ class Worker(threading.Thread):
         if new.model != self.config.model:
             log.info("model settings changed; loading %s", new.model.name)
             try:
-                engine = Engine(new.model, self.device_name, new.state_dir / EXPORTS)
+                # an export and auto's timing may take minutes: beat through them
+                engine = Engine(
+                    new.model, self.device_name, new.state_dir / EXPORTS, beat=self.beat
+                )
             except StemdError as err:
                 log.error("reload: keeping model %s: %s", self.config.model.name, err)
                 new = new.model_copy(update={"model": self.config.model})

@@ -47,9 +47,10 @@ StepHook = Callable[[str], None]
 
 
 def resolve_precision(requested: str, device: torch.device) -> str:
-    """model.precision as it will run: auto and bf16 become bf16 on a CPU only
-    where it computes bf16 itself (elsewhere bf16 is emulated, dozens of times
-    slower), fp32 otherwise; auto is fp32 on a GPU."""
+    """model.precision as it runs on `device`: auto and bf16 become bf16 on a CPU
+    only where it computes bf16 itself (elsewhere bf16 is emulated, dozens of times
+    slower), fp32 otherwise; tf32 and fp16 are a GPU's (fp32 on a CPU); auto is fp32
+    on a GPU."""
     if device.type != "cpu":
         return "fp32" if requested == "auto" else requested
     if requested in ("auto", "bf16"):
@@ -61,7 +62,25 @@ def resolve_precision(requested: str, device: torch.device) -> str:
                 "where it is emulated and far slower; separating in fp32"
             )
         return "fp32"
-    return requested
+    if requested == "fp16":
+        log.warning("model.precision fp16 is for GPUs (a CPU emulates it); fp32 on the CPU")
+    return "fp32"
+
+
+def common_precision(resolved: dict[str, str]) -> str:
+    """One precision for every worker of a daemon, from what each device would run
+    ({device: precision}): they share one queue of jobs keyed by it, so workers at
+    different precisions would never take each other's jobs. Where the devices
+    disagree, fp32 for all, with a warning."""
+    values = set(resolved.values())
+    if len(values) <= 1:
+        return values.pop() if values else "fp32"
+    log.warning(
+        "model.precision resolves differently on %s; every worker runs fp32, so all of "
+        "them take the same jobs",
+        ", ".join(f"{device} ({value})" for device, value in sorted(resolved.items())),
+    )
+    return "fp32"
 
 
 def si_sdr_db(reference: torch.Tensor, estimate: torch.Tensor) -> float:
@@ -130,7 +149,11 @@ class Preparer:
         store: ExportStore,
         fingerprint: Callable[[Any], str],
         on_step: StepHook | None = None,
+        beat: Callable[[], None] | None = None,
     ) -> None:
+        """`on_step` hears of each long step in words (an export, auto's timing);
+        `beat` is called between the parts of a long wait or measurement (a
+        worker's heartbeat, so the watchdog does not take it for a hang)."""
         self.requested = requested
         self.precision = precision
         self.threads = threads
@@ -138,6 +161,7 @@ class Preparer:
         self.store = store
         self.fingerprint = fingerprint
         self.on_step = on_step or (lambda _words: None)
+        self.beat = beat or (lambda: None)
 
     def prepare(self, model: Any, name: str) -> Prepared:
         prepared = Prepared(backend="torch", precision=self.precision)
@@ -149,6 +173,7 @@ class Preparer:
                 else f"{name} (model {index + 1} of {len(all_members)})"
             )
             forward = self._prepare_member(member, which, prepared)
+            self.beat()
             if forward is not None:
                 prepared.forwards[id(member)] = forward
         if prepared.forwards:
@@ -160,8 +185,8 @@ class Preparer:
     def _prepare_member(self, member: Any, which: str, prepared: Prepared) -> MemberForward | None:
         reason = why_not_cut(member)
         if reason is not None:
-            if self.requested == "openvino":
-                log.warning("model.backend openvino: %s runs in torch: %s", which, reason)
+            level = logging.WARNING if self.requested == "openvino" else logging.INFO
+            log.log(level, "model.backend %s: %s runs in torch: %s", self.requested, which, reason)
             prepared.notes.append(f"{which}: torch ({reason})")
             return None
         try:
@@ -181,23 +206,64 @@ class Preparer:
             weights=self.fingerprint(member),
             length=training_length(member),
             batch=self.batch,
+            toolchain=openvino_net.TOOLCHAIN,
         )
         try:
-            with self.store.locked(key):
-                export = self._export(member, key, which, openvino_net, prepared)
-                network = openvino_net.OpenVinoNetwork(
-                    export.path(openvino_net.XML), self.threads.intra_op, self.precision == "bf16"
-                )
+            # the lock covers finding, making, checking and auto's measurement: a
+            # second worker waits and then reads what the first one found
+            with self.store.locked(key, on_wait=self.beat):
+                return self._checked(member, key, which, openvino_net, prepared)
+        except PermissionError as exc:
+            log.warning(
+                "model.backend %s: %s stays on torch: %s: permission denied. The exports "
+                "in %s belong to another user: run `stemd models export` as the daemon's "
+                "user (sudo -u stemd stemd models export -c CONFIG), or give that folder "
+                "to it",
+                self.requested,
+                which,
+                exc.filename or exc,
+                self.store.root,
+            )
         except Exception as exc:
             log.warning(
-                "model.backend %s: %s stays on torch: the OpenVINO export failed: %s",
+                "model.backend %s: %s stays on torch: the OpenVINO export or its check failed: %s",
                 self.requested,
                 which,
                 _short(exc),
             )
-            return None
-        forward = CutForward(member, network)
-        parity = check_parity(member, forward, self.batch)
+        return None
+
+    def _checked(
+        self, member: Any, key: ExportKey, which: str, openvino_net: Any, prepared: Prepared
+    ) -> MemberForward | None:
+        """The member's OpenVINO forward once it matched torch here, or None."""
+        expected = (openvino_net.XML, openvino_net.BIN)
+        export, damaged = self.store.find(key, expected)
+        fresh = export is None
+        if export is not None:
+            log.info(
+                "%s: loaded the OpenVINO export from %s (made in %.1fs, not made again)",
+                which,
+                export.folder,
+                export.export_seconds,
+            )
+        else:
+            if damaged is not None:
+                log.warning(
+                    "%s: the OpenVINO export is unusable (%s); exporting it again", which, damaged
+                )
+            export = self._build(member, key, which, openvino_net, prepared)
+        forward, parity = self._load(member, export, openvino_net)
+        if not parity.passes(self.precision) and not fresh:
+            # whole on disk but not this model's any more (made by another version
+            # of something the key does not name): made again, once
+            log.warning(
+                "%s: the kept OpenVINO export does not match torch (%s); exporting it again",
+                which,
+                parity,
+            )
+            export = self._build(member, key, which, openvino_net, prepared)
+            forward, parity = self._load(member, export, openvino_net)
         if not parity.passes(self.precision):
             log.warning(
                 "model.backend %s: %s stays on torch: OpenVINO's stems differ from torch's "
@@ -215,22 +281,16 @@ class Preparer:
             return None
         return forward
 
-    def _export(
+    def _load(self, member: Any, export: Export, openvino_net: Any) -> tuple[MemberForward, Parity]:
+        network = openvino_net.OpenVinoNetwork(
+            export.path(openvino_net.XML), self.threads.intra_op, self.precision == "bf16"
+        )
+        forward = CutForward(member, network)
+        return forward, check_parity(member, forward, self.batch)
+
+    def _build(
         self, member: Any, key: ExportKey, which: str, openvino_net: Any, prepared: Prepared
     ) -> Export:
-        export, damaged = self.store.find(key)
-        if export is not None:
-            log.info(
-                "%s: loaded the OpenVINO export from %s (made in %.1fs, not made again)",
-                which,
-                export.folder,
-                export.export_seconds,
-            )
-            return export
-        if damaged is not None:
-            log.warning(
-                "%s: the OpenVINO export is unusable (%s); exporting it again", which, damaged
-            )
         self.on_step(f"exporting {which} for OpenVINO")
         log.info(
             "%s: exporting the network for OpenVINO into %s (once per model and "
@@ -256,28 +316,34 @@ class Preparer:
         self, member: Any, forward: MemberForward, export: Export, which: str
     ) -> bool:
         record_name = AUTO_RECORD.format(threads=self.threads.intra_op, precision=self.precision)
-        record = self.store.recall(export, record_name)
+        record = _valid_record(self.store.recall(export, record_name))
+        where = f"kept in {export.folder / record_name}"
         if record is None:
             self.on_step(f"timing torch and OpenVINO on {which}")
             record = self._measure(member, forward)
-            self.store.remember(export, record_name, record)
             how = "measured now"
+            try:
+                self.store.remember(export, record_name, record)
+            except OSError as exc:
+                where = (
+                    f"not kept: {exc.strerror or exc} ({export.folder}); measured again next start"
+                )
         else:
             how = f"as measured on {record.get('measured', 'an earlier start')}"
-        chosen = str(record.get("chosen"))
-        seconds = record.get("seconds", {})
+        chosen = str(record["chosen"])
+        seconds = record["seconds"]
         log.info(
             "model.backend auto: %s for %s, %s: OpenVINO %.2fs a pass, torch %.2fs "
-            "(median of %d, %d thread(s), %s; kept in %s)",
+            "(median of %d, %d thread(s), %s; %s)",
             "OpenVINO" if chosen == "openvino" else "torch",
             which,
             how,
-            float(seconds.get("openvino", 0.0)),
-            float(seconds.get("torch", 0.0)),
+            seconds["openvino"],
+            seconds["torch"],
             TIMED_PASSES,
             self.threads.intra_op,
             self.precision,
-            export.folder / record_name,
+            where,
         )
         return chosen == "openvino"
 
@@ -296,11 +362,13 @@ class Preparer:
         times: dict[str, list[float]] = {name: [] for name in runs}
         for run in runs.values():
             run()  # the first pass builds kernels: not timed
+            self.beat()
         for _ in range(TIMED_PASSES):
             for name, run in runs.items():
                 started = time.perf_counter()
                 run()
                 times[name].append(time.perf_counter() - started)
+                self.beat()
         medians = {name: statistics.median(values) for name, values in times.items()}
         return {
             "chosen": min(medians, key=lambda name: medians[name]),
@@ -308,6 +376,19 @@ class Preparer:
             "passes": {name: [round(t, 4) for t in values] for name, values in times.items()},
             "measured": time.strftime("%Y-%m-%d %H:%M"),
         }
+
+
+def _valid_record(record: dict[str, Any] | None) -> dict[str, Any] | None:
+    """auto's record as it was written, or None (absent, or edited into nonsense:
+    then it is measured again)."""
+    if record is None or record.get("chosen") not in ("torch", "openvino"):
+        return None
+    seconds = record.get("seconds")
+    if not isinstance(seconds, dict):
+        return None
+    if not all(isinstance(seconds.get(name), (int, float)) for name in ("torch", "openvino")):
+        return None
+    return record
 
 
 def _autocast(precision: str) -> Any:

@@ -35,7 +35,13 @@ from demucs.pretrained import get_model
 
 from stemd.config import ModelConfig
 from stemd.errors import ConfigError, ConfigIssue, JobCancelled, ModelError
-from stemd.separation.backends import MemberForward, Preparer, StepHook, resolve_precision
+from stemd.separation.backends import (
+    MemberForward,
+    Preparer,
+    StepHook,
+    common_precision,
+    resolve_precision,
+)
 from stemd.separation.batching import model_valid_length, segment_length
 from stemd.separation.cpu import ThreadPlan, plan_threads
 from stemd.separation.exports import ExportStore
@@ -82,6 +88,15 @@ def worker_devices(config: ModelConfig) -> list[str]:
         else:
             names.append(name)
     return [name for name in names for _ in range(config.workers)]
+
+
+def worker_precision(config: ModelConfig) -> str:
+    """model.precision as every worker runs it (one for all: see common_precision)."""
+    resolved = {
+        name: resolve_precision(config.precision, resolve_device(name))
+        for name in set(worker_devices(config))
+    }
+    return common_precision(resolved)
 
 
 def cpu_threads(config: ModelConfig) -> ThreadPlan:
@@ -285,15 +300,17 @@ class Engine:
         device: str | None = None,
         exports: Path | None = None,
         on_step: StepHook | None = None,
+        beat: Callable[[], None] | None = None,
     ) -> None:
         """`device`: this engine's own (a worker's, from worker_devices);
         None takes model.device's first. `exports`: where exported networks are
         kept (state_dir/exports); None runs every model in torch. `on_step` hears
-        of each long step of preparing them (an export)."""
+        of each long step of preparing them (an export); `beat` is called through
+        them (a worker's heartbeat: they may take minutes)."""
         self.config = config
         requested = device or config.devices[0]
         self.device = resolve_device(requested)
-        self.precision = resolve_precision(config.precision, self.device)
+        self.precision = worker_precision(config)
         fallback = cpu_fallback_note(requested)
         if fallback is not None:
             log.log(fallback[0], "%s", fallback[1])
@@ -316,7 +333,7 @@ class Engine:
             torch.backends.cuda.matmul.allow_tf32 = tf32
             torch.backends.cudnn.allow_tf32 = tf32
         self._forwards: dict[int, MemberForward] = {}
-        backend = self._prepare_backend(exports, on_step)
+        backend = self._prepare_backend(exports, on_step, beat)
         bag = len(model.models) if isinstance(model, BagOfModels) else 1
         self.info = ModelInfo(
             name=config.name,
@@ -342,7 +359,9 @@ class Engine:
             ", ".join(self.info.sources),
         )
 
-    def _prepare_backend(self, exports: Path | None, on_step: StepHook | None) -> str:
+    def _prepare_backend(
+        self, exports: Path | None, on_step: StepHook | None, beat: Callable[[], None] | None
+    ) -> str:
         """model.backend on this engine's device: which models another runtime
         runs (stemd.separation.backends); returns what runs them."""
         requested = self.config.backend
@@ -365,6 +384,7 @@ class Engine:
             ExportStore(exports),
             weights_fingerprint,
             on_step,
+            beat,
         )
         prepared = preparer.prepare(self.model, self.config.name)
         self._forwards = prepared.forwards
