@@ -17,6 +17,7 @@ from pathlib import Path
 PROC_CPUINFO = Path("/proc/cpuinfo")
 SYS_CPU = Path("/sys/devices/system/cpu")
 CGROUP_CPU_MAX = Path("/sys/fs/cgroup/cpu.max")
+PROC_SELF_CGROUP = Path("/proc/self/cgroup")
 # the flags by which a CPU computes bf16 itself; elsewhere it is emulated (dozens of
 # times slower than fp32)
 BF16_FLAGS = ("avx512_bf16", "amx_bf16")
@@ -84,6 +85,31 @@ def cgroup_cpu_limit(cpu_max: Path = CGROUP_CPU_MAX) -> float | None:
         return None
 
 
+def process_cpu_limit(
+    root: Path = CGROUP_CPU_MAX.parent, self_cgroup: Path = PROC_SELF_CGROUP
+) -> float | None:
+    """The tightest CPU limit of this process's cgroup and those above it (cgroup
+    v2: a container's --cpus, a systemd unit's CPUQuota=), or None when none is set
+    or the hierarchy cannot be read (cgroup v1 is not read)."""
+    relative = ""
+    try:
+        for line in self_cgroup.read_text().splitlines():
+            if line.startswith("0::"):
+                relative = line[3:].strip().lstrip("/")
+    except OSError:
+        pass
+    limits = []
+    folder = root / relative if relative else root
+    while True:
+        limit = cgroup_cpu_limit(folder / "cpu.max")
+        if limit is not None:
+            limits.append(limit)
+        if folder == root or root not in folder.parents:
+            break
+        folder = folder.parent
+    return min(limits) if limits else None
+
+
 @dataclass(frozen=True)
 class ThreadPlan:
     """Threads for each forward pass on the CPU, and why."""
@@ -94,16 +120,20 @@ class ThreadPlan:
 
 
 def plan_threads(cpu_workers: int, override: int | None = None) -> ThreadPlan:
-    """One forward pass's threads: model.threads when set; else the physical cores
-    this process may use (capped by a cgroup's CPU limit), shared among the workers
-    on the CPU. One inter-op thread: the graph's operators run in order, each one
-    using every thread (more measured no faster and cost memory)."""
+    """One forward pass's threads: model.threads when set, else OMP_NUM_THREADS
+    when the environment sets it; else the physical cores this process may use
+    (capped by its cgroups' CPU limit), shared among the workers on the CPU. One
+    inter-op thread: the graph's operators run in order, each one using every
+    thread (demucs' graph is a chain: little runs side by side)."""
     workers = max(1, cpu_workers)
     if override is not None:
         return ThreadPlan(override, 1, f"model.threads: {override}")
+    omp = os.environ.get("OMP_NUM_THREADS", "")
+    if omp.isdigit() and int(omp) > 0:  # the environment's own setting, as torch reads it
+        return ThreadPlan(int(omp), 1, f"OMP_NUM_THREADS={omp}")
     cpus = usable_cpus()
     cores = physical_cores(cpus)
-    limit = cgroup_cpu_limit()
+    limit = process_cpu_limit()
     why = f"{cores} physical core(s) of {len(cpus)} usable CPU(s)"
     if limit is not None and limit < cores:
         cores = max(1, math.floor(limit))
