@@ -9,7 +9,7 @@ from pathlib import Path
 
 from stemd.cli.common import config_from, use_model_cache
 from stemd.config import Config
-from stemd.errors import EX_OK, ConfigError
+from stemd.errors import EX_OK, EX_UNAVAILABLE, ConfigError
 from stemd.separation.modelnames import BUILT_IN, HUB_PREFIX, bag_members, unknown_name_problem
 
 
@@ -88,6 +88,12 @@ def _export_model(config: Config) -> int:
         f"{config.model.name}: {engine.info.backend}, {engine.info.precision}"
         f" (exports in {exports})"
     )
+    if config.model.backend == "openvino" and engine.info.backend == "torch":
+        # asked for and not made: the warnings above say why
+        print(
+            f"stemd: {config.model.name} runs in torch, not OpenVINO (see above)", file=sys.stderr
+        )
+        return EX_UNAVAILABLE
     return EX_OK
 
 
