@@ -385,3 +385,15 @@ def test_models_export_prepares_the_first_start_ahead_of_time(
     result = stemd("-c", str(torch_only), "models", "export", cwd=tmp_path)
     assert result.returncode == 0 and "nothing to export" in result.stdout
     assert not (tmp_path / "t").exists()
+
+
+def test_models_export_fails_when_openvino_was_asked_for_and_cannot_run_the_model(
+    tmp_path: Path, model_repo: tuple[Path, dict[str, str]]
+) -> None:
+    repo, names = model_repo  # an HDemucs: only HTDemucs is exported
+    model = {"name": names["hdemucs"], "repo": str(repo), "device": "cpu", "backend": "openvino"}
+    config = write_config(tmp_path / "c.yaml", {"state_dir": "state", "model": model})
+    result = stemd("-c", str(config), "models", "export", cwd=tmp_path, timeout=300)
+    assert result.returncode == 69, result.stderr
+    assert "HDemucs is not an HTDemucs" in result.stderr
+    assert f"{names['hdemucs']} runs in torch, not OpenVINO" in result.stderr

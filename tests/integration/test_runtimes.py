@@ -20,9 +20,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+import openvino as ov
 import pytest
 import torch
 from demucs.apply import BagOfModels
+from demucs.htdemucs import HTDemucs
 from demucs.pretrained import get_model
 
 from stemd.config import ModelConfig
@@ -30,6 +32,7 @@ from stemd.separation.backends import (
     BF16_SI_SDR_DB,
     PARITY_MAX_DIFF,
     PARITY_SI_SDR_DB,
+    parity_chunk,
     resolve_precision,
     si_sdr_db,
 )
@@ -37,8 +40,9 @@ from stemd.separation.cpu import native_bf16
 from stemd.separation.cutgraph import CutForward, Network, why_not_cut
 from stemd.separation.engine import Engine
 from stemd.separation.exports import MANIFEST, file_digest
-from stemd.separation.openvino_net import BIN
+from stemd.separation.openvino_net import BIN, OpenVinoNetwork, export_network
 from support.instrumented_model import GATED
+from support.models import SOURCES, TINY_HTDEMUCS
 
 Models = tuple[Path, dict[str, str]]
 
@@ -250,6 +254,71 @@ def test_a_damaged_export_is_said_unusable_and_made_again(
     assert BIN in manifest["files"]
 
 
+def test_a_stale_export_whose_hashes_match_is_made_again_once(
+    model_repo: Models,
+    first_export: FirstExport,
+    torch_stems: torch.Tensor,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """An export that is whole on disk but is not this model's network (made by a
+    version of something its key does not name) fails the parity check: it is
+    made again once, not left on torch for good."""
+    exports = copy_of(first_export, tmp_path)
+    folder = export_folder(exports)
+    torch.manual_seed(1)  # another tiny HTDemucs: same shapes, other weights
+    stranger = HTDemucs(sources=SOURCES, **TINY_HTDEMUCS).eval()
+    network = Network(stranger).eval()
+    state = CutForward(stranger, network).host_in(parity_chunk(stranger, 1))
+    made = tmp_path / "stranger"
+    made.mkdir()
+    names = export_network(network, state.x, state.xt, made)
+    for name in names:
+        shutil.copyfile(made / name, folder / name)
+    manifest = json.loads((folder / MANIFEST).read_text())
+    manifest["files"] = {name: file_digest(folder / name) for name in names}
+    (folder / MANIFEST).write_text(json.dumps(manifest))
+
+    caplog.set_level(logging.INFO, logger="stemd")
+    again = engine(model_repo, "htdemucs", exports)
+    warnings = messages(caplog, logging.WARNING)
+    assert any("does not match torch" in m and "exporting it again" in m for m in warnings)
+    assert not any("stays on torch" in m for m in warnings), warnings
+    assert again.info.backend == "openvino"
+    assert_within_parity(torch_stems, separated(again))
+
+
+def test_an_exports_folder_that_cannot_be_made_leaves_torch_running_with_one_warning(
+    model_repo: Models, torch_stems: torch.Tensor, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    blocked = tmp_path / "exports"
+    blocked.write_text("a file where the exports folder should be\n")
+    caplog.set_level(logging.INFO, logger="stemd")
+    fallback = engine(model_repo, "htdemucs", blocked)
+    warnings = messages(caplog, logging.WARNING)
+    assert len(warnings) == 1 and "stays on torch" in warnings[0], warnings
+    assert str(blocked) in warnings[0]
+    assert fallback.info.backend == "torch"
+    assert torch.equal(separated(fallback), torch_stems)  # torch's own stems
+
+
+def test_openvino_computes_in_f32_on_the_thread_plans_threads(
+    model_repo: Models, first_export: FirstExport, tmp_path: Path
+) -> None:
+    """The CPU plugin would pick bf16 by itself on this CPU (AMX): pinned to f32."""
+    exports = copy_of(first_export, tmp_path)
+    repo, names = model_repo
+    config = ModelConfig(
+        name=names["htdemucs"], repo=repo, device="cpu", shifts=0, threads=1, backend="openvino"
+    )
+    pinned = Engine(config, exports=exports)
+    (forward,) = pinned._forwards.values()
+    assert isinstance(forward, CutForward) and isinstance(forward.network, OpenVinoNetwork)
+    compiled = forward.network.compiled
+    assert compiled.get_property("INFERENCE_PRECISION_HINT") == ov.Type.f32
+    assert int(compiled.get_property("INFERENCE_NUM_THREADS")) == 1
+
+
 # -- auto -----------------------------------------------------------------------------
 
 
@@ -277,6 +346,13 @@ def test_auto_measures_once_keeps_its_choice_and_reads_it_on_the_next_start(
     assert not any("measured now" in m for m in lines), lines
     assert records[0].read_text() == kept
     assert second.info.backend == record["chosen"]
+
+    # a record edited into nonsense is measured again, not trusted
+    records[0].write_text(json.dumps({"chosen": "openvino", "seconds": "fast"}))
+    caplog.clear()
+    engine(model_repo, "htdemucs", exports, backend="auto")
+    assert any("measured now" in m for m in messages(caplog))
+    assert json.loads(records[0].read_text())["seconds"]["torch"] > 0
 
 
 # -- what stays on torch ---------------------------------------------------------------

@@ -8,12 +8,14 @@ from pathlib import Path
 
 import pytest
 
+from stemd.separation.backends import common_precision, resolve_precision
 from stemd.separation.cpu import (
     cgroup_cpu_limit,
     cpu_flags,
     cpu_model,
     physical_cores,
     plan_threads,
+    process_cpu_limit,
 )
 from stemd.separation.exports import MANIFEST, ExportKey, ExportStore
 
@@ -164,6 +166,29 @@ def test_a_folder_left_half_built_is_not_found(tmp_path: Path) -> None:
     store.build(KEY, write_network)
     found, why = store.find(KEY)
     assert found is not None and why is None
+    assert not left.exists()  # the next build (under the key's lock) cleared it
+
+
+@pytest.mark.parametrize(
+    "files",
+    [
+        {"network.xml": "0" * 64},  # network.bin left unchecked
+        {"network.xml": "0" * 64, "network.bin": "0" * 64, "extra.bin": "0" * 64},
+        {"../network.xml": "0" * 64, "network.bin": "0" * 64},
+        {"/etc/hostname": "0" * 64, "network.bin": "0" * 64},
+    ],
+    ids=["one file short", "one file more", "a path up", "an absolute path"],
+)
+def test_an_export_json_naming_other_files_is_unusable(tmp_path: Path, files: object) -> None:
+    # only the runtime's own files, in the export's own folder, are read and trusted
+    store = ExportStore(tmp_path / "exports")
+    store.build(KEY, write_network)
+    path = store.folder(KEY) / MANIFEST
+    manifest = json.loads(path.read_text())
+    path.write_text(json.dumps({**manifest, "files": files}))
+    found, why = store.find(KEY, ("network.xml", "network.bin"))
+    assert found is None
+    assert why is not None and MANIFEST in why
 
 
 @pytest.mark.parametrize("files", [[], {}, "network.bin"], ids=["a list", "none", "a string"])
@@ -178,3 +203,51 @@ def test_an_export_json_listing_no_files_is_unusable(tmp_path: Path, files: obje
     found, why = store.find(KEY)
     assert found is None
     assert why is not None and MANIFEST in why
+
+
+def test_the_tightest_cpu_limit_of_the_process_cgroups_counts(tmp_path: Path) -> None:
+    # cgroup v2 as systemd lays it out: a unit's CPUQuota= is its own cpu.max, a
+    # container's --cpus may sit on a slice above it
+    root = tmp_path / "cgroup"
+    unit = root / "system.slice" / "stemd.service"
+    unit.mkdir(parents=True)
+    (root / "cpu.max").write_text("max 100000\n")
+    (root / "system.slice" / "cpu.max").write_text("max 100000\n")
+    (unit / "cpu.max").write_text("150000 100000\n")
+    self_cgroup = tmp_path / "cgroup-of-self"
+    self_cgroup.write_text("0::/system.slice/stemd.service\n")
+    assert process_cpu_limit(root, self_cgroup) == 1.5
+    (root / "system.slice" / "cpu.max").write_text("100000 100000\n")
+    assert process_cpu_limit(root, self_cgroup) == 1.0  # the slice's is tighter
+    self_cgroup.write_text("0::/\n")
+    assert process_cpu_limit(root, self_cgroup) is None  # at the root: no limit
+    assert process_cpu_limit(root, tmp_path / "absent") is None
+
+
+def test_omp_num_threads_is_honoured_unless_model_threads_says_otherwise(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("OMP_NUM_THREADS", "3")
+    plan = plan_threads(1)
+    assert plan.intra_op == 3 and "OMP_NUM_THREADS=3" in plan.why
+    assert plan_threads(1, 5).intra_op == 5
+    monkeypatch.setenv("OMP_NUM_THREADS", "lots")  # not a number: ignored
+    assert "OMP_NUM_THREADS" not in plan_threads(1).why
+
+
+def test_a_daemon_runs_one_precision_on_every_worker(caplog: pytest.LogCaptureFixture) -> None:
+    # the workers share one queue keyed by precision: one that differs would never
+    # take the others' jobs
+    assert common_precision({"cpu": "bf16"}) == "bf16"
+    assert common_precision({"cuda:0": "fp16", "cuda:1": "fp16"}) == "fp16"
+    assert common_precision({"cpu": "bf16", "cuda:0": "fp32"}) == "fp32"
+    assert any("cpu (bf16), cuda:0 (fp32)" in r.getMessage() for r in caplog.records)
+
+
+def test_gpu_precisions_run_in_fp32_on_the_cpu() -> None:
+    import torch
+
+    cpu = torch.device("cpu")
+    assert resolve_precision("tf32", cpu) == "fp32"  # tf32 has no meaning on a CPU
+    assert resolve_precision("fp16", cpu) == "fp32"
+    assert resolve_precision("fp16", torch.device("cuda")) == "fp16"
