@@ -49,10 +49,8 @@ TESTS = BENCH.parent
 sys.path.insert(0, str(TESTS))
 sys.path.insert(0, str(BENCH))
 
-from bench import MODEL, build_model, daemon_config, published, vm_kib  # noqa: E402
+from bench import MODEL, build_model, daemon_config, daemon_peak_rss  # noqa: E402
 from support.audio import make_tone  # noqa: E402
-from support.daemon import Daemon  # noqa: E402
-from support.waiting import wait_until  # noqa: E402
 
 SEED = 31  # the chunk's noise, the mix, and the shift offsets: the same in every child
 TIMED_PASSES = 3
@@ -265,7 +263,7 @@ def export_seconds(exports: Path) -> float:
     )
 
 
-def daemon_peak_rss(
+def openvino_daemon_peak_rss(
     work: Path, repo: Path, exports: Path, threads: int, seconds: float
 ) -> dict[str, Any]:
     """The real daemon on model.backend openvino, its exports already built, on one
@@ -274,18 +272,9 @@ def daemon_peak_rss(
     track = make_tone(work / "memory" / "long.flac", seconds, frequency=330)
     config = daemon_config(root, repo, settings={"backend": "openvino", "threads": threads})
     shutil.copytree(exports, root / "state" / "exports", ignore=shutil.ignore_patterns(".*.lock"))
-    daemon = Daemon(config, root).start()
-    try:
-        daemon.wait_warm(600)
-        assert daemon.process is not None
-        ready = vm_kib(daemon.process.pid, "VmRSS")
-        shutil.copyfile(track, root / "inbox" / track.name)
-        wait_until(lambda: published(daemon) == 1, 7200, track.name, 1.0)
-        peak = vm_kib(daemon.process.pid, "VmHWM")
-        # what ran: the engine's load line names it, e.g. "(openvino, fp32)"
-        runs_in = re.search(r"loaded on cpu \(([^,]+), ([^)]+)\)", daemon.log())
-    finally:
-        daemon.stop(600)
+    ready, peak, log = daemon_peak_rss(config, root, track)
+    # what ran: the engine's load line names it, e.g. "(openvino, fp32)"
+    runs_in = re.search(r"loaded on cpu \(([^,]+), ([^)]+)\)", log)
     shutil.rmtree(root, ignore_errors=True)
     return {
         "seconds": seconds,
@@ -432,7 +421,7 @@ def main() -> None:
             raise RuntimeError(f"a first child {result['died']}; see {work}/child-prepare-*.log")
     runs = measure_rounds(setup, variants, rounds)
     say(f"peak RSS: the daemon on OpenVINO, a {plan.memory_seconds:g} s track")
-    memory = daemon_peak_rss(work, setup.repo, setup.exports, threads, plan.memory_seconds)
+    memory = openvino_daemon_peak_rss(work, setup.repo, setup.exports, threads, plan.memory_seconds)
     results = {
         "mode": "quick" if args.quick else "full",
         "rounds": rounds,

@@ -358,14 +358,21 @@ def vm_kib(pid: int, field: str) -> int:
 
 def stemd_peak_rss(root: Path, repo: Path, model: str, track: Path) -> tuple[int, int]:
     """(RSS once ready and warmed up, peak RSS after `track` is published), KiB."""
-    daemon = Daemon(daemon_config(root, repo, model), root).start()
+    ready, peak, _log = daemon_peak_rss(daemon_config(root, repo, model), root, track)
+    return ready, peak
+
+
+def daemon_peak_rss(config: Path, root: Path, track: Path) -> tuple[int, int, str]:
+    """A daemon on `config` in `root` given `track`: (RSS once ready and warmed up,
+    peak RSS after it is published, KiB; its log)."""
+    daemon = Daemon(config, root).start()
     try:
         daemon.wait_warm(600)
         assert daemon.process is not None
         ready = vm_kib(daemon.process.pid, "VmRSS")
         shutil.copyfile(track, root / "inbox" / track.name)
         wait_until(lambda: published(daemon) == 1, 7200, track.name, 1.0)
-        return ready, vm_kib(daemon.process.pid, "VmHWM")
+        return ready, vm_kib(daemon.process.pid, "VmHWM"), daemon.log()
     finally:
         daemon.stop(600)
 
