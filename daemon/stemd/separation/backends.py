@@ -294,7 +294,7 @@ class Preparer:
         self.on_step(f"exporting {which} for OpenVINO")
         log.info(
             "%s: exporting the network for OpenVINO into %s (once per model and "
-            "setting; a full-size model takes about a minute)",
+            "setting; a full-size htdemucs took 10-20 s on two cores)",
             which,
             self.store.folder(key),
         )
