@@ -19,6 +19,7 @@ COMMANDS: dict[tuple[str, ...], list[str]] = {
     ("dismiss",): ["--failed"],
     ("models", "list"): [],
     ("models", "fetch"): ["htdemucs"],
+    ("models", "export"): [],
     ("token", "new"): [],
     ("token", "show"): [],
     ("ping",): [],

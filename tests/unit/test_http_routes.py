@@ -33,6 +33,8 @@ class Model:
     name: str = "demucs_unittest"
     device: str = "cpu"
     sources: tuple[str, ...] = ("drums", "bass", "other", "vocals")
+    backend: str = "openvino"
+    precision: str = "fp32"
 
 
 @dataclass
@@ -118,6 +120,7 @@ def test_status_info_and_a_missing_job(http: TestClient) -> None:
     }
     info = http.get("/api/v1/info").json()
     assert info["model"] == "demucs_unittest" and info["stems"][-1] == "vocals"
+    assert (info["backend"], info["precision"]) == ("openvino", "fp32")  # what runs the pass
     missing = http.get("/api/v1/jobs/42")
     assert missing.status_code == 404 and "42" in missing.json()["detail"]
 
