@@ -251,3 +251,19 @@ def test_gpu_precisions_run_in_fp32_on_the_cpu() -> None:
     assert resolve_precision("tf32", cpu) == "fp32"  # tf32 has no meaning on a CPU
     assert resolve_precision("fp16", cpu) == "fp32"
     assert resolve_precision("fp16", torch.device("cuda")) == "fp16"
+
+
+@pytest.mark.parametrize("how", ["truncated", "absent"])
+def test_an_export_json_truncated_or_gone_is_unusable_and_names_itself(
+    tmp_path: Path, how: str
+) -> None:
+    store = ExportStore(tmp_path / "exports")
+    store.build(KEY, write_network)
+    path = store.folder(KEY) / MANIFEST
+    if how == "truncated":
+        path.write_text(path.read_text()[:40])
+    else:
+        path.unlink()
+    found, why = store.find(KEY, ("network.xml", "network.bin"))
+    assert found is None
+    assert why is not None and str(path) in why and "cannot be read" in why

@@ -124,13 +124,11 @@ def check_parity(model: Any, forward: MemberForward, batch: int) -> Parity:
 @dataclass
 class Prepared:
     """How one engine's models run: a forward per model that does not run in
-    torch, and what to say about it."""
+    torch, what runs them all, at what precision."""
 
     forwards: dict[int, MemberForward] = field(default_factory=dict)  # by id(model)
     backend: str = "torch"
     precision: str = "fp32"
-    notes: list[str] = field(default_factory=list)
-    export_seconds: float = 0.0
 
 
 def members(model: Any) -> list[Any]:
@@ -172,7 +170,7 @@ class Preparer:
                 if len(all_members) == 1
                 else f"{name} (model {index + 1} of {len(all_members)})"
             )
-            forward = self._prepare_member(member, which, prepared)
+            forward = self._prepare_member(member, which)
             self.beat()
             if forward is not None:
                 prepared.forwards[id(member)] = forward
@@ -182,12 +180,11 @@ class Preparer:
                 prepared.backend = "openvino+torch"
         return prepared
 
-    def _prepare_member(self, member: Any, which: str, prepared: Prepared) -> MemberForward | None:
+    def _prepare_member(self, member: Any, which: str) -> MemberForward | None:
         reason = why_not_cut(member)
         if reason is not None:
             level = logging.WARNING if self.requested == "openvino" else logging.INFO
             log.log(level, "model.backend %s: %s runs in torch: %s", self.requested, which, reason)
-            prepared.notes.append(f"{which}: torch ({reason})")
             return None
         try:
             from stemd.separation import openvino_net
@@ -212,7 +209,7 @@ class Preparer:
             # the lock covers finding, making, checking and auto's measurement: a
             # second worker waits and then reads what the first one found
             with self.store.locked(key, on_wait=self.beat):
-                return self._checked(member, key, which, openvino_net, prepared)
+                return self._checked(member, key, which, openvino_net)
         except PermissionError as exc:
             log.warning(
                 "model.backend %s: %s stays on torch: %s: permission denied. The exports "
@@ -234,7 +231,7 @@ class Preparer:
         return None
 
     def _checked(
-        self, member: Any, key: ExportKey, which: str, openvino_net: Any, prepared: Prepared
+        self, member: Any, key: ExportKey, which: str, openvino_net: Any
     ) -> MemberForward | None:
         """The member's OpenVINO forward once it matched torch here, or None."""
         expected = (openvino_net.XML, openvino_net.BIN)
@@ -252,7 +249,7 @@ class Preparer:
                 log.warning(
                     "%s: the OpenVINO export is unusable (%s); exporting it again", which, damaged
                 )
-            export = self._build(member, key, which, openvino_net, prepared)
+            export = self._build(member, key, which, openvino_net)
         forward, parity = self._load(member, export, openvino_net)
         if not parity.passes(self.precision) and not fresh:
             # whole on disk but not this model's any more (made by another version
@@ -262,7 +259,7 @@ class Preparer:
                 which,
                 parity,
             )
-            export = self._build(member, key, which, openvino_net, prepared)
+            export = self._build(member, key, which, openvino_net)
             forward, parity = self._load(member, export, openvino_net)
         if not parity.passes(self.precision):
             log.warning(
@@ -288,9 +285,7 @@ class Preparer:
         forward = CutForward(member, network)
         return forward, check_parity(member, forward, self.batch)
 
-    def _build(
-        self, member: Any, key: ExportKey, which: str, openvino_net: Any, prepared: Prepared
-    ) -> Export:
+    def _build(self, member: Any, key: ExportKey, which: str, openvino_net: Any) -> Export:
         self.on_step(f"exporting {which} for OpenVINO")
         log.info(
             "%s: exporting the network for OpenVINO into %s (once per model and "
@@ -303,7 +298,6 @@ class Preparer:
         export = self.store.build(
             key, lambda folder: openvino_net.export_network(network, state.x, state.xt, folder)
         )
-        prepared.export_seconds += export.export_seconds
         log.info("%s: exported in %.1fs", which, export.export_seconds)
         return export
 
