@@ -28,6 +28,7 @@ from demucs.htdemucs import HTDemucs
 from demucs.pretrained import get_model
 
 from stemd.config import ModelConfig
+from stemd.hashing import sha256_file
 from stemd.separation.backends import (
     BF16_SI_SDR_DB,
     PARITY_MAX_DIFF,
@@ -39,7 +40,7 @@ from stemd.separation.backends import (
 from stemd.separation.cpu import native_bf16
 from stemd.separation.cutgraph import CutForward, Network, why_not_cut
 from stemd.separation.engine import Engine
-from stemd.separation.exports import MANIFEST, file_digest
+from stemd.separation.exports import MANIFEST
 from stemd.separation.openvino_net import BIN, OpenVinoNetwork, export_network
 from support.instrumented_model import GATED
 from support.models import SOURCES, TINY_HTDEMUCS
@@ -236,7 +237,7 @@ def test_a_damaged_export_is_said_unusable_and_made_again(
     assert_within_parity(torch_stems, separated(again))
     # whole again: every file matches its hash in a readable export.json
     manifest = json.loads((folder / MANIFEST).read_text())
-    assert manifest["files"] == {name: file_digest(folder / name) for name in manifest["files"]}
+    assert manifest["files"] == {name: sha256_file(folder / name) for name in manifest["files"]}
     assert BIN in manifest["files"]
 
 
@@ -262,7 +263,7 @@ def test_a_stale_export_whose_hashes_match_is_made_again_once(
     for name in names:
         shutil.copyfile(made / name, folder / name)
     manifest = json.loads((folder / MANIFEST).read_text())
-    manifest["files"] = {name: file_digest(folder / name) for name in names}
+    manifest["files"] = {name: sha256_file(folder / name) for name in names}
     (folder / MANIFEST).write_text(json.dumps(manifest))
 
     caplog.set_level(logging.INFO, logger="stemd")

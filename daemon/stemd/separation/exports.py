@@ -25,6 +25,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from stemd.hashing import sha256_file
+
 log = logging.getLogger("stemd")
 
 MANIFEST = "export.json"
@@ -54,14 +56,6 @@ class ExportKey:
     def folder_name(self) -> str:
         text = json.dumps(asdict(self), sort_keys=True)
         return f"{self.runtime}-{hashlib.sha256(text.encode()).hexdigest()[:16]}"
-
-
-def file_digest(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as stream:
-        for block in iter(lambda: stream.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 @dataclass(frozen=True)
@@ -120,7 +114,7 @@ class ExportStore:
         for name, digest in files.items():
             path = folder / name
             try:
-                actual = file_digest(path)
+                actual = sha256_file(path)
             except OSError as exc:
                 return None, f"{path} cannot be read ({exc.strerror or exc})"
             if actual != digest:
@@ -141,7 +135,7 @@ class ExportStore:
             names = builder(building)
             manifest = {
                 "key": asdict(key),
-                "files": {name: file_digest(building / name) for name in names},
+                "files": {name: sha256_file(building / name) for name in names},
                 "export_seconds": round(time.monotonic() - started, 2),
                 "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             }
