@@ -27,8 +27,9 @@ from typing import Any
 import torch
 from demucs.apply import BagOfModels
 
+from stemd.separation.batching import segment_length
 from stemd.separation.cpu import ThreadPlan, native_bf16
-from stemd.separation.cutgraph import CutForward, Network, training_length, why_not_cut
+from stemd.separation.cutgraph import CutForward, Network, why_not_cut
 from stemd.separation.exports import Export, ExportKey, ExportStore
 
 log = logging.getLogger("stemd")
@@ -109,7 +110,7 @@ class Parity:
 def parity_chunk(model: Any, batch: int) -> torch.Tensor:
     """A full-scale chunk of noise at the network's shape, the same every time."""
     generator = torch.Generator().manual_seed(PARITY_SEED)
-    shape = (batch, int(model.audio_channels), training_length(model))
+    shape = (batch, int(model.audio_channels), segment_length(model, None))
     return (torch.randn(shape, generator=generator) * 0.3).clamp_(-1, 1)
 
 
@@ -201,7 +202,7 @@ class Preparer:
             runtime_version=openvino_net.VERSION,
             model_class=type(member).__name__,
             weights=self.fingerprint(member),
-            length=training_length(member),
+            length=segment_length(member, None),
             batch=self.batch,
             toolchain=openvino_net.TOOLCHAIN,
         )

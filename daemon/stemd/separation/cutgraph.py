@@ -24,6 +24,8 @@ import torch
 import torch.nn.functional as F
 from demucs.htdemucs import HTDemucs
 
+from stemd.separation.batching import segment_length
+
 # this cut's version, part of every export's key: a change to Network or to what
 # CutForward hands it makes the exports again
 CUT_VERSION = 1
@@ -46,11 +48,6 @@ def why_not_cut(model: Any) -> str | None:
     if transformer is not None and int(getattr(transformer, "sin_random_shift", 0)):
         return "its positional embedding is shifted at random in every pass"
     return None
-
-
-def training_length(model: HTDemucs) -> int:
-    """The samples per chunk the network is built for (and exported at)."""
-    return int(model.segment * model.samplerate)
 
 
 class Network(torch.nn.Module):
@@ -131,7 +128,7 @@ class CutForward:
             raise ValueError(f"cannot cut this model: {reason}")
         self.model = model
         self.network = network
-        self.length = training_length(model)
+        self.length = segment_length(model, None)  # the training length: the export's
 
     def host_in(self, mix: torch.Tensor) -> HostIn:
         m = self.model
