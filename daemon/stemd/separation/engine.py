@@ -40,6 +40,7 @@ from stemd.separation.backends import (
     Preparer,
     StepHook,
     common_precision,
+    members,
     resolve_precision,
 )
 from stemd.separation.batching import model_valid_length, segment_length
@@ -333,17 +334,17 @@ class Engine:
             torch.backends.cuda.matmul.allow_tf32 = tf32
             torch.backends.cudnn.allow_tf32 = tf32
         self._forwards: dict[int, MemberForward] = {}
-        backend = self._prepare_backend(exports, on_step, beat)
-        bag = len(model.models) if isinstance(model, BagOfModels) else 1
+        weights = weights_fingerprint(model)  # hashes every weight: once per load
+        backend = self._prepare_backend(exports, on_step, beat, weights)
         self.info = ModelInfo(
             name=config.name,
             folder=model_folder_name(config.name),
             samplerate=int(model.samplerate),
             audio_channels=int(model.audio_channels),
             sources=tuple(model.sources),
-            weights=weights_fingerprint(model),
+            weights=weights,
             device=str(self.device),
-            models_in_bag=bag,
+            models_in_bag=len(members(model)),
             backend=backend,
             precision=self.precision,
         )
@@ -360,7 +361,11 @@ class Engine:
         )
 
     def _prepare_backend(
-        self, exports: Path | None, on_step: StepHook | None, beat: Callable[[], None] | None
+        self,
+        exports: Path | None,
+        on_step: StepHook | None,
+        beat: Callable[[], None] | None,
+        weights: str,
     ) -> str:
         """model.backend on this engine's device: which models another runtime
         runs (stemd.separation.backends); returns what runs them."""
@@ -382,7 +387,8 @@ class Engine:
             threads,
             self.batch_size(),
             ExportStore(exports),
-            weights_fingerprint,
+            # a single model's export key is its fingerprint, hashed already
+            lambda member: weights if member is self.model else weights_fingerprint(member),
             on_step,
             beat,
         )
@@ -406,7 +412,7 @@ class Engine:
 
     def _first_model(self) -> Any:
         """The model itself, or the first of a bag."""
-        return self.model.models[0] if isinstance(self.model, BagOfModels) else self.model
+        return members(self.model)[0]
 
     @contextlib.contextmanager
     def _precision(self) -> Iterator[None]:
@@ -505,9 +511,7 @@ class Engine:
         """
         started = time.monotonic()
         batch = self.batch_size()
-        models: list[Any] = (
-            list(self.model.models) if isinstance(self.model, BagOfModels) else [self.model]
-        )
+        models = members(self.model)
         for model in models:
             if stop is not None and stop():
                 break
