@@ -11,7 +11,9 @@ from typing import Any
 
 import numpy as np
 import pytest
+import torch
 
+from stemd.separation.backends import si_sdr_db
 from support.audio import make_mix, make_tone, read_audio
 from support.daemon import Daemon, service_config
 from support.http import EPHEMERAL, client, http_url
@@ -36,14 +38,6 @@ LOADED = "loaded the OpenVINO export from"
 UNUSABLE = "the OpenVINO export is unusable"
 
 
-def si_sdr_db(reference: np.ndarray, estimate: np.ndarray) -> float:
-    ref = reference.astype(np.float64).ravel()
-    est = estimate.astype(np.float64).ravel()
-    target = (est @ ref) / max(float(ref @ ref), 1e-30) * ref
-    noise = est - target
-    return float(10 * np.log10((target @ target) / max(float(noise @ noise), 1e-30)))
-
-
 def stems_of(root: Path, folder: str, track: str) -> dict[str, np.ndarray]:
     """The published stems of `track` (its folder in the outbox), as float32."""
     model_dir = root / "outbox" / folder
@@ -63,7 +57,7 @@ def assert_stems_match(torch_stems: dict[str, np.ndarray], ov_stems: dict[str, n
         assert expected.shape == got.shape, stem
         assert np.abs(expected).max() > 1e-3, f"{stem}: silence"  # something to compare
         diff = float(np.abs(got - expected).max())
-        sdr = si_sdr_db(expected, got)
+        sdr = si_sdr_db(torch.from_numpy(expected), torch.from_numpy(got))
         assert diff <= MAX_DIFF and sdr >= MIN_SI_SDR_DB, (
             f"{stem}: max diff {diff:.2e}, {sdr:.1f} dB"
         )
